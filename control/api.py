@@ -1,0 +1,569 @@
+"""The control plane's HTTP API (JSON under /v1): every route is listed in `create_app`.
+
+Handlers check the token, validate input, call the store, and return JSON; errors are
+FoundryError subclasses turned into `{"error": ...}` in one handler. Long-polls
+(routes, work, logs) hold the request until something they watch changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from control import converge
+from control.auth import APP_KINDS, READ_KINDS, require, require_node
+from control.blobs import BlobStore
+from control.config import ControlConfig
+from control.errors import BadRequest, Conflict, FoundryError, NotFound, TooLarge, Unprocessable
+from control.heartbeats import apply_heartbeat
+from control.names import app_name_problem, env_name_problem, parse_memory, process_name_problem
+from control.notify import Notifier
+from control.routing import routing_table
+from control.store import Store
+from control.uploads import check_archive
+
+log = logging.getLogger("foundry.control")
+
+
+class Control:
+    """The objects every handler needs."""
+
+    def __init__(self, store: Store, config: ControlConfig) -> None:
+        self.store = store
+        self.config = config
+        self.blobs = BlobStore(config.home / "blobs")
+        self.notifier = Notifier()
+        self.asked_to_stop: dict[str, set[str]] = {}
+        store.on_change = self.notifier.changed
+
+    async def wait(self, request: Request, check: Any) -> Any:
+        """Call `check()` until it returns something truthy or the requested wait ends."""
+        wait = _float(request, "wait", 0.0, 0.0, self.config.long_poll_max)
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            event = self.notifier.snapshot()
+            result = check()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if result or remaining <= 0:
+                return result
+            await Notifier.wait(event, remaining)
+
+
+def _ctl(request: Request) -> Control:
+    ctl: Control = request.app.state.control
+    return ctl
+
+
+def _float(request: Request, key: str, default: float, lo: float, hi: float) -> float:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return min(max(float(raw), lo), hi)
+    except ValueError:
+        raise BadRequest(f"query parameter {key!r} must be a number") from None
+
+
+def _int(value: Any, what: str, lo: int, hi: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{what} must be a whole number") from None
+    if not lo <= number <= hi:
+        raise BadRequest(f"{what} must be between {lo} and {hi}")
+    return number
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _app_name(request: Request) -> str:
+    name: str = request.path_params["app"]
+    problem = app_name_problem(name)
+    if problem:
+        raise Unprocessable(problem)
+    return name
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise BadRequest(f"config var {pair!r} must look like KEY=VALUE")
+        problem = env_name_problem(key)
+        if problem:
+            raise BadRequest(problem)
+        env[key] = value
+    return env
+
+
+# --- apps ---------------------------------------------------------------------------
+def app_view(ctl: Control, app: dict[str, Any]) -> dict[str, Any]:
+    """An app with its current release and instances, as `foundry app` shows it."""
+    now = ctl.store.clock()
+    instances = [{
+        "id": r["id"], "process": r["process"], "index": r["idx"], "release": r["release"],
+        "state": "STOPPING" if r["stopping"] else r["state"], "node": r["node"],
+        "address": r["address"], "port": r["port"], "restarts": r["restarts"],
+        "reason": r["reason"],
+        "uptime": round(now - r["started_at"], 1) if r["started_at"] and r["state"] == "RUNNING"
+        else None,
+    } for r in ctl.store.instance_rows(app=app["name"])]
+    return {"name": app["name"], "state": "started" if app["started"] else "stopped",
+            "release": app["release"], "memory_mb": app["memory_mb"], "scale": app["scale"],
+            "url": ctl.config.apps_url.format(app=app["name"]), "instances": instances,
+            "processes": _processes(ctl, app),
+            "health_check": app["health_check"], "created_at": app["created_at"]}
+
+
+def _processes(ctl: Control, app: dict[str, Any]) -> dict[str, str]:
+    if not app["release"]:
+        return {}
+    processes: dict[str, str] = ctl.store.get_release(app["name"], app["release"])["processes"]
+    return processes
+
+
+async def list_apps(request: Request) -> Response:
+    """List apps with their instances."""
+    ctl = _ctl(request)
+    token = require(request, ctl.store, READ_KINDS)
+    apps = [app_view(ctl, a) for a in ctl.store.list_apps()
+            if token.apps is None or a["name"] in token.apps]
+    return JSONResponse({"apps": apps})
+
+
+async def get_app(request: Request) -> Response:
+    """Show one app (long-polls with ?wait=N&revision=R until the view changes)."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    require(request, ctl.store, READ_KINDS, app=name)
+    since = request.query_params.get("revision")
+    await ctl.wait(request, lambda: str(ctl.store.revision) != since)
+    body = app_view(ctl, ctl.store.get_app(name))
+    body["revision"] = str(ctl.store.revision)
+    return JSONResponse(body)
+
+
+async def delete_app(request: Request) -> Response:
+    """Delete an app: its routes go at once, its instances are stopped."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    ctl.store.delete_app(name)
+    ctl.store.add_event(None, "app-deleted", f"app {name} deleted", token.id)
+    return JSONResponse({"deleted": name})
+
+
+async def push(request: Request) -> Response:
+    """Upload a source package (gzip'd tar body): creates the app if needed, queues a build."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    q = request.query_params
+    settings: dict[str, Any] = {}
+    if "instances" in q:
+        settings["scale"] = {"web": _int(q["instances"], "instances", 0, 100)}
+    if "memory" in q:
+        try:
+            settings["memory_mb"] = parse_memory(q["memory"])
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+    env = _env_pairs(q.getlist("env"))
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > ctl.config.max_upload:
+        raise TooLarge(f"upload is larger than the {ctl.config.max_upload} byte limit")
+    temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
+    try:
+        await asyncio.to_thread(check_archive, temp, ctl.config.limits)
+        digest = ctl.blobs.commit(temp)
+    finally:
+        temp.unlink(missing_ok=True)
+    created = _save_push_settings(ctl, name, settings, env)
+    build = ctl.store.create_build(name, digest)
+    ctl.store.add_event(name, "build-queued", f"build {build} queued", token.id)
+    return JSONResponse({"app": name, "build": build, "created": created}, status_code=201)
+
+
+def _save_push_settings(ctl: Control, name: str, settings: dict[str, Any],
+                        env: dict[str, str]) -> bool:
+    if not ctl.store.app_exists(name):
+        ctl.store.create_app(name, memory_mb=settings.get("memory_mb", 256),
+                             scale=settings.get("scale"), env=env)
+        return True
+    if env:
+        settings["env"] = {**ctl.store.get_app(name)["env"], **env}
+    if "scale" in settings:
+        settings["scale"] = {**ctl.store.get_app(name)["scale"], **settings["scale"]}
+    if settings:
+        ctl.store.update_app(name, **settings)
+    return False
+
+
+async def get_build(request: Request) -> Response:
+    """Show a build's state (long-polls with ?wait=N until it finishes)."""
+    ctl = _ctl(request)
+    build = ctl.store.get_build(request.path_params["build"])
+    require(request, ctl.store, READ_KINDS, app=build["app"])
+    await ctl.wait(request, lambda: ctl.store.get_build(build["id"])["state"]
+                   in ("STAGED", "FAILED"))
+    return JSONResponse(ctl.store.get_build(build["id"]))
+
+
+async def scale(request: Request) -> Response:
+    """Set the instance count of a process type."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    body = await _json(request)
+    process = str(body.get("process", "web"))
+    problem = process_name_problem(process)
+    if problem:
+        raise BadRequest(problem)
+    count = _int(body.get("instances"), "instances", 0, 100)
+    app = ctl.store.get_app(name)
+    changes: dict[str, Any] = {"scale": {**app["scale"], process: count}}
+    if "memory" in body:
+        try:
+            changes["memory_mb"] = parse_memory(str(body["memory"]))
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+    ctl.store.update_app(name, **changes)
+    ctl.store.add_event(name, "scale", f"{process} scaled to {count}", token.id)
+    return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
+
+
+async def app_action(request: Request) -> Response:
+    """stop / start / restart an app."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    action = request.path_params["action"]
+    ctl.store.get_app(name)
+    if action == "stop":
+        ctl.store.update_app(name, started=0)
+    elif action == "start":
+        ctl.store.update_app(name, started=1)
+    elif action == "restart":
+        # Every instance is replaced; the reconciler fills each slot again.
+        for row in ctl.store.instance_rows(app=name):
+            if not row["stopping"] and row["state"] in ("STARTING", "RUNNING"):
+                ctl.store.update_instance(row["id"], stopping=1)
+                ctl.store.enqueue(row["node"], "stop", {"instance": row["id"]})
+    else:
+        raise NotFound(f"no action {action!r} (stop, start, restart)")
+    ctl.store.add_event(name, action, f"app {action}", token.id)
+    return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
+
+
+async def get_env(request: Request) -> Response:
+    """Show an app's config vars."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    require(request, ctl.store, APP_KINDS, app=name)
+    return JSONResponse({"env": ctl.store.get_app(name)["env"]})
+
+
+async def patch_env(request: Request) -> Response:
+    """Set and unset config vars: makes a new release (when there is a droplet)."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    body = await _json(request)
+    sets = body.get("set") or {}
+    unsets = body.get("unset") or []
+    if not isinstance(sets, dict) or not isinstance(unsets, list):
+        raise BadRequest("body must be {\"set\": {KEY: VALUE}, \"unset\": [KEY]}")
+    env_changes = _env_pairs([f"{k}={v}" for k, v in sets.items()])
+    for key in unsets:
+        if env_name_problem(str(key)):
+            raise BadRequest(env_name_problem(str(key)) or "")
+    app = ctl.store.get_app(name)
+    env = {k: v for k, v in {**app["env"], **env_changes}.items() if k not in unsets}
+    ctl.store.update_app(name, env=env)
+    version = None
+    if app["release"]:
+        current = ctl.store.get_release(name, app["release"])
+        summary = ", ".join([*(f"set {k}" for k in env_changes), *(f"unset {k}" for k in unsets)])
+        version = ctl.store.create_release(
+            name, droplet=current["droplet"], env=env, processes=current["processes"],
+            pack=current["pack"], description=summary or "config unchanged")
+        ctl.store.add_event(name, "release", f"v{version}: {summary}", token.id)
+    return JSONResponse({"env": env, "release": version})
+
+
+async def list_releases(request: Request) -> Response:
+    """List an app's releases, newest first."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    require(request, ctl.store, READ_KINDS, app=name)
+    ctl.store.get_app(name)
+    return JSONResponse({"releases": ctl.store.list_releases(name)})
+
+
+async def list_events(request: Request) -> Response:
+    """List an app's events, oldest first."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    require(request, ctl.store, READ_KINDS, app=name)
+    ctl.store.get_app(name)
+    return JSONResponse({"events": ctl.store.list_events(name)})
+
+
+async def read_logs(request: Request) -> Response:
+    """Log lines after ?after=SEQ (or the last ?limit=N); long-polls with ?wait=N."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    require(request, ctl.store, READ_KINDS, app=name)
+    ctl.store.get_app(name)
+    after_raw = request.query_params.get("after")
+    after = _int(after_raw, "after", 0, 1 << 62) if after_raw not in (None, "") else None
+    limit = _int(request.query_params.get("limit", "500"), "limit", 1, 5000)
+    build = request.query_params.get("build")
+    lines = await ctl.wait(request, lambda: ctl.store.read_logs(name, after=after, limit=limit,
+                                                                build=build))
+    last = lines[-1]["seq"] if lines else after
+    return JSONResponse({"lines": lines, "next": last})
+
+
+# --- edge ---------------------------------------------------------------------------
+async def routes(request: Request) -> Response:
+    """The routing table; answers at once if ?etag differs, else holds up to ?wait."""
+    ctl = _ctl(request)
+    require(request, ctl.store, READ_KINDS)
+    etag = request.query_params.get("etag", "")
+
+    def table() -> dict[str, Any] | None:
+        current = routing_table(ctl.store.app_specs(), ctl.store.instance_rows(),
+                                ctl.config.domain, ctl.config.api_address)
+        return current if current["etag"] != etag else None
+
+    current = await ctl.wait(request, table)
+    if current is None:
+        current = routing_table(ctl.store.app_specs(), ctl.store.instance_rows(),
+                                ctl.config.domain, ctl.config.api_address)
+    return JSONResponse(current)
+
+
+# --- nodes --------------------------------------------------------------------------
+async def join(request: Request) -> Response:
+    """Exchange a join token for a node id and node token."""
+    ctl = _ctl(request)
+    token = require(request, ctl.store, ("join", "admin"))
+    body = await _json(request)
+    name = str(body.get("name") or "node")
+    memory = _int(body.get("memory_mb"), "memory_mb", 64, 1 << 24)
+    address = str(body.get("address") or "127.0.0.1")
+    ctl.store.use_token(token.id)
+    nid = ctl.store.add_node(name, address, memory, body.get("tier"))
+    _, secret = ctl.store.create_token("node", node=nid, label=name)
+    ctl.store.add_event(None, "node-joined", f"node {name} ({nid}) joined at {address}")
+    log.info("node-joined node=%s name=%s address=%s", nid, name, address)
+    return JSONResponse({"id": nid, "token": secret}, status_code=201)
+
+
+async def list_nodes(request: Request) -> Response:
+    """List nodes with state, tier, capacity and instance counts."""
+    ctl = _ctl(request)
+    require(request, ctl.store, READ_KINDS)
+    rows = ctl.store.node_rows()
+    instances = ctl.store.instance_rows()
+    for row in rows:
+        mine = [i for i in instances if i["node"] == row["id"]]
+        row["instances"] = len(mine)
+        row["used_mb"] = sum(i["memory_mb"] for i in mine)
+    return JSONResponse({"nodes": rows})
+
+
+async def heartbeat(request: Request) -> Response:
+    """A node reports its capacity and the actual state of its instances."""
+    ctl = _ctl(request)
+    nid = request.path_params["node"]
+    require_node(request, ctl.store, nid)
+    body = await _json(request)
+    if not isinstance(body.get("instances", []), list) or "address" not in body:
+        raise BadRequest("heartbeat needs address, memory_mb and an instances list")
+    apply_heartbeat(ctl.store, nid, body, ctl.asked_to_stop.setdefault(nid, set()))
+    return JSONResponse({"ok": True})
+
+
+async def work(request: Request) -> Response:
+    """Work items after ?after=SEQ for a node (acknowledging those up to SEQ)."""
+    ctl = _ctl(request)
+    nid = request.path_params["node"]
+    require_node(request, ctl.store, nid)
+    ctl.store.get_node(nid)
+    after = _int(request.query_params.get("after", "0"), "after", 0, 1 << 62)
+    ctl.store.ack_work(nid, after)
+    items = await ctl.wait(request, lambda: ctl.store.work_after(nid, after))
+    return JSONResponse({"work": items})
+
+
+async def build_result(request: Request) -> Response:
+    """A stager reports how a build ended; success makes a new release."""
+    ctl = _ctl(request)
+    build = ctl.store.get_build(request.path_params["build"])
+    require_node(request, ctl.store, build["node"] or "")
+    body = await _json(request)
+    if build["state"] != "STAGING":
+        raise Conflict(f"build {build['id']} is {build['state']}, not STAGING")
+    if not body.get("ok"):
+        error = str(body.get("error") or "build failed")
+        ctl.store.set_build(build["id"], "FAILED", error=error)
+        ctl.store.add_event(build["app"], "build-failed", f"build {build['id']}: {error}")
+        return JSONResponse({"state": "FAILED"})
+    droplet = str(body.get("droplet", ""))
+    ctl.blobs.existing(droplet)
+    processes = body.get("processes") or {}
+    if not isinstance(processes, dict) or not all(
+            isinstance(v, str) and not process_name_problem(k) for k, v in processes.items()):
+        raise BadRequest("processes must map process type names to commands")
+    if not ctl.store.app_exists(build["app"]):
+        raise NotFound(f"app {build['app']!r} was deleted while it was being built")
+    env = ctl.store.get_app(build["app"])["env"]
+    version = ctl.store.create_release(build["app"], droplet=droplet, env=env,
+                                       processes=processes, pack=body.get("pack"),
+                                       description=f"build {build['id']} ({body.get('pack')})")
+    ctl.store.set_build(build["id"], "STAGED", droplet=droplet, pack=body.get("pack"),
+                        processes=processes, release=version)
+    ctl.store.add_event(build["app"], "release", f"v{version} from build {build['id']}")
+    return JSONResponse({"state": "STAGED", "release": version})
+
+
+async def post_logs(request: Request) -> Response:
+    """A node appends log lines: {"lines": [{app, source, line, ts, build?}]}."""
+    ctl = _ctl(request)
+    require(request, ctl.store, ("node", "admin"))
+    body = await _json(request)
+    lines = body.get("lines")
+    if not isinstance(lines, list) or not all(
+            isinstance(r, dict) and {"app", "source", "line"} <= r.keys() for r in lines):
+        raise BadRequest("lines must be a list of {app, source, line}")
+    ctl.store.append_logs(lines)
+    return JSONResponse({"ok": True})
+
+
+async def get_blob(request: Request) -> Response:
+    """Download a source package or droplet (nodes only)."""
+    ctl = _ctl(request)
+    require(request, ctl.store, ("node", "admin"))
+    return FileResponse(ctl.blobs.existing(request.path_params["digest"]),
+                        media_type="application/octet-stream")
+
+
+async def put_blob(request: Request) -> Response:
+    """Upload a droplet; the body's sha256 must equal the digest in the path."""
+    ctl = _ctl(request)
+    require(request, ctl.store, ("node", "admin"))
+    digest = request.path_params["digest"]
+    ctl.blobs.path(digest)
+    temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
+    try:
+        ctl.blobs.commit(temp, expected=digest)
+    finally:
+        temp.unlink(missing_ok=True)
+    return JSONResponse({"digest": digest}, status_code=201)
+
+
+async def health(request: Request) -> Response:
+    """Liveness of the control plane itself (no token needed)."""
+    return JSONResponse({"ok": True, "revision": _ctl(request).store.revision})
+
+
+async def openapi(request: Request) -> Response:
+    """This API described as OpenAPI 3."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            doc = (route.endpoint.__doc__ or "").strip()
+            paths.setdefault(route.path, {})[method.lower()] = {
+                "summary": doc.splitlines()[0] if doc else route.name,
+                "responses": {"200": {"description": "JSON"}}}
+    return JSONResponse({"openapi": "3.1.0",
+                         "info": {"title": "Foundry control API", "version": "1"},
+                         "paths": paths})
+
+
+ROUTES = [
+    Route("/v1/health", health),
+    Route("/v1/openapi.json", openapi),
+    Route("/v1/apps", list_apps),
+    Route("/v1/apps/{app}", get_app),
+    Route("/v1/apps/{app}", delete_app, methods=["DELETE"]),
+    Route("/v1/apps/{app}/builds", push, methods=["POST"]),
+    Route("/v1/apps/{app}/scale", scale, methods=["POST"]),
+    Route("/v1/apps/{app}/actions/{action}", app_action, methods=["POST"]),
+    Route("/v1/apps/{app}/env", get_env),
+    Route("/v1/apps/{app}/env", patch_env, methods=["PATCH"]),
+    Route("/v1/apps/{app}/releases", list_releases),
+    Route("/v1/apps/{app}/events", list_events),
+    Route("/v1/apps/{app}/logs", read_logs),
+    Route("/v1/builds/{build}", get_build),
+    Route("/v1/builds/{build}/result", build_result, methods=["POST"]),
+    Route("/v1/routes", routes),
+    Route("/v1/nodes", list_nodes),
+    Route("/v1/nodes/join", join, methods=["POST"]),
+    Route("/v1/nodes/{node}/heartbeat", heartbeat, methods=["POST"]),
+    Route("/v1/nodes/{node}/work", work),
+    Route("/v1/logs", post_logs, methods=["POST"]),
+    Route("/v1/blobs/{digest}", get_blob),
+    Route("/v1/blobs/{digest}", put_blob, methods=["PUT"]),
+]
+
+
+async def _foundry_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FoundryError)
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: f"no such endpoint: {request.url.path}",
+               405: f"method {request.method} not allowed on {request.url.path}"}
+    return JSONResponse({"error": message.get(exc.status_code, exc.detail)},
+                        status_code=exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("request-failed path=%s", request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal error; see the control plane's log"},
+                        status_code=500)
+
+
+def create_app(store: Store, config: ControlConfig, *, converge_loop: bool = True) -> Starlette:
+    """The control plane as an ASGI app over `store`."""
+    control = Control(store, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = None
+        if converge_loop:
+            task = asyncio.create_task(converge.run(store, control.notifier, config.policy))
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
+        FoundryError: _foundry_error, HTTPException: _http_error, Exception: _unexpected})
+    app.state.control = control
+    return app

@@ -1,0 +1,47 @@
+"""Bearer-token checks for the API: who is calling, and may they do this?
+
+Kinds: admin (everything), deploy (apps it is limited to, or all), read (GET only),
+node (its own node's endpoints), join (exchange for a node token, nothing else).
+Secrets are never logged; the store compares hashes in constant time.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from control.errors import Forbidden, Unauthorized
+from control.store import Store, Token
+
+APP_KINDS = ("admin", "deploy")
+READ_KINDS = ("admin", "deploy", "read")
+
+
+def bearer(request: Request, store: Store) -> Token:
+    """The valid token on this request, or 401."""
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    token = store.authenticate(secret.strip())
+    if token is None:
+        raise Unauthorized("invalid, expired or revoked token")
+    return token
+
+
+def require(request: Request, store: Store, kinds: tuple[str, ...], app: str | None = None
+            ) -> Token:
+    """The token, if its kind is one of `kinds` and (for scoped tokens) covers `app`."""
+    token = bearer(request, store)
+    if token.kind not in kinds:
+        raise Forbidden(f"a {token.kind} token may not do this")
+    if app is not None and token.apps is not None and app not in token.apps:
+        raise Forbidden(f"this token is not allowed to act on app {app!r}")
+    return token
+
+
+def require_node(request: Request, store: Store, node: str) -> Token:
+    """The token of node `node` itself (or an admin token)."""
+    token = require(request, store, ("admin", "node"))
+    if token.kind == "node" and token.node != node:
+        raise Forbidden("a node token may only act for its own node")
+    return token

@@ -1,0 +1,27 @@
+"""The control plane's configuration, built once in `main` and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from control.reconciler import Policy
+from control.uploads import ArchiveLimits
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    home: Path                              # holds foundry.db and blobs/
+    domain: str = "localhost"
+    host: str = "127.0.0.1"
+    port: int = 7070
+    api_address: str | None = None          # host:port the edge routes api.<domain> to
+    apps_url: str = "http://{app}.localhost"  # how users reach an app through the edge
+    max_upload: int = 1 << 30
+    long_poll_max: float = 30.0
+    policy: Policy = field(default_factory=Policy)
+    limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "foundry.db"

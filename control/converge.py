@@ -1,0 +1,101 @@
+"""The thin loop around the reconciler: load state, decide, apply, repeat.
+
+It runs whenever the store changes and at least once a second (time alone can make
+a node lost or a backoff expire). Applying a plan only writes rows and enqueues
+work items; nodes pick those up by long-polling. Queued builds are handed to a
+stager here as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from control.model import NODE_LOST, Placement, Plan
+from control.notify import Notifier
+from control.reconciler import Policy, reconcile
+from control.scheduler import pick_stager
+from control.store import Store
+
+log = logging.getLogger("foundry.control")
+
+
+def assign_builds(store: Store, policy: Policy) -> None:
+    """Send each queued build to a stager node, if any node is live."""
+    queued = store.builds_in("QUEUED")
+    if not queued:
+        return
+    node = pick_stager(store.nodes(), store.clock(), policy.node_ttl)
+    if node is None:
+        return
+    for build in queued:
+        app = store.get_app(build["app"])
+        store.set_build(build["id"], "STAGING", node=node)
+        store.enqueue(node, "stage", {"build": build["id"], "app": build["app"],
+                                      "source": build["source"], "env": app["env"]})
+        log.info("build-assigned build=%s app=%s node=%s", build["id"], build["app"], node)
+
+
+def fail_lost_builds(store: Store, lost: list[str]) -> None:
+    for build in store.builds_in("STAGING"):
+        if build["node"] in lost:
+            store.set_build(build["id"], "FAILED", error="the staging node was lost")
+
+
+def start_payload(store: Store, iid: str, p: Placement) -> dict[str, Any]:
+    release = store.get_release(p.app, p.release)
+    app = store.get_app(p.app)
+    return {"instance": iid, "app": p.app, "process": p.process, "index": p.index,
+            "release": p.release, "droplet": release["droplet"],
+            "command": release["processes"][p.process], "env": release["env"],
+            "memory_mb": p.memory_mb, "health_check": app["health_check"] if p.process == "web"
+            else "process"}
+
+
+def apply(store: Store, plan: Plan) -> None:
+    """Carry out a plan: rows and work items only."""
+    for nid in plan.lost_nodes:
+        store.set_node_state(nid, NODE_LOST)
+        store.add_event(None, "node-lost", f"node {nid} missed its heartbeats")
+    fail_lost_builds(store, plan.lost_nodes)
+    store.forget_instances(plan.forget)
+    rows = {r["id"]: r for r in store.instance_rows()}
+    for iid in plan.stop:
+        row = rows.get(iid)
+        if row is not None:
+            store.update_instance(iid, stopping=1)
+            store.enqueue(row["node"], "stop", {"instance": iid})
+    for iid in plan.reset_restarts:
+        store.update_instance(iid, restarts=0)
+    for p in plan.start:
+        assert p.node is not None
+        iid = f"{p.app}-{p.process}-{p.index}-{uuid.uuid4().hex[:8]}"
+        seq = store.enqueue(p.node, "start", start_payload(store, iid, p))
+        store.add_instance(app=p.app, process=p.process, index=p.index, release=p.release,
+                           node=p.node, memory_mb=p.memory_mb, restarts=p.restarts,
+                           work_seq=seq, iid=iid)
+        if p.restarts:
+            store.add_event(p.app, "restart", f"{p.process}.{p.index} restarted "
+                            f"(restart {p.restarts})")
+
+
+def converge_once(store: Store, policy: Policy) -> Plan:
+    assign_builds(store, policy)
+    plan = reconcile(store.app_specs(), store.instances(), store.nodes(), store.clock(), policy)
+    if not plan.is_empty():
+        apply(store, plan)
+    return plan
+
+
+async def run(store: Store, notifier: Notifier, policy: Policy) -> None:
+    """Converge forever: after every change, and every second."""
+    while True:
+        event = notifier.snapshot()
+        try:
+            converge_once(store, policy)
+        except Exception:
+            log.exception("converge-failed")
+        await Notifier.wait(event, 1.0)
+        await asyncio.sleep(0)

@@ -1,0 +1,27 @@
+"""Runs the control plane: opens the store and serves the API with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from control.api import create_app
+from control.config import ControlConfig
+from control.store import Store
+
+
+def bootstrap(config: ControlConfig) -> Store:
+    """Open (creating if needed) the store under the control plane's home."""
+    config.home.mkdir(parents=True, exist_ok=True)
+    return Store(config.db_path)
+
+
+def run(config: ControlConfig) -> None:
+    """Serve the control API until SIGINT/SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s control %(message)s")
+    store = bootstrap(config)
+    app = create_app(store, config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
+                timeout_graceful_shutdown=3)
+    store.close()

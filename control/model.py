@@ -1,0 +1,99 @@
+"""Frozen shapes of desired and observed state, shared by the pure decision modules.
+
+The store turns rows into these; the scheduler and reconciler read them and never
+touch the store. Instance states are the node's words (see node/instances.py for the
+transition table); the control plane only records them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STARTING, RUNNING, STOPPING = "STARTING", "RUNNING", "STOPPING"
+STOPPED, CRASHED = "STOPPED", "CRASHED"
+INSTANCE_STATES = (STARTING, RUNNING, STOPPING, STOPPED, CRASHED)
+# States in which an instance occupies its slot (it is, or may soon be, serving).
+LIVE_STATES = frozenset({STARTING, RUNNING})
+
+QUEUED, STAGING, STAGED, FAILED = "QUEUED", "STAGING", "STAGED", "FAILED"
+BUILD_TRANSITIONS: dict[str, set[str]] = {
+    QUEUED: {STAGING, FAILED}, STAGING: {STAGED, FAILED}, STAGED: set(), FAILED: set()}
+
+NODE_READY, NODE_LOST = "ready", "lost"
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """What the user asked for: one app's desired state."""
+
+    name: str
+    started: bool
+    release: int                      # current release version, 0 = never built
+    processes: dict[str, str]         # process type -> command, from the current release
+    scale: dict[str, int]             # process type -> instance count
+    memory_mb: int = 256
+
+    def desired_count(self, process: str) -> int:
+        if not self.started or self.release == 0 or process not in self.processes:
+            return 0
+        # Every process type runs one instance until scaled; `release` is the release
+        # phase's one-off command, never a long-running process.
+        return max(0, self.scale.get(process, 0 if process == "release" else 1))
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One placed instance as the control plane knows it (desired placement + last report)."""
+
+    id: str
+    app: str
+    process: str
+    index: int
+    release: int
+    node: str
+    state: str = STARTING
+    stopping: bool = False             # the control plane has asked the node to stop it
+    restarts: int = 0
+    since: float = 0.0                 # when it entered `state`
+    memory_mb: int = 256
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node agent as its heartbeats describe it."""
+
+    id: str
+    name: str
+    memory_mb: int
+    last_heartbeat: float
+    state: str = NODE_READY
+    address: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """An instance to start: the scheduler fills in `node`."""
+
+    app: str
+    process: str
+    index: int
+    release: int
+    memory_mb: int
+    restarts: int = 0
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the reconciler decided; the loop around it applies each list."""
+
+    start: list[Placement] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)         # instance ids to ask the node to stop
+    forget: list[str] = field(default_factory=list)       # instance rows to drop (gone for good)
+    lost_nodes: list[str] = field(default_factory=list)
+    reset_restarts: list[str] = field(default_factory=list)
+    unplaced: list[Placement] = field(default_factory=list)  # no node had room
+
+    def is_empty(self) -> bool:
+        return not (self.start or self.stop or self.forget or self.lost_nodes
+                    or self.reset_restarts or self.unplaced)

@@ -1,0 +1,132 @@
+"""Convergence: a pure function from (desired apps, placed instances, nodes, now) to a Plan.
+
+Cloud Foundry's health manager, without the bus. Rules kept here:
+- each (app, process, index) slot has at most one live instance of the current
+  release once that instance is RUNNING; an old-release instance in the slot is
+  stopped only after its replacement runs (rolling, no gap);
+- a crashed slot restarts at once `immediate_restarts` times, then waits
+  `backoff_base` seconds doubling up to `backoff_max`, and gives up after
+  `give_up_after` restarts; a new release starts the count again;
+- a node silent for longer than `node_ttl` is lost: its instances are forgotten and
+  their slots filled elsewhere in the same pass;
+- nothing is ever placed on a lost node (the scheduler enforces it).
+The clock is an argument; nothing here sleeps or reads the time.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from control.model import (
+    CRASHED,
+    LIVE_STATES,
+    NODE_LOST,
+    RUNNING,
+    AppSpec,
+    Instance,
+    Node,
+    Placement,
+    Plan,
+)
+from control.scheduler import place
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Restart and liveness numbers (defaults: Cloud Foundry's / Diego's)."""
+
+    immediate_restarts: int = 3
+    backoff_base: float = 30.0
+    backoff_max: float = 960.0
+    give_up_after: int = 200
+    reset_after: float = 300.0
+    node_ttl: float = 15.0
+
+
+def restart_delay(restarts: int, policy: Policy) -> float:
+    """Seconds to wait before restart number `restarts + 1` of a crashed slot."""
+    if restarts < policy.immediate_restarts:
+        return 0.0
+    steps = restarts - policy.immediate_restarts
+    return float(min(policy.backoff_base * 2.0 ** min(steps, 32), policy.backoff_max))
+
+
+def lost_node_ids(nodes: list[Node], now: float, policy: Policy) -> set[str]:
+    """Nodes already marked lost or silent for longer than the TTL."""
+    return {n.id for n in nodes
+            if n.state == NODE_LOST or now - n.last_heartbeat > policy.node_ttl}
+
+
+def reconcile(apps: list[AppSpec], instances: list[Instance], nodes: list[Node],
+              now: float, policy: Policy = Policy()) -> Plan:
+    """Decide what to start, stop and forget so actual state converges on desired state."""
+    plan = Plan()
+    lost = lost_node_ids(nodes, now, policy)
+    plan.lost_nodes.extend(n.id for n in nodes if n.id in lost and n.state != NODE_LOST)
+    by_app = {a.name: a for a in apps}
+    slots: dict[tuple[str, str, int], list[Instance]] = defaultdict(list)
+    for inst in instances:
+        if inst.node in lost:
+            plan.forget.append(inst.id)
+        elif inst.app not in by_app:
+            _drop(inst, plan)
+        else:
+            slots[(inst.app, inst.process, inst.index)].append(inst)
+    wanted: list[Placement] = []
+    for app in apps:
+        for process in sorted(set(app.processes) | {k[1] for k in slots if k[0] == app.name}):
+            count = app.desired_count(process)
+            indexes = {k[2] for k in slots if k[0] == app.name and k[1] == process}
+            for index in sorted(indexes | set(range(count))):
+                slot = slots.get((app.name, process, index), [])
+                if index < count:
+                    _converge_slot(app, process, index, slot, now, policy, plan, wanted)
+                else:
+                    for inst in slot:
+                        _drop(inst, plan)
+    forgotten = set(plan.forget)
+    placed = [i for i in instances if i.id not in forgotten and i.node not in lost]
+    ok, failed = place(nodes, placed, wanted, now, policy.node_ttl)
+    plan.start.extend(ok)
+    plan.unplaced.extend(failed)
+    return plan
+
+
+def _drop(inst: Instance, plan: Plan) -> None:
+    """An instance nobody wants: stop it if it may still run, else forget it."""
+    if inst.state in LIVE_STATES and not inst.stopping:
+        plan.stop.append(inst.id)
+    elif inst.state not in LIVE_STATES and inst.state != "STOPPING":
+        plan.forget.append(inst.id)
+
+
+def _converge_slot(app: AppSpec, process: str, index: int, slot: list[Instance], now: float,
+                   policy: Policy, plan: Plan, wanted: list[Placement]) -> None:
+    live = [i for i in slot if i.state in LIVE_STATES and not i.stopping]
+    current = [i for i in live if i.release == app.release]
+    old = [i for i in live if i.release != app.release]
+    crashed = [i for i in slot if i.state == CRASHED]
+    plan.forget.extend(i.id for i in slot if i.state not in LIVE_STATES
+                       and i.state not in (CRASHED, "STOPPING"))
+    if current:
+        keep = min(current, key=lambda i: (i.state != RUNNING, i.since, i.id))
+        plan.stop.extend(i.id for i in current if i is not keep)
+        if keep.state == RUNNING:
+            plan.stop.extend(i.id for i in old)
+            if keep.restarts and now - keep.since >= policy.reset_after:
+                plan.reset_restarts.append(keep.id)
+        plan.forget.extend(i.id for i in crashed)
+        return
+    restarts = 0
+    if crashed:
+        last = max(crashed, key=lambda i: (i.restarts, i.since))
+        if last.release == app.release:
+            if last.restarts >= policy.give_up_after:
+                plan.forget.extend(i.id for i in crashed if i is not last)
+                return
+            if now < last.since + restart_delay(last.restarts, policy):
+                return
+            restarts = last.restarts + 1
+        plan.forget.extend(i.id for i in crashed)
+    wanted.append(Placement(app.name, process, index, app.release, app.memory_mb, restarts))

@@ -1,0 +1,38 @@
+"""The routing table the edges long-poll: host (+ path) -> running web instances.
+
+Every app with a `web` process type owns `<app>.<domain>`, whether or not anything
+runs (the edge answers 503, not 404, for a known app with no instance). An instance
+is routable once its node reports it RUNNING and until the control plane asks it to
+stop. The control API itself is routed at `api.<domain>`. The etag is a hash of the
+table, so an edge that already has it waits instead of re-downloading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from control.model import RUNNING, AppSpec
+
+
+def routing_table(apps: list[AppSpec], instances: list[dict[str, Any]], domain: str,
+                  api_address: str | None) -> dict[str, Any]:
+    """Build the table and its etag from desired apps and instance rows."""
+    backends: dict[str, list[dict[str, str]]] = {}
+    for row in instances:
+        if row["process"] == "web" and row["state"] == RUNNING and not row["stopping"] \
+                and row["port"]:
+            backends.setdefault(row["app"], []).append(
+                {"address": f"{row['address']}:{row['port']}", "instance": row["id"]})
+    routes: list[dict[str, Any]] = []
+    if api_address:
+        routes.append({"host": f"api.{domain}", "path": "/", "app": "api",
+                       "backends": [{"address": api_address, "instance": "control"}]})
+    for app in sorted(apps, key=lambda a: a.name):
+        if "web" in app.processes or app.release == 0:
+            routes.append({"host": f"{app.name}.{domain}", "path": "/", "app": app.name,
+                           "backends": sorted(backends.get(app.name, []),
+                                              key=lambda b: b["instance"])})
+    body = json.dumps(routes, sort_keys=True).encode()
+    return {"etag": hashlib.sha256(body).hexdigest()[:16], "routes": routes}

@@ -1,0 +1,432 @@
+"""The control plane's store: the only module that knows SQL.
+
+One SQLite database (WAL, synchronous=FULL, so an acknowledged write survives kill -9).
+Every change that a long-poller could care about calls `changed()`, which bumps an
+in-memory revision and wakes waiters through the `on_change` hook the API installs;
+the revision is not persisted because every long-poll also carries a durable cursor
+(work sequence, log sequence, routing etag) that stays valid across restarts.
+Each method is one short statement or one short transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from control.errors import Conflict, NotFound
+from control.model import BUILD_TRANSITIONS, NODE_READY, AppSpec, Instance, Node
+
+LOG_LINES_KEPT = 2000
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, kind TEXT NOT NULL, hash TEXT NOT NULL,
+  apps TEXT, node TEXT, expires_at REAL, uses_left INTEGER, created_at REAL NOT NULL,
+  revoked INTEGER NOT NULL DEFAULT 0, label TEXT);
+CREATE TABLE IF NOT EXISTS apps (name TEXT PRIMARY KEY, started INTEGER NOT NULL DEFAULT 1,
+  release INTEGER NOT NULL DEFAULT 0, memory_mb INTEGER NOT NULL DEFAULT 256,
+  scale TEXT NOT NULL DEFAULT '{}', env TEXT NOT NULL DEFAULT '{}',
+  health_check TEXT NOT NULL DEFAULT 'port', created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS releases (app TEXT NOT NULL, version INTEGER NOT NULL,
+  droplet TEXT NOT NULL, env TEXT NOT NULL, processes TEXT NOT NULL, pack TEXT,
+  description TEXT, created_at REAL NOT NULL, PRIMARY KEY (app, version));
+CREATE TABLE IF NOT EXISTS builds (id TEXT PRIMARY KEY, app TEXT NOT NULL, state TEXT NOT NULL,
+  source TEXT NOT NULL, node TEXT, droplet TEXT, pack TEXT, processes TEXT, error TEXT,
+  release INTEGER, created_at REAL NOT NULL, finished_at REAL);
+CREATE INDEX IF NOT EXISTS builds_state ON builds (state);
+CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL,
+  tier TEXT, memory_mb INTEGER NOT NULL, state TEXT NOT NULL, last_heartbeat REAL NOT NULL,
+  work_acked INTEGER NOT NULL DEFAULT 0, boot TEXT, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, app TEXT NOT NULL,
+  process TEXT NOT NULL, idx INTEGER NOT NULL, release INTEGER NOT NULL, node TEXT NOT NULL,
+  state TEXT NOT NULL, stopping INTEGER NOT NULL DEFAULT 0, restarts INTEGER NOT NULL DEFAULT 0,
+  since REAL NOT NULL, started_at REAL, port INTEGER, address TEXT, reason TEXT,
+  memory_mb INTEGER NOT NULL, work_seq INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS instances_app ON instances (app);
+CREATE TABLE IF NOT EXISTS work (seq INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL,
+  kind TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS work_node ON work (node, seq);
+CREATE TABLE IF NOT EXISTS logs (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL,
+  ts REAL NOT NULL, source TEXT NOT NULL, build TEXT, line TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS logs_app ON logs (app, seq);
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT,
+  ts REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL, actor TEXT);
+"""
+
+
+@dataclass(frozen=True)
+class Token:
+    """An authenticated bearer token (never its secret)."""
+
+    id: str
+    kind: str
+    apps: tuple[str, ...] | None
+    node: str | None
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Store:
+    """Desired state, releases, builds, nodes, instances, work queues, logs and events."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.conn.executescript(SCHEMA)
+        self.revision = 0
+        self.on_change: Callable[[], None] = lambda: None
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def changed(self) -> None:
+        """Record that something long-pollers may watch has changed."""
+        self.revision += 1
+        self.on_change()
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        return list(self.db.query(sql, list(params)))
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    def _tx(self) -> Any:
+        return _Transaction(self.db.conn)
+
+    # Plain SQL for writes: sqlite-utils' own writes commit on their own, which would
+    # end a surrounding BEGIN IMMEDIATE early.
+    def _insert(self, table: str, row: dict[str, Any]) -> None:
+        cols = ", ".join(row)
+        self.db.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})",
+                        list(row.values()))
+
+    def _insert_all(self, table: str, rows: list[dict[str, Any]]) -> None:
+        with self._tx():
+            for row in rows:
+                self._insert(table, row)
+
+    def _update(self, table: str, key: str, fields: dict[str, Any]) -> None:
+        pk = "name" if table == "apps" else "id"
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE {table} SET {sets} WHERE {pk} = ?", [*fields.values(), key])
+
+    # --- tokens -----------------------------------------------------------------
+    def create_token(self, kind: str, *, apps: list[str] | None = None, node: str | None = None,
+                     ttl: float | None = None, uses: int | None = None,
+                     label: str | None = None) -> tuple[str, str]:
+        """Mint a token; returns (id, full secret). Only the hash is stored."""
+        tid = secrets.token_hex(6)
+        secret = f"fdy_{tid}_{secrets.token_urlsafe(24)}"
+        self._insert("tokens", {
+            "id": tid, "kind": kind, "hash": _hash(secret),
+            "apps": json.dumps(apps) if apps is not None else None, "node": node,
+            "expires_at": self.clock() + ttl if ttl else None, "uses_left": uses,
+            "created_at": self.clock(), "label": label})
+        return tid, secret
+
+    def authenticate(self, secret: str) -> Token | None:
+        """The token `secret` names, if it is valid now; compared in constant time."""
+        parts = secret.split("_")
+        if len(parts) < 3 or parts[0] != "fdy":
+            return None
+        row = self._one("SELECT * FROM tokens WHERE id = ?", [parts[1]])
+        if row is None or not hmac.compare_digest(row["hash"], _hash(secret)):
+            return None
+        if row["revoked"] or (row["expires_at"] and row["expires_at"] < self.clock()):
+            return None
+        if row["uses_left"] is not None and row["uses_left"] <= 0:
+            return None
+        apps = tuple(json.loads(row["apps"])) if row["apps"] else None
+        return Token(row["id"], row["kind"], apps, row["node"])
+
+    def use_token(self, tid: str) -> None:
+        """Count one use of a limited-use token (join tokens)."""
+        self.db.execute("UPDATE tokens SET uses_left = uses_left - 1 "
+                        "WHERE id = ? AND uses_left IS NOT NULL", [tid])
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT id, kind, apps, node, expires_at, uses_left, created_at, "
+                          "revoked, label FROM tokens ORDER BY created_at")
+
+    def revoke_token(self, tid: str) -> None:
+        if self.db.execute("UPDATE tokens SET revoked = 1 WHERE id = ?", [tid]).rowcount == 0:
+            raise NotFound(f"no token {tid}")
+
+    # --- apps -------------------------------------------------------------------
+    def get_app(self, name: str) -> dict[str, Any]:
+        row = self._one("SELECT * FROM apps WHERE name = ?", [name])
+        if row is None:
+            raise NotFound(f"no app named {name!r}")
+        row["scale"] = json.loads(row["scale"])
+        row["env"] = json.loads(row["env"])
+        return row
+
+    def app_exists(self, name: str) -> bool:
+        return self._one("SELECT name FROM apps WHERE name = ?", [name]) is not None
+
+    def list_apps(self) -> list[dict[str, Any]]:
+        return [self.get_app(r["name"]) for r in self._rows("SELECT name FROM apps ORDER BY name")]
+
+    def create_app(self, name: str, *, memory_mb: int = 256, scale: dict[str, int] | None = None,
+                   env: dict[str, str] | None = None) -> None:
+        now = self.clock()
+        self._insert("apps", {"name": name, "started": 1, "release": 0, "memory_mb": memory_mb,
+                                "scale": json.dumps(scale or {"web": 1}),
+                                "env": json.dumps(env or {}), "health_check": "port",
+                                "created_at": now, "updated_at": now})
+        self.changed()
+
+    def update_app(self, name: str, **fields: Any) -> None:
+        """Change columns of an app (scale/env given as dicts)."""
+        self.get_app(name)
+        for key in ("scale", "env"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key])
+        fields["updated_at"] = self.clock()
+        self._update("apps", name, fields)
+        self.changed()
+
+    def delete_app(self, name: str) -> None:
+        """Remove an app with its releases, builds, logs and events; instances are stopped
+        by the reconciler, which sees them belong to no app."""
+        self.get_app(name)
+        with self._tx():
+            for table in ("apps", "releases", "builds", "logs", "events"):
+                key = "name" if table == "apps" else "app"
+                self.db.execute(f"DELETE FROM {table} WHERE {key} = ?", [name])
+        self.changed()
+
+    def app_specs(self) -> list[AppSpec]:
+        """Every app's desired state, joined with its current release's process types."""
+        specs = []
+        for row in self._rows("SELECT a.*, r.processes FROM apps a LEFT JOIN releases r "
+                              "ON r.app = a.name AND r.version = a.release"):
+            specs.append(AppSpec(
+                name=row["name"], started=bool(row["started"]), release=row["release"],
+                processes=json.loads(row["processes"] or "{}"),
+                scale=json.loads(row["scale"]), memory_mb=row["memory_mb"]))
+        return specs
+
+    # --- releases ---------------------------------------------------------------
+    def create_release(self, app: str, *, droplet: str, env: dict[str, str],
+                       processes: dict[str, str], pack: str | None, description: str) -> int:
+        """Make release v(N+1) of `app` current; returns its version."""
+        with self._tx():
+            row = self._one("SELECT COALESCE(MAX(version), 0) AS v FROM releases WHERE app = ?",
+                            [app])
+            version = (row["v"] if row else 0) + 1
+            self._insert("releases", {
+                "app": app, "version": version, "droplet": droplet, "env": json.dumps(env),
+                "processes": json.dumps(processes), "pack": pack, "description": description,
+                "created_at": self.clock()})
+            self.db.execute("UPDATE apps SET release = ?, updated_at = ? WHERE name = ?",
+                            [version, self.clock(), app])
+        self.changed()
+        return version
+
+    def get_release(self, app: str, version: int) -> dict[str, Any]:
+        row = self._one("SELECT * FROM releases WHERE app = ? AND version = ?", [app, version])
+        if row is None:
+            raise NotFound(f"app {app!r} has no release v{version}")
+        row["env"] = json.loads(row["env"])
+        row["processes"] = json.loads(row["processes"])
+        return row
+
+    def list_releases(self, app: str) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT app, version, droplet, pack, processes, description, created_at "
+                          "FROM releases WHERE app = ? ORDER BY version DESC", [app])
+        for row in rows:
+            row["processes"] = json.loads(row["processes"])
+        return rows
+
+    # --- builds -----------------------------------------------------------------
+    def create_build(self, app: str, source: str) -> str:
+        bid = "b-" + uuid.uuid4().hex[:12]
+        self._insert("builds", {"id": bid, "app": app, "state": "QUEUED", "source": source,
+                                  "created_at": self.clock()})
+        self.changed()
+        return bid
+
+    def get_build(self, bid: str) -> dict[str, Any]:
+        row = self._one("SELECT * FROM builds WHERE id = ?", [bid])
+        if row is None:
+            raise NotFound(f"no build {bid}")
+        row["processes"] = json.loads(row["processes"]) if row["processes"] else None
+        return row
+
+    def builds_in(self, state: str) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM builds WHERE state = ? ORDER BY created_at", [state])
+
+    def set_build(self, bid: str, state: str, **fields: Any) -> None:
+        """Move a build to `state`, refusing transitions the lifecycle does not allow."""
+        current = self.get_build(bid)["state"]
+        if state not in BUILD_TRANSITIONS[current]:
+            raise Conflict(f"build {bid} is {current}, cannot become {state}")
+        if "processes" in fields:
+            fields["processes"] = json.dumps(fields["processes"])
+        if state in ("STAGED", "FAILED"):
+            fields["finished_at"] = self.clock()
+        self._update("builds", bid, {"state": state, **fields})
+        self.changed()
+
+    # --- nodes ------------------------------------------------------------------
+    def add_node(self, name: str, address: str, memory_mb: int, tier: str | None) -> str:
+        nid = "n-" + uuid.uuid4().hex[:10]
+        now = self.clock()
+        self._insert("nodes", {"id": nid, "name": name, "address": address, "tier": tier,
+                                 "memory_mb": memory_mb, "state": NODE_READY,
+                                 "last_heartbeat": now, "created_at": now})
+        self.changed()
+        return nid
+
+    def get_node(self, nid: str) -> dict[str, Any]:
+        row = self._one("SELECT * FROM nodes WHERE id = ?", [nid])
+        if row is None:
+            raise NotFound(f"no node {nid}")
+        return row
+
+    def node_rows(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM nodes ORDER BY name")
+
+    def nodes(self) -> list[Node]:
+        return [Node(r["id"], r["name"], r["memory_mb"], r["last_heartbeat"], r["state"],
+                     r["address"]) for r in self.node_rows()]
+
+    def touch_node(self, nid: str, *, address: str, memory_mb: int, tier: str | None,
+                   boot: str) -> dict[str, Any]:
+        """Record a heartbeat; a lost node that speaks again is ready again. Returns the
+        node row as it was before."""
+        before = self.get_node(nid)
+        self._update("nodes", nid, {"address": address, "memory_mb": memory_mb, "tier": tier,
+                                    "last_heartbeat": self.clock(), "state": NODE_READY,
+                                    "boot": boot})
+        if (before["state"], before["memory_mb"], before["address"]) != (
+                NODE_READY, memory_mb, address):
+            self.changed()
+        return before
+
+    def set_node_state(self, nid: str, state: str) -> None:
+        self._update("nodes", nid, {"state": state})
+        self.changed()
+
+    # --- instances --------------------------------------------------------------
+    def add_instance(self, *, app: str, process: str, index: int, release: int, node: str,
+                     memory_mb: int, restarts: int, work_seq: int, iid: str) -> None:
+        self._insert("instances", {
+            "id": iid, "app": app, "process": process, "idx": index, "release": release,
+            "node": node, "state": "STARTING", "restarts": restarts, "since": self.clock(),
+            "memory_mb": memory_mb, "work_seq": work_seq})
+        self.changed()
+
+    def instance_rows(self, app: str | None = None, node: str | None = None
+                      ) -> list[dict[str, Any]]:
+        where, params = [], []
+        if app is not None:
+            where.append("app = ?")
+            params.append(app)
+        if node is not None:
+            where.append("node = ?")
+            params.append(node)
+        sql = "SELECT * FROM instances" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._rows(sql + " ORDER BY app, process, idx, since", params)
+
+    def instances(self) -> list[Instance]:
+        return [Instance(r["id"], r["app"], r["process"], r["idx"], r["release"], r["node"],
+                         r["state"], bool(r["stopping"]), r["restarts"], r["since"],
+                         r["memory_mb"]) for r in self.instance_rows()]
+
+    def update_instance(self, iid: str, **fields: Any) -> None:
+        self._update("instances", iid, fields)
+        self.changed()
+
+    def forget_instances(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        if ids:
+            marks = ",".join("?" * len(ids))
+            self.db.execute(f"DELETE FROM instances WHERE id IN ({marks})", ids)
+            self.changed()
+
+    # --- work queues ------------------------------------------------------------
+    def enqueue(self, node: str, kind: str, payload: dict[str, Any]) -> int:
+        """Append a work item to a node's queue; returns its sequence number."""
+        cur = self.db.execute("INSERT INTO work (node, kind, payload, created_at) "
+                              "VALUES (?, ?, ?, ?)", [node, kind, json.dumps(payload),
+                                                      self.clock()])
+        self.changed()
+        return int(cur.lastrowid or 0)
+
+    def work_after(self, node: str, after: int, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT seq, kind, payload FROM work WHERE node = ? AND seq > ? "
+                          "ORDER BY seq LIMIT ?", [node, after, limit])
+        return [{"seq": r["seq"], "kind": r["kind"], **json.loads(r["payload"])} for r in rows]
+
+    def ack_work(self, node: str, upto: int) -> None:
+        """Drop work items the node has confirmed it received."""
+        self.db.execute("DELETE FROM work WHERE node = ? AND seq <= ?", [node, upto])
+
+    # --- logs and events --------------------------------------------------------
+    def append_logs(self, records: list[dict[str, Any]]) -> None:
+        """Append log lines [{app, source, line, ts?, build?}] and keep each app's tail bounded."""
+        known = {r["name"] for r in self._rows("SELECT name FROM apps")}
+        rows = [{"app": r["app"], "ts": r.get("ts") or self.clock(), "source": r["source"],
+                 "build": r.get("build"), "line": r["line"]} for r in records if r["app"] in known]
+        if not rows:
+            return
+        self._insert_all("logs", rows)
+        for app in {r["app"] for r in rows}:
+            self.db.execute("DELETE FROM logs WHERE app = ? AND seq <= (SELECT MAX(seq) FROM logs "
+                            "WHERE app = ?) - ?", [app, app, LOG_LINES_KEPT * 4])
+        self.changed()
+
+    def read_logs(self, app: str, *, after: int | None, limit: int, build: str | None = None
+                  ) -> list[dict[str, Any]]:
+        """Lines after `after`; with `after=None`, the last `limit` lines."""
+        cond, params = "app = ?", [app]
+        if build is not None:
+            cond += " AND build = ?"
+            params.append(build)
+        if after is None:
+            rows = self._rows(f"SELECT seq, ts, source, line FROM logs WHERE {cond} "
+                              "ORDER BY seq DESC LIMIT ?", [*params, limit])
+            return rows[::-1]
+        return self._rows(f"SELECT seq, ts, source, line FROM logs WHERE {cond} AND seq > ? "
+                          "ORDER BY seq LIMIT ?", [*params, after, limit])
+
+    def add_event(self, app: str | None, kind: str, detail: str, actor: str | None = None) -> None:
+        self._insert("events", {"app": app, "ts": self.clock(), "kind": kind,
+                                  "detail": detail, "actor": actor})
+
+    def list_events(self, app: str, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT seq, ts, kind, detail, actor FROM events WHERE app = ? "
+                          "ORDER BY seq DESC LIMIT ?", [app, limit])
+        return rows[::-1]
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT/ROLLBACK around a block (the connection is in autocommit)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")

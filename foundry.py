@@ -1,0 +1,676 @@
+"""The `foundry` command: every user command, `foundry up`, and the role entry points.
+
+Commands talk to the control API over HTTP only; `up` and the role commands import
+the roles to start them. Errors reach the user in one place (`main`): one line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Foundry: push source, get a running app at a URL.")
+node_app = typer.Typer(no_args_is_help=True, help="Run a node agent.")
+app.add_typer(node_app, name="node")
+
+DEFAULT_IGNORES = (".git", ".hg", ".svn", ".DS_Store", "__pycache__", ".venv", "*.pyc")
+
+
+class CLIError(Exception):
+    """A failure to report to the user as one line."""
+
+
+# --- talking to the control plane -----------------------------------------------------
+def foundry_home(home: Path | None = None) -> Path:
+    return (home or Path(os.environ.get("FOUNDRY_HOME") or Path.home() / ".foundry")).expanduser()
+
+
+@dataclass
+class Api:
+    """The control API as the CLI sees it."""
+
+    url: str
+    token: str
+    apps_url: str = "http://{app}.localhost"
+
+    @classmethod
+    def load(cls) -> Api:
+        """From FOUNDRY_API/FOUNDRY_TOKEN, else from what `foundry up` wrote in the home."""
+        home = foundry_home()
+        saved: dict[str, Any] = {}
+        cli_file = home / "cli.json"
+        if cli_file.exists():
+            saved = json.loads(cli_file.read_text())
+        url = os.environ.get("FOUNDRY_API") or saved.get("api")
+        token = os.environ.get("FOUNDRY_TOKEN")
+        if not token and saved.get("token_file") and Path(saved["token_file"]).exists():
+            token = Path(saved["token_file"]).read_text().strip()
+        if not url or not token:
+            raise CLIError(f"no control plane configured: run `foundry up` (home {home}) or set "
+                           "FOUNDRY_API and FOUNDRY_TOKEN")
+        return cls(url.rstrip("/"), token, saved.get("apps_url", "http://{app}.localhost"))
+
+    def request(self, method: str, path: str, *, timeout: float = 30, **kw: Any) -> Any:
+        try:
+            resp = httpx.request(method, self.url + path, timeout=timeout,
+                                 headers={"authorization": f"Bearer {self.token}"}, **kw)
+        except httpx.TransportError as e:
+            raise CLIError(f"cannot reach the control plane at {self.url} ({e}); "
+                           "is `foundry up` running?") from None
+        if resp.status_code >= 400:
+            try:
+                reason = resp.json().get("error") or resp.text
+            except ValueError:
+                reason = resp.text.strip() or resp.reason_phrase
+            raise CLIError(reason)
+        return resp.json()
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+
+def emit_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> None:
+    cells = [headers] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for row in cells:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def human_duration(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# --- push ---------------------------------------------------------------------------
+def ignore_patterns(directory: Path) -> list[str]:
+    patterns = list(DEFAULT_IGNORES)
+    for name in (".foundryignore", ".cfignore"):
+        f = directory / name
+        if f.is_file():
+            patterns += [ln.strip() for ln in f.read_text().splitlines()
+                         if ln.strip() and not ln.startswith("#")]
+    return patterns
+
+
+def ignored(rel: str, patterns: list[str]) -> bool:
+    parts = rel.split("/")
+    for pattern in patterns:
+        p = pattern.strip("/")
+        if fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(part, p) for part in parts):
+            return True
+    return False
+
+
+def pack_source(directory: Path, dest: Path) -> int:
+    """Write the app directory as a gzip'd tar, honouring ignore files; returns file count."""
+    patterns = ignore_patterns(directory)
+    count = 0
+    with tarfile.open(dest, "w:gz", compresslevel=6) as tar:
+        for root, dirs, files in os.walk(directory):
+            rel_root = os.path.relpath(root, directory)
+            dirs[:] = sorted(d for d in dirs if not ignored(
+                os.path.normpath(os.path.join(rel_root, d)), patterns))
+            for name in sorted(files):
+                rel = os.path.normpath(os.path.join(rel_root, name))
+                if not ignored(rel, patterns):
+                    tar.add(os.path.join(root, name), arcname=rel, recursive=False)
+                    count += 1
+    return count
+
+
+def upload_chunks(path: Path) -> Iterator[bytes]:
+    total = path.stat().st_size
+    sent = 0
+    with open(path, "rb") as f:
+        while block := f.read(256 * 1024):
+            sent += len(block)
+            typer.echo(f"\rUploading {sent / 1024:.1f} KiB / {total / 1024:.1f} KiB", err=True,
+                       nl=False)
+            yield block
+    typer.echo("", err=True)
+
+
+def default_app_name(directory: Path) -> str:
+    return directory.resolve().name.lower().replace("_", "-").replace(".", "-")
+
+
+def follow_build(api: Api, name: str, build: str) -> dict[str, Any]:
+    """Print the build log live until the build ends; returns the final build."""
+    after: int | None = 0
+    while True:
+        state = api.get(f"/v1/builds/{build}")
+        done = state["state"] in ("STAGED", "FAILED")
+        page = api.get(f"/v1/apps/{name}/logs", params={
+            "build": build, "after": after, "wait": 0 if done else 5}, timeout=40)
+        for line in page["lines"]:
+            typer.echo(f"  {line['line']}")
+        after = page["next"]
+        if done and not page["lines"]:
+            return dict(state)
+
+
+def wait_for_instances(api: Api, name: str, release: int, timeout: float) -> dict[str, Any]:
+    """Wait until every wanted instance of `release` runs; CLIError when they cannot."""
+    deadline = time.monotonic() + timeout
+    revision, shown = "", ""
+    while time.monotonic() < deadline:
+        view = api.get(f"/v1/apps/{name}", params={"wait": 5, "revision": revision}, timeout=40)
+        revision = view["revision"]
+        wanted = sum(view["scale"].get(p, 1) for p in view["processes"] if p != "release")
+        mine = [i for i in view["instances"] if i["release"] == release]
+        running = sum(1 for i in mine if i["state"] == "RUNNING")
+        crashed = [i for i in mine if i["state"] == "CRASHED"]
+        status = f"instances: {running}/{wanted} running"
+        if status != shown:
+            typer.echo(status, err=True)
+            shown = status
+        if view["release"] != release:
+            raise CLIError(f"release v{release} was superseded by v{view['release']}")
+        if running >= wanted:
+            return dict(view)
+        for inst in crashed:
+            if inst["restarts"] >= 2:
+                raise CLIError(f"{inst['process']}.{inst['index']} keeps crashing: "
+                               f"{inst['reason']} (see `foundry logs {name}`)")
+    raise CLIError(f"instances of {name} did not all start within {timeout:.0f} s "
+                   f"(see `foundry app {name}` and `foundry logs {name}`)")
+
+
+@app.command()
+def push(path: Path = typer.Argument(Path("."), help="app directory"),
+         name: str = typer.Option(None, "--name", "-n", help="app name (default: dir name)"),
+         instances: int = typer.Option(None, "--instances", "-i", min=0, max=100),
+         memory: str = typer.Option(None, "--memory", "-m", help="e.g. 256M, 1G"),
+         env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE, repeatable"),
+         timeout: float = typer.Option(180, help="seconds to wait for instances"),
+         ) -> None:
+    """Build DIR and run it; prints the app's URL once every instance runs."""
+    from control.names import app_name_problem
+
+    if not path.is_dir():
+        raise CLIError(f"{path}: no such directory")
+    name = name or default_app_name(path)
+    problem = app_name_problem(name)
+    if problem:
+        raise CLIError(f"{problem} (choose one with --name)")
+    api = Api.load()
+    params: list[tuple[str, str | int]] = [("env", e) for e in env]
+    if instances is not None:
+        params.append(("instances", instances))
+    if memory is not None:
+        params.append(("memory", memory))
+    with tempfile.TemporaryDirectory() as tmp:
+        tarball = Path(tmp) / "source.tgz"
+        count = pack_source(path, tarball)
+        typer.echo(f"Packing {count} files from {path}", err=True)
+        started = api.request("POST", f"/v1/apps/{name}/builds", params=params,
+                              content=upload_chunks(tarball), timeout=600)
+    typer.echo(f"{'Created' if started['created'] else 'Updating'} {name}; "
+               f"build {started['build']}:", err=True)
+    build = follow_build(api, name, started["build"])
+    if build["state"] == "FAILED":
+        raise CLIError(f"build failed: {build['error']}")
+    view = wait_for_instances(api, name, build["release"], timeout)
+    typer.echo(f"{name} v{build['release']} is running: {view['url']}")
+
+
+# --- app commands -------------------------------------------------------------------
+JSON = typer.Option(False, "--json", help="machine-readable output")
+
+
+@app.command("apps")
+def list_apps(as_json: bool = JSON) -> None:
+    """List apps."""
+    apps = Api.load().get("/v1/apps")["apps"]
+    if as_json:
+        return emit_json(apps)
+    rows = []
+    for a in apps:
+        running = sum(1 for i in a["instances"] if i["state"] == "RUNNING")
+        wanted = sum(a["scale"].get(p, 1) for p in a["processes"] if p != "release")
+        rows.append([a["name"], a["state"], f"v{a['release']}" if a["release"] else "-",
+                     f"{running}/{wanted}", a["url"]])
+    table(rows, ["NAME", "STATE", "RELEASE", "RUNNING", "URL"])
+
+
+@app.command("app")
+def show_app(name: str, as_json: bool = JSON) -> None:
+    """Show an app: release and each instance."""
+    view = Api.load().get(f"/v1/apps/{name}")
+    if as_json:
+        return emit_json(view)
+    typer.echo(f"{view['name']}  {view['state']}  release "
+               f"{'v' + str(view['release']) if view['release'] else 'none'}  "
+               f"memory {view['memory_mb']}M  {view['url']}")
+    typer.echo("scale: " + ", ".join(f"{p}={view['scale'].get(p, 1)}"
+                                      for p in view["processes"]) or "no processes")
+    table([[f"{i['process']}.{i['index']}", i["state"], f"v{i['release']}", i["node"], i["port"],
+            human_duration(i["uptime"]), i["restarts"], i["reason"]]
+           for i in view["instances"]],
+          ["INSTANCE", "STATE", "RELEASE", "NODE", "PORT", "UPTIME", "RESTARTS", "REASON"])
+
+
+@app.command()
+def scale(name: str, instances: int = typer.Option(..., "--instances", "-i", min=0, max=100),
+          process: str = typer.Option("web", "--process", "-p"),
+          memory: str = typer.Option(None, "--memory", "-m")) -> None:
+    """Set how many instances of a process type run."""
+    body: dict[str, Any] = {"process": process, "instances": instances}
+    if memory:
+        body["memory"] = memory
+    Api.load().request("POST", f"/v1/apps/{name}/scale", json=body)
+    typer.echo(f"{name}: {process} scaled to {instances}")
+
+
+def _action(name: str, action: str) -> None:
+    Api.load().request("POST", f"/v1/apps/{name}/actions/{action}")
+    typer.echo(f"{name}: {action} requested")
+
+
+@app.command()
+def stop(name: str) -> None:
+    """Stop every instance of an app (its route answers 503)."""
+    _action(name, "stop")
+
+
+@app.command()
+def start(name: str) -> None:
+    """Start a stopped app."""
+    _action(name, "start")
+
+
+@app.command()
+def restart(name: str) -> None:
+    """Replace every instance of an app."""
+    _action(name, "restart")
+
+
+@app.command()
+def delete(name: str) -> None:
+    """Delete an app, its releases and its logs."""
+    Api.load().request("DELETE", f"/v1/apps/{name}")
+    typer.echo(f"{name} deleted")
+
+
+def _print_line(line: dict[str, Any]) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(line["ts"]))
+    typer.echo(f"{stamp} [{line['source']}] {line['line']}")
+
+
+@app.command()
+def logs(name: str, follow: bool = typer.Option(False, "--follow", "-f"),
+         recent: bool = typer.Option(False, "--recent", help="print recent lines and exit"),
+         lines: int = typer.Option(100, "--lines", "-n", min=1, max=5000),
+         as_json: bool = JSON) -> None:
+    """Show an app's build and app log lines; -f follows with no gap."""
+    del recent  # recent lines are what is shown without --follow
+    api = Api.load()
+    page = api.get(f"/v1/apps/{name}/logs", params={"limit": lines})
+    for line in page["lines"]:
+        emit_json(line) if as_json else _print_line(line)
+    after = page["next"] or 0
+    while follow:
+        page = api.get(f"/v1/apps/{name}/logs", params={"after": after, "wait": 25}, timeout=40)
+        for line in page["lines"]:
+            emit_json(line) if as_json else _print_line(line)
+        after = page["next"] if page["next"] is not None else after
+
+
+@app.command("env")
+def show_env(name: str, as_json: bool = JSON) -> None:
+    """Show an app's config vars."""
+    env = Api.load().get(f"/v1/apps/{name}/env")["env"]
+    if as_json:
+        return emit_json(env)
+    for key in sorted(env):
+        typer.echo(f"{key}={env[key]}")
+
+
+@app.command("set-env")
+def set_env(name: str, pairs: list[str] = typer.Argument(..., help="KEY=VALUE ...")) -> None:
+    """Set config vars (a new release; instances are replaced)."""
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CLIError(f"{pair!r} is not KEY=VALUE")
+        values[key] = value
+    answer = Api.load().request("PATCH", f"/v1/apps/{name}/env", json={"set": values})
+    typer.echo(f"{name}: set {', '.join(values)}"
+               + (f" (release v{answer['release']})" if answer["release"] else ""))
+
+
+@app.command("unset-env")
+def unset_env(name: str, keys: list[str] = typer.Argument(...)) -> None:
+    """Remove config vars (a new release; instances are replaced)."""
+    answer = Api.load().request("PATCH", f"/v1/apps/{name}/env", json={"unset": keys})
+    typer.echo(f"{name}: unset {', '.join(keys)}"
+               + (f" (release v{answer['release']})" if answer["release"] else ""))
+
+
+@app.command()
+def releases(name: str, as_json: bool = JSON) -> None:
+    """List an app's releases, newest first."""
+    rows = Api.load().get(f"/v1/apps/{name}/releases")["releases"]
+    if as_json:
+        return emit_json(rows)
+    table([[f"v{r['version']}", r["pack"], r["droplet"][:12], r["description"],
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))] for r in rows],
+          ["RELEASE", "PACK", "DROPLET", "DESCRIPTION", "CREATED"])
+
+
+@app.command()
+def events(name: str, as_json: bool = JSON) -> None:
+    """List what happened to an app."""
+    rows = Api.load().get(f"/v1/apps/{name}/events")["events"]
+    if as_json:
+        return emit_json(rows)
+    table([[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r["kind"], r["detail"]]
+           for r in rows], ["TIME", "EVENT", "DETAIL"])
+
+
+@app.command()
+def nodes(as_json: bool = JSON) -> None:
+    """List nodes with state, isolation tier, capacity and instances."""
+    rows = Api.load().get("/v1/nodes")["nodes"]
+    if as_json:
+        return emit_json(rows)
+    now = time.time()
+    table([[n["name"], n["id"], n["state"], n["tier"], n["address"],
+            f"{n['used_mb']}/{n['memory_mb']}M", n["instances"],
+            f"{now - n['last_heartbeat']:.0f}s ago"] for n in rows],
+          ["NAME", "ID", "STATE", "TIER", "ADDRESS", "MEMORY", "INSTANCES", "HEARTBEAT"])
+
+
+# --- roles --------------------------------------------------------------------------
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise CLIError(f"--listen {listen!r} must look like HOST:PORT")
+    return host or "127.0.0.1", int(port)
+
+
+@app.command()
+def control(home: Path = typer.Option(None, help="state directory"),
+            listen: str = typer.Option("127.0.0.1:7070"),
+            domain: str = typer.Option("localhost"),
+            api_address: str = typer.Option(None, help="HOST:PORT the edge routes api.<domain> to"),
+            apps_url: str = typer.Option(None, help="URL pattern of apps, with {app}")) -> None:
+    """Run the control plane."""
+    from control.config import ControlConfig
+    from control.main import run
+
+    host, port = split_listen(listen)
+    run(ControlConfig(home=foundry_home(home) / "control" if home is None else home,
+                      domain=domain, host=host, port=port,
+                      api_address=api_address or f"{host}:{port}",
+                      apps_url=apps_url or f"http://{{app}}.{domain}"))
+
+
+@app.command()
+def edge(listen: str = typer.Option("127.0.0.1:8080"),
+         control_url: str = typer.Option(..., "--control"),
+         token: str = typer.Option(..., envvar="FOUNDRY_EDGE_TOKEN")) -> None:
+    """Run the edge proxy."""
+    from edge.main import run
+    from edge.proxy import EdgeConfig
+
+    host, port = split_listen(listen)
+    run(EdgeConfig(host=host, port=port, control_url=control_url.rstrip("/"), token=token))
+
+
+@node_app.command("join")
+def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
+              token: str = typer.Option(None, envvar="FOUNDRY_JOIN_TOKEN",
+                                        help="join token (only needed the first time)"),
+              home: Path = typer.Option(None), name: str = typer.Option(None),
+              advertise: str = typer.Option("127.0.0.1", help="address instances are reached at"),
+              memory: str = typer.Option("4G", help="memory offered to instances"),
+              grace: float = typer.Option(10.0, help="seconds between SIGTERM and SIGKILL")
+              ) -> None:
+    """Join a control plane (or rejoin with the saved identity) and run instances."""
+    import socket
+
+    import uv
+
+    from control.names import parse_memory
+    from node.agent import NodeConfig
+    from node.main import run
+    from packs import PACKS_DIR
+
+    try:
+        memory_mb = parse_memory(memory)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    # Builds fetch packages: they see the operator's proxy and certificate settings.
+    network = {k: v for k, v in os.environ.items()
+               if k in ("SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS")
+               or k.lower().endswith("_proxy") or k.startswith(("UV_", "PIP_", "npm_config_"))}
+    run(NodeConfig(home=home or foundry_home() / "node", control_url=control_url.rstrip("/"),
+                   packs_dir=PACKS_DIR, join_token=token, name=name or socket.gethostname(),
+                   address=advertise, memory_mb=memory_mb, base_env=base_env, grace=grace,
+                   build_env={**network, "FOUNDRY_UV": uv.find_uv_bin()}))
+
+
+# --- up -----------------------------------------------------------------------------
+@app.command()
+def up(home: Path = typer.Option(None, help="state directory (default $FOUNDRY_HOME or "
+                                             "~/.foundry)"),
+       http_port: int = typer.Option(8080, min=1, max=65535, help="the edge's port"),
+       api_port: int = typer.Option(7070, min=1, max=65535, help="the control API's port"),
+       domain: str = typer.Option("localhost", help="apps are <app>.<domain>")) -> None:
+    """Run control plane, edge and one node on this machine, in the foreground."""
+    Up(foundry_home(home), http_port, api_port, domain).run()
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+
+
+class Up:
+    """`foundry up`: the three roles as supervised child processes of this one.
+
+    Children run in their own sessions, so a Ctrl-C reaches only this process, which
+    then stops them in order: edge and node first (the node stops its apps), then the
+    control plane, all within 10 s. A child that dies on its own is restarted.
+    """
+
+    NODE_GRACE = 6.0
+
+    def __init__(self, home: Path, http_port: int, api_port: int, domain: str) -> None:
+        self.home = home
+        self.http_port = http_port
+        self.api_port = api_port
+        self.domain = domain
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+        self.env: dict[str, dict[str, str]] = {}
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def _token(self, store: Any, path: Path, kind: str) -> str:
+        if path.exists():
+            secret = path.read_text().strip()
+            token = store.authenticate(secret)
+            if token is not None and token.kind == kind:
+                return secret
+        _, secret = store.create_token(kind, label=f"foundry up ({kind})")
+        _write_secret(path, secret)
+        return str(secret)
+
+    def prepare(self) -> None:
+        """Create the home, the tokens the roles need, and the CLI's settings."""
+        from control.store import Store
+
+        for sub in ("control", "node", "logs"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.home, 0o700)
+        store = Store(self.home / "control" / "foundry.db")
+        try:
+            self._token(store, self.home / "admin-token", "admin")
+            edge_token = self._token(store, self.home / "edge-token", "read")
+            node_env = {}
+            if not (self.home / "node" / "identity.json").exists():
+                _, node_env["FOUNDRY_JOIN_TOKEN"] = store.create_token(
+                    "join", uses=1, ttl=3600, label="foundry up (local node)")
+        finally:
+            store.close()
+        self.env = {"control": {}, "node": node_env, "edge": {"FOUNDRY_EDGE_TOKEN": edge_token}}
+        (self.home / "cli.json").write_text(json.dumps({
+            "api": self.api_url, "token_file": str(self.home / "admin-token"),
+            "apps_url": self.apps_url()}, indent=2))
+
+    def apps_url(self) -> str:
+        return f"http://{{app}}.{self.domain}:{self.http_port}"
+
+    def argv(self, role: str) -> list[str]:
+        me = [sys.executable, "-m", "foundry"]
+        if role == "control":
+            return [*me, "control", "--home", str(self.home / "control"),
+                    "--listen", f"127.0.0.1:{self.api_port}", "--domain", self.domain,
+                    "--apps-url", self.apps_url()]
+        if role == "node":
+            return [*me, "node", "join", self.api_url, "--home", str(self.home / "node"),
+                    "--name", "local", "--grace", str(self.NODE_GRACE)]
+        return [*me, "edge", "--listen", f"0.0.0.0:{self.http_port}", "--control", self.api_url]
+
+    def spawn(self, role: str) -> None:
+        log = open(self.home / "logs" / f"{role}.log", "ab")  # noqa: SIM115 (child keeps it)
+        here = str(Path(__file__).resolve().parent)
+        env = {**os.environ, **self.env[role],
+               "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+        self.procs[role] = subprocess.Popen(self.argv(role), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env,
+                                            start_new_session=True)
+        log.close()
+
+    def wait_ready(self, role: str, check: Any, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            if self.procs[role].poll() is not None:
+                break
+            if check():
+                return
+            time.sleep(0.05)
+        raise CLIError(f"{role} did not start; see {self.home / 'logs' / (role + '.log')}")
+
+    def run(self) -> None:
+        self.prepare()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: setattr(self, "stopping", True))
+        try:
+            self.spawn("control")
+            self.wait_ready("control", lambda: _http_ok(self.api_url + "/v1/health"))
+            self.spawn("node")
+            self.spawn("edge")
+            self.wait_ready("edge", lambda: _port_open(self.http_port))
+            self.banner()
+            self.supervise()
+        finally:
+            self.shutdown()
+
+    def banner(self) -> None:
+        typer.echo(f"Foundry is up (home {self.home})")
+        typer.echo(f"  API:        {self.api_url}  (also http://api.{self.domain}:{self.http_port})")
+        typer.echo(f"  Apps:       {self.apps_url().replace('{app}', '<app>')}")
+        typer.echo(f"  Admin token: {self.home / 'admin-token'}")
+        typer.echo(f"  Logs:       {self.home / 'logs'}")
+        typer.echo("  Isolation:  plain (apps run as child processes; not a security boundary)")
+        typer.echo("Press Ctrl-C to stop.", err=False)
+        sys.stdout.flush()
+
+    def supervise(self) -> None:
+        restarts: dict[str, list[float]] = {}
+        while not self.stopping:
+            time.sleep(0.2)
+            for role, proc in list(self.procs.items()):
+                if proc.poll() is None or self.stopping:
+                    continue
+                recent = [t for t in restarts.get(role, []) if time.monotonic() - t < 60]
+                if len(recent) >= 5:
+                    raise CLIError(f"{role} keeps exiting (code {proc.returncode}); see "
+                                   f"{self.home / 'logs' / (role + '.log')}")
+                typer.echo(f"{role} exited with code {proc.returncode}; restarting", err=True)
+                restarts[role] = [*recent, time.monotonic()]
+                self.spawn(role)
+
+    def shutdown(self) -> None:
+        """Stop edge and node, then the control plane; kill whatever outlives 10 s."""
+        deadline = time.monotonic() + 9.5
+        for group in (("edge", "node"), ("control",)):
+            for role in group:
+                if role in self.procs and self.procs[role].poll() is None:
+                    self.procs[role].send_signal(signal.SIGTERM)
+            for role in group:
+                if role in self.procs:
+                    try:
+                        self.procs[role].wait(max(0.1, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        self.procs[role].kill()
+                        self.procs[role].wait()
+        typer.echo("Foundry stopped.")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main() -> None:
+    """Entry point: run a command; report any failure as one line on stderr."""
+    try:
+        code = app(standalone_mode=False)
+    except CLIError as e:
+        typer.echo(f"foundry: {e}", err=True)
+        sys.exit(1)
+    except click.UsageError as e:
+        typer.echo(f"foundry: {e.format_message()}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        typer.echo(f"foundry: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Foundry's node agent: stages source into droplets and runs instances (see DESIGN.md)."""

@@ -1,0 +1,157 @@
+"""The node agent's main loop: join once, then heartbeat and long-poll for work.
+
+Identity (node id + node token) is kept in `<home>/identity.json` so a restarted
+agent is the same node. The work cursor (`<home>/work_seq`) is advanced only after
+an item has been taken in hand, and each poll acknowledges everything up to it, so
+an item is never lost and never applied twice. Heartbeats go out every
+`heartbeat_interval` seconds and at once when an instance changes state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from node.client import ControlClient, ControlError
+from node.droplets import DropletCache
+from node.instances import Supervisor
+from node.logship import LogShipper
+from node.stager import Stager
+
+log = logging.getLogger("foundry.node")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    home: Path
+    control_url: str
+    packs_dir: Path
+    join_token: str | None = None
+    name: str = "node"
+    address: str = "127.0.0.1"
+    memory_mb: int = 4096
+    heartbeat_interval: float = 2.0
+    grace: float = 10.0
+    start_timeout: float = 60.0
+    base_env: dict[str, str] = field(default_factory=dict)    # every process the node starts
+    build_env: dict[str, str] = field(default_factory=dict)   # added for packs (tool paths)
+
+
+class JoinError(Exception):
+    """The node cannot join: no identity and no (valid) join token."""
+
+
+class Agent:
+    def __init__(self, config: NodeConfig, http: httpx.AsyncClient) -> None:
+        self.config = config
+        self.client = ControlClient(http)
+        self.boot = uuid.uuid4().hex[:12]
+        self.node_id = ""
+        self.work_seq = 0
+        self.logs = LogShipper(self.client)
+        self.changed = trio.Event()
+        home = config.home
+        self.supervisor = Supervisor(
+            home=home, droplets=DropletCache(home / "droplets", self.client), logs=self.logs,
+            address=config.address, base_env=config.base_env, grace=config.grace,
+            start_timeout=config.start_timeout, on_change=self.changed.set)
+        self.stager = Stager(home, config.packs_dir, self.client, self.logs,
+                             {**config.base_env, **config.build_env})
+
+    async def identify(self) -> None:
+        """Load this node's identity, or join with the join token."""
+        ident = self.config.home / "identity.json"
+        if ident.exists():
+            data = json.loads(ident.read_text())
+            self.node_id, self.client.token = data["id"], data["token"]
+            seq = self.config.home / "work_seq"
+            self.work_seq = int(seq.read_text()) if seq.exists() else 0
+            return
+        if not self.config.join_token:
+            raise JoinError("this node has not joined yet: give it a join token")
+        answer = await self.client.join(self.config.join_token, {
+            "name": self.config.name, "address": self.config.address,
+            "memory_mb": self.config.memory_mb, "tier": "plain"})
+        self.node_id = answer["id"]
+        self.config.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(ident, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"id": self.node_id, "token": answer["token"],
+                       "control": self.config.control_url}, f)
+        log.info("node-joined id=%s", self.node_id)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        await self.identify()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.logs.run)
+                await self.heartbeat_once()
+                nursery.start_soon(self.heartbeat_loop)
+                nursery.start_soon(self.work_loop, nursery)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(self.config.grace + 2):
+                await self.supervisor.stop_all()
+                with trio.move_on_after(1):
+                    await self.heartbeat_once()
+
+    async def heartbeat_once(self) -> None:
+        instances = self.supervisor.report()
+        await self.client.heartbeat(self.node_id, {
+            "boot": self.boot, "address": self.config.address, "tier": "plain",
+            "memory_mb": self.config.memory_mb, "work_seq": self.work_seq,
+            "instances": instances})
+        self.supervisor.prune(instances)
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            with trio.move_on_after(self.config.heartbeat_interval):
+                await self.changed.wait()
+            self.changed = trio.Event()
+            self.supervisor.on_change = self.changed.set
+            try:
+                await self.heartbeat_once()
+            except ControlError as e:
+                log.warning("heartbeat-failed error=%s", e)
+                await trio.sleep(1)
+            await trio.sleep(0.02)  # coalesce bursts of state changes into one report
+
+    async def work_loop(self, nursery: trio.Nursery) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                items = await self.client.work(self.node_id, self.work_seq, wait=25)
+            except ControlError as e:
+                log.warning("work-poll-failed error=%s", e)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 5)
+                continue
+            backoff = 0.5
+            for item in items:
+                self.take(item, nursery)
+                self.work_seq = item["seq"]
+            if items:
+                (self.config.home / "work_seq").write_text(str(self.work_seq))
+                self.changed.set()
+
+    def take(self, item: dict[str, Any], nursery: trio.Nursery) -> None:
+        """Hand one work item to whoever does it."""
+        kind = item["kind"]
+        log.info("work-received seq=%s kind=%s", item["seq"], kind)
+        if kind == "start":
+            self.supervisor.start(item, nursery)
+        elif kind == "stop":
+            self.supervisor.stop(item["instance"])
+        elif kind == "stage":
+            nursery.start_soon(self.stager.stage, item)
+        else:
+            log.warning("work-unknown kind=%s", kind)

@@ -1,0 +1,72 @@
+"""Safe extraction of untrusted archives (source packages and droplets).
+
+Nothing an archive holds may be written outside its target directory: members with
+absolute paths or `..`, links leaving the root, devices, FIFOs and setuid/setgid
+bits are refused; member count and expanded size are capped. Extraction goes into
+a fresh directory that is removed whole if any member is refused. (The control
+plane checks uploads the same way; the node does not trust that it did.)
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shutil
+import tarfile
+import zlib
+from pathlib import Path
+
+MAX_FILES = 200_000
+MAX_EXPANDED = 4 << 30
+
+
+class ArchiveError(ValueError):
+    """An archive that was refused, naming the member."""
+
+
+def _problem(member: tarfile.TarInfo) -> str | None:
+    norm = posixpath.normpath(member.name)
+    if member.name.startswith("/") or norm == ".." or norm.startswith("../"):
+        return "path leaves the archive root"
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        return "device, FIFO or unsupported member type"
+    if member.mode & 0o6000:
+        return "setuid/setgid bit"
+    if member.issym() or member.islnk():
+        base = posixpath.dirname(norm) if member.issym() else ""
+        joined = posixpath.normpath(posixpath.join(base, member.linkname))
+        if member.linkname.startswith("/") or joined == ".." or joined.startswith("../"):
+            return f"link to {member.linkname!r} leaves the archive root"
+    return None
+
+
+def extract(archive: Path, target: Path, *, max_files: int = MAX_FILES,
+            max_expanded: int = MAX_EXPANDED) -> int:
+    """Extract a gzip'd tar into `target` (which must not exist); returns the member count."""
+    target.mkdir(parents=True)
+    try:
+        count = expanded = 0
+        with tarfile.open(archive, mode="r:gz") as tar:
+            for member in tar:
+                count += 1
+                expanded += max(member.size, 0)
+                problem = _problem(member)
+                if problem:
+                    raise ArchiveError(f"archive member {member.name!r} refused: {problem}")
+                if count > max_files or expanded > max_expanded:
+                    raise ArchiveError("archive is larger than the extraction limits")
+                # The "data" filter re-checks paths and links and drops unsafe modes.
+                tar.extract(member, target, filter="data")
+        return count
+    except (tarfile.TarError, zlib.error, EOFError) as e:
+        shutil.rmtree(target, ignore_errors=True)
+        raise ArchiveError(f"not a valid gzip'd tar archive ({e})") from None
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def create(source: Path, archive: Path) -> None:
+    """Pack a directory into a gzip'd tar (fast compression: droplets are rebuilt often)."""
+    with tarfile.open(archive, mode="w:gz", compresslevel=1) as tar:
+        for child in sorted(source.iterdir()):
+            tar.add(child, arcname=child.name)

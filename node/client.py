@@ -1,0 +1,84 @@
+"""The node agent's side of the control API (joins, heartbeats, work, blobs, logs).
+
+Takes an `httpx.AsyncClient` so tests can hand it any transport. Every call raises
+ControlError with the server's reason on a non-2xx answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+
+class ControlError(Exception):
+    """The control plane refused a call or could not be reached."""
+
+
+class ControlClient:
+    """Typed calls to the control plane for one node."""
+
+    def __init__(self, http: httpx.AsyncClient, token: str = "") -> None:
+        self.http = http
+        self.token = token
+
+    def _headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+    async def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = await self.http.request(method, path, headers=self._headers(), **kw)
+        except httpx.HTTPError as e:
+            raise ControlError(f"{method} {path}: {type(e).__name__}: {e}") from e
+        if resp.status_code >= 400:
+            try:
+                reason = resp.json().get("error", resp.text)
+            except ValueError:
+                reason = resp.text
+            raise ControlError(f"{method} {path}: {resp.status_code} {reason}")
+        return resp.json()
+
+    async def join(self, join_token: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.token = join_token
+        answer: dict[str, Any] = await self._call("POST", "/v1/nodes/join", json=body)
+        self.token = answer["token"]
+        return answer
+
+    async def heartbeat(self, node: str, body: dict[str, Any]) -> None:
+        await self._call("POST", f"/v1/nodes/{node}/heartbeat", json=body)
+
+    async def work(self, node: str, after: int, wait: float) -> list[dict[str, Any]]:
+        answer = await self._call("GET", f"/v1/nodes/{node}/work",
+                                  params={"after": after, "wait": wait},
+                                  timeout=wait + 10)
+        items: list[dict[str, Any]] = answer["work"]
+        return items
+
+    async def post_logs(self, lines: list[dict[str, Any]]) -> None:
+        await self._call("POST", "/v1/logs", json={"lines": lines})
+
+    async def build_result(self, build: str, body: dict[str, Any]) -> None:
+        await self._call("POST", f"/v1/builds/{build}/result", json=body)
+
+    async def download(self, digest: str, dest: Path) -> None:
+        """Fetch a blob into `dest`."""
+        try:
+            async with self.http.stream("GET", f"/v1/blobs/{digest}", headers=self._headers(),
+                                        timeout=300) as resp:
+                if resp.status_code != 200:
+                    raise ControlError(f"download {digest[:12]}: {resp.status_code}")
+                async with await trio.open_file(dest, "wb") as out:
+                    async for chunk in resp.aiter_bytes(1 << 20):
+                        await out.write(chunk)
+        except httpx.HTTPError as e:
+            raise ControlError(f"download {digest[:12]}: {e}") from e
+
+    async def upload(self, digest: str, path: Path) -> None:
+        """Send a blob whose sha256 is `digest`."""
+        async def chunks() -> Any:
+            async with await trio.open_file(path, "rb") as f:
+                while block := await f.read(1 << 20):
+                    yield block
+        await self._call("PUT", f"/v1/blobs/{digest}", content=chunks(), timeout=300)

@@ -1,0 +1,259 @@
+"""Instances on this node: their lifecycle, processes, health checks and stops.
+
+Lifecycle (refused transitions raise; status names shown to users are these):
+
+    STARTING -> RUNNING | STOPPING | CRASHED
+    RUNNING  -> STOPPING | CRASHED
+    STOPPING -> STOPPED
+    STOPPED, CRASHED: final
+
+An instance is RUNNING only once its health check passes (`port`: the port accepts
+connections; `process`: alive). Stop = SIGTERM to every process of the instance,
+`grace` seconds, then SIGKILL to whatever is left. Nothing of an instance outlives
+it: after its main process exits, remaining processes are killed too. Every
+instance task lives in the supervisor's nursery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.droplets import DropletCache
+from node.logship import LogShipper
+from node.proctree import MARKER, signal_instance
+
+log = logging.getLogger("foundry.node")
+
+STARTING, RUNNING, STOPPING, STOPPED, CRASHED = (
+    "STARTING", "RUNNING", "STOPPING", "STOPPED", "CRASHED")
+TRANSITIONS: dict[str, frozenset[str]] = {
+    STARTING: frozenset({RUNNING, STOPPING, CRASHED}),
+    RUNNING: frozenset({STOPPING, CRASHED}),
+    STOPPING: frozenset({STOPPED}),
+    STOPPED: frozenset(),
+    CRASHED: frozenset(),
+}
+LAUNCHER = ('for f in "$HOME"/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
+            'exec /bin/sh -c "$FOUNDRY_COMMAND"')
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+@dataclass
+class Instance:
+    spec: dict[str, Any]
+    state: str = STARTING
+    port: int | None = None
+    pid: int | None = None
+    reason: str | None = None
+    started_at: float | None = None
+    stop_requested: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def id(self) -> str:
+        return str(self.spec["instance"])
+
+    @property
+    def source(self) -> str:
+        return f"app/{self.spec['process']}.{self.spec['index']}"
+
+    def move(self, state: str, reason: str | None = None) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise InvalidTransition(f"instance {self.id}: {self.state} -> {state}")
+        self.state = state
+        if reason:
+            self.reason = reason
+        if state == RUNNING:
+            self.started_at = time.time()
+
+    def report(self) -> dict[str, Any]:
+        return {"id": self.id, "app": self.spec["app"], "state": self.state, "port": self.port,
+                "reason": self.reason, "pid": self.pid}
+
+
+def exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Supervisor:
+    """Starts, watches and stops this node's instances."""
+
+    home: Path
+    droplets: DropletCache
+    logs: LogShipper
+    address: str = "127.0.0.1"
+    base_env: dict[str, str] = field(default_factory=dict)
+    grace: float = 10.0
+    start_timeout: float = 60.0
+    on_change: Callable[[], None] = lambda: None
+    instances: dict[str, Instance] = field(default_factory=dict)
+
+    def start(self, spec: dict[str, Any], nursery: trio.Nursery) -> None:
+        """Begin starting an instance (idempotent by instance id)."""
+        if spec["instance"] in self.instances:
+            return
+        inst = Instance(spec)
+        self.instances[inst.id] = inst
+        self.on_change()
+        nursery.start_soon(self._run, inst)
+
+    def stop(self, instance_id: str) -> None:
+        inst = self.instances.get(instance_id)
+        if inst is not None:
+            inst.stop_requested.set()
+
+    async def stop_all(self) -> None:
+        for inst in list(self.instances.values()):
+            inst.stop_requested.set()
+        for inst in list(self.instances.values()):
+            await inst.done.wait()
+
+    def report(self) -> list[dict[str, Any]]:
+        return [i.report() for i in self.instances.values()]
+
+    def prune(self, reported: list[dict[str, Any]]) -> None:
+        """Forget final instances once a heartbeat has carried their final state."""
+        for rep in reported:
+            inst = self.instances.get(rep["id"])
+            final = rep["state"] in (STOPPED, CRASHED)
+            if inst is not None and final and inst.state == rep["state"]:
+                del self.instances[rep["id"]]
+
+    def _move(self, inst: Instance, state: str, reason: str | None = None) -> None:
+        inst.move(state, reason)
+        log.info("instance-%s id=%s app=%s port=%s%s", state.lower(), inst.id, inst.spec["app"],
+                 inst.port, f" reason={reason!r}" if reason else "")
+        if state in (CRASHED, STOPPED, RUNNING):
+            note = f"{state.lower()}" + (f": {reason}" if reason else "")
+            self.logs.emit(inst.spec["app"], inst.source, f"[foundry] instance {note}")
+        self.on_change()
+
+    def _env(self, inst: Instance, app_dir: Path) -> dict[str, str]:
+        spec = inst.spec
+        vcap = {"application_name": spec["app"], "application_id": spec["app"],
+                "instance_id": inst.id, "instance_index": spec["index"], "port": inst.port,
+                "application_version": f"v{spec['release']}",
+                "limits": {"mem": spec.get("memory_mb", 256)},
+                "application_uris": [], "process_type": spec["process"]}
+        return {**self.base_env, **{str(k): str(v) for k, v in spec.get("env", {}).items()},
+                "HOME": str(app_dir), "PORT": str(inst.port), "FOUNDRY_APP_NAME": spec["app"],
+                "FOUNDRY_INSTANCE_INDEX": str(spec["index"]),
+                "FOUNDRY_RELEASE": f"v{spec['release']}", "FOUNDRY_PROCESS_TYPE": spec["process"],
+                "VCAP_APPLICATION": json.dumps(vcap), "VCAP_SERVICES": "{}",
+                "FOUNDRY_COMMAND": spec["command"], MARKER: inst.id}
+
+    async def _run(self, inst: Instance) -> None:
+        workdir = self.home / "instances" / inst.id
+        try:
+            await self._run_process(inst, workdir)
+        except Exception as e:  # top of a long-running task: report, never vanish
+            log.exception("instance-failed id=%s", inst.id)
+            if inst.state in (STARTING, RUNNING):
+                self._move(inst, CRASHED, f"node error: {e}")
+            elif inst.state == STOPPING:
+                self._move(inst, STOPPED)
+        finally:
+            await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
+            inst.done.set()
+
+    async def _run_process(self, inst: Instance, workdir: Path) -> None:
+        try:
+            app_dir = await self.droplets.checkout(inst.spec["droplet"], workdir / "app")
+        except Exception as e:
+            self._move(inst, CRASHED, f"droplet unavailable: {e}")
+            return
+        if inst.stop_requested.is_set():
+            self._move(inst, STOPPING)
+            self._move(inst, STOPPED)
+            return
+        inst.port = free_port(self.address)
+        proc = await trio.lowlevel.open_process(
+            ["/bin/sh", "-c", LAUNCHER], cwd=app_dir, env=self._env(inst, app_dir),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        inst.pid = proc.pid
+        self.on_change()
+        failure: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, inst, proc)
+            nursery.start_soon(self._health, inst, proc, failure)
+            nursery.start_soon(self._stopper, inst, proc)
+            code = await proc.wait()
+            signal_instance(proc.pid, inst.id, signal.SIGKILL)
+            nursery.cancel_scope.cancel()
+        if inst.state == STOPPING:
+            self._move(inst, STOPPED)
+        else:
+            self._move(inst, CRASHED, failure[0] if failure else exit_reason(code))
+
+    async def _pump(self, inst: Instance, proc: trio.Process) -> None:
+        assert proc.stdout is not None
+        buf = b""
+        async for chunk in proc.stdout:
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                self.logs.emit(inst.spec["app"], inst.source, line.decode(errors="replace"))
+            if len(buf) > 65536:
+                self.logs.emit(inst.spec["app"], inst.source, buf.decode(errors="replace"))
+                buf = b""
+        if buf:
+            self.logs.emit(inst.spec["app"], inst.source, buf.decode(errors="replace"))
+
+    async def _health(self, inst: Instance, proc: trio.Process, failure: list[str]) -> None:
+        check = inst.spec.get("health_check") or "port"
+        if check != "process":
+            with trio.move_on_after(self.start_timeout) as scope:
+                while not await _port_open(self.address, inst.port or 0):
+                    await trio.sleep(0.05)
+            if scope.cancelled_caught:
+                failure.append(f"never became healthy within {self.start_timeout:.0f} s "
+                               f"(nothing accepted connections on port {inst.port})")
+                signal_instance(proc.pid, inst.id, signal.SIGKILL)
+                return
+        if inst.state == STARTING:
+            self._move(inst, RUNNING)
+
+    async def _stopper(self, inst: Instance, proc: trio.Process) -> None:
+        await inst.stop_requested.wait()
+        self._move(inst, STOPPING)
+        signal_instance(proc.pid, inst.id, signal.SIGTERM)
+        with trio.move_on_after(self.grace):
+            await proc.wait()
+        signal_instance(proc.pid, inst.id, signal.SIGKILL)
+
+
+async def _port_open(host: str, port: int) -> bool:
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+    except OSError:
+        return False
+    await stream.aclose()
+    return True

@@ -1,0 +1,78 @@
+"""Ships log lines (build output, app stdout/stderr) to the control plane in batches.
+
+`emit` never blocks the caller: lines queue in memory (bounded; the oldest are
+dropped past the bound, and the drop is reported as a line of its own). The
+shipper posts whatever has queued, at most every `interval` seconds. `flush()`
+returns once every line emitted before it was called has been delivered, so a
+build's log is complete before its result is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import trio
+
+from node.client import ControlClient, ControlError
+
+log = logging.getLogger("foundry.node")
+
+
+class LogShipper:
+    def __init__(self, client: ControlClient, *, limit: int = 10_000, interval: float = 0.1
+                 ) -> None:
+        self.client = client
+        self.limit = limit
+        self.interval = interval
+        self.queue: deque[dict[str, Any]] = deque()
+        self.emitted = 0
+        self.delivered = 0
+        self.dropped = 0
+        self._wake = trio.Event()
+        self._progress = trio.Event()
+
+    def emit(self, app: str, source: str, line: str, build: str | None = None) -> None:
+        record: dict[str, Any] = {"app": app, "source": source, "line": line[:8192],
+                                  "ts": time.time()}
+        if build:
+            record["build"] = build
+        if len(self.queue) >= self.limit:
+            self.queue.popleft()
+            self.dropped += 1
+            self.delivered += 1
+        self.queue.append(record)
+        self.emitted += 1
+        self._wake.set()
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        target = self.emitted
+        with trio.move_on_after(timeout):
+            while self.delivered < target:
+                self._wake.set()
+                await self._progress.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            batch = [self.queue.popleft() for _ in range(min(500, len(self.queue)))]
+            if not batch:
+                continue
+            try:
+                await self.client.post_logs(batch)
+            except ControlError as e:
+                log.warning("log-ship-failed lines=%d error=%s", len(batch), e)
+                self.queue.extendleft(reversed(batch))
+                await trio.sleep(1)
+                self._wake.set()
+                continue
+            self.delivered += len(batch)
+            self._progress.set()
+            self._progress = trio.Event()
+            if self.queue:
+                self._wake.set()
+            await trio.sleep(self.interval)

@@ -1,0 +1,31 @@
+"""Runs the node agent until SIGINT/SIGTERM, then stops its instances and exits."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import httpx
+import trio
+
+from node.agent import Agent, NodeConfig
+
+
+async def _main(config: NodeConfig) -> None:
+    async with httpx.AsyncClient(base_url=config.control_url, timeout=30) as http:
+        agent = Agent(config, http)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for sig in signals:
+                    logging.getLogger("foundry.node").info("node-stopping signal=%s", sig)
+                    nursery.cancel_scope.cancel()
+                    break
+
+
+def run(config: NodeConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s node %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    trio.run(_main, config)

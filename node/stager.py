@@ -1,0 +1,153 @@
+"""Staging: source package in, droplet out (Heroku's slug compiler, run on the node).
+
+Steps: download and safely extract the source, detect a pack, run its compile with
+the app's per-pack cache dir, read process types (Procfile over bin/release
+defaults), pack the result into a droplet (sha256-addressed), upload it, and keep
+the unpacked droplet in the node's cache so the first start needs no download.
+Every step's output streams to the app's log as source `build`. Any failure
+reports the build FAILED with one line saying why; the work dir is always removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.archive import ArchiveError, create, extract
+from node.client import ControlClient, ControlError
+from node.logship import LogShipper
+from node.packs import Pack, detect, installed_packs
+from node.procfile import ProcfileError, process_types
+
+COMPILE_TIMEOUT = 15 * 60
+Say = Callable[[str], None]
+
+
+class BuildFailed(Exception):
+    """A build that cannot go on; the message is shown to the pusher."""
+
+
+@dataclass
+class Stager:
+    home: Path
+    packs_dir: Path
+    client: ControlClient
+    logs: LogShipper
+    base_env: dict[str, str]
+
+    async def stage(self, item: dict[str, Any]) -> None:
+        """Run one `stage` work item to completion and report its result."""
+        build, app = item["build"], item["app"]
+        work = self.home / "builds" / build
+
+        def say(line: str) -> None:
+            self.logs.emit(app, "build", line, build)
+
+        try:
+            result = await self._stage(item, work, say)
+        except (BuildFailed, ControlError, ArchiveError, ProcfileError, OSError) as e:
+            say(f"-----> Build failed: {e}")
+            result = {"ok": False, "error": str(e)}
+        finally:
+            await trio.to_thread.run_sync(shutil.rmtree, work, True)
+        await self.logs.flush()
+        try:
+            await self.client.build_result(build, result)
+        except ControlError as e:
+            say(f"-----> Could not report the build result: {e}")
+
+    async def _stage(self, item: dict[str, Any], work: Path, say: Say) -> dict[str, Any]:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        source = work / "source.tgz"
+        await self.client.download(item["source"], source)
+        app_dir = work / "app"
+        count = await trio.to_thread.run_sync(extract, source, app_dir)
+        say(f"-----> Received {count} files")
+        pack = await detect(installed_packs(self.packs_dir), app_dir, self.base_env)
+        if pack is None:
+            raise BuildFailed("no pack detected this app: add a requirements.txt or "
+                              "pyproject.toml (python), an index.html (static) or a Procfile")
+        say(f"-----> {pack.name} app detected")
+        await self._compile(pack, item, app_dir, work, say)
+        processes = await self._process_types(pack, app_dir)
+        if not processes:
+            raise BuildFailed("the app has no process types: add a Procfile")
+        say(f"-----> Process types: {', '.join(sorted(processes))}")
+        droplet, digest = await self._droplet(app_dir, work)
+        say(f"-----> Droplet {digest[:12]} ({droplet.stat().st_size // 1024} KiB), uploading")
+        await self.client.upload(digest, droplet)
+        cached = self.home / "droplets" / digest
+        if not cached.exists():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            app_dir.rename(cached)
+        return {"ok": True, "droplet": digest, "processes": processes, "pack": pack.name}
+
+    async def _compile(self, pack: Pack, item: dict[str, Any], app_dir: Path, work: Path,
+                       say: Say) -> None:
+        env_dir = work / "env"
+        env_dir.mkdir()
+        for key, value in (item.get("env") or {}).items():
+            (env_dir / key).write_text(str(value))
+        cache = self.home / "cache" / item["app"] / pack.name
+        cache.mkdir(parents=True, exist_ok=True)
+        argv = [*pack.script("compile"), str(app_dir), str(cache), str(env_dir)]
+        code = await run_streaming(argv, self.base_env, say, COMPILE_TIMEOUT, cwd=app_dir)
+        if code != 0:
+            raise BuildFailed(f"{pack.name} pack compile failed (exit {code})")
+
+    async def _process_types(self, pack: Pack, app_dir: Path) -> dict[str, str]:
+        result = await trio.run_process([*pack.script("release"), str(app_dir)],
+                                        capture_stdout=True, capture_stderr=True, check=False,
+                                        env=self.base_env)
+        if result.returncode != 0:
+            raise BuildFailed(f"{pack.name} pack release failed (exit {result.returncode})")
+        procfile = app_dir / "Procfile"
+        text = procfile.read_text(errors="replace") if procfile.is_file() else None
+        return process_types(text, result.stdout.decode(errors="replace"))
+
+    async def _droplet(self, app_dir: Path, work: Path) -> tuple[Path, str]:
+        droplet = work / "droplet.tgz"
+        await trio.to_thread.run_sync(create, app_dir, droplet)
+        return droplet, await trio.to_thread.run_sync(sha256_file, droplet)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+async def run_streaming(argv: list[str], env: dict[str, str], say: Say, timeout: float,
+                        cwd: Path | None = None) -> int:
+    """Run argv, passing each output line to `say`; kill it after `timeout` seconds."""
+    proc = await trio.lowlevel.open_process(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+    assert proc.stdout is not None
+    with trio.move_on_after(timeout) as scope:
+        buf = b""
+        async for chunk in proc.stdout:
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                say(line.decode(errors="replace").rstrip("\r"))
+        if buf:
+            say(buf.decode(errors="replace"))
+        return await proc.wait()
+    if scope.cancelled_caught:
+        say(f"-----> timed out after {timeout:.0f} s")
+    os.killpg(proc.pid, signal.SIGKILL)  # the pack's whole process group
+    await proc.wait()
+    return -9
