@@ -172,31 +172,47 @@ def follow_build(api: Api, name: str, build: str) -> dict[str, Any]:
             return dict(state)
 
 
-def wait_for_instances(api: Api, name: str, release: int, timeout: float) -> dict[str, Any]:
-    """Wait until every wanted instance of `release` runs; CLIError when they cannot."""
+def watch_rollout(api: Api, name: str, release: int, timeout: float) -> dict[str, Any]:
+    """Follow the server's rollout of `release` until it finishes; CLIError when it cannot."""
     deadline = time.monotonic() + timeout
     revision, shown = "", ""
     while time.monotonic() < deadline:
         view = api.get(f"/v1/apps/{name}", params={"wait": 5, "revision": revision}, timeout=40)
         revision = view["revision"]
-        wanted = sum(view["scale"].get(p, 1) for p in view["processes"] if p != "release")
-        mine = [i for i in view["instances"] if i["release"] == release]
-        running = sum(1 for i in mine if i["state"] == "RUNNING")
-        crashed = [i for i in mine if i["state"] == "CRASHED"]
-        status = f"instances: {running}/{wanted} running"
+        deps = [d for d in api.get(f"/v1/apps/{name}/deployments")["deployments"]
+                if d["to_release"] == release]
+        dep = deps[0] if deps else None
+        if dep is None or dep["state"] in ("SUPERSEDED", "CANCELED"):
+            raise CLIError(f"the rollout of v{release} was replaced by a newer change")
+        if dep["state"] == "SUCCEEDED":
+            return dict(view)
+        status = f"instances: {dep.get('updated', 0)}/{dep.get('wanted', 0)} updated and running"
         if status != shown:
             typer.echo(status, err=True)
             shown = status
-        if view["release"] != release:
-            raise CLIError(f"release v{release} was superseded by v{view['release']}")
-        if running >= wanted:
-            return dict(view)
-        for inst in crashed:
-            if inst["restarts"] >= 2:
+        for inst in view["instances"]:
+            if inst["state"] == "CRASHED" and inst["release"] == release \
+                    and inst["restarts"] >= 2:
                 raise CLIError(f"{inst['process']}.{inst['index']} keeps crashing: "
-                               f"{inst['reason']} (see `foundry logs {name}`)")
-    raise CLIError(f"instances of {name} did not all start within {timeout:.0f} s "
-                   f"(see `foundry app {name}` and `foundry logs {name}`)")
+                               f"{inst['reason']} (see `foundry logs {name}`; "
+                               f"`foundry cancel-deploy {name}` rolls back)")
+    raise CLIError(f"the rollout of {name} v{release} did not finish within {timeout:.0f} s "
+                   f"(see `foundry deployments {name}`)")
+
+
+def finish(api: Api, name: str, release: int | None, wait: bool, timeout: float) -> None:
+    """Watch a rollout to its end (unless --no-wait) and say where the app is."""
+    if release is None:
+        return
+    if not wait:
+        typer.echo(f"{name} v{release} is rolling out (`foundry deployments {name}`)")
+        return
+    view = watch_rollout(api, name, release, timeout)
+    where = view["url"] if "web" in view["processes"] else "no web process, so no route"
+    typer.echo(f"{name} v{release} is running: {where}")
+
+
+WAIT = typer.Option(True, "--wait/--no-wait", help="watch the rollout until it finishes")
 
 
 @app.command()
@@ -205,11 +221,20 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
          instances: int = typer.Option(None, "--instances", "-i", min=0, max=100),
          memory: str = typer.Option(None, "--memory", "-m", help="e.g. 256M, 1G"),
          env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE, repeatable"),
-         timeout: float = typer.Option(180, help="seconds to wait for instances"),
+         health_check: str = typer.Option(None, help="port, process or http:/PATH"),
+         max_in_flight: int = typer.Option(None, min=1, max=100,
+                                           help="instances replaced at once (default 1)"),
+         wait: bool = WAIT,
+         timeout: float = typer.Option(180, help="seconds to wait for the rollout"),
          ) -> None:
     """Build DIR and run it; prints the app's URL once every instance runs."""
-    from control.names import app_name_problem
+    from control.names import app_name_problem, parse_memory
 
+    if memory is not None:
+        try:
+            parse_memory(memory)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     if not path.is_dir():
         raise CLIError(f"{path}: no such directory")
     name = name or default_app_name(path)
@@ -222,6 +247,10 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
         params.append(("instances", instances))
     if memory is not None:
         params.append(("memory", memory))
+    if health_check is not None:
+        params.append(("health_check", health_check))
+    if max_in_flight is not None:
+        params.append(("max_in_flight", max_in_flight))
     with tempfile.TemporaryDirectory() as tmp:
         tarball = Path(tmp) / "source.tgz"
         count = pack_source(path, tarball)
@@ -232,9 +261,11 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
                f"build {started['build']}:", err=True)
     build = follow_build(api, name, started["build"])
     if build["state"] == "FAILED":
+        if started["created"]:
+            # The push created the app and nothing came of it: leave no husk behind.
+            api.request("DELETE", f"/v1/apps/{name}")
         raise CLIError(f"build failed: {build['error']}")
-    view = wait_for_instances(api, name, build["release"], timeout)
-    typer.echo(f"{name} v{build['release']} is running: {view['url']}")
+    finish(api, name, build["release"], wait, timeout)
 
 
 # --- app commands -------------------------------------------------------------------
@@ -303,9 +334,14 @@ def start(name: str) -> None:
 
 
 @app.command()
-def restart(name: str) -> None:
-    """Replace every instance of an app."""
-    _action(name, "restart")
+def restart(name: str, wait: bool = WAIT) -> None:
+    """Replace every instance of an app, one at a time."""
+    api = Api.load()
+    view = api.request("POST", f"/v1/apps/{name}/actions/restart")
+    typer.echo(f"{name}: restarting")
+    if wait and view["release"]:
+        watch_rollout(api, name, view["release"], 180)
+        typer.echo(f"{name}: every instance replaced")
 
 
 @app.command()
@@ -350,7 +386,8 @@ def show_env(name: str, as_json: bool = JSON) -> None:
 
 
 @app.command("set-env")
-def set_env(name: str, pairs: list[str] = typer.Argument(..., help="KEY=VALUE ...")) -> None:
+def set_env(name: str, pairs: list[str] = typer.Argument(..., help="KEY=VALUE ..."),
+            wait: bool = WAIT) -> None:
     """Set config vars (a new release; instances are replaced)."""
     values = {}
     for pair in pairs:
@@ -358,17 +395,54 @@ def set_env(name: str, pairs: list[str] = typer.Argument(..., help="KEY=VALUE ..
         if not sep:
             raise CLIError(f"{pair!r} is not KEY=VALUE")
         values[key] = value
-    answer = Api.load().request("PATCH", f"/v1/apps/{name}/env", json={"set": values})
-    typer.echo(f"{name}: set {', '.join(values)}"
-               + (f" (release v{answer['release']})" if answer["release"] else ""))
+    api = Api.load()
+    answer = api.request("PATCH", f"/v1/apps/{name}/env", json={"set": values})
+    typer.echo(f"{name}: set {', '.join(values)}")
+    finish(api, name, answer["release"], wait, 180)
 
 
 @app.command("unset-env")
-def unset_env(name: str, keys: list[str] = typer.Argument(...)) -> None:
+def unset_env(name: str, keys: list[str] = typer.Argument(...), wait: bool = WAIT) -> None:
     """Remove config vars (a new release; instances are replaced)."""
-    answer = Api.load().request("PATCH", f"/v1/apps/{name}/env", json={"unset": keys})
-    typer.echo(f"{name}: unset {', '.join(keys)}"
-               + (f" (release v{answer['release']})" if answer["release"] else ""))
+    api = Api.load()
+    answer = api.request("PATCH", f"/v1/apps/{name}/env", json={"unset": keys})
+    typer.echo(f"{name}: unset {', '.join(keys)}")
+    finish(api, name, answer["release"], wait, 180)
+
+
+@app.command()
+def rollback(name: str, version: str = typer.Argument(..., help="release to return to, e.g. v3"),
+             wait: bool = WAIT) -> None:
+    """Make a new release from an earlier release's droplet and config vars."""
+    number = version.lower().lstrip("v")
+    if not number.isdigit():
+        raise CLIError(f"{version!r} is not a release like v3")
+    api = Api.load()
+    answer = api.request("POST", f"/v1/apps/{name}/rollback", json={"version": int(number)})
+    typer.echo(f"{name}: rolling back to v{number} as v{answer['release']}")
+    finish(api, name, answer["release"], wait, 180)
+
+
+@app.command()
+def deployments(name: str, as_json: bool = JSON) -> None:
+    """Show an app's rollouts, newest first."""
+    rows = Api.load().get(f"/v1/apps/{name}/deployments")["deployments"]
+    if as_json:
+        return emit_json(rows)
+    table([[r["id"], r["kind"], f"v{r['from_release']} -> v{r['to_release']}", r["state"],
+            f"{r['updated']}/{r['wanted']}" if "updated" in r else None,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))] for r in rows],
+          ["ID", "KIND", "RELEASES", "STATE", "PROGRESS", "STARTED"])
+
+
+@app.command("cancel-deploy")
+def cancel_deploy(name: str, wait: bool = WAIT) -> None:
+    """Stop a rollout and go back to the release it started from."""
+    api = Api.load()
+    answer = api.request("POST", f"/v1/apps/{name}/deployments/cancel")
+    typer.echo(f"{name}: deployment {answer['canceled']} canceled; rolling back as "
+               f"v{answer['release']}")
+    finish(api, name, answer["release"], wait, 180)
 
 
 @app.command()
@@ -388,8 +462,8 @@ def events(name: str, as_json: bool = JSON) -> None:
     rows = Api.load().get(f"/v1/apps/{name}/events")["events"]
     if as_json:
         return emit_json(rows)
-    table([[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r["kind"], r["detail"]]
-           for r in rows], ["TIME", "EVENT", "DETAIL"])
+    table([[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r["kind"], r["actor"],
+            r["detail"]] for r in rows], ["TIME", "EVENT", "BY", "DETAIL"])
 
 
 @app.command()

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from control import converge
+from control import converge, releases
 from control.auth import APP_KINDS, READ_KINDS, require, require_node
 from control.blobs import BlobStore
 from control.config import ControlConfig
@@ -130,7 +130,8 @@ def app_view(ctl: Control, app: dict[str, Any]) -> dict[str, Any]:
             "release": app["release"], "memory_mb": app["memory_mb"], "scale": app["scale"],
             "url": ctl.config.apps_url.format(app=app["name"]), "instances": instances,
             "processes": _processes(ctl, app),
-            "health_check": app["health_check"], "created_at": app["created_at"]}
+            "health_check": app["health_check"], "max_in_flight": app["max_in_flight"],
+            "created_at": app["created_at"]}
 
 
 def _processes(ctl: Control, app: dict[str, Any]) -> dict[str, str]:
@@ -185,6 +186,10 @@ async def push(request: Request) -> Response:
             settings["memory_mb"] = parse_memory(q["memory"])
         except ValueError as e:
             raise BadRequest(str(e)) from None
+    if "max_in_flight" in q:
+        settings["max_in_flight"] = _int(q["max_in_flight"], "max_in_flight", 1, 100)
+    if "health_check" in q:
+        settings["health_check"] = _health_check(q["health_check"])
     env = _env_pairs(q.getlist("env"))
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > ctl.config.max_upload:
@@ -201,11 +206,20 @@ async def push(request: Request) -> Response:
     return JSONResponse({"app": name, "build": build, "created": created}, status_code=201)
 
 
+def _health_check(text: str) -> str:
+    """`port`, `process`, or `http:/path` (2xx within 1 s)."""
+    if text in ("port", "process") or (text.startswith("http:/") and " " not in text):
+        return text
+    raise BadRequest(f"health check {text!r} must be port, process or http:/PATH")
+
+
 def _save_push_settings(ctl: Control, name: str, settings: dict[str, Any],
                         env: dict[str, str]) -> bool:
     if not ctl.store.app_exists(name):
-        ctl.store.create_app(name, memory_mb=settings.get("memory_mb", 256),
-                             scale=settings.get("scale"), env=env)
+        ctl.store.create_app(name, memory_mb=settings.pop("memory_mb", 256),
+                             scale=settings.pop("scale", None), env=env)
+        if settings:
+            ctl.store.update_app(name, **settings)
         return True
     if env:
         settings["env"] = {**ctl.store.get_app(name)["env"], **env}
@@ -261,11 +275,7 @@ async def app_action(request: Request) -> Response:
     elif action == "start":
         ctl.store.update_app(name, started=1)
     elif action == "restart":
-        # Every instance is replaced; the reconciler fills each slot again.
-        for row in ctl.store.instance_rows(app=name):
-            if not row["stopping"] and row["state"] in ("STARTING", "RUNNING"):
-                ctl.store.update_instance(row["id"], stopping=1)
-                ctl.store.enqueue(row["node"], "stop", {"instance": row["id"]})
+        releases.restart(ctl.store, name, token.id)
     else:
         raise NotFound(f"no action {action!r} (stop, start, restart)")
     ctl.store.add_event(name, action, f"app {action}", token.id)
@@ -301,10 +311,10 @@ async def patch_env(request: Request) -> Response:
     if app["release"]:
         current = ctl.store.get_release(name, app["release"])
         summary = ", ".join([*(f"set {k}" for k in env_changes), *(f"unset {k}" for k in unsets)])
-        version = ctl.store.create_release(
-            name, droplet=current["droplet"], env=env, processes=current["processes"],
-            pack=current["pack"], description=summary or "config unchanged")
-        ctl.store.add_event(name, "release", f"v{version}: {summary}", token.id)
+        version = releases.make_release(
+            ctl.store, ctl.blobs, name, droplet=current["droplet"], env=env,
+            processes=current["processes"], pack=current["pack"],
+            description=summary or "config unchanged", actor=token.id, kind="config")
     return JSONResponse({"env": env, "release": version})
 
 
@@ -315,6 +325,49 @@ async def list_releases(request: Request) -> Response:
     require(request, ctl.store, READ_KINDS, app=name)
     ctl.store.get_app(name)
     return JSONResponse({"releases": ctl.store.list_releases(name)})
+
+
+async def rollback(request: Request) -> Response:
+    """Make a new release from an earlier one's droplet and config: {"version": N}."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    body = await _json(request)
+    version = _int(str(body.get("version", "")).lstrip("v"), "version", 1, 1 << 30)
+    new = releases.rollback(ctl.store, ctl.blobs, name, version, token.id)
+    return JSONResponse({"release": new})
+
+
+async def list_deployments(request: Request) -> Response:
+    """An app's rollouts, newest first, with the progress of a running one."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    require(request, ctl.store, READ_KINDS, app=name)
+    ctl.store.get_app(name)
+    rows = ctl.store.deployments(name)
+    spec = next((a for a in ctl.store.app_specs() if a.name == name), None)
+    for row in rows:
+        if row["state"] == "RUNNING" and spec is not None:
+            row["updated"], row["wanted"], _ = releases.progress(spec, ctl.store.instances())
+    return JSONResponse({"deployments": rows})
+
+
+async def cancel_deploy(request: Request) -> Response:
+    """Stop a running rollout by rolling back to the release it started from."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    running = ctl.store.deployments(name, running=True)
+    if not running:
+        raise Conflict(f"{name} has no deployment in progress")
+    dep = running[0]
+    if dep["from_release"] == 0 or dep["from_release"] == dep["to_release"]:
+        raise Conflict(f"the running {dep['kind']} of {name} has no earlier release to return to")
+    ctl.store.finish_deployment(dep["id"], "CANCELED")
+    new = releases.rollback(ctl.store, ctl.blobs, name, dep["from_release"], token.id,
+                            f"rollback to v{dep['from_release']} (deploy of "
+                            f"v{dep['to_release']} canceled)")
+    return JSONResponse({"release": new, "canceled": dep["id"]})
 
 
 async def list_events(request: Request) -> Response:
@@ -437,12 +490,12 @@ async def build_result(request: Request) -> Response:
     if not ctl.store.app_exists(build["app"]):
         raise NotFound(f"app {build['app']!r} was deleted while it was being built")
     env = ctl.store.get_app(build["app"])["env"]
-    version = ctl.store.create_release(build["app"], droplet=droplet, env=env,
-                                       processes=processes, pack=body.get("pack"),
-                                       description=f"build {build['id']} ({body.get('pack')})")
+    version = releases.make_release(
+        ctl.store, ctl.blobs, build["app"], droplet=droplet, env=env, processes=processes,
+        pack=body.get("pack"), description=f"build {build['id']} ({body.get('pack')})",
+        actor=None)
     ctl.store.set_build(build["id"], "STAGED", droplet=droplet, pack=body.get("pack"),
                         processes=processes, release=version)
-    ctl.store.add_event(build["app"], "release", f"v{version} from build {build['id']}")
     return JSONResponse({"state": "STAGED", "release": version})
 
 
@@ -513,6 +566,9 @@ ROUTES = [
     Route("/v1/apps/{app}/env", patch_env, methods=["PATCH"]),
     Route("/v1/apps/{app}/releases", list_releases),
     Route("/v1/apps/{app}/events", list_events),
+    Route("/v1/apps/{app}/rollback", rollback, methods=["POST"]),
+    Route("/v1/apps/{app}/deployments", list_deployments),
+    Route("/v1/apps/{app}/deployments/cancel", cancel_deploy, methods=["POST"]),
     Route("/v1/apps/{app}/logs", read_logs),
     Route("/v1/builds/{build}", get_build),
     Route("/v1/builds/{build}/result", build_result, methods=["POST"]),

@@ -16,10 +16,12 @@ from typing import Any
 from control.model import NODE_LOST, Placement, Plan
 from control.notify import Notifier
 from control.reconciler import Policy, reconcile
+from control.releases import progress
 from control.scheduler import pick_stager
 from control.store import Store
 
 log = logging.getLogger("foundry.control")
+DRAIN_SECONDS = 1.0
 
 
 def assign_builds(store: Store, policy: Policy) -> None:
@@ -60,25 +62,53 @@ def apply(store: Store, plan: Plan) -> None:
         store.set_node_state(nid, NODE_LOST)
         store.add_event(None, "node-lost", f"node {nid} missed its heartbeats")
     fail_lost_builds(store, plan.lost_nodes)
-    store.forget_instances(plan.forget)
     rows = {r["id"]: r for r in store.instance_rows()}
+    store.forget_instances(plan.forget)
     for iid in plan.stop:
         row = rows.get(iid)
         if row is not None:
             store.update_instance(iid, stopping=1)
-            store.enqueue(row["node"], "stop", {"instance": iid})
+            # A routed instance is out of the routing table from now on; the node waits
+            # `drain` seconds before SIGTERM so requests already on their way finish.
+            drain = DRAIN_SECONDS if row["state"] == "RUNNING" and row["process"] == "web" else 0
+            store.enqueue(row["node"], "stop", {"instance": iid, "drain": drain})
     for iid in plan.reset_restarts:
         store.update_instance(iid, restarts=0)
+    for iid in plan.forget:
+        row = rows.get(iid)
+        if row is not None and row["node"] in plan.lost_nodes:
+            store.add_event(row["app"], "reschedule", f"{row['process']}.{row['idx']} was on "
+                            f"lost node {row['node']}; placing it elsewhere")
     for p in plan.start:
         assert p.node is not None
         iid = f"{p.app}-{p.process}-{p.index}-{uuid.uuid4().hex[:8]}"
         seq = store.enqueue(p.node, "start", start_payload(store, iid, p))
         store.add_instance(app=p.app, process=p.process, index=p.index, release=p.release,
                            node=p.node, memory_mb=p.memory_mb, restarts=p.restarts,
-                           work_seq=seq, iid=iid)
+                           work_seq=seq, iid=iid, generation=p.generation)
         if p.restarts:
             store.add_event(p.app, "restart", f"{p.process}.{p.index} restarted "
                             f"(restart {p.restarts})")
+
+
+def finish_deployments(store: Store) -> None:
+    """Mark rollouts whose every slot runs the wanted release as done."""
+    running = store.deployments(running=True)
+    if not running:
+        return
+    specs = {a.name: a for a in store.app_specs()}
+    instances = store.instances()
+    for dep in running:
+        spec = specs.get(dep["app"])
+        if spec is None:
+            store.finish_deployment(dep["id"], "CANCELED")
+            continue
+        _, _, done = progress(spec, instances)
+        if done:
+            store.finish_deployment(dep["id"], "SUCCEEDED")
+            took = store.clock() - dep["created_at"]
+            store.add_event(dep["app"], "deployed",
+                            f"{dep['kind']} of v{dep['to_release']} finished in {took:.1f} s")
 
 
 def converge_once(store: Store, policy: Policy) -> Plan:
@@ -86,6 +116,7 @@ def converge_once(store: Store, policy: Policy) -> Plan:
     plan = reconcile(store.app_specs(), store.instances(), store.nodes(), store.clock(), policy)
     if not plan.is_empty():
         apply(store, plan)
+    finish_deployments(store)
     return plan
 
 

@@ -14,7 +14,9 @@ from control.store import Store
 def bootstrap(config: ControlConfig) -> Store:
     """Open (creating if needed) the store under the control plane's home."""
     config.home.mkdir(parents=True, exist_ok=True)
-    return Store(config.db_path)
+    store = Store(config.db_path)
+    store.grace_nodes()
+    return store
 
 
 def run(config: ControlConfig) -> None:

@@ -32,6 +32,12 @@ class AppSpec:
     processes: dict[str, str]         # process type -> command, from the current release
     scale: dict[str, int]             # process type -> instance count
     memory_mb: int = 256
+    max_in_flight: int = 1            # slots replaced at once during a rolling deploy
+    generation: int = 0               # bumped by a restart: every instance is replaced
+
+    def current(self, release: int, generation: int) -> bool:
+        """Whether an instance of (release, generation) is what this app wants now."""
+        return (release, generation) == (self.release, self.generation)
 
     def desired_count(self, process: str) -> int:
         if not self.started or self.release == 0 or process not in self.processes:
@@ -56,6 +62,7 @@ class Instance:
     restarts: int = 0
     since: float = 0.0                 # when it entered `state`
     memory_mb: int = 256
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,7 @@ class Placement:
     memory_mb: int
     restarts: int = 0
     node: str | None = None
+    generation: int = 0
 
 
 @dataclass(frozen=True)

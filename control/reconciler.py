@@ -3,10 +3,13 @@
 Cloud Foundry's health manager, without the bus. Rules kept here:
 - each (app, process, index) slot has at most one live instance of the current
   release once that instance is RUNNING; an old-release instance in the slot is
-  stopped only after its replacement runs (rolling, no gap);
+  stopped only after its replacement runs (rolling, no gap), and at most
+  `max_in_flight` slots of a process type are being replaced at once;
 - a crashed slot restarts at once `immediate_restarts` times, then waits
   `backoff_base` seconds doubling up to `backoff_max`, and gives up after
   `give_up_after` restarts; a new release starts the count again;
+- a restart bumps the app's generation: instances of an older generation are
+  replaced exactly as old releases are (rolling);
 - a node silent for longer than `node_ttl` is lost: its instances are forgotten and
   their slots filled elsewhere in the same pass;
 - nothing is ever placed on a lost node (the scheduler enforces it).
@@ -78,10 +81,12 @@ def reconcile(apps: list[AppSpec], instances: list[Instance], nodes: list[Node],
         for process in sorted(set(app.processes) | {k[1] for k in slots if k[0] == app.name}):
             count = app.desired_count(process)
             indexes = {k[2] for k in slots if k[0] == app.name and k[1] == process}
+            budget = [app.max_in_flight - sum(
+                _replacing(app, slots.get((app.name, process, i), [])) for i in range(count))]
             for index in sorted(indexes | set(range(count))):
                 slot = slots.get((app.name, process, index), [])
                 if index < count:
-                    _converge_slot(app, process, index, slot, now, policy, plan, wanted)
+                    _converge_slot(app, process, index, slot, now, policy, plan, wanted, budget)
                 else:
                     for inst in slot:
                         _drop(inst, plan)
@@ -101,11 +106,19 @@ def _drop(inst: Instance, plan: Plan) -> None:
         plan.forget.append(inst.id)
 
 
-def _converge_slot(app: AppSpec, process: str, index: int, slot: list[Instance], now: float,
-                   policy: Policy, plan: Plan, wanted: list[Placement]) -> None:
+def _replacing(app: AppSpec, slot: list[Instance]) -> bool:
+    """A slot mid-replacement: its new instance is not RUNNING yet, an old one still is live."""
     live = [i for i in slot if i.state in LIVE_STATES and not i.stopping]
-    current = [i for i in live if i.release == app.release]
-    old = [i for i in live if i.release != app.release]
+    return (any(app.current(i.release, i.generation) and i.state != RUNNING for i in live)
+            and any(not app.current(i.release, i.generation) for i in live))
+
+
+def _converge_slot(app: AppSpec, process: str, index: int, slot: list[Instance], now: float,
+                   policy: Policy, plan: Plan, wanted: list[Placement], budget: list[int]
+                   ) -> None:
+    live = [i for i in slot if i.state in LIVE_STATES and not i.stopping]
+    current = [i for i in live if app.current(i.release, i.generation)]
+    old = [i for i in live if not app.current(i.release, i.generation)]
     crashed = [i for i in slot if i.state == CRASHED]
     plan.forget.extend(i.id for i in slot if i.state not in LIVE_STATES
                        and i.state not in (CRASHED, "STOPPING"))
@@ -118,10 +131,14 @@ def _converge_slot(app: AppSpec, process: str, index: int, slot: list[Instance],
                 plan.reset_restarts.append(keep.id)
         plan.forget.extend(i.id for i in crashed)
         return
+    if old:
+        if budget[0] <= 0:
+            return          # wait: enough slots are being replaced already
+        budget[0] -= 1
     restarts = 0
     if crashed:
         last = max(crashed, key=lambda i: (i.restarts, i.since))
-        if last.release == app.release:
+        if app.current(last.release, last.generation):
             if last.restarts >= policy.give_up_after:
                 plan.forget.extend(i.id for i in crashed if i is not last)
                 return
@@ -129,4 +146,5 @@ def _converge_slot(app: AppSpec, process: str, index: int, slot: list[Instance],
                 return
             restarts = last.restarts + 1
         plan.forget.extend(i.id for i in crashed)
-    wanted.append(Placement(app.name, process, index, app.release, app.memory_mb, restarts))
+    wanted.append(Placement(app.name, process, index, app.release, app.memory_mb, restarts,
+                            generation=app.generation))

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, kind TEXT NOT NULL, hash
 CREATE TABLE IF NOT EXISTS apps (name TEXT PRIMARY KEY, started INTEGER NOT NULL DEFAULT 1,
   release INTEGER NOT NULL DEFAULT 0, memory_mb INTEGER NOT NULL DEFAULT 256,
   scale TEXT NOT NULL DEFAULT '{}', env TEXT NOT NULL DEFAULT '{}',
-  health_check TEXT NOT NULL DEFAULT 'port', created_at REAL NOT NULL, updated_at REAL NOT NULL);
+  health_check TEXT NOT NULL DEFAULT 'port', max_in_flight INTEGER NOT NULL DEFAULT 1,
+  generation INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS releases (app TEXT NOT NULL, version INTEGER NOT NULL,
   droplet TEXT NOT NULL, env TEXT NOT NULL, processes TEXT NOT NULL, pack TEXT,
   description TEXT, created_at REAL NOT NULL, PRIMARY KEY (app, version));
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, app TEXT NOT NULL,
   process TEXT NOT NULL, idx INTEGER NOT NULL, release INTEGER NOT NULL, node TEXT NOT NULL,
   state TEXT NOT NULL, stopping INTEGER NOT NULL DEFAULT 0, restarts INTEGER NOT NULL DEFAULT 0,
   since REAL NOT NULL, started_at REAL, port INTEGER, address TEXT, reason TEXT,
-  memory_mb INTEGER NOT NULL, work_seq INTEGER NOT NULL DEFAULT 0);
+  memory_mb INTEGER NOT NULL, work_seq INTEGER NOT NULL DEFAULT 0,
+  generation INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS instances_app ON instances (app);
 CREATE TABLE IF NOT EXISTS work (seq INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL,
   kind TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL);
@@ -58,6 +60,10 @@ CREATE INDEX IF NOT EXISTS work_node ON work (node, seq);
 CREATE TABLE IF NOT EXISTS logs (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL,
   ts REAL NOT NULL, source TEXT NOT NULL, build TEXT, line TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS logs_app ON logs (app, seq);
+CREATE TABLE IF NOT EXISTS deployments (id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL,
+  from_release INTEGER NOT NULL, to_release INTEGER NOT NULL, kind TEXT NOT NULL,
+  state TEXT NOT NULL, created_at REAL NOT NULL, finished_at REAL, actor TEXT);
+CREATE INDEX IF NOT EXISTS deployments_app ON deployments (app, id);
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT,
   ts REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL, actor TEXT);
 """
@@ -221,7 +227,8 @@ class Store:
             specs.append(AppSpec(
                 name=row["name"], started=bool(row["started"]), release=row["release"],
                 processes=json.loads(row["processes"] or "{}"),
-                scale=json.loads(row["scale"]), memory_mb=row["memory_mb"]))
+                scale=json.loads(row["scale"]), memory_mb=row["memory_mb"],
+                max_in_flight=row["max_in_flight"], generation=row["generation"]))
         return specs
 
     # --- releases ---------------------------------------------------------------
@@ -328,11 +335,12 @@ class Store:
 
     # --- instances --------------------------------------------------------------
     def add_instance(self, *, app: str, process: str, index: int, release: int, node: str,
-                     memory_mb: int, restarts: int, work_seq: int, iid: str) -> None:
+                     memory_mb: int, restarts: int, work_seq: int, iid: str,
+                     generation: int = 0) -> None:
         self._insert("instances", {
             "id": iid, "app": app, "process": process, "idx": index, "release": release,
             "node": node, "state": "STARTING", "restarts": restarts, "since": self.clock(),
-            "memory_mb": memory_mb, "work_seq": work_seq})
+            "memory_mb": memory_mb, "work_seq": work_seq, "generation": generation})
         self.changed()
 
     def instance_rows(self, app: str | None = None, node: str | None = None
@@ -350,7 +358,7 @@ class Store:
     def instances(self) -> list[Instance]:
         return [Instance(r["id"], r["app"], r["process"], r["idx"], r["release"], r["node"],
                          r["state"], bool(r["stopping"]), r["restarts"], r["since"],
-                         r["memory_mb"]) for r in self.instance_rows()]
+                         r["memory_mb"], r["generation"]) for r in self.instance_rows()]
 
     def update_instance(self, iid: str, **fields: Any) -> None:
         self._update("instances", iid, fields)
@@ -409,13 +417,61 @@ class Store:
         return self._rows(f"SELECT seq, ts, source, line FROM logs WHERE {cond} AND seq > ? "
                           "ORDER BY seq LIMIT ?", [*params, after, limit])
 
+    # --- deployments ------------------------------------------------------------
+    def start_deployment(self, app: str, from_release: int, to_release: int, kind: str,
+                         actor: str | None) -> int:
+        """Record a rollout; an unfinished earlier one of the same app is superseded."""
+        with self._tx():
+            self.db.execute("UPDATE deployments SET state = 'SUPERSEDED', finished_at = ? "
+                            "WHERE app = ? AND state = 'RUNNING'", [self.clock(), app])
+            cur = self.db.execute(
+                "INSERT INTO deployments (app, from_release, to_release, kind, state, "
+                "created_at, actor) VALUES (?, ?, ?, ?, 'RUNNING', ?, ?)",
+                [app, from_release, to_release, kind, self.clock(), actor])
+        self.changed()
+        return int(cur.lastrowid or 0)
+
+    def deployments(self, app: str | None = None, running: bool = False) -> list[dict[str, Any]]:
+        where, params = [], []
+        if app is not None:
+            where.append("app = ?")
+            params.append(app)
+        if running:
+            where.append("state = 'RUNNING'")
+        sql = "SELECT * FROM deployments" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._rows(sql + " ORDER BY id DESC LIMIT 50", params)
+
+    def finish_deployment(self, did: int, state: str) -> None:
+        self.db.execute("UPDATE deployments SET state = ?, finished_at = ? WHERE id = ?",
+                        [state, self.clock(), did])
+        self.changed()
+
+    def droplets_in_use(self, keep: int) -> tuple[set[str], set[str]]:
+        """(droplets of each app's newest `keep` releases, droplets of all older releases)."""
+        rows = self._rows("SELECT app, version, droplet FROM releases ORDER BY app, version DESC")
+        kept: set[str] = set()
+        older: set[str] = set()
+        seen: dict[str, int] = {}
+        for row in rows:
+            seen[row["app"]] = seen.get(row["app"], 0) + 1
+            (kept if seen[row["app"]] <= keep else older).add(row["droplet"])
+        return kept, older
+
+    def grace_nodes(self) -> None:
+        """After a control-plane restart, give every node a full TTL to be heard from again:
+        the control plane's own absence is not the nodes' silence."""
+        self.db.execute("UPDATE nodes SET last_heartbeat = MAX(last_heartbeat, ?) "
+                        "WHERE state = 'ready'", [self.clock()])
+
     def add_event(self, app: str | None, kind: str, detail: str, actor: str | None = None) -> None:
         self._insert("events", {"app": app, "ts": self.clock(), "kind": kind,
                                   "detail": detail, "actor": actor})
 
     def list_events(self, app: str, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT seq, ts, kind, detail, actor FROM events WHERE app = ? "
-                          "ORDER BY seq DESC LIMIT ?", [app, limit])
+        rows = self._rows(
+            "SELECT e.seq, e.ts, e.kind, e.detail, COALESCE(t.kind || COALESCE(' (' || t.label "
+            "|| ')', ''), e.actor, 'platform') AS actor FROM events e LEFT JOIN tokens t "
+            "ON t.id = e.actor WHERE e.app = ? ORDER BY e.seq DESC LIMIT ?", [app, limit])
         return rows[::-1]
 
 

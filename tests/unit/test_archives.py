@@ -1,0 +1,104 @@
+"""Untrusted archives: the control plane's upload check and the node's extraction refuse
+the same hostile members, and extraction never writes outside its target."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from control.errors import Unprocessable
+from control.uploads import ArchiveLimits, check_archive
+from node.archive import ArchiveError, extract
+
+
+def make_tar(path: Path, add: Callable[[tarfile.TarFile], None]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar)
+    return path
+
+
+def file_member(name: str, data: bytes = b"x", mode: int = 0o644) -> tuple[tarfile.TarInfo,
+                                                                            io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    return info, io.BytesIO(data)
+
+
+def link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+def special(name: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    return info
+
+
+HOSTILE = {
+    "absolute": lambda t: t.addfile(*file_member("/etc/evil")),
+    "dotdot": lambda t: t.addfile(*file_member("../evil")),
+    "nested-dotdot": lambda t: t.addfile(*file_member("a/../../evil")),
+    "symlink-out": lambda t: t.addfile(link("l", "../../etc/passwd", tarfile.SYMTYPE)),
+    "symlink-abs": lambda t: t.addfile(link("l", "/etc/passwd", tarfile.SYMTYPE)),
+    "hardlink-out": lambda t: t.addfile(link("h", "../outside", tarfile.LNKTYPE)),
+    "device": lambda t: t.addfile(special("dev", tarfile.CHRTYPE)),
+    "fifo": lambda t: t.addfile(special("fifo", tarfile.FIFOTYPE)),
+    "setuid": lambda t: t.addfile(*file_member("suid", mode=0o4755)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_members_are_refused_by_both_checks(tmp_path: Path, case: str) -> None:
+    archive = make_tar(tmp_path / "a.tgz", HOSTILE[case])
+    with pytest.raises(Unprocessable, match="refused"):
+        check_archive(archive)
+    target = tmp_path / "out" / "app"
+    with pytest.raises(ArchiveError, match="refused"):
+        extract(archive, target)
+    assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz", "out"]
+    assert not (tmp_path / "evil").exists()
+
+
+def test_tar_bomb_is_refused_before_unpacking(tmp_path: Path) -> None:
+    def bomb(t: tarfile.TarFile) -> None:
+        for i in range(50):
+            t.addfile(*file_member(f"f{i}", b"\0" * 100_000))
+    archive = make_tar(tmp_path / "bomb.tgz", bomb)
+    assert archive.stat().st_size < 100_000
+    with pytest.raises(Unprocessable, match="expands past"):
+        check_archive(archive, ArchiveLimits(max_expanded=1_000_000))
+    with pytest.raises(Unprocessable, match="more than 10 members"):
+        check_archive(archive, ArchiveLimits(max_files=10))
+    with pytest.raises(ArchiveError, match="limits"):
+        extract(archive, tmp_path / "x", max_expanded=1_000_000)
+    assert not (tmp_path / "x").exists()
+
+
+def test_not_a_tarball(tmp_path: Path) -> None:
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"this is not gzip at all")
+    with pytest.raises(Unprocessable, match="not a gzip'd tar"):
+        check_archive(junk)
+    with pytest.raises(ArchiveError):
+        extract(junk, tmp_path / "x")
+
+
+def test_safe_archive_with_inner_links_round_trips(tmp_path: Path) -> None:
+    def good(t: tarfile.TarFile) -> None:
+        t.addfile(*file_member("dir/a.txt", b"hello"))
+        t.addfile(link("dir/b.txt", "a.txt", tarfile.SYMTYPE))
+        t.addfile(link("c.txt", "dir/a.txt", tarfile.LNKTYPE))
+    archive = make_tar(tmp_path / "ok.tgz", good)
+    assert check_archive(archive) == 3
+    assert extract(archive, tmp_path / "app") == 3
+    assert (tmp_path / "app" / "dir" / "b.txt").read_text() == "hello"
+    assert (tmp_path / "app" / "c.txt").read_text() == "hello"
