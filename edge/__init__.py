@@ -1,0 +1,1 @@
+"""Foundry's HTTP edge: routes requests by host name to running app instances."""

@@ -1,0 +1,131 @@
+"""Header rewriting for proxied messages (pure functions over header lists)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge import headers as hdr
+
+
+def names(headers: hdr.Headers) -> list[bytes]:
+    return [name.lower() for name, _ in headers]
+
+
+def test_strip_hop_by_hop_removes_the_standard_set_and_keeps_the_rest() -> None:
+    headers = [
+        (b"Host", b"a"),
+        (b"Connection", b"keep-alive"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Proxy-Connection", b"keep-alive"),
+        (b"TE", b"trailers"),
+        (b"Trailer", b"X-Sum"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Upgrade", b"h2c"),
+        (b"Accept", b"*/*"),
+    ]
+    assert hdr.strip_hop_by_hop(headers) == [(b"Host", b"a"), (b"Accept", b"*/*")]
+
+
+def test_strip_hop_by_hop_removes_headers_named_in_connection() -> None:
+    headers = [
+        (b"Connection", b"close, X-Secret ,x-other"),
+        (b"X-Secret", b"1"),
+        (b"X-Other", b"2"),
+    ]
+    headers.append((b"X-Kept", b"3"))
+    assert hdr.strip_hop_by_hop(headers) == [(b"X-Kept", b"3")]
+
+
+def test_websocket_handshake_survives_when_asked() -> None:
+    headers = [
+        (b"Host", b"a"),
+        (b"Connection", b"keep-alive, Upgrade"),
+        (b"Upgrade", b"websocket"),
+        (b"Sec-WebSocket-Key", b"k"),
+    ]
+    kept = hdr.strip_hop_by_hop(headers, keep_websocket=True)
+    assert kept == [
+        (b"Host", b"a"),
+        (b"Sec-WebSocket-Key", b"k"),
+        (b"Connection", b"Upgrade"),
+        (b"Upgrade", b"websocket"),
+    ]
+    assert names(hdr.strip_hop_by_hop(headers)) == [b"host", b"sec-websocket-key"]
+
+
+def test_non_websocket_upgrade_is_stripped_even_when_keeping_websockets() -> None:
+    headers = [(b"Connection", b"Upgrade"), (b"Upgrade", b"h2c")]
+    assert hdr.strip_hop_by_hop(headers, keep_websocket=True) == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([(b"Connection", b"Upgrade"), (b"Upgrade", b"WebSocket")], True),
+        ([(b"connection", b"keep-alive, upgrade"), (b"upgrade", b"websocket")], True),
+        ([(b"Upgrade", b"websocket")], False),
+        ([(b"Connection", b"Upgrade"), (b"Upgrade", b"h2c")], False),
+    ],
+)
+def test_is_websocket_upgrade(headers: hdr.Headers, expected: bool) -> None:
+    assert hdr.is_websocket_upgrade(headers) is expected
+
+
+def test_add_forwarded_appends_client_and_replaces_proto_and_host() -> None:
+    headers = [
+        (b"X-Forwarded-For", b"10.0.0.1"),
+        (b"x-forwarded-proto", b"https"),
+        (b"X-Forwarded-Host", b"evil"),
+        (b"Accept", b"*/*"),
+    ]
+    out = hdr.add_forwarded(headers, client_ip="192.0.2.7", proto="http", host=b"a.localhost")
+    assert out == [
+        (b"Accept", b"*/*"),
+        (b"X-Forwarded-For", b"10.0.0.1, 192.0.2.7"),
+        (b"X-Forwarded-Proto", b"http"),
+        (b"X-Forwarded-Host", b"a.localhost"),
+    ]
+
+
+def test_add_forwarded_without_prior_chain() -> None:
+    out = hdr.add_forwarded([], client_ip="127.0.0.1", proto="http", host=b"h")
+    assert hdr.get(out, b"x-forwarded-for") == b"127.0.0.1"
+
+
+def test_add_forwarded_does_not_mutate_its_input() -> None:
+    headers = [(b"X-Forwarded-For", b"1.1.1.1")]
+    hdr.add_forwarded(headers, client_ip="2.2.2.2", proto="http", host=b"h")
+    assert headers == [(b"X-Forwarded-For", b"1.1.1.1")]
+
+
+def test_request_id_from_client_is_kept() -> None:
+    headers = [(b"X-Request-Id", b"abc-123")]
+    assert hdr.with_request_id(headers, b"fresh") == (headers, b"abc-123")
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        [],
+        [(b"X-Request-Id", b"has space")],
+        [(b"X-Request-Id", b"x" * 200)],
+        [(b"X-Request-Id", b"a"), (b"x-request-id", b"b")],
+    ],
+)
+def test_request_id_is_generated_when_missing_or_unfit(given: hdr.Headers) -> None:
+    headers, request_id = hdr.with_request_id(given, b"fresh")
+    assert request_id == b"fresh"
+    assert hdr.get_all(headers, b"x-request-id") == [b"fresh"]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (None, b"chunked"),
+        (b"chunked", b"chunked"),
+        (b"gzip, Chunked", b"gzip, chunked"),
+        (b"gzip", b"gzip, chunked"),
+    ],
+)
+def test_chunked_coding_keeps_other_codings(given: bytes | None, expected: bytes) -> None:
+    assert hdr.chunked_coding(given) == expected
