@@ -29,6 +29,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Foundry: push source, get a running app at a URL.")
 node_app = typer.Typer(no_args_is_help=True, help="Run a node agent.")
 app.add_typer(node_app, name="node")
+tokens_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API tokens.")
+app.add_typer(tokens_app, name="tokens")
 
 DEFAULT_IGNORES = (".git", ".hg", ".svn", ".DS_Store", "__pycache__", ".venv", "*.pyc")
 
@@ -479,6 +481,78 @@ def nodes(as_json: bool = JSON) -> None:
           ["NAME", "ID", "STATE", "TIER", "ADDRESS", "MEMORY", "INSTANCES", "HEARTBEAT"])
 
 
+@app.command("git-remote")
+def git_remote(name: str, remote: str = typer.Option("foundry", help="remote name"),
+               directory: Path = typer.Option(Path("."), "--dir", help="the git work tree")
+               ) -> None:
+    """Add (or update) a git remote that deploys NAME on `git push REMOTE main`."""
+    from control.names import app_name_problem
+
+    problem = app_name_problem(name)
+    if problem:
+        raise CLIError(problem)
+    api = Api.load()
+    url = f"{api.url}/git/{name}.git"
+
+    def git(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(["git", "-C", str(directory), *args], capture_output=True,
+                                text=True)
+        if check and result.returncode != 0:
+            raise CLIError(f"git {' '.join(args[:2])}: {result.stderr.strip()}")
+        return result
+
+    git("rev-parse", "--git-dir")
+    if git("remote", "get-url", remote, check=False).returncode == 0:
+        git("remote", "set-url", remote, url)
+    else:
+        git("remote", "add", remote, url)
+    # The token goes in a header scoped to this URL, not in the remote's URL.
+    git("config", f"http.{url}.extraHeader", f"Authorization: Bearer {api.token}")
+    typer.echo(f"remote {remote} -> {url}; deploy with: git push {remote} main")
+
+
+# --- tokens -------------------------------------------------------------------------
+@tokens_app.command("create")
+def tokens_create(kind: str = typer.Option(..., help="join, deploy, read or admin"),
+                  apps: str = typer.Option(None, help="limit to these apps: a,b"),
+                  ttl: str = typer.Option(None, help="expire after e.g. 1h, 7d"),
+                  uses: int = typer.Option(None, min=1, help="usable this many times"),
+                  label: str = typer.Option(None, help="a note to recognise it by"),
+                  as_json: bool = JSON) -> None:
+    """Mint a token; its secret is printed once and never again."""
+    body: dict[str, Any] = {"kind": kind, "ttl": ttl, "uses": uses, "label": label}
+    if apps:
+        body["apps"] = [a.strip() for a in apps.split(",") if a.strip()]
+    answer = Api.load().request("POST", "/v1/tokens", json=body)
+    if as_json:
+        return emit_json(answer)
+    typer.echo(answer["token"])
+    typer.echo(f"{kind} token {answer['id']} created; the secret above is not shown again",
+               err=True)
+
+
+@tokens_app.command("list")
+def tokens_list(as_json: bool = JSON) -> None:
+    """List tokens (never their secrets)."""
+    rows = Api.load().get("/v1/tokens")["tokens"]
+    if as_json:
+        return emit_json(rows)
+    now = time.time()
+    table([[t["id"], t["kind"], ",".join(t["apps"]) if t["apps"] else "all",
+            "revoked" if t["revoked"] else "expired" if t["expires_at"] and t["expires_at"] < now
+            else "active", human_duration(t["expires_at"] - now) if t["expires_at"] and
+            t["expires_at"] > now else None, t["uses_left"], t["node"], t["label"]]
+           for t in rows], ["ID", "KIND", "APPS", "STATE", "EXPIRES IN", "USES LEFT", "NODE",
+                            "LABEL"])
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: str) -> None:
+    """Revoke a token: it stops working at once."""
+    Api.load().request("DELETE", f"/v1/tokens/{token_id}")
+    typer.echo(f"token {token_id} revoked")
+
+
 # --- roles --------------------------------------------------------------------------
 def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
@@ -523,7 +597,9 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
               home: Path = typer.Option(None), name: str = typer.Option(None),
               advertise: str = typer.Option("127.0.0.1", help="address instances are reached at"),
               memory: str = typer.Option("4G", help="memory offered to instances"),
-              grace: float = typer.Option(10.0, help="seconds between SIGTERM and SIGKILL")
+              grace: float = typer.Option(10.0, help="seconds between SIGTERM and SIGKILL"),
+              tier: str = typer.Option(None, envvar="FOUNDRY_JAIL_TIER",
+                                       help="force a weaker jail tier: rootless or plain")
               ) -> None:
     """Join a control plane (or rejoin with the saved identity) and run instances."""
     import socket
@@ -547,7 +623,21 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
     run(NodeConfig(home=home or foundry_home() / "node", control_url=control_url.rstrip("/"),
                    packs_dir=PACKS_DIR, join_token=token, name=name or socket.gethostname(),
                    address=advertise, memory_mb=memory_mb, base_env=base_env, grace=grace,
-                   build_env={**network, "FOUNDRY_UV": uv.find_uv_bin()}))
+                   build_env={**network, "FOUNDRY_UV": uv.find_uv_bin()}, tier=tier))
+
+
+@node_app.command("drain")
+def node_drain(name: str) -> None:
+    """Move a node's instances elsewhere (started there first, then stopped here)."""
+    Api.load().request("POST", f"/v1/nodes/{name}/state", json={"state": "draining"})
+    typer.echo(f"node {name} is draining; `foundry nodes` shows its instances leave")
+
+
+@node_app.command("ready")
+def node_ready(name: str) -> None:
+    """Let a drained node receive instances again."""
+    Api.load().request("POST", f"/v1/nodes/{name}/state", json={"state": "ready"})
+    typer.echo(f"node {name} is ready")
 
 
 # --- up -----------------------------------------------------------------------------
@@ -565,6 +655,19 @@ def _write_secret(path: Path, secret: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
+
+
+def _isolation() -> str:
+    """The jail tier the local node will pick, for `foundry up`'s banner."""
+    from node.jail import PLAIN, JailError, choose_tier, probe
+
+    try:
+        choice = choose_tier(probe()[0], os.environ.get("FOUNDRY_JAIL_TIER"))
+    except JailError as e:
+        return f"unknown ({e})"
+    if choice.tier == PLAIN:
+        return f"plain - WARNING: not a security boundary ({choice.reason})"
+    return f"{choice.tier} ({choice.reason})"
 
 
 class Up:
@@ -677,7 +780,7 @@ class Up:
         typer.echo(f"  Apps:       {self.apps_url().replace('{app}', '<app>')}")
         typer.echo(f"  Admin token: {self.home / 'admin-token'}")
         typer.echo(f"  Logs:       {self.home / 'logs'}")
-        typer.echo("  Isolation:  plain (apps run as child processes; not a security boundary)")
+        typer.echo(f"  Isolation:  {_isolation()}")
         typer.echo("Press Ctrl-C to stop.", err=False)
         sys.stdout.flush()
 

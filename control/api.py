@@ -7,23 +7,33 @@ FoundryError subclasses turned into `{"error": ...}` in one handler. Long-polls
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from control import converge, releases
+from control import converge, gitserve, releases
 from control.auth import APP_KINDS, READ_KINDS, require, require_node
 from control.blobs import BlobStore
 from control.config import ControlConfig
-from control.errors import BadRequest, Conflict, FoundryError, NotFound, TooLarge, Unprocessable
+from control.errors import (
+    BadRequest,
+    Conflict,
+    FoundryError,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    Unprocessable,
+)
 from control.heartbeats import apply_heartbeat
 from control.names import app_name_problem, env_name_problem, parse_memory, process_name_problem
 from control.notify import Notifier
@@ -48,11 +58,11 @@ class Control:
     async def wait(self, request: Request, check: Any) -> Any:
         """Call `check()` until it returns something truthy or the requested wait ends."""
         wait = _float(request, "wait", 0.0, 0.0, self.config.long_poll_max)
-        deadline = asyncio.get_running_loop().time() + wait
+        deadline = anyio.current_time() + wait
         while True:
             event = self.notifier.snapshot()
             result = check()
-            remaining = deadline - asyncio.get_running_loop().time()
+            remaining = deadline - anyio.current_time()
             if result or remaining <= 0:
                 return result
             await Notifier.wait(event, remaining)
@@ -196,7 +206,7 @@ async def push(request: Request) -> Response:
         raise TooLarge(f"upload is larger than the {ctl.config.max_upload} byte limit")
     temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
     try:
-        await asyncio.to_thread(check_archive, temp, ctl.config.limits)
+        await anyio.to_thread.run_sync(check_archive, temp, ctl.config.limits)
         digest = ctl.blobs.commit(temp)
     finally:
         temp.unlink(missing_ok=True)
@@ -395,6 +405,62 @@ async def read_logs(request: Request) -> Response:
     return JSONResponse({"lines": lines, "next": last})
 
 
+# --- tokens -------------------------------------------------------------------------
+TOKEN_KINDS = ("admin", "deploy", "read", "join")
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '1h', '7d' -> seconds; BadRequest otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) == 0:
+        raise BadRequest(f"duration {text!r} must look like 90s, 30m, 1h or 7d")
+    return int(number) * units[unit]
+
+
+async def create_token(request: Request) -> Response:
+    """Mint a token: {kind, apps?, ttl?, uses?, label?}; the secret is shown only here."""
+    ctl = _ctl(request)
+    caller = require(request, ctl.store, ("admin",))
+    body = await _json(request)
+    kind = body.get("kind")
+    if kind not in TOKEN_KINDS:
+        raise BadRequest(f"token kind must be one of {', '.join(TOKEN_KINDS)}")
+    apps = body.get("apps")
+    if apps is not None:
+        if kind not in ("deploy", "read") or not isinstance(apps, list) or not apps:
+            raise BadRequest("apps limits deploy and read tokens, as a non-empty list")
+        for name in apps:
+            if app_name_problem(str(name)):
+                raise BadRequest(app_name_problem(str(name)) or "")
+    ttl = parse_duration(str(body["ttl"])) if body.get("ttl") else None
+    uses = _int(body["uses"], "uses", 1, 1 << 30) if body.get("uses") is not None else None
+    tid, secret = ctl.store.create_token(kind, apps=apps, ttl=ttl, uses=uses,
+                                         label=str(body.get("label") or "")[:80] or None)
+    ctl.store.add_event(None, "token-created", f"{kind} token {tid}", caller.id)
+    return JSONResponse({"id": tid, "kind": kind, "token": secret}, status_code=201)
+
+
+async def list_tokens(request: Request) -> Response:
+    """Tokens without their secrets."""
+    ctl = _ctl(request)
+    require(request, ctl.store, ("admin",))
+    rows = ctl.store.list_tokens()
+    for row in rows:
+        row["apps"] = json.loads(row["apps"]) if row["apps"] else None
+    return JSONResponse({"tokens": rows})
+
+
+async def revoke_token(request: Request) -> Response:
+    """Revoke a token by id: it stops working at once."""
+    ctl = _ctl(request)
+    caller = require(request, ctl.store, ("admin",))
+    tid = request.path_params["token"]
+    ctl.store.revoke_token(tid)
+    ctl.store.add_event(None, "token-revoked", f"token {tid}", caller.id)
+    return JSONResponse({"revoked": tid})
+
+
 # --- edge ---------------------------------------------------------------------------
 async def routes(request: Request) -> Response:
     """The routing table; answers at once if ?etag differs, else holds up to ?wait."""
@@ -423,7 +489,8 @@ async def join(request: Request) -> Response:
     name = str(body.get("name") or "node")
     memory = _int(body.get("memory_mb"), "memory_mb", 64, 1 << 24)
     address = str(body.get("address") or "127.0.0.1")
-    ctl.store.use_token(token.id)
+    if not ctl.store.use_token(token.id):
+        raise Unauthorized("invalid, expired or revoked token")
     nid = ctl.store.add_node(name, address, memory, body.get("tier"))
     _, secret = ctl.store.create_token("node", node=nid, label=name)
     ctl.store.add_event(None, "node-joined", f"node {name} ({nid}) joined at {address}")
@@ -442,6 +509,22 @@ async def list_nodes(request: Request) -> Response:
         row["instances"] = len(mine)
         row["used_mb"] = sum(i["memory_mb"] for i in mine)
     return JSONResponse({"nodes": rows})
+
+
+async def node_state(request: Request) -> Response:
+    """Drain a node (its instances move elsewhere first) or make it ready again."""
+    ctl = _ctl(request)
+    caller = require(request, ctl.store, ("admin",))
+    node = ctl.store.get_node(request.path_params["node"])
+    body = await _json(request)
+    state = body.get("state")
+    if state not in ("draining", "ready"):
+        raise BadRequest("state must be draining or ready")
+    if node["state"] == "lost":
+        raise Conflict(f"node {node['name']} is lost; it becomes ready when it is heard from")
+    ctl.store.set_node_state(node["id"], state)
+    ctl.store.add_event(None, f"node-{state}", f"node {node['name']} is {state}", caller.id)
+    return JSONResponse({"id": node["id"], "state": state})
 
 
 async def heartbeat(request: Request) -> Response:
@@ -534,6 +617,38 @@ async def put_blob(request: Request) -> Response:
     return JSONResponse({"digest": digest}, status_code=201)
 
 
+def _git_root(ctl: Control) -> Path:
+    return ctl.config.home / "git"
+
+
+async def git_info_refs(request: Request) -> Response:
+    """git smart HTTP: the ref advertisement."""
+    ctl = _ctl(request)
+    try:
+        return await gitserve.info_refs(request, ctl.store, _git_root(ctl))
+    except Unauthorized as e:
+        return gitserve.challenge(e.message)
+
+
+async def git_rpc(request: Request) -> Response:
+    """git smart HTTP: a push (deploys through the pre-receive hook) or a fetch."""
+    ctl = _ctl(request)
+    app = request.path_params["repo"].removesuffix(".git")
+    tid, secret = ctl.store.create_token("deploy", apps=[app], ttl=3600, label="git push hook")
+    env = {"FOUNDRY_API": ctl.config.self_url, "FOUNDRY_TOKEN": secret,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:
+        return await gitserve.rpc(request, ctl.store, _git_root(ctl), env,
+                                  on_done=lambda: ctl.store.revoke_token(tid),
+                                  max_bytes=ctl.config.max_upload)
+    except Unauthorized as e:
+        ctl.store.revoke_token(tid)
+        return gitserve.challenge(e.message)
+    except FoundryError:
+        ctl.store.revoke_token(tid)
+        raise
+
+
 async def health(request: Request) -> Response:
     """Liveness of the control plane itself (no token needed)."""
     return JSONResponse({"ok": True, "revision": _ctl(request).store.revision})
@@ -573,13 +688,19 @@ ROUTES = [
     Route("/v1/builds/{build}", get_build),
     Route("/v1/builds/{build}/result", build_result, methods=["POST"]),
     Route("/v1/routes", routes),
+    Route("/v1/tokens", list_tokens),
+    Route("/v1/tokens", create_token, methods=["POST"]),
+    Route("/v1/tokens/{token}", revoke_token, methods=["DELETE"]),
     Route("/v1/nodes", list_nodes),
     Route("/v1/nodes/join", join, methods=["POST"]),
     Route("/v1/nodes/{node}/heartbeat", heartbeat, methods=["POST"]),
+    Route("/v1/nodes/{node}/state", node_state, methods=["POST"]),
     Route("/v1/nodes/{node}/work", work),
     Route("/v1/logs", post_logs, methods=["POST"]),
     Route("/v1/blobs/{digest}", get_blob),
     Route("/v1/blobs/{digest}", put_blob, methods=["PUT"]),
+    Route("/git/{repo}/info/refs", git_info_refs),
+    Route("/git/{repo}/{service}", git_rpc, methods=["POST"]),
 ]
 
 
@@ -608,16 +729,11 @@ def create_app(store: Store, config: ControlConfig, *, converge_loop: bool = Tru
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = None
-        if converge_loop:
-            task = asyncio.create_task(converge.run(store, control.notifier, config.policy))
-        try:
+        async with anyio.create_task_group() as tasks:
+            if converge_loop:
+                tasks.start_soon(converge.run, store, control.notifier, config.policy)
             yield
-        finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            tasks.cancel_scope.cancel()
 
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
         FoundryError: _foundry_error, HTTPException: _http_error, Exception: _unexpected})

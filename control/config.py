@@ -23,5 +23,11 @@ class ControlConfig:
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
 
     @property
+    def self_url(self) -> str:
+        """How processes on this machine (the git hook) reach this API."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
     def db_path(self) -> Path:
         return self.home / "foundry.db"

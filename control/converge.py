@@ -8,10 +8,11 @@ stager here as well.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Any
+
+import anyio
 
 from control.model import NODE_LOST, Placement, Plan
 from control.notify import Notifier
@@ -129,4 +130,4 @@ async def run(store: Store, notifier: Notifier, policy: Policy) -> None:
         except Exception:
             log.exception("converge-failed")
         await Notifier.wait(event, 1.0)
-        await asyncio.sleep(0)
+        await anyio.sleep(0)

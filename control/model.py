@@ -19,7 +19,7 @@ QUEUED, STAGING, STAGED, FAILED = "QUEUED", "STAGING", "STAGED", "FAILED"
 BUILD_TRANSITIONS: dict[str, set[str]] = {
     QUEUED: {STAGING, FAILED}, STAGING: {STAGED, FAILED}, STAGED: set(), FAILED: set()}
 
-NODE_READY, NODE_LOST = "ready", "lost"
+NODE_READY, NODE_LOST, NODE_DRAINING = "ready", "lost", "draining"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ Cloud Foundry's health manager, without the bus. Rules kept here:
   replaced exactly as old releases are (rolling);
 - a node silent for longer than `node_ttl` is lost: its instances are forgotten and
   their slots filled elsewhere in the same pass;
-- nothing is ever placed on a lost node (the scheduler enforces it).
+- nothing is ever placed on a lost or draining node (the scheduler enforces it); an
+  instance on a draining node is replaced like an old release: its successor runs
+  elsewhere before it is stopped (Diego's evacuation).
 The clock is an argument; nothing here sleeps or reads the time.
 """
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from control.model import (
     CRASHED,
     LIVE_STATES,
+    NODE_DRAINING,
     NODE_LOST,
     RUNNING,
     AppSpec,
@@ -77,16 +80,18 @@ def reconcile(apps: list[AppSpec], instances: list[Instance], nodes: list[Node],
         else:
             slots[(inst.app, inst.process, inst.index)].append(inst)
     wanted: list[Placement] = []
+    draining = frozenset(n.id for n in nodes if n.state == NODE_DRAINING)
     for app in apps:
         for process in sorted(set(app.processes) | {k[1] for k in slots if k[0] == app.name}):
             count = app.desired_count(process)
             indexes = {k[2] for k in slots if k[0] == app.name and k[1] == process}
-            budget = [app.max_in_flight - sum(
-                _replacing(app, slots.get((app.name, process, i), [])) for i in range(count))]
+            budget = [app.max_in_flight - sum(_replacing(
+                app, slots.get((app.name, process, i), []), draining) for i in range(count))]
             for index in sorted(indexes | set(range(count))):
                 slot = slots.get((app.name, process, index), [])
                 if index < count:
-                    _converge_slot(app, process, index, slot, now, policy, plan, wanted, budget)
+                    _converge_slot(app, slot, now, policy, plan, wanted, budget, draining,
+                                   (process, index))
                 else:
                     for inst in slot:
                         _drop(inst, plan)
@@ -106,19 +111,25 @@ def _drop(inst: Instance, plan: Plan) -> None:
         plan.forget.append(inst.id)
 
 
-def _replacing(app: AppSpec, slot: list[Instance]) -> bool:
+def _wanted(app: AppSpec, inst: Instance, draining: frozenset[str]) -> bool:
+    """An instance that may keep its slot: what the app wants now, on a node that stays."""
+    return app.current(inst.release, inst.generation) and inst.node not in draining
+
+
+def _replacing(app: AppSpec, slot: list[Instance], draining: frozenset[str]) -> bool:
     """A slot mid-replacement: its new instance is not RUNNING yet, an old one still is live."""
     live = [i for i in slot if i.state in LIVE_STATES and not i.stopping]
-    return (any(app.current(i.release, i.generation) and i.state != RUNNING for i in live)
-            and any(not app.current(i.release, i.generation) for i in live))
+    return (any(_wanted(app, i, draining) and i.state != RUNNING for i in live)
+            and any(not _wanted(app, i, draining) for i in live))
 
 
-def _converge_slot(app: AppSpec, process: str, index: int, slot: list[Instance], now: float,
-                   policy: Policy, plan: Plan, wanted: list[Placement], budget: list[int]
-                   ) -> None:
+def _converge_slot(app: AppSpec, slot: list[Instance], now: float, policy: Policy, plan: Plan,
+                   wanted: list[Placement], budget: list[int], draining: frozenset[str],
+                   key: tuple[str, int]) -> None:
+    process, index = key
     live = [i for i in slot if i.state in LIVE_STATES and not i.stopping]
-    current = [i for i in live if app.current(i.release, i.generation)]
-    old = [i for i in live if not app.current(i.release, i.generation)]
+    current = [i for i in live if _wanted(app, i, draining)]
+    old = [i for i in live if not _wanted(app, i, draining)]
     crashed = [i for i in slot if i.state == CRASHED]
     plan.forget.extend(i.id for i in slot if i.state not in LIVE_STATES
                        and i.state not in (CRASHED, "STOPPING"))

@@ -25,7 +25,7 @@ from typing import Any
 import sqlite_utils
 
 from control.errors import Conflict, NotFound
-from control.model import BUILD_TRANSITIONS, NODE_READY, AppSpec, Instance, Node
+from control.model import BUILD_TRANSITIONS, NODE_LOST, NODE_READY, AppSpec, Instance, Node
 
 LOG_LINES_KEPT = 2000
 SCHEMA = """
@@ -162,10 +162,15 @@ class Store:
         apps = tuple(json.loads(row["apps"])) if row["apps"] else None
         return Token(row["id"], row["kind"], apps, row["node"])
 
-    def use_token(self, tid: str) -> None:
-        """Count one use of a limited-use token (join tokens)."""
-        self.db.execute("UPDATE tokens SET uses_left = uses_left - 1 "
-                        "WHERE id = ? AND uses_left IS NOT NULL", [tid])
+    def use_token(self, tid: str) -> bool:
+        """Count one use of a token; False when a limited token has no use left (checked and
+        counted in one statement, so two concurrent joins cannot share the last use)."""
+        cur = self.db.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ? "
+                              "AND uses_left IS NOT NULL AND uses_left > 0", [tid])
+        if cur.rowcount:
+            return True
+        row = self._one("SELECT uses_left FROM tokens WHERE id = ?", [tid])
+        return row is not None and row["uses_left"] is None
 
     def list_tokens(self) -> list[dict[str, Any]]:
         return self._rows("SELECT id, kind, apps, node, expires_at, uses_left, created_at, "
@@ -304,7 +309,11 @@ class Store:
         return nid
 
     def get_node(self, nid: str) -> dict[str, Any]:
+        """A node by id, or by name when the name is unique."""
         row = self._one("SELECT * FROM nodes WHERE id = ?", [nid])
+        if row is None:
+            named = self._rows("SELECT * FROM nodes WHERE name = ?", [nid])
+            row = named[0] if len(named) == 1 else None
         if row is None:
             raise NotFound(f"no node {nid}")
         return row
@@ -321,11 +330,12 @@ class Store:
         """Record a heartbeat; a lost node that speaks again is ready again. Returns the
         node row as it was before."""
         before = self.get_node(nid)
+        state = NODE_READY if before["state"] == NODE_LOST else before["state"]
         self._update("nodes", nid, {"address": address, "memory_mb": memory_mb, "tier": tier,
-                                    "last_heartbeat": self.clock(), "state": NODE_READY,
+                                    "last_heartbeat": self.clock(), "state": state,
                                     "boot": boot})
         if (before["state"], before["memory_mb"], before["address"]) != (
-                NODE_READY, memory_mb, address):
+                state, memory_mb, address):
             self.changed()
         return before
 

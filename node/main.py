@@ -20,6 +20,7 @@ async def _main(config: NodeConfig) -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for sig in signals:
                     logging.getLogger("foundry.node").info("node-stopping signal=%s", sig)
+                    await agent.shutdown()
                     nursery.cancel_scope.cancel()
                     break
 

@@ -207,3 +207,31 @@ def test_nothing_is_ever_placed_on_a_lost_node(states: list[tuple[int, str, int,
     plan = reconcile([app(scale=4, release=2)], world, nodes, NOW)
     assert all(p.node == "n2" for p in plan.start)
     assert set(plan.forget) >= {i.id for i in world}
+
+
+def test_draining_node_instances_start_elsewhere_before_they_stop() -> None:
+    draining = Node("n1", "one", 4096, NOW, "draining")
+    other = Node("n2", "two", 4096, NOW)
+    world = [inst("a", index=0), inst("b", index=1)]
+    plan = reconcile([app(scale=2)], world, [draining, other], NOW)
+    assert starts(plan) == [(0, 1, 0, "n2")] and not plan.stop      # one at a time, no gap
+    world.append(inst("a2", index=0, node="n2"))
+    plan = reconcile([app(scale=2)], world, [draining, other], NOW)
+    assert plan.stop == ["a"] and starts(plan) == [(1, 1, 0, "n2")]
+
+
+def test_returning_node_duplicates_are_stopped_by_heartbeat(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A node declared lost comes back still running an instance that was rescheduled:
+    the control plane no longer knows that instance and tells the node to stop it."""
+    from control.heartbeats import apply_heartbeat
+    from control.store import Store
+
+    store = Store(tmp_path / "db")
+    nid = store.add_node("back", "127.0.0.1", 1024, "plain")
+    asked: set[str] = set()
+    report = {"address": "127.0.0.1", "memory_mb": 1024, "boot": "b1", "work_seq": 0,
+              "instances": [{"id": "a-web-0-old", "app": "a", "state": RUNNING, "port": 1}]}
+    apply_heartbeat(store, nid, report, asked)
+    apply_heartbeat(store, nid, report, asked)          # asked once, not on every beat
+    stops = [w for w in store.work_after(nid, 0) if w["kind"] == "stop"]
+    assert [w["instance"] for w in stops] == ["a-web-0-old"]

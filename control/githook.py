@@ -1,0 +1,120 @@
+"""The pre-receive hook of every app repository: a push of the deploy branch is a deploy.
+
+git runs this (as `python -m control.githook`) inside `git receive-pack`, with the
+pushed ref updates on stdin; whatever it prints reaches the pusher as `remote:`
+lines. It archives the pushed commit (submodules are not fetched: their entries are
+left out of the archive), uploads it as a build through the control API like any
+client, streams the build log, and waits for the rollout. A non-zero exit refuses
+the push, so the branch only moves when the new release runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEPLOY_BRANCHES = ("refs/heads/main", "refs/heads/master")
+ZERO = "0" * 40
+
+
+class HookError(Exception):
+    """Why the push is refused (one line for the pusher)."""
+
+
+class Api:
+    def __init__(self, url: str, token: str, app: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=60,
+                                 headers={"authorization": f"Bearer {token}"})
+        self.app = app
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        resp = self.http.request(method, path, **kw)
+        if resp.status_code >= 400:
+            raise HookError(resp.json().get("error", resp.text))
+        return resp.json()
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def archive(commit: str, dest: Path) -> None:
+    subprocess.run(["git", "archive", "--format=tar.gz", "-o", str(dest), commit], check=True,
+                   env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1"})
+
+
+def follow(api: Api, build: str) -> dict[str, Any]:
+    after = 0
+    while True:
+        state: dict[str, Any] = api.call("GET", f"/v1/builds/{build}")
+        done = state["state"] in ("STAGED", "FAILED")
+        page = api.call("GET", f"/v1/apps/{api.app}/logs",
+                        params={"build": build, "after": after, "wait": 0 if done else 5})
+        for line in page["lines"]:
+            say(line["line"])
+        after = page["next"] or after
+        if done and not page["lines"]:
+            return state
+
+
+def wait_rollout(api: Api, release: int, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    revision = ""
+    while time.monotonic() < deadline:
+        view: dict[str, Any] = api.call("GET", f"/v1/apps/{api.app}",
+                                        params={"wait": 5, "revision": revision})
+        revision = view["revision"]
+        deps = [d for d in api.call("GET", f"/v1/apps/{api.app}/deployments")["deployments"]
+                if d["to_release"] == release]
+        if deps and deps[0]["state"] == "SUCCEEDED":
+            return view
+        if deps and deps[0]["state"] in ("SUPERSEDED", "CANCELED"):
+            raise HookError(f"the rollout of v{release} was replaced by a newer change")
+    raise HookError(f"v{release} did not start within {timeout:.0f} s")
+
+
+def deploy(api: Api, commit: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tarball = Path(tmp) / "source.tgz"
+        archive(commit, tarball)
+        with open(tarball, "rb") as body:
+            started = api.call("POST", f"/v1/apps/{api.app}/builds", content=body.read())
+    say(f"-----> Building {api.app} from {commit[:10]} (build {started['build']})")
+    build = follow(api, started["build"])
+    if build["state"] == "FAILED":
+        raise HookError(f"build failed: {build['error']}; the push is refused and the "
+                        "running release keeps serving")
+    view = wait_rollout(api, build["release"])
+    where = view["url"] if "web" in view["processes"] else "no web process, so no route"
+    say(f"-----> {api.app} v{build['release']} is running: {where}")
+
+
+def main() -> int:
+    api = Api(os.environ["FOUNDRY_API"], os.environ["FOUNDRY_TOKEN"], os.environ["FOUNDRY_APP"])
+    updates = [line.split() for line in sys.stdin.read().splitlines() if line.strip()]
+    try:
+        for _old, new, ref in updates:
+            if ref not in DEPLOY_BRANCHES:
+                raise HookError(f"push to main or master to deploy (not {ref})")
+            if new == ZERO:
+                raise HookError("deleting the deploy branch is not allowed")
+            deploy(api, new)
+    except HookError as e:
+        say(f"!      {e}")
+        return 1
+    except httpx.HTTPError as e:
+        say(f"!      cannot reach the control plane: {e}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
