@@ -481,6 +481,36 @@ def nodes(as_json: bool = JSON) -> None:
           ["NAME", "ID", "STATE", "TIER", "ADDRESS", "MEMORY", "INSTANCES", "HEARTBEAT"])
 
 
+@app.command()
+def routes(as_json: bool = JSON) -> None:
+    """List every route the edge serves, with its running backends."""
+    table_ = Api.load().get("/v1/routes")["routes"]
+    if as_json:
+        return emit_json(table_)
+    table([[r["host"], r["path"], r["app"], len(r["backends"]),
+            ",".join(f"{k}={v}" for k, v in sorted(r.get("options", {}).items())) or None]
+           for r in table_], ["HOST", "PATH", "APP", "BACKENDS", "OPTIONS"])
+
+
+@app.command("map-route")
+def map_route(name: str, route: str = typer.Argument(..., help="HOST[/PATH]"),
+              balance: str = typer.Option(None, help="round-robin or least-in-flight"),
+              timeout: int = typer.Option(None, help="backend response timeout, seconds"),
+              sticky: bool = typer.Option(None, "--sticky/--no-sticky",
+                                          help="pin a client to its instance")) -> None:
+    """Route another host (and optional path prefix) to an app."""
+    body = {"route": route, "balance": balance, "timeout": timeout, "sticky": sticky}
+    Api.load().request("POST", f"/v1/apps/{name}/routes", json=body)
+    typer.echo(f"{route} -> {name}")
+
+
+@app.command("unmap-route")
+def unmap_route(name: str, route: str = typer.Argument(..., help="HOST[/PATH]")) -> None:
+    """Remove a route added with map-route."""
+    Api.load().request("DELETE", f"/v1/apps/{name}/routes", json={"route": route})
+    typer.echo(f"{route} no longer routed to {name}")
+
+
 @app.command("git-remote")
 def git_remote(name: str, remote: str = typer.Option("foundry", help="remote name"),
                directory: Path = typer.Option(Path("."), "--dir", help="the git work tree")
@@ -513,7 +543,7 @@ def git_remote(name: str, remote: str = typer.Option("foundry", help="remote nam
 
 # --- tokens -------------------------------------------------------------------------
 @tokens_app.command("create")
-def tokens_create(kind: str = typer.Option(..., help="join, deploy, read or admin"),
+def tokens_create(kind: str = typer.Option(..., help="join, deploy, read, edge or admin"),
                   apps: str = typer.Option(None, help="limit to these apps: a,b"),
                   ttl: str = typer.Option(None, help="expire after e.g. 1h, 7d"),
                   uses: int = typer.Option(None, min=1, help="usable this many times"),
@@ -713,7 +743,7 @@ class Up:
         store = Store(self.home / "control" / "foundry.db")
         try:
             self._token(store, self.home / "admin-token", "admin")
-            edge_token = self._token(store, self.home / "edge-token", "read")
+            edge_token = self._token(store, self.home / "edge-token", "edge")
             node_env = {}
             if not (self.home / "node" / "identity.json").exists():
                 _, node_env["FOUNDRY_JOIN_TOKEN"] = store.create_token(

@@ -28,6 +28,7 @@ from control.config import ControlConfig
 from control.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     FoundryError,
     NotFound,
     TooLarge,
@@ -35,7 +36,13 @@ from control.errors import (
     Unprocessable,
 )
 from control.heartbeats import apply_heartbeat
-from control.names import app_name_problem, env_name_problem, parse_memory, process_name_problem
+from control.names import (
+    app_name_problem,
+    env_name_problem,
+    parse_memory,
+    parse_route,
+    process_name_problem,
+)
 from control.notify import Notifier
 from control.routing import routing_table
 from control.store import Store
@@ -405,8 +412,58 @@ async def read_logs(request: Request) -> Response:
     return JSONResponse({"lines": lines, "next": last})
 
 
+# --- routes -------------------------------------------------------------------------
+def _route_options(body: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if body.get("balance") is not None:
+        if body["balance"] not in ("round-robin", "least-in-flight"):
+            raise BadRequest("balance must be round-robin or least-in-flight")
+        options["balance"] = body["balance"]
+    if body.get("timeout") is not None:
+        options["timeout"] = _int(body["timeout"], "timeout", 1, 3600)
+    if body.get("sticky") is not None:
+        options["sticky"] = bool(body["sticky"])
+    return options
+
+
+def _route_target(ctl: Control, body: dict[str, Any]) -> tuple[str, str]:
+    try:
+        host, path = parse_route(str(body.get("route", "")))
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    if host == f"api.{ctl.config.domain}":
+        raise Conflict(f"{host} is the control API's own route")
+    return host, path
+
+
+async def map_route(request: Request) -> Response:
+    """Route HOST[/PATH] to an app: {"route": ..., "balance"?, "timeout"?, "sticky"?}."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    body = await _json(request)
+    host, path = _route_target(ctl, body)
+    ctl.store.get_app(name)
+    if (host, path) == (f"{name}.{ctl.config.domain}", "/"):
+        raise Conflict(f"{host} is already {name}'s own route")
+    ctl.store.map_route(name, host, path, _route_options(body))
+    ctl.store.add_event(name, "route-mapped", f"{host}{path}", token.id)
+    return JSONResponse({"routes": ctl.store.mapped_routes(name)})
+
+
+async def unmap_route(request: Request) -> Response:
+    """Remove a route added with map-route: {"route": "HOST[/PATH]"}."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    host, path = _route_target(ctl, await _json(request))
+    ctl.store.unmap_route(name, host, path)
+    ctl.store.add_event(name, "route-unmapped", f"{host}{path}", token.id)
+    return JSONResponse({"routes": ctl.store.mapped_routes(name)})
+
+
 # --- tokens -------------------------------------------------------------------------
-TOKEN_KINDS = ("admin", "deploy", "read", "join")
+TOKEN_KINDS = ("admin", "deploy", "read", "join", "edge")
 
 
 def parse_duration(text: str) -> float:
@@ -465,19 +522,20 @@ async def revoke_token(request: Request) -> Response:
 async def routes(request: Request) -> Response:
     """The routing table; answers at once if ?etag differs, else holds up to ?wait."""
     ctl = _ctl(request)
-    require(request, ctl.store, READ_KINDS)
+    require(request, ctl.store, (*READ_KINDS, "edge"))
     etag = request.query_params.get("etag", "")
 
     def table() -> dict[str, Any] | None:
-        current = routing_table(ctl.store.app_specs(), ctl.store.instance_rows(),
-                                ctl.config.domain, ctl.config.api_address)
+        current = _table(ctl)
         return current if current["etag"] != etag else None
 
     current = await ctl.wait(request, table)
-    if current is None:
-        current = routing_table(ctl.store.app_specs(), ctl.store.instance_rows(),
-                                ctl.config.domain, ctl.config.api_address)
-    return JSONResponse(current)
+    return JSONResponse(current or _table(ctl))
+
+
+def _table(ctl: Control) -> dict[str, Any]:
+    return routing_table(ctl.store.app_specs(), ctl.store.instance_rows(), ctl.config.domain,
+                         ctl.config.api_address, ctl.store.mapped_routes())
 
 
 # --- nodes --------------------------------------------------------------------------
@@ -585,12 +643,14 @@ async def build_result(request: Request) -> Response:
 async def post_logs(request: Request) -> Response:
     """A node appends log lines: {"lines": [{app, source, line, ts, build?}]}."""
     ctl = _ctl(request)
-    require(request, ctl.store, ("node", "admin"))
+    token = require(request, ctl.store, ("node", "admin", "edge"))
     body = await _json(request)
     lines = body.get("lines")
     if not isinstance(lines, list) or not all(
             isinstance(r, dict) and {"app", "source", "line"} <= r.keys() for r in lines):
         raise BadRequest("lines must be a list of {app, source, line}")
+    if token.kind == "edge" and any(r["source"] != "router" for r in lines):
+        raise Forbidden("an edge token may only post router lines")
     ctl.store.append_logs(lines)
     return JSONResponse({"ok": True})
 
@@ -682,6 +742,8 @@ ROUTES = [
     Route("/v1/apps/{app}/releases", list_releases),
     Route("/v1/apps/{app}/events", list_events),
     Route("/v1/apps/{app}/rollback", rollback, methods=["POST"]),
+    Route("/v1/apps/{app}/routes", map_route, methods=["POST"]),
+    Route("/v1/apps/{app}/routes", unmap_route, methods=["DELETE"]),
     Route("/v1/apps/{app}/deployments", list_deployments),
     Route("/v1/apps/{app}/deployments/cancel", cancel_deploy, methods=["POST"]),
     Route("/v1/apps/{app}/logs", read_logs),

@@ -59,3 +59,18 @@ def parse_memory(text: str) -> int:
     if not 16 <= mib <= 1024 * 1024:
         raise ValueError(f"memory {text!r} must be between 16M and 1024G")
     return mib
+
+
+def parse_route(text: str) -> tuple[str, str]:
+    """'Host[/path]' -> (lower-case host, path prefix '/...' without a trailing slash);
+    ValueError with a reason."""
+    host, slash, rest = text.strip().partition("/")
+    host = host.lower().rstrip(".")
+    labels = host.split(".")
+    if not host or len(host) > 253 or any(not _LABEL.match(label) for label in labels):
+        raise ValueError(f"route host {host!r} is not a DNS name")
+    path = "/" + rest.strip("/") if slash else "/"
+    if any(part in (".", "..") for part in path.split("/")) or not re.fullmatch(
+            r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", path):
+        raise ValueError(f"route path {path!r} is not a plain URL path")
+    return host, path

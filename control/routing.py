@@ -3,7 +3,9 @@
 Every app with a `web` process type owns `<app>.<domain>`, whether or not anything
 runs (the edge answers 503, not 404, for a known app with no instance). An instance
 is routable once its node reports it RUNNING and until the control plane asks it to
-stop. The control API itself is routed at `api.<domain>`. The etag is a hash of the
+stop. The control API itself is routed at `api.<domain>`. Routes added with
+`map-route` (any host, optional path prefix, balancing/timeout/sticky options) lead to
+the same backends as the app's own host. The etag is a hash of the
 table, so an edge that already has it waits instead of re-downloading.
 """
 
@@ -17,7 +19,8 @@ from control.model import RUNNING, AppSpec
 
 
 def routing_table(apps: list[AppSpec], instances: list[dict[str, Any]], domain: str,
-                  api_address: str | None) -> dict[str, Any]:
+                  api_address: str | None, mapped: list[dict[str, Any]] | None = None
+                  ) -> dict[str, Any]:
     """Build the table and its etag from desired apps and instance rows."""
     backends: dict[str, list[dict[str, str]]] = {}
     for row in instances:
@@ -33,6 +36,13 @@ def routing_table(apps: list[AppSpec], instances: list[dict[str, Any]], domain: 
         if "web" in app.processes or app.release == 0:
             routes.append({"host": f"{app.name}.{domain}", "path": "/", "app": app.name,
                            "backends": sorted(backends.get(app.name, []),
+                                              key=lambda b: b["instance"])})
+    web = {a.name for a in apps if "web" in a.processes or a.release == 0}
+    for route in mapped or []:
+        if route["app"] in web:
+            routes.append({"host": route["host"], "path": route["path"], "app": route["app"],
+                           "options": route["options"],
+                           "backends": sorted(backends.get(route["app"], []),
                                               key=lambda b: b["instance"])})
     body = json.dumps(routes, sort_keys=True).encode()
     return {"etag": hashlib.sha256(body).hexdigest()[:16], "routes": routes}

@@ -64,6 +64,8 @@ CREATE TABLE IF NOT EXISTS deployments (id INTEGER PRIMARY KEY AUTOINCREMENT, ap
   from_release INTEGER NOT NULL, to_release INTEGER NOT NULL, kind TEXT NOT NULL,
   state TEXT NOT NULL, created_at REAL NOT NULL, finished_at REAL, actor TEXT);
 CREATE INDEX IF NOT EXISTS deployments_app ON deployments (app, id);
+CREATE TABLE IF NOT EXISTS routes (host TEXT NOT NULL, path TEXT NOT NULL, app TEXT NOT NULL,
+  options TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, PRIMARY KEY (host, path));
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT,
   ts REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL, actor TEXT);
 """
@@ -219,7 +221,8 @@ class Store:
         by the reconciler, which sees them belong to no app."""
         self.get_app(name)
         with self._tx():
-            for table in ("apps", "releases", "builds", "logs", "events"):
+            for table in ("apps", "releases", "builds", "logs", "events", "routes",
+                          "deployments"):
                 key = "name" if table == "apps" else "app"
                 self.db.execute(f"DELETE FROM {table} WHERE {key} = ?", [name])
         self.changed()
@@ -426,6 +429,32 @@ class Store:
             return rows[::-1]
         return self._rows(f"SELECT seq, ts, source, line FROM logs WHERE {cond} AND seq > ? "
                           "ORDER BY seq LIMIT ?", [*params, after, limit])
+
+    # --- routes -----------------------------------------------------------------
+    def mapped_routes(self, app: str | None = None) -> list[dict[str, Any]]:
+        """Routes added with map-route (each app's default route is implicit)."""
+        sql = "SELECT host, path, app, options FROM routes"
+        rows = self._rows(sql + (" WHERE app = ?" if app else "") + " ORDER BY host, path",
+                          [app] if app else [])
+        for row in rows:
+            row["options"] = json.loads(row["options"])
+        return rows
+
+    def map_route(self, app: str, host: str, path: str, options: dict[str, Any]) -> None:
+        row = self._one("SELECT app FROM routes WHERE host = ? AND path = ?", [host, path])
+        if row is not None and row["app"] != app:
+            raise Conflict(f"{host}{path} is already routed to another app")
+        self.db.execute("INSERT OR REPLACE INTO routes (host, path, app, options, created_at) "
+                        "VALUES (?, ?, ?, ?, ?)", [host, path, app, json.dumps(options),
+                                                   self.clock()])
+        self.changed()
+
+    def unmap_route(self, app: str, host: str, path: str) -> None:
+        cur = self.db.execute("DELETE FROM routes WHERE app = ? AND host = ? AND path = ?",
+                              [app, host, path])
+        if not cur.rowcount:
+            raise NotFound(f"{host}{path} is not routed to {app}")
+        self.changed()
 
     # --- deployments ------------------------------------------------------------
     def start_deployment(self, app: str, from_release: int, to_release: int, kind: str,

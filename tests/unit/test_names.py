@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from control.names import app_name_problem, env_name_problem, parse_memory
+from control.names import app_name_problem, env_name_problem, parse_memory, parse_route
 
 
 @pytest.mark.parametrize("name", ["a", "hello-python", "x1", "a" * 63, "0day"])
@@ -38,3 +38,17 @@ def test_memory_sizes(text: str, mib: int) -> None:
 def test_bad_memory_sizes(text: str) -> None:
     with pytest.raises(ValueError):
         parse_memory(text)
+
+
+@pytest.mark.parametrize(("text", "host", "path"), [
+    ("Shop.Example.com", "shop.example.com", "/"), ("a.test/api", "a.test", "/api"),
+    ("a.test/api/", "a.test", "/api"), ("a.test/", "a.test", "/")])
+def test_routes_parse(text: str, host: str, path: str) -> None:
+    assert parse_route(text) == (host, path)
+
+
+@pytest.mark.parametrize("text", ["", "bad_host.test", "a.test/../etc", "a.test/with space",
+                                  "-a.test", "a..test"])
+def test_bad_routes_say_why(text: str) -> None:
+    with pytest.raises(ValueError, match="route"):
+        parse_route(text)
