@@ -637,7 +637,7 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
     import uv
 
     from control.names import parse_memory
-    from node.agent import NodeConfig
+    from node.agent import JoinError, NodeConfig
     from node.main import run
     from packs import PACKS_DIR
 
@@ -650,10 +650,13 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
     network = {k: v for k, v in os.environ.items()
                if k in ("SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS")
                or k.lower().endswith("_proxy") or k.startswith(("UV_", "PIP_", "npm_config_"))}
-    run(NodeConfig(home=home or foundry_home() / "node", control_url=control_url.rstrip("/"),
-                   packs_dir=PACKS_DIR, join_token=token, name=name or socket.gethostname(),
-                   address=advertise, memory_mb=memory_mb, base_env=base_env, grace=grace,
-                   build_env={**network, "FOUNDRY_UV": uv.find_uv_bin()}, tier=tier))
+    try:
+        run(NodeConfig(home=home or foundry_home() / "node", control_url=control_url.rstrip("/"),
+                       packs_dir=PACKS_DIR, join_token=token, name=name or socket.gethostname(),
+                       address=advertise, memory_mb=memory_mb, base_env=base_env, grace=grace,
+                       build_env={**network, "FOUNDRY_UV": uv.find_uv_bin()}, tier=tier))
+    except JoinError as e:
+        raise CLIError(str(e)) from None
 
 
 @node_app.command("drain")

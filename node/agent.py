@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,9 @@ import trio
 from node.client import ControlClient, ControlError
 from node.droplets import DropletCache
 from node.instances import Supervisor
+from node.jail import make_jailer
 from node.logship import LogShipper
+from node.proctree import signal_instance
 from node.stager import Stager
 
 log = logging.getLogger("foundry.node")
@@ -43,6 +47,7 @@ class NodeConfig:
     start_timeout: float = 60.0
     base_env: dict[str, str] = field(default_factory=dict)    # every process the node starts
     build_env: dict[str, str] = field(default_factory=dict)   # added for packs (tool paths)
+    tier: str | None = None   # force a weaker jail tier (tests); None = the strongest there is
 
 
 class JoinError(Exception):
@@ -59,12 +64,13 @@ class Agent:
         self.logs = LogShipper(self.client)
         self.changed = trio.Event()
         home = config.home
+        self.jail = make_jailer(config.tier, str(config.home.resolve()))
         self.supervisor = Supervisor(
             home=home, droplets=DropletCache(home / "droplets", self.client), logs=self.logs,
             address=config.address, base_env=config.base_env, grace=config.grace,
-            start_timeout=config.start_timeout, on_change=self.changed.set)
+            start_timeout=config.start_timeout, on_change=self.changed.set, jail=self.jail)
         self.stager = Stager(home, config.packs_dir, self.client, self.logs,
-                             {**config.base_env, **config.build_env})
+                             {**config.base_env, **config.build_env}, self.jail)
 
     async def identify(self) -> None:
         """Load this node's identity, or join with the join token."""
@@ -77,9 +83,7 @@ class Agent:
             return
         if not self.config.join_token:
             raise JoinError("this node has not joined yet: give it a join token")
-        answer = await self.client.join(self.config.join_token, {
-            "name": self.config.name, "address": self.config.address,
-            "memory_mb": self.config.memory_mb, "tier": "plain"})
+        answer = await self._join(self.config.join_token)
         self.node_id = answer["id"]
         self.config.home.mkdir(parents=True, exist_ok=True)
         fd = os.open(ident, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -88,9 +92,37 @@ class Agent:
                        "control": self.config.control_url}, f)
         log.info("node-joined id=%s", self.node_id)
 
+    async def _join(self, token: str) -> dict[str, Any]:
+        """Exchange the join token, waiting (capped backoff) while the control plane is
+        unreachable; a refused token is final."""
+        body = {"name": self.config.name, "address": self.config.address,
+                "memory_mb": self.config.memory_mb, "tier": self.jail.tier}
+        delay = 0.2
+        while True:
+            try:
+                return await self.client.join(token, body)
+            except ControlError as e:
+                if e.status is not None:
+                    raise JoinError(f"the control plane refused to join: {e}") from None
+                log.warning("join-waiting error=%s", e)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def reap_leftovers(self) -> None:
+        """Kill what a previous agent on this home left running (it died without stopping
+        its instances): the control plane replaces them, so none may linger as orphans."""
+        root = self.config.home / "instances"
+        if not root.is_dir():
+            return
+        for leftover in root.iterdir():
+            killed = signal_instance(None, leftover.name, signal.SIGKILL)
+            shutil.rmtree(leftover, ignore_errors=True)
+            log.info("instance-reaped id=%s processes=%d", leftover.name, killed)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         await self.identify()
+        self.reap_leftovers()
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.logs.run)
@@ -99,15 +131,24 @@ class Agent:
                 nursery.start_soon(self.work_loop, nursery)
                 task_status.started()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(self.config.grace + 2):
-                await self.supervisor.stop_all()
-                with trio.move_on_after(1):
-                    await self.heartbeat_once()
+            with trio.CancelScope(shield=True):
+                await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop every instance gracefully (SIGTERM, grace, kill) and report it, before the
+        agent's tasks are cancelled; safe to call twice."""
+        with trio.move_on_after(self.config.grace + 2):
+            await self.supervisor.stop_all()
+        with trio.move_on_after(1):
+            try:
+                await self.heartbeat_once()
+            except ControlError as e:
+                log.warning("final-heartbeat-failed error=%s", e)
 
     async def heartbeat_once(self) -> None:
         instances = self.supervisor.report()
         await self.client.heartbeat(self.node_id, {
-            "boot": self.boot, "address": self.config.address, "tier": "plain",
+            "boot": self.boot, "address": self.config.address, "tier": self.jail.tier,
             "memory_mb": self.config.memory_mb, "work_seq": self.work_seq,
             "instances": instances})
         self.supervisor.prune(instances)

@@ -23,7 +23,7 @@ class ArchiveError(ValueError):
     """An archive that was refused, naming the member."""
 
 
-def _problem(member: tarfile.TarInfo) -> str | None:
+def _problem(member: tarfile.TarInfo, absolute_symlinks: bool = False) -> str | None:
     norm = posixpath.normpath(member.name)
     if member.name.startswith("/") or norm == ".." or norm.startswith("../"):
         return "path leaves the archive root"
@@ -31,6 +31,8 @@ def _problem(member: tarfile.TarInfo) -> str | None:
         return "device, FIFO or unsupported member type"
     if member.mode & 0o6000:
         return "setuid/setgid bit"
+    if absolute_symlinks and member.issym() and member.linkname.startswith("/"):
+        return None
     if member.issym() or member.islnk():
         base = posixpath.dirname(norm) if member.issym() else ""
         joined = posixpath.normpath(posixpath.join(base, member.linkname))
@@ -40,8 +42,13 @@ def _problem(member: tarfile.TarInfo) -> str | None:
 
 
 def extract(archive: Path, target: Path, *, max_files: int = MAX_FILES,
-            max_expanded: int = MAX_EXPANDED) -> int:
-    """Extract a gzip'd tar into `target` (which must not exist); returns the member count."""
+            max_expanded: int = MAX_EXPANDED, absolute_symlinks: bool = False) -> int:
+    """Extract a gzip'd tar into `target` (which must not exist); returns the member count.
+
+    `absolute_symlinks` admits symlinks to absolute paths (a droplet's virtualenv links
+    its interpreter to the system's); making such a link writes nothing outside the
+    target, and no later member may be written through it: the path of every member
+    is resolved, links included, and must stay inside the target."""
     target.mkdir(parents=True)
     try:
         count = expanded = 0
@@ -49,13 +56,15 @@ def extract(archive: Path, target: Path, *, max_files: int = MAX_FILES,
             for member in tar:
                 count += 1
                 expanded += max(member.size, 0)
-                problem = _problem(member)
+                problem = _problem(member, absolute_symlinks)
                 if problem:
                     raise ArchiveError(f"archive member {member.name!r} refused: {problem}")
                 if count > max_files or expanded > max_expanded:
                     raise ArchiveError("archive is larger than the extraction limits")
                 # The "data" filter re-checks paths and links and drops unsafe modes.
-                tar.extract(member, target, filter="data")
+                absolute_link = member.issym() and member.linkname.startswith("/")
+                # "data" also refuses absolute link targets; "tar" keeps every other check.
+                tar.extract(member, target, filter="tar" if absolute_link else "data")
         return count
     except (tarfile.TarError, zlib.error, EOFError) as e:
         shutil.rmtree(target, ignore_errors=True)

@@ -14,7 +14,11 @@ import trio
 
 
 class ControlError(Exception):
-    """The control plane refused a call or could not be reached."""
+    """The control plane refused a call (`status` set) or could not be reached (None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ControlClient:
@@ -37,7 +41,7 @@ class ControlClient:
                 reason = resp.json().get("error", resp.text)
             except ValueError:
                 reason = resp.text
-            raise ControlError(f"{method} {path}: {resp.status_code} {reason}")
+            raise ControlError(f"{method} {path}: {resp.status_code} {reason}", resp.status_code)
         return resp.json()
 
     async def join(self, join_token: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ directory cannot change the cache or another instance.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,8 @@ class DropletCache:
             try:
                 await self.client.download(digest, blob)
                 await trio.to_thread.run_sync(shutil.rmtree, partial, True)
-                await trio.to_thread.run_sync(extract, blob, partial)
+                await trio.to_thread.run_sync(
+                    functools.partial(extract, blob, partial, absolute_symlinks=True))
                 partial.rename(target)
             finally:
                 blob.unlink(missing_ok=True)

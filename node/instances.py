@@ -8,10 +8,12 @@ Lifecycle (refused transitions raise; status names shown to users are these):
     STOPPED, CRASHED: final
 
 An instance is RUNNING only once its health check passes (`port`: the port accepts
-connections; `process`: alive). Stop = SIGTERM to every process of the instance,
-`grace` seconds, then SIGKILL to whatever is left. Nothing of an instance outlives
-it: after its main process exits, remaining processes are killed too. Every
-instance task lives in the supervisor's nursery.
+connections; `process`: alive). Every instance runs in a jail (node/jail.py) with
+its droplet copy at the jail's app path. Stop = SIGTERM to every process of the
+instance, `grace` seconds, then a kill of the whole jail. Nothing of an instance
+outlives it: after its main process exits, the jail is killed and closed too. The
+crash reason is `out of memory` only with the jail's OOM evidence. Every instance
+task lives in the supervisor's nursery.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import logging
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ from typing import Any
 import trio
 
 from node.droplets import DropletCache
+from node.jail import PLAIN, Jailed, Jailer, JailSpec, TierChoice
 from node.logship import LogShipper
-from node.proctree import MARKER, signal_instance
 
 log = logging.getLogger("foundry.node")
 
@@ -114,6 +115,7 @@ class Supervisor:
     start_timeout: float = 60.0
     on_change: Callable[[], None] = lambda: None
     instances: dict[str, Instance] = field(default_factory=dict)
+    jail: Jailer = field(default_factory=lambda: Jailer(TierChoice(PLAIN, "not configured")))
 
     def start(self, spec: dict[str, Any], nursery: trio.Nursery) -> None:
         """Begin starting an instance (idempotent by instance id)."""
@@ -155,7 +157,7 @@ class Supervisor:
             self.logs.emit(inst.spec["app"], inst.source, f"[foundry] instance {note}")
         self.on_change()
 
-    def _env(self, inst: Instance, app_dir: Path) -> dict[str, str]:
+    def _env(self, inst: Instance, app_dir: str) -> dict[str, str]:
         spec = inst.spec
         vcap = {"application_name": spec["app"], "application_id": spec["app"],
                 "instance_id": inst.id, "instance_index": spec["index"], "port": inst.port,
@@ -163,11 +165,11 @@ class Supervisor:
                 "limits": {"mem": spec.get("memory_mb", 256)},
                 "application_uris": [], "process_type": spec["process"]}
         return {**self.base_env, **{str(k): str(v) for k, v in spec.get("env", {}).items()},
-                "HOME": str(app_dir), "PORT": str(inst.port), "FOUNDRY_APP_NAME": spec["app"],
+                "HOME": app_dir, "PORT": str(inst.port), "FOUNDRY_APP_NAME": spec["app"],
                 "FOUNDRY_INSTANCE_INDEX": str(spec["index"]),
                 "FOUNDRY_RELEASE": f"v{spec['release']}", "FOUNDRY_PROCESS_TYPE": spec["process"],
                 "VCAP_APPLICATION": json.dumps(vcap), "VCAP_SERVICES": "{}",
-                "FOUNDRY_COMMAND": spec["command"], MARKER: inst.id}
+                "FOUNDRY_COMMAND": spec["command"]}
 
     async def _run(self, inst: Instance) -> None:
         workdir = self.home / "instances" / inst.id
@@ -194,24 +196,34 @@ class Supervisor:
             self._move(inst, STOPPED)
             return
         inst.port = free_port(self.address)
-        proc = await trio.lowlevel.open_process(
-            ["/bin/sh", "-c", LAUNCHER], cwd=app_dir, env=self._env(inst, app_dir),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True)
+        memory_mb = int(inst.spec.get("memory_mb") or 256)
+        env = self._env(inst, self.jail.inside(str(app_dir), app_dir))
+        jailed = await self.jail.spawn(JailSpec(inst.id, ("/bin/sh", "-c", LAUNCHER), env,
+                                                app_dir, memory_mb))
+        try:
+            await self._supervise(inst, jailed)
+        finally:
+            with trio.CancelScope(shield=True):
+                await jailed.close()
+
+    async def _supervise(self, inst: Instance, jailed: Jailed) -> None:
+        proc = jailed.proc
         inst.pid = proc.pid
         self.on_change()
         failure: list[str] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump, inst, proc)
-            nursery.start_soon(self._health, inst, proc, failure)
-            nursery.start_soon(self._stopper, inst, proc)
+            nursery.start_soon(self._health, inst, jailed, failure)
+            nursery.start_soon(self._stopper, inst, jailed)
+            nursery.start_soon(jailed.watch)
             code = await proc.wait()
-            signal_instance(proc.pid, inst.id, signal.SIGKILL)
+            jailed.kill()
             nursery.cancel_scope.cancel()
         if inst.state == STOPPING:
             self._move(inst, STOPPED)
         else:
-            self._move(inst, CRASHED, failure[0] if failure else exit_reason(code))
+            reason = jailed.limit_reason(code) or (failure[0] if failure else None)
+            self._move(inst, CRASHED, reason or exit_reason(jailed.exit_code(code)))
 
     async def _pump(self, inst: Instance, proc: trio.Process) -> None:
         assert proc.stdout is not None
@@ -227,7 +239,7 @@ class Supervisor:
         if buf:
             self.logs.emit(inst.spec["app"], inst.source, buf.decode(errors="replace"))
 
-    async def _health(self, inst: Instance, proc: trio.Process, failure: list[str]) -> None:
+    async def _health(self, inst: Instance, jailed: Jailed, failure: list[str]) -> None:
         check = inst.spec.get("health_check") or "port"
         if check != "process":
             with trio.move_on_after(self.start_timeout) as scope:
@@ -236,18 +248,18 @@ class Supervisor:
             if scope.cancelled_caught:
                 failure.append(f"never became healthy within {self.start_timeout:.0f} s "
                                f"(nothing accepted connections on port {inst.port})")
-                signal_instance(proc.pid, inst.id, signal.SIGKILL)
+                jailed.kill()
                 return
         if inst.state == STARTING:
             self._move(inst, RUNNING)
 
-    async def _stopper(self, inst: Instance, proc: trio.Process) -> None:
+    async def _stopper(self, inst: Instance, jailed: Jailed) -> None:
         await inst.stop_requested.wait()
         self._move(inst, STOPPING)
-        signal_instance(proc.pid, inst.id, signal.SIGTERM)
+        jailed.terminate()
         with trio.move_on_after(self.grace):
-            await proc.wait()
-        signal_instance(proc.pid, inst.id, signal.SIGKILL)
+            await jailed.proc.wait()
+        jailed.kill()
 
 
 async def _port_open(host: str, port: int) -> bool:

@@ -9,7 +9,7 @@ import sys
 import httpx
 import trio
 
-from node.agent import Agent, NodeConfig
+from node.agent import Agent, JoinError, NodeConfig
 
 
 async def _main(config: NodeConfig) -> None:
@@ -26,7 +26,14 @@ async def _main(config: NodeConfig) -> None:
 
 
 def run(config: NodeConfig) -> None:
+    """Run the agent; JoinError (a refused or missing token) propagates as one line."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s node %(message)s",
                         stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    trio.run(_main, config)
+    try:
+        trio.run(_main, config)
+    except BaseExceptionGroup as group:
+        joins = group.subgroup(JoinError)
+        if joins is None:
+            raise
+        raise joins.exceptions[0] from None

@@ -6,17 +6,20 @@ defaults), pack the result into a droplet (sha256-addressed), upload it, and kee
 the unpacked droplet in the node's cache so the first start needs no download.
 Every step's output streams to the app's log as source `build`. Any failure
 reports the build FAILED with one line saying why; the work dir is always removed.
+
+The pack's compile runs the app's own build code (setup.py, npm scripts), so it
+runs in a jail like an instance: the build dir read-write at /app (the path the
+droplet later runs at), the cache dir read-write at /cache, the env dir and the
+pack read-only, tool binaries named in TOOL_VARS read-only under /opt/foundry/bin,
+with the host network (builds fetch packages).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import signal
-import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,14 @@ import trio
 
 from node.archive import ArchiveError, create, extract
 from node.client import ControlClient, ControlError
+from node.jail import PLAIN, Bind, Jailed, Jailer, JailError, JailSpec, TierChoice
 from node.logship import LogShipper
 from node.packs import Pack, detect, installed_packs
 from node.procfile import ProcfileError, process_types
 
 COMPILE_TIMEOUT = 15 * 60
+STAGING_MEMORY_MB = 1024   # at least this much for a build, whatever the app's size
+TOOL_VARS = ("FOUNDRY_UV",)  # build env vars naming a tool binary the jail must show
 Say = Callable[[str], None]
 
 
@@ -43,6 +49,7 @@ class Stager:
     client: ControlClient
     logs: LogShipper
     base_env: dict[str, str]
+    jail: Jailer = field(default_factory=lambda: Jailer(TierChoice(PLAIN, "not configured")))
 
     async def stage(self, item: dict[str, Any]) -> None:
         """Run one `stage` work item to completion and report its result."""
@@ -54,7 +61,7 @@ class Stager:
 
         try:
             result = await self._stage(item, work, say)
-        except (BuildFailed, ControlError, ArchiveError, ProcfileError, OSError) as e:
+        except (BuildFailed, ControlError, ArchiveError, ProcfileError, JailError, OSError) as e:
             say(f"-----> Build failed: {e}")
             result = {"ok": False, "error": str(e)}
         finally:
@@ -94,16 +101,43 @@ class Stager:
 
     async def _compile(self, pack: Pack, item: dict[str, Any], app_dir: Path, work: Path,
                        say: Say) -> None:
+        jailed = await self.jail.spawn(self._compile_spec(pack, item, app_dir, work))
+        try:
+            code = await run_streaming(jailed, say, COMPILE_TIMEOUT)
+        finally:
+            with trio.CancelScope(shield=True):
+                await jailed.close()
+        if code != 0:
+            reason = jailed.limit_reason(code) or f"exit {jailed.exit_code(code)}"
+            raise BuildFailed(f"{pack.name} pack compile failed ({reason})")
+
+    def _compile_spec(self, pack: Pack, item: dict[str, Any], app_dir: Path,
+                      work: Path) -> JailSpec:
+        """`bin/compile BUILD_DIR CACHE_DIR ENV_DIR`, in the jail's paths."""
         env_dir = work / "env"
         env_dir.mkdir()
         for key, value in (item.get("env") or {}).items():
             (env_dir / key).write_text(str(value))
         cache = self.home / "cache" / item["app"] / pack.name
         cache.mkdir(parents=True, exist_ok=True)
-        argv = [*pack.script("compile"), str(app_dir), str(cache), str(env_dir)]
-        code = await run_streaming(argv, self.base_env, say, COMPILE_TIMEOUT, cwd=app_dir)
-        if code != 0:
-            raise BuildFailed(f"{pack.name} pack compile failed (exit {code})")
+        binds = [Bind(cache, "/cache", writable=True), Bind(env_dir, "/env"),
+                 Bind(pack.path, "/pack")]
+        env = dict(self.base_env)
+        for var in TOOL_VARS:
+            tool = Path(env.get(var, ""))
+            if tool.is_absolute() and tool.is_file():
+                binds.append(Bind(tool, f"/opt/foundry/bin/{tool.name}"))
+        if self.jail.isolates:  # /cache and /app are separate mounts: no hard links across
+            env.setdefault("UV_LINK_MODE", "copy")
+
+        def inside(path: Path | str) -> str:
+            return self.jail.inside(str(path), app_dir, binds)
+
+        env.update({var: inside(env[var]) for var in TOOL_VARS if var in env})
+        argv = [inside(a) for a in [*pack.script("compile"), app_dir, cache, env_dir]]
+        memory = max(STAGING_MEMORY_MB, int(item.get("memory_mb") or 0))
+        return JailSpec(f"build-{item['build']}", tuple(argv), {**env, "HOME": inside(app_dir)},
+                        app_dir, memory, tuple(binds))
 
     async def _process_types(self, pack: Pack, app_dir: Path) -> dict[str, str]:
         result = await trio.run_process([*pack.script("release"), str(app_dir)],
@@ -129,25 +163,25 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-async def run_streaming(argv: list[str], env: dict[str, str], say: Say, timeout: float,
-                        cwd: Path | None = None) -> int:
-    """Run argv, passing each output line to `say`; kill it after `timeout` seconds."""
-    proc = await trio.lowlevel.open_process(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+async def run_streaming(jailed: Jailed, say: Say, timeout: float) -> int:
+    """Pass each output line of a jailed process to `say`; kill the jail after `timeout` s."""
+    proc = jailed.proc
     assert proc.stdout is not None
     with trio.move_on_after(timeout) as scope:
-        buf = b""
-        async for chunk in proc.stdout:
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                say(line.decode(errors="replace").rstrip("\r"))
-        if buf:
-            say(buf.decode(errors="replace"))
-        return await proc.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(jailed.watch)
+            buf = b""
+            async for chunk in proc.stdout:
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    say(line.decode(errors="replace").rstrip("\r"))
+            if buf:
+                say(buf.decode(errors="replace"))
+            code = await proc.wait()
+            nursery.cancel_scope.cancel()
+        return code
     if scope.cancelled_caught:
         say(f"-----> timed out after {timeout:.0f} s")
-    os.killpg(proc.pid, signal.SIGKILL)  # the pack's whole process group
-    await proc.wait()
-    return -9
+    jailed.kill()  # the whole build, not just the pack's first process
+    return await proc.wait()

@@ -4,6 +4,7 @@ the same hostile members, and extraction never writes outside its target."""
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -102,3 +103,23 @@ def test_safe_archive_with_inner_links_round_trips(tmp_path: Path) -> None:
     assert extract(archive, tmp_path / "app") == 3
     assert (tmp_path / "app" / "dir" / "b.txt").read_text() == "hello"
     assert (tmp_path / "app" / "c.txt").read_text() == "hello"
+
+
+def test_droplets_keep_absolute_symlinks_but_nothing_is_written_through_them(
+        tmp_path: Path) -> None:
+    def venv(t: tarfile.TarFile) -> None:
+        t.addfile(link(".venv/bin/python", "/usr/bin/python3", tarfile.SYMTYPE))
+    archive = make_tar(tmp_path / "droplet.tgz", venv)
+    with pytest.raises(ArchiveError):
+        extract(archive, tmp_path / "source")              # not in a source package
+    extract(archive, tmp_path / "droplet", absolute_symlinks=True)
+    assert os.readlink(tmp_path / "droplet" / ".venv/bin/python") == "/usr/bin/python3"
+
+    def through(t: tarfile.TarFile) -> None:
+        t.addfile(link("etc", "/etc", tarfile.SYMTYPE))
+        t.addfile(*file_member("etc/evil"))
+    archive = make_tar(tmp_path / "through.tgz", through)
+    with pytest.raises((ArchiveError, tarfile.TarError)):
+        extract(archive, tmp_path / "x", absolute_symlinks=True)
+    assert not Path("/etc/evil").exists()
+    assert not (tmp_path / "x").exists()
