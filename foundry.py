@@ -629,7 +629,11 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
               memory: str = typer.Option("4G", help="memory offered to instances"),
               grace: float = typer.Option(10.0, help="seconds between SIGTERM and SIGKILL"),
               tier: str = typer.Option(None, envvar="FOUNDRY_JAIL_TIER",
-                                       help="force a weaker jail tier: rootless or plain")
+                                       help="force a weaker jail tier: rootless or plain"),
+              start_timeout: float = typer.Option(
+                  60.0, envvar="FOUNDRY_START_TIMEOUT", help="seconds to become healthy"),
+              liveness_interval: float = typer.Option(
+                  30.0, envvar="FOUNDRY_LIVENESS_INTERVAL", help="seconds between checks"),
               ) -> None:
     """Join a control plane (or rejoin with the saved identity) and run instances."""
     import socket
@@ -654,7 +658,8 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
         run(NodeConfig(home=home or foundry_home() / "node", control_url=control_url.rstrip("/"),
                        packs_dir=PACKS_DIR, join_token=token, name=name or socket.gethostname(),
                        address=advertise, memory_mb=memory_mb, base_env=base_env, grace=grace,
-                       build_env={**network, "FOUNDRY_UV": uv.find_uv_bin()}, tier=tier))
+                       build_env={**network, "FOUNDRY_UV": uv.find_uv_bin()}, tier=tier,
+                       start_timeout=start_timeout, liveness_interval=liveness_interval))
     except JoinError as e:
         raise CLIError(str(e)) from None
 

@@ -45,6 +45,7 @@ class NodeConfig:
     heartbeat_interval: float = 2.0
     grace: float = 10.0
     start_timeout: float = 60.0
+    liveness_interval: float = 30.0
     base_env: dict[str, str] = field(default_factory=dict)    # every process the node starts
     build_env: dict[str, str] = field(default_factory=dict)   # added for packs (tool paths)
     tier: str | None = None   # force a weaker jail tier (tests); None = the strongest there is
@@ -68,7 +69,8 @@ class Agent:
         self.supervisor = Supervisor(
             home=home, droplets=DropletCache(home / "droplets", self.client), logs=self.logs,
             address=config.address, base_env=config.base_env, grace=config.grace,
-            start_timeout=config.start_timeout, on_change=self.changed.set, jail=self.jail)
+            start_timeout=config.start_timeout, liveness_interval=config.liveness_interval,
+            on_change=self.changed.set, jail=self.jail)
         self.stager = Stager(home, config.packs_dir, self.client, self.logs,
                              {**config.base_env, **config.build_env}, self.jail)
 
@@ -191,7 +193,7 @@ class Agent:
         if kind == "start":
             self.supervisor.start(item, nursery)
         elif kind == "stop":
-            self.supervisor.stop(item["instance"])
+            self.supervisor.stop(item["instance"], float(item.get("drain") or 0))
         elif kind == "stage":
             nursery.start_soon(self.stager.stage, item)
         else:

@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from node import health
 from node.droplets import DropletCache
 from node.jail import PLAIN, Jailed, Jailer, JailSpec, TierChoice
 from node.logship import LogShipper
@@ -63,6 +64,7 @@ class Instance:
     reason: str | None = None
     started_at: float | None = None
     stop_requested: trio.Event = field(default_factory=trio.Event)
+    drain: float = 0.0
     done: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -113,6 +115,7 @@ class Supervisor:
     base_env: dict[str, str] = field(default_factory=dict)
     grace: float = 10.0
     start_timeout: float = 60.0
+    liveness_interval: float = 30.0
     on_change: Callable[[], None] = lambda: None
     instances: dict[str, Instance] = field(default_factory=dict)
     jail: Jailer = field(default_factory=lambda: Jailer(TierChoice(PLAIN, "not configured")))
@@ -126,9 +129,10 @@ class Supervisor:
         self.on_change()
         nursery.start_soon(self._run, inst)
 
-    def stop(self, instance_id: str) -> None:
+    def stop(self, instance_id: str, drain: float = 0.0) -> None:
         inst = self.instances.get(instance_id)
         if inst is not None:
+            inst.drain = max(0.0, min(drain, 30.0))
             inst.stop_requested.set()
 
     async def stop_all(self) -> None:
@@ -240,32 +244,41 @@ class Supervisor:
             self.logs.emit(inst.spec["app"], inst.source, buf.decode(errors="replace"))
 
     async def _health(self, inst: Instance, jailed: Jailed, failure: list[str]) -> None:
-        check = inst.spec.get("health_check") or "port"
-        if check != "process":
-            with trio.move_on_after(self.start_timeout) as scope:
-                while not await _port_open(self.address, inst.port or 0):
-                    await trio.sleep(0.05)
-            if scope.cancelled_caught:
-                failure.append(f"never became healthy within {self.start_timeout:.0f} s "
-                               f"(nothing accepted connections on port {inst.port})")
+        """Readiness until the start timeout, then liveness every `liveness_interval`."""
+        kind = inst.spec.get("health_check") or "port"
+        why = ""
+        with trio.move_on_after(self.start_timeout):
+            while not (answer := await health.check(kind, self.address, inst.port or 0))[0]:
+                why = answer[1]
+                await trio.sleep(0.05)
+            if inst.state == STARTING:
+                self._move(inst, RUNNING)
+        if inst.state == STARTING:
+            failure.append(f"never became healthy within {self.start_timeout:.0f} s ({why})")
+            jailed.kill()
+            return
+        while inst.state == RUNNING:
+            await trio.sleep(self.liveness_interval)
+            for _ in range(3):      # three failures in a row, a second apart, mean unhealthy
+                ok, why = await health.check(kind, self.address, inst.port or 0)
+                if ok or inst.state != RUNNING:
+                    break
+                await trio.sleep(1)
+            else:
+                failure.append(f"health check failed: {why}")
                 jailed.kill()
                 return
-        if inst.state == STARTING:
-            self._move(inst, RUNNING)
 
     async def _stopper(self, inst: Instance, jailed: Jailed) -> None:
         await inst.stop_requested.wait()
         self._move(inst, STOPPING)
+        # The control plane took the instance out of the routing table when it asked for
+        # the stop; requests already on their way get `drain` seconds to arrive.
+        with trio.move_on_after(inst.drain):
+            await jailed.proc.wait()
         jailed.terminate()
         with trio.move_on_after(self.grace):
             await jailed.proc.wait()
         jailed.kill()
 
 
-async def _port_open(host: str, port: int) -> bool:
-    try:
-        stream = await trio.open_tcp_stream(host, port)
-    except OSError:
-        return False
-    await stream.aclose()
-    return True

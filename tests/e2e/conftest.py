@@ -50,7 +50,9 @@ class Platform:
         self.http_port = free_port()
         self.api_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.env = {**os.environ, "FOUNDRY_HOME": str(home), "PYTHONPATH": str(ROOT)}
+        self.env = {**os.environ, "FOUNDRY_HOME": str(home), "PYTHONPATH": str(ROOT),
+                    # liveness checks every 2 s instead of 30 s, so a test sees one fail
+                    "FOUNDRY_LIVENESS_INTERVAL": "2"}
         self.env.pop("FOUNDRY_API", None)
         self.env.pop("FOUNDRY_TOKEN", None)
 

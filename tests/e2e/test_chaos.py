@@ -169,3 +169,15 @@ def test_lost_node_instances_run_elsewhere(platform: Platform, tmp_path: Path) -
     finally:
         second.kill()
         second.wait()
+
+
+def test_failing_http_liveness_check_restarts_the_instance(platform: Platform) -> None:
+    app = ROOT / "tests" / "apps" / "flaky"
+    platform.cli("push", str(app), "--name", "flaky", "--health-check", "http:/healthz")
+    assert view(platform, "flaky")["health_check"] == "http:/healthz"
+    assert platform.get("flaky", "/break").status_code == 200
+    eventually(lambda: "health check failed" in platform.cli("events", "flaky").stdout, 30,
+               "the liveness check to fail")
+    eventually(lambda: [(i["state"], i["restarts"]) for i in view(platform, "flaky")[
+        "instances"]] == [("RUNNING", 1)], 30, "the instance restarted")
+    assert platform.get("flaky", "/healthz").status_code == 200
