@@ -62,9 +62,12 @@ def extract(archive: Path, target: Path, *, max_files: int = MAX_FILES,
                 if count > max_files or expanded > max_expanded:
                     raise ArchiveError("archive is larger than the extraction limits")
                 # The "data" filter re-checks paths and links and drops unsafe modes.
-                absolute_link = member.issym() and member.linkname.startswith("/")
-                # "data" also refuses absolute link targets; "tar" keeps every other check.
-                tar.extract(member, target, filter="tar" if absolute_link else "data")
+                # "data" also resolves link targets through links already extracted (a
+                # droplet's python3 -> python -> /usr/bin/python3.11); with absolute links
+                # admitted, targets are checked lexically above and "tar" keeps every other
+                # check, including no member written through a link.
+                lenient = absolute_symlinks and member.issym()
+                tar.extract(member, target, filter="tar" if lenient else "data")
         return count
     except (tarfile.TarError, zlib.error, EOFError) as e:
         shutil.rmtree(target, ignore_errors=True)

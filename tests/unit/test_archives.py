@@ -123,3 +123,12 @@ def test_droplets_keep_absolute_symlinks_but_nothing_is_written_through_them(
         extract(archive, tmp_path / "x", absolute_symlinks=True)
     assert not Path("/etc/evil").exists()
     assert not (tmp_path / "x").exists()
+
+
+def test_droplet_links_may_chain_to_an_absolute_target(tmp_path: Path) -> None:
+    def venv(t: tarfile.TarFile) -> None:
+        t.addfile(link("bin/python", "/usr/bin/python3.11", tarfile.SYMTYPE))
+        t.addfile(link("bin/python3", "python", tarfile.SYMTYPE))
+    archive = make_tar(tmp_path / "droplet.tgz", venv)
+    extract(archive, tmp_path / "droplet", absolute_symlinks=True)
+    assert os.readlink(tmp_path / "droplet" / "bin/python3") == "python"
