@@ -11,6 +11,7 @@ import fnmatch
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -72,7 +73,8 @@ class Api:
     def request(self, method: str, path: str, *, timeout: float = 30, **kw: Any) -> Any:
         try:
             resp = httpx.request(method, self.url + path, timeout=timeout,
-                                 headers={"authorization": f"Bearer {self.token}"}, **kw)
+                                 headers={"authorization": f"Bearer {self.token}"},
+                                 verify=_verify(), **kw)
         except httpx.TransportError as e:
             raise CLIError(f"cannot reach the control plane at {self.url} ({e}); "
                            "is `foundry up` running?") from None
@@ -86,6 +88,12 @@ class Api:
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
+
+
+def _verify() -> ssl.SSLContext | bool:
+    """Trust FOUNDRY_CA (e.g. a self-signed control plane's cert.pem) when it is set."""
+    ca = os.environ.get("FOUNDRY_CA")
+    return ssl.create_default_context(cafile=ca) if ca else True
 
 
 def emit_json(data: Any) -> None:
@@ -126,20 +134,26 @@ def ignored(rel: str, patterns: list[str]) -> bool:
     return False
 
 
+def source_files(directory: Path) -> Iterator[tuple[str, Path]]:
+    """(relative path, path) of each file to upload, honouring ignore files, sorted."""
+    patterns = ignore_patterns(directory)
+    for root, dirs, files in os.walk(directory):
+        rel_root = os.path.relpath(root, directory)
+        dirs[:] = sorted(d for d in dirs if not ignored(
+            os.path.normpath(os.path.join(rel_root, d)), patterns))
+        for name in sorted(files):
+            rel = os.path.normpath(os.path.join(rel_root, name))
+            if not ignored(rel, patterns):
+                yield rel, Path(root) / name
+
+
 def pack_source(directory: Path, dest: Path) -> int:
     """Write the app directory as a gzip'd tar, honouring ignore files; returns file count."""
-    patterns = ignore_patterns(directory)
     count = 0
     with tarfile.open(dest, "w:gz", compresslevel=6) as tar:
-        for root, dirs, files in os.walk(directory):
-            rel_root = os.path.relpath(root, directory)
-            dirs[:] = sorted(d for d in dirs if not ignored(
-                os.path.normpath(os.path.join(rel_root, d)), patterns))
-            for name in sorted(files):
-                rel = os.path.normpath(os.path.join(rel_root, name))
-                if not ignored(rel, patterns):
-                    tar.add(os.path.join(root, name), arcname=rel, recursive=False)
-                    count += 1
+        for rel, path in source_files(directory):
+            tar.add(path, arcname=rel, recursive=False)
+            count += 1
     return count
 
 
@@ -596,16 +610,30 @@ def control(home: Path = typer.Option(None, help="state directory"),
             listen: str = typer.Option("127.0.0.1:7070"),
             domain: str = typer.Option("localhost"),
             api_address: str = typer.Option(None, help="HOST:PORT the edge routes api.<domain> to"),
-            apps_url: str = typer.Option(None, help="URL pattern of apps, with {app}")) -> None:
+            apps_url: str = typer.Option(None, help="URL pattern of apps, with {app}"),
+            tls: bool = typer.Option(False, "--tls", help="serve HTTPS with a self-signed "
+                                     "certificate made on first start"),
+            tls_cert: Path = typer.Option(None, help="serve HTTPS with this certificate"),
+            tls_key: Path = typer.Option(None, help="...and this private key")) -> None:
     """Run the control plane."""
     from control.config import ControlConfig
     from control.main import run
+    from control.tls import TLS, default_names, self_signed
 
     host, port = split_listen(listen)
-    run(ControlConfig(home=foundry_home(home) / "control" if home is None else home,
-                      domain=domain, host=host, port=port,
+    home = foundry_home(home) / "control" if home is None else home
+    cert = None
+    if tls_cert or tls_key:
+        if not (tls_cert and tls_key and tls_cert.is_file() and tls_key.is_file()):
+            raise CLIError("--tls-cert and --tls-key must both name readable files")
+        cert = TLS(tls_cert, tls_key)
+    elif tls:
+        cert = self_signed(home / "tls", default_names(host))
+    run(ControlConfig(home=home, domain=domain, host=host, port=port,
                       api_address=api_address or f"{host}:{port}",
-                      apps_url=apps_url or f"http://{{app}}.{domain}"))
+                      apps_url=apps_url or f"http://{{app}}.{domain}",
+                      tls_cert=cert.cert if cert else None, tls_key=cert.key if cert else None,
+                      tls_fingerprint=cert.fingerprint if cert else None))
 
 
 @app.command()
@@ -871,9 +899,11 @@ def _port_open(port: int) -> bool:
 
 def main() -> None:
     """Entry point: run a command; report any failure as one line on stderr."""
+    from control.errors import FoundryError
+
     try:
         code = app(standalone_mode=False)
-    except CLIError as e:
+    except (CLIError, FoundryError) as e:
         typer.echo(f"foundry: {e}", err=True)
         sys.exit(1)
     except click.UsageError as e:

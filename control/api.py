@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import re
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from control import converge, gitserve, releases
+from control import converge, gitserve, releases, resources
 from control.auth import APP_KINDS, READ_KINDS, require, require_node
 from control.blobs import BlobStore
 from control.config import ControlConfig
@@ -47,6 +50,7 @@ from control.notify import Notifier
 from control.routing import routing_table
 from control.store import Store
 from control.uploads import check_archive
+from packs import ordered_names
 
 log = logging.getLogger("foundry.control")
 
@@ -208,19 +212,80 @@ async def push(request: Request) -> Response:
     if "health_check" in q:
         settings["health_check"] = _health_check(q["health_check"])
     env = _env_pairs(q.getlist("env"))
+    options = _build_options(ctl, q)
+    if request.headers.get("content-type", "").startswith("application/json"):
+        digest = await _assemble_source(ctl, request)   # resource matching
+    else:
+        digest = await _receive_source(ctl, request)
+    created = _save_push_settings(ctl, name, settings, env)
+    if q.get("replace_env") == "1" and not created:   # push --strict: exactly these vars
+        ctl.store.update_app(name, env=env)
+    build = ctl.store.create_build(name, digest, options)
+    ctl.store.add_event(name, "build-queued", f"build {build} queued", token.id)
+    return JSONResponse({"app": name, "build": build, "created": created}, status_code=201)
+
+
+async def _receive_source(ctl: Control, request: Request) -> str:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > ctl.config.max_upload:
         raise TooLarge(f"upload is larger than the {ctl.config.max_upload} byte limit")
     temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
     try:
         await anyio.to_thread.run_sync(check_archive, temp, ctl.config.limits)
-        digest = ctl.blobs.commit(temp)
+        return ctl.blobs.commit(temp)
     finally:
         temp.unlink(missing_ok=True)
-    created = _save_push_settings(ctl, name, settings, env)
-    build = ctl.store.create_build(name, digest)
-    ctl.store.add_event(name, "build-queued", f"build {build} queued", token.id)
-    return JSONResponse({"app": name, "build": build, "created": created}, status_code=201)
+
+
+def _files(ctl: Control) -> BlobStore:
+    """Single files of apps' sources, by sha256 (resource matching)."""
+    return BlobStore(ctl.config.home / "files")
+
+
+async def _assemble_source(ctl: Control, request: Request) -> str:
+    """The source package built from a resource list of files the store has."""
+    found = resources.parse_resources(await _json(request), ctl.config.limits)
+    fd, name = tempfile.mkstemp(dir=ctl.blobs.root, prefix=".assembling-")
+    os.close(fd)
+    temp = Path(name)
+    try:
+        await anyio.to_thread.run_sync(resources.assemble, found, _files(ctl), temp)
+        return ctl.blobs.commit(temp)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _build_options(ctl: Control, q: Any) -> dict[str, Any]:
+    """What the stager is told beyond the source: buildpack, no_cache, commands."""
+    options: dict[str, Any] = {}
+    if q.get("buildpack"):
+        options["buildpack"] = _buildpack(ctl, q["buildpack"])
+    if q.get("no_cache") in ("1", "true"):
+        options["no_cache"] = True
+    commands = {}
+    for pair in q.getlist("command"):
+        process, sep, command = pair.partition(":")
+        if not sep or not command.strip() or process_name_problem(process):
+            raise BadRequest(f"command {pair!r} must look like TYPE:COMMAND")
+        commands[process] = command.strip()
+    if commands:
+        options["processes"] = commands
+    return options
+
+
+_GIT_URL = re.compile(r"^(https?|git)://[^\s#]+(#[A-Za-z0-9._/-]+)?$")
+
+
+def _buildpack(ctl: Control, text: str) -> str:
+    """An installed pack's name, `blob:<sha256>` of an uploaded pack, or a git URL."""
+    names = ordered_names()
+    if text in names or _GIT_URL.match(text):
+        return text
+    if text.startswith("blob:"):
+        ctl.blobs.existing(text.removeprefix("blob:"))
+        return text
+    raise Unprocessable(f"no buildpack {text!r}: use one of {', '.join(names)}, "
+                        "blob:<sha256> of an uploaded pack, or an http(s):// or git:// URL")
 
 
 def _health_check(text: str) -> str:
@@ -245,6 +310,43 @@ def _save_push_settings(ctl: Control, name: str, settings: dict[str, Any],
     if settings:
         ctl.store.update_app(name, **settings)
     return False
+
+
+async def list_buildpacks(request: Request) -> Response:
+    """The installed buildpacks, in detection order."""
+    require(request, _ctl(request).store, READ_KINDS)
+    return JSONResponse({"buildpacks": [{"position": i, "name": n}
+                                        for i, n in enumerate(ordered_names(), start=1)]})
+
+
+async def upload_buildpack(request: Request) -> Response:
+    """Upload a buildpack directory (gzip'd tar) for this app's pushes: `blob:<sha256>`."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    require(request, ctl.store, APP_KINDS, app=name)
+    digest = await _receive_source(ctl, request)
+    return JSONResponse({"buildpack": f"blob:{digest}"}, status_code=201)
+
+
+async def match_resources(request: Request) -> Response:
+    """Resource matching: which of these file digests the control plane lacks."""
+    ctl = _ctl(request)
+    require(request, ctl.store, APP_KINDS)
+    digests = resources.parse_digests(await _json(request), ctl.config.limits)
+    return JSONResponse({"missing": resources.missing(digests, _files(ctl))})
+
+
+async def upload_resources(request: Request) -> Response:
+    """Store files for resource matching: a gzip'd tar of files named by their sha256."""
+    ctl = _ctl(request)
+    require(request, ctl.store, APP_KINDS)
+    temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
+    try:
+        stored = await anyio.to_thread.run_sync(resources.store_files, temp, _files(ctl),
+                                                ctl.config.limits)
+    finally:
+        temp.unlink(missing_ok=True)
+    return JSONResponse({"stored": stored}, status_code=201)
 
 
 async def get_build(request: Request) -> Response:
@@ -451,6 +553,15 @@ async def map_route(request: Request) -> Response:
     return JSONResponse({"routes": ctl.store.mapped_routes(name)})
 
 
+async def list_app_routes(request: Request) -> Response:
+    """Routes added to an app with map-route (its default route is implicit)."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    require(request, ctl.store, READ_KINDS, app=name)
+    ctl.store.get_app(name)
+    return JSONResponse({"routes": ctl.store.mapped_routes(name)})
+
+
 async def unmap_route(request: Request) -> Response:
     """Remove a route added with map-route: {"route": "HOST[/PATH]"}."""
     ctl = _ctl(request)
@@ -495,6 +606,8 @@ async def create_token(request: Request) -> Response:
     tid, secret = ctl.store.create_token(kind, apps=apps, ttl=ttl, uses=uses,
                                          label=str(body.get("label") or "")[:80] or None)
     ctl.store.add_event(None, "token-created", f"{kind} token {tid}", caller.id)
+    if kind == "join" and ctl.config.tls_fingerprint:
+        secret = f"{secret}#{ctl.config.tls_fingerprint}"    # the node pins this certificate
     return JSONResponse({"id": tid, "kind": kind, "token": secret}, status_code=201)
 
 
@@ -743,11 +856,16 @@ ROUTES = [
     Route("/v1/apps/{app}/events", list_events),
     Route("/v1/apps/{app}/rollback", rollback, methods=["POST"]),
     Route("/v1/apps/{app}/routes", map_route, methods=["POST"]),
+    Route("/v1/apps/{app}/routes", list_app_routes),
     Route("/v1/apps/{app}/routes", unmap_route, methods=["DELETE"]),
     Route("/v1/apps/{app}/deployments", list_deployments),
     Route("/v1/apps/{app}/deployments/cancel", cancel_deploy, methods=["POST"]),
     Route("/v1/apps/{app}/logs", read_logs),
     Route("/v1/builds/{build}", get_build),
+    Route("/v1/buildpacks", list_buildpacks),
+    Route("/v1/apps/{app}/buildpack", upload_buildpack, methods=["POST"]),
+    Route("/v1/resources/match", match_resources, methods=["POST"]),
+    Route("/v1/resources", upload_resources, methods=["POST"]),
     Route("/v1/builds/{build}/result", build_result, methods=["POST"]),
     Route("/v1/routes", routes),
     Route("/v1/tokens", list_tokens),

@@ -21,12 +21,15 @@ class ControlConfig:
     long_poll_max: float = 30.0
     policy: Policy = field(default_factory=Policy)
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_fingerprint: str | None = None     # carried by join tokens while TLS is on
 
     @property
     def self_url(self) -> str:
         """How processes on this machine (the git hook) reach this API."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
 
     @property
     def db_path(self) -> Path:

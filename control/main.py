@@ -24,6 +24,8 @@ def run(config: ControlConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s control %(message)s")
     store = bootstrap(config)
     app = create_app(store, config)
+    tls = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)} \
+        if config.tls_cert and config.tls_key else {}
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
-                timeout_graceful_shutdown=3)
+                timeout_graceful_shutdown=3, **tls)  # type: ignore[arg-type]
     store.close()

@@ -85,7 +85,7 @@ class Agent:
             return
         if not self.config.join_token:
             raise JoinError("this node has not joined yet: give it a join token")
-        answer = await self._join(self.config.join_token)
+        answer = await self._join(self.config.join_token.split("#", 1)[0])
         self.node_id = answer["id"]
         self.config.home.mkdir(parents=True, exist_ok=True)
         fd = os.open(ident, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

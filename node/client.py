@@ -6,8 +6,11 @@ ControlError with the server's reason on a non-2xx answer.
 
 from __future__ import annotations
 
+import hashlib
+import ssl
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -19,6 +22,23 @@ class ControlError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+def pinned_context(pem: str) -> ssl.SSLContext:
+    """Trust exactly this certificate (self-signed is fine); the pin replaces name checks."""
+    context = ssl.create_default_context(cadata=pem)
+    context.check_hostname = False
+    return context
+
+
+def fingerprint(pem: str) -> str:
+    return "sha256:" + hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+def server_certificate(url: str) -> str:
+    """The PEM certificate an https URL presents (not yet trusted: compare its pin)."""
+    parts = urlsplit(url)
+    return ssl.get_server_certificate((parts.hostname or "", parts.port or 443), timeout=10)
 
 
 class ControlClient:
