@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import tarfile
@@ -228,6 +229,207 @@ def finish(api: Api, name: str, release: int | None, wait: bool, timeout: float)
     typer.echo(f"{name} v{release} is running: {where}")
 
 
+def scan_resources(directory: Path) -> list[Any] | None:
+    """The source as resources (path, sha256, mode, size); None when it holds something
+    resource matching cannot carry (a symlink), so the whole tarball is sent instead."""
+    from control.resources import Resource, sha256_of
+
+    found = []
+    for rel, path in source_files(directory):
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        found.append(Resource(rel, sha256_of(path), stat.S_IMODE(st.st_mode) & 0o777,
+                              st.st_size))
+    return found
+
+
+def upload_missing(api: Api, directory: Path, found: list[Any]) -> int:
+    """Resource matching: send only files the control plane lacks; returns bytes sent."""
+    from control.resources import upload_plan
+
+    missing = api.request("POST", "/v1/resources/match", timeout=120, json={
+        "resources": [{"sha256": r.sha256, "size": r.size} for r in found]})["missing"]
+    plan = upload_plan(found, missing)
+    typer.echo(f"{len(plan.matched)} of {len(found)} files already on the control plane; "
+               f"uploading {len(plan.upload)}", err=True)
+    if not plan.upload:
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tarball = Path(tmp) / "files.tgz"
+        with tarfile.open(tarball, "w:gz", compresslevel=6) as tar:
+            for r in plan.upload:
+                tar.add(directory / r.path, arcname=r.sha256, recursive=False)
+        api.request("POST", "/v1/resources", content=upload_chunks(tarball), timeout=600)
+        return tarball.stat().st_size
+
+
+def start_build(api: Api, job: PushJob) -> dict[str, Any]:
+    """Send the source (resource-matched when it can be) and queue the build."""
+    path = f"/v1/apps/{job.name}/builds"
+    found = scan_resources(job.directory)
+    if found is not None:
+        upload_missing(api, job.directory, found)
+        return dict(api.request("POST", path, params=job.params, timeout=600,
+                                json={"resources": [r.as_json() for r in found]}))
+    with tempfile.TemporaryDirectory() as tmp:
+        tarball = Path(tmp) / "source.tgz"
+        count = pack_source(job.directory, tarball)
+        typer.echo(f"Packing {count} files from {job.directory}", err=True)
+        return dict(api.request("POST", path, params=job.params,
+                                content=upload_chunks(tarball), timeout=600))
+
+
+def resolve_buildpack(api: Api, name: str, buildpack: str) -> str:
+    """A local pack directory is uploaded (-> blob:<sha256>); names and URLs pass as they are."""
+    if "://" in buildpack or "/" not in buildpack and not Path(buildpack).is_dir():
+        return buildpack
+    directory = Path(buildpack)
+    if not (directory / "bin" / "compile").is_file():
+        raise CLIError(f"--buildpack {buildpack}: not a buildpack directory (no bin/compile)")
+    with tempfile.TemporaryDirectory() as tmp:
+        tarball = Path(tmp) / "buildpack.tgz"
+        pack_source(directory, tarball)
+        typer.echo(f"Uploading buildpack {directory}", err=True)
+        answer = api.request("POST", f"/v1/apps/{name}/buildpack",
+                             content=upload_chunks(tarball), timeout=600)
+    return str(answer["buildpack"])
+
+
+@dataclass
+class PushJob:
+    """One app's push: its source, what to ask of the build, and its manifest entry."""
+
+    directory: Path
+    name: str
+    params: list[tuple[str, str | int]]
+    buildpack: str | None = None
+    manifest: Any = None          # control.manifest.AppManifest when pushed from one
+    strict: bool = False
+
+
+def push_app(api: Api, job: PushJob, wait: bool, timeout: float) -> None:
+    """Build and roll out one app; with a manifest, then set its routes and scales."""
+    if job.buildpack:
+        job.params.append(("buildpack", resolve_buildpack(api, job.name, job.buildpack)))
+    diff = show_strict_diff(api, job) if job.strict else None
+    started = start_build(api, job)
+    typer.echo(f"{'Created' if started['created'] else 'Updating'} {job.name}; "
+               f"build {started['build']}:", err=True)
+    build = follow_build(api, job.name, started["build"])
+    if build["state"] == "FAILED":
+        if started["created"]:
+            # The push created the app and nothing came of it: leave no husk behind.
+            api.request("DELETE", f"/v1/apps/{job.name}")
+        raise CLIError(f"build failed: {build['error']}")
+    if job.manifest is not None:
+        apply_manifest(api, job, diff)
+    finish(api, job.name, build["release"], wait, timeout)
+
+
+def manifest_params(app_: Any) -> list[tuple[str, str | int]]:
+    """Push query parameters for a manifest's app (its `web` process entry included)."""
+    web = app_.process("web")
+    params: list[tuple[str, str | int]] = [("env", f"{k}={v}") for k, v in app_.env.items()]
+    instances = web.instances if web and web.instances is not None else app_.instances
+    if instances is not None:
+        params.append(("instances", instances))
+    if app_.memory_mb is not None:
+        params.append(("memory", f"{app_.memory_mb}M"))
+    health = web.health_check if web and web.health_check else app_.health_check
+    if health is not None:
+        params.append(("health_check", health))
+    if app_.command:
+        params.append(("command", f"web:{app_.command}"))
+    for p in app_.processes or ():
+        if p.command and not (p.type == "web" and app_.command):
+            params.append(("command", f"{p.type}:{p.command}"))
+    return params
+
+
+def current_routes(api: Api, name: str) -> list[str]:
+    rows = api.get(f"/v1/apps/{name}/routes")["routes"]
+    return [r["host"] + ("" if r["path"] == "/" else r["path"]) for r in rows]
+
+
+def show_strict_diff(api: Api, job: PushJob) -> Any:
+    """Print what --strict will remove from an existing app, before changing anything."""
+    from control.manifest import StrictDiff, strict_diff
+
+    if not any(a["name"] == job.name for a in api.get("/v1/apps")["apps"]):
+        return StrictDiff()
+    view = api.get(f"/v1/apps/{job.name}")
+    env = api.get(f"/v1/apps/{job.name}/env")["env"]
+    routes = current_routes(api, job.name)
+    if job.manifest.random_route:
+        routes = [r for r in routes if not r.startswith(f"{job.name}-")]
+    diff = strict_diff(job.manifest, env, routes, view["scale"], list(view["processes"]))
+    typer.echo(f"--strict: {job.name} will lose " + (", ".join(diff.lines()) or "nothing"),
+               err=True)
+    job.params.append(("replace_env", 1))
+    return diff
+
+
+def apply_manifest(api: Api, job: PushJob, diff: Any) -> None:
+    """Routes, other process types' scales, and (with --strict) removals."""
+    app_ = job.manifest
+    name = job.name
+    existing = current_routes(api, name)
+    if app_.no_route:
+        for route in existing:
+            api.request("DELETE", f"/v1/apps/{name}/routes", json={"route": route})
+        if "web" in api.get(f"/v1/apps/{name}")["processes"]:
+            typer.echo(f"note: {name} has a web process, which keeps its default route", err=True)
+        return
+    for route in app_.routes:
+        if route not in existing and not route.startswith(f"{name}."):
+            api.request("POST", f"/v1/apps/{name}/routes", json={"route": route})
+    if app_.random_route and not any(r.startswith(f"{name}-") for r in existing):
+        host = httpx.URL(api.get(f"/v1/apps/{name}")["url"]).host
+        route = f"{name}-{os.urandom(3).hex()}{host[len(name):]}"
+        api.request("POST", f"/v1/apps/{name}/routes", json={"route": route})
+        typer.echo(f"random route: {route}", err=True)
+    for p in app_.processes or ():
+        if p.type != "web" and p.instances is not None:
+            api.request("POST", f"/v1/apps/{name}/scale",
+                        json={"process": p.type, "instances": p.instances})
+    for route in diff.unmap_routes if diff else ():
+        api.request("DELETE", f"/v1/apps/{name}/routes", json={"route": route})
+    for process in diff.scale_to_zero if diff else ():
+        api.request("POST", f"/v1/apps/{name}/scale", json={"process": process, "instances": 0})
+
+
+def manifest_jobs(path: Path, manifest_file: Path | None, only: str | None,
+                  strict: bool) -> list[PushJob] | None:
+    """One job per app of the manifest (or just `only`); None when there is no manifest."""
+    from control.manifest import ManifestError, parse_manifest
+
+    file = manifest_file or path / "manifest.yml"
+    if manifest_file is None and not file.is_file():
+        return None
+    try:
+        manifest = parse_manifest(file.read_text())
+        apps = [manifest.app(only)] if only else list(manifest.applications)
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read manifest {file}: {e}") from None
+    except ManifestError as e:
+        raise CLIError(f"{file}: {e}") from None
+    for warning in manifest.warnings:
+        typer.echo(f"warning: {file}: {warning}", err=True)
+    jobs = []
+    for a in apps:
+        if len(a.buildpacks) > 1:
+            raise CLIError(f"{file}: {a.name}: several buildpacks are not supported; name one")
+        directory = (file.parent / a.path) if a.path else file.parent
+        if not directory.is_dir():
+            raise CLIError(f"{file}: {a.name}: path {directory} is not a directory")
+        bp = a.buildpacks[0] if a.buildpacks else None
+        if bp and not ("://" in bp or Path(bp).is_absolute()) and (file.parent / bp).is_dir():
+            bp = str(file.parent / bp)
+        jobs.append(PushJob(directory, a.name, manifest_params(a), bp, a, strict))
+    return jobs
+
+
 WAIT = typer.Option(True, "--wait/--no-wait", help="watch the rollout until it finishes")
 
 
@@ -240,6 +442,14 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
          health_check: str = typer.Option(None, help="port, process or http:/PATH"),
          max_in_flight: int = typer.Option(None, min=1, max=100,
                                            help="instances replaced at once (default 1)"),
+         buildpack: str = typer.Option(None, "--buildpack", "-b",
+                                       help="an installed pack's name, a directory or a git URL"),
+         no_cache: bool = typer.Option(False, "--no-cache", help="build from an empty cache"),
+         manifest_file: Path = typer.Option(None, "--manifest", "-f",
+                                            help="manifest (default DIR/manifest.yml)"),
+         no_manifest: bool = typer.Option(False, "--no-manifest", help="ignore manifest.yml"),
+         strict: bool = typer.Option(False, "--strict", help="make each app exactly what the "
+                                     "manifest says (shows what goes first)"),
          wait: bool = WAIT,
          timeout: float = typer.Option(180, help="seconds to wait for the rollout"),
          ) -> None:
@@ -253,35 +463,38 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
             raise CLIError(str(e)) from None
     if not path.is_dir():
         raise CLIError(f"{path}: no such directory")
-    name = name or default_app_name(path)
-    problem = app_name_problem(name)
-    if problem:
-        raise CLIError(f"{problem} (choose one with --name)")
+    jobs = None if no_manifest else manifest_jobs(path, manifest_file, name, strict)
+    if jobs is None:
+        if strict:
+            raise CLIError("--strict needs a manifest (manifest.yml or -f FILE)")
+        jobs = [PushJob(path, name or default_app_name(path), [])]
+    flags: list[tuple[str, str | int]] = [("env", e) for e in env]
+    for key, value in (("instances", instances), ("memory", memory),
+                       ("health_check", health_check), ("max_in_flight", max_in_flight)):
+        if value is not None:
+            flags.append((key, value))
+    if no_cache:
+        flags.append(("no_cache", 1))
     api = Api.load()
-    params: list[tuple[str, str | int]] = [("env", e) for e in env]
-    if instances is not None:
-        params.append(("instances", instances))
-    if memory is not None:
-        params.append(("memory", memory))
-    if health_check is not None:
-        params.append(("health_check", health_check))
-    if max_in_flight is not None:
-        params.append(("max_in_flight", max_in_flight))
-    with tempfile.TemporaryDirectory() as tmp:
-        tarball = Path(tmp) / "source.tgz"
-        count = pack_source(path, tarball)
-        typer.echo(f"Packing {count} files from {path}", err=True)
-        started = api.request("POST", f"/v1/apps/{name}/builds", params=params,
-                              content=upload_chunks(tarball), timeout=600)
-    typer.echo(f"{'Created' if started['created'] else 'Updating'} {name}; "
-               f"build {started['build']}:", err=True)
-    build = follow_build(api, name, started["build"])
-    if build["state"] == "FAILED":
-        if started["created"]:
-            # The push created the app and nothing came of it: leave no husk behind.
-            api.request("DELETE", f"/v1/apps/{name}")
-        raise CLIError(f"build failed: {build['error']}")
-    finish(api, name, build["release"], wait, timeout)
+    for number, job in enumerate(jobs, start=1):
+        problem = app_name_problem(job.name)
+        if problem:
+            raise CLIError(f"{problem} (choose one with --name)")
+        job.params += flags
+        job.buildpack = buildpack or job.buildpack
+        if len(jobs) > 1:
+            typer.echo(f"==> {job.name} ({number} of {len(jobs)})", err=True)
+        push_app(api, job, wait, timeout)
+
+
+@app.command()
+def buildpacks(as_json: bool = typer.Option(False, "--json", help="machine-readable output")
+               ) -> None:
+    """List the installed buildpacks in detection order."""
+    rows = Api.load().get("/v1/buildpacks")["buildpacks"]
+    if as_json:
+        return emit_json(rows)
+    table([[r["position"], r["name"]] for r in rows], ["POSITION", "NAME"])
 
 
 # --- app commands -------------------------------------------------------------------
@@ -312,8 +525,14 @@ def show_app(name: str, as_json: bool = JSON) -> None:
     typer.echo(f"{view['name']}  {view['state']}  release "
                f"{'v' + str(view['release']) if view['release'] else 'none'}  "
                f"memory {view['memory_mb']}M  {view['url']}")
-    typer.echo("scale: " + ", ".join(f"{p}={view['scale'].get(p, 1)}"
-                                      for p in view["processes"]) or "no processes")
+    typer.echo("scale: " + (", ".join(f"{p}={view['scale'].get(p, 1)}"
+                                       for p in view["processes"]) or "no processes"))
+    if view.get("autoscale"):
+        a = view["autoscale"]
+        cold = view.get("last_cold_start")
+        typer.echo(f"autoscale: web {a['min']}..{a['max']}, {a['concurrency']} in flight per "
+                   f"instance, idle {a['idle']:.0f} s; last cold start: "
+                   + (f"{cold * 1000:.0f} ms" if cold is not None else "none yet"))
     table([[f"{i['process']}.{i['index']}", i["state"], f"v{i['release']}", i["node"], i["port"],
             human_duration(i["uptime"]), i["restarts"], i["reason"]]
            for i in view["instances"]],
@@ -321,15 +540,33 @@ def show_app(name: str, as_json: bool = JSON) -> None:
 
 
 @app.command()
-def scale(name: str, instances: int = typer.Option(..., "--instances", "-i", min=0, max=100),
+def scale(name: str,
+          instances: int = typer.Option(None, "--instances", "-i", min=0, max=100),
           process: str = typer.Option("web", "--process", "-p"),
-          memory: str = typer.Option(None, "--memory", "-m")) -> None:
-    """Set how many instances of a process type run."""
-    body: dict[str, Any] = {"process": process, "instances": instances}
+          memory: str = typer.Option(None, "--memory", "-m"),
+          min_: int = typer.Option(None, "--min", min=0, max=100, help="autoscale: fewest "
+                                   "instances (0 scales to zero when idle)"),
+          max_: int = typer.Option(None, "--max", min=1, max=100, help="autoscale: most"),
+          concurrency: int = typer.Option(None, min=1, help="autoscale: in-flight requests "
+                                          "per instance to aim for"),
+          idle: str = typer.Option(None, help="autoscale: idle time before zero, e.g. 60s")
+          ) -> None:
+    """Set how many instances of a process type run, or autoscale web on concurrency."""
+    auto = {"min": min_, "max": max_, "concurrency": concurrency, "idle": idle}
+    autoscaling = any(v is not None for v in auto.values())
+    if autoscaling == (instances is not None):
+        raise CLIError("give either -i N, or autoscaling with --min/--max/--concurrency/--idle")
+    body: dict[str, Any] = {"process": process, "instances": instances, **auto}
     if memory:
         body["memory"] = memory
-    Api.load().request("POST", f"/v1/apps/{name}/scale", json=body)
-    typer.echo(f"{name}: {process} scaled to {instances}")
+    view = Api.load().request("POST", f"/v1/apps/{name}/scale",
+                              json={k: v for k, v in body.items() if v is not None})
+    if autoscaling:
+        a = view["autoscale"]
+        typer.echo(f"{name}: web autoscales between {a['min']} and {a['max']} at "
+                   f"{a['concurrency']} in flight per instance (idle {a['idle']:.0f} s)")
+    else:
+        typer.echo(f"{name}: {process} scaled to {instances}")
 
 
 def _action(name: str, action: str) -> None:

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from control import converge, gitserve, releases, resources
 from control.auth import APP_KINDS, READ_KINDS, require, require_node
+from control.autoscaler import Settings
 from control.blobs import BlobStore
 from control.config import ControlConfig
 from control.errors import (
@@ -48,6 +49,7 @@ from control.names import (
 )
 from control.notify import Notifier
 from control.routing import routing_table
+from control.scaling import Scaling, settings_of
 from control.store import Store
 from control.uploads import check_archive
 from packs import ordered_names
@@ -63,15 +65,24 @@ class Control:
         self.config = config
         self.blobs = BlobStore(config.home / "blobs")
         self.notifier = Notifier()
+        self.log_notifier = Notifier()
         self.asked_to_stop: dict[str, set[str]] = {}
-        store.on_change = self.notifier.changed
+        self.scaling = Scaling(store)
+        store.on_change = self._state_changed
+        store.on_logs = self.log_notifier.changed
 
-    async def wait(self, request: Request, check: Any) -> Any:
+    def _state_changed(self) -> None:
+        # Log followers wake on state changes too: a build that ends is news to them.
+        self.notifier.changed()
+        self.log_notifier.changed()
+
+    async def wait(self, request: Request, check: Any, logs: bool = False) -> Any:
         """Call `check()` until it returns something truthy or the requested wait ends."""
         wait = _float(request, "wait", 0.0, 0.0, self.config.long_poll_max)
         deadline = anyio.current_time() + wait
+        notifier = self.log_notifier if logs else self.notifier
         while True:
-            event = self.notifier.snapshot()
+            event = notifier.snapshot()
             result = check()
             remaining = deadline - anyio.current_time()
             if result or remaining <= 0:
@@ -152,6 +163,8 @@ def app_view(ctl: Control, app: dict[str, Any]) -> dict[str, Any]:
             "url": ctl.config.apps_url.format(app=app["name"]), "instances": instances,
             "processes": _processes(ctl, app),
             "health_check": app["health_check"], "max_in_flight": app["max_in_flight"],
+            "autoscale": json.loads(app["autoscale"]) if app["autoscale"] else None,
+            "last_cold_start": app["last_cold_start"],
             "created_at": app["created_at"]}
 
 
@@ -360,7 +373,8 @@ async def get_build(request: Request) -> Response:
 
 
 async def scale(request: Request) -> Response:
-    """Set the instance count of a process type."""
+    """Set a process type's instance count, or autoscaling of web: {min, max, concurrency,
+    idle} (min 0 scales to zero when idle)."""
     ctl = _ctl(request)
     name = _app_name(request)
     token = require(request, ctl.store, APP_KINDS, app=name)
@@ -369,17 +383,68 @@ async def scale(request: Request) -> Response:
     problem = process_name_problem(process)
     if problem:
         raise BadRequest(problem)
-    count = _int(body.get("instances"), "instances", 0, 100)
     app = ctl.store.get_app(name)
-    changes: dict[str, Any] = {"scale": {**app["scale"], process: count}}
+    changes: dict[str, Any] = {}
+    if any(body.get(k) is not None for k in ("min", "max", "concurrency", "idle")):
+        if process != "web":
+            raise BadRequest("only the web process type is autoscaled")
+        auto = _autoscale_settings(body, settings_of(app))
+        changes["autoscale"] = json.dumps(auto)
+        count = max(auto["min"], min(auto["max"], app["scale"].get("web", 1)))
+        what = (f"web autoscaled {auto['min']}..{auto['max']} at {auto['concurrency']} "
+                f"in flight per instance, idle {auto['idle']:.0f} s")
+    else:
+        count = _int(body.get("instances"), "instances", 0, 100)
+        if process == "web":
+            changes["autoscale"] = None
+        what = f"{process} scaled to {count}"
+    changes["scale"] = {**app["scale"], process: count}
     if "memory" in body:
         try:
             changes["memory_mb"] = parse_memory(str(body["memory"]))
         except ValueError as e:
             raise BadRequest(str(e)) from None
     ctl.store.update_app(name, **changes)
-    ctl.store.add_event(name, "scale", f"{process} scaled to {count}", token.id)
+    ctl.store.add_event(name, "scale", what, token.id)
     return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
+
+
+def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[str, Any]:
+    base = before or Settings(min=1, max=10, concurrency=20, idle=60)
+    lo = _int(body.get("min", base.min), "min", 0, 100)
+    hi = _int(body.get("max", base.max), "max", 1, 100)
+    if lo > hi:
+        raise BadRequest(f"min ({lo}) must not exceed max ({hi})")
+    concurrency = _int(body.get("concurrency", base.concurrency), "concurrency", 1, 10_000)
+    idle = body.get("idle", base.idle)
+    seconds = parse_duration(idle) if isinstance(idle, str) else float(idle)
+    if not 1 <= seconds <= 86_400:
+        raise BadRequest("idle must be between 1 s and 1 day")
+    return {"min": lo, "max": hi, "concurrency": concurrency, "idle": seconds}
+
+
+async def wake(request: Request) -> Response:
+    """An edge holds a request for an app at zero: bring up one instance (idempotent)."""
+    ctl = _ctl(request)
+    name = _app_name(request)
+    token = require(request, ctl.store, ("edge", "admin"))
+    waking = ctl.scaling.wake(name, token.id)
+    return JSONResponse({"app": name, "waking": waking})
+
+
+async def metrics(request: Request) -> Response:
+    """An edge reports concurrency: {"apps": {app: {"in_flight": n, "tunnels": m}}}."""
+    ctl = _ctl(request)
+    require(request, ctl.store, ("edge", "admin"))
+    body = await _json(request)
+    apps = body.get("apps")
+    if not isinstance(apps, dict):
+        raise BadRequest("apps must map app names to {in_flight, tunnels}")
+    for name, sample in apps.items():
+        if isinstance(sample, dict):
+            ctl.scaling.record(str(name), float(sample.get("in_flight") or 0),
+                               int(sample.get("tunnels") or 0))
+    return JSONResponse({"ok": True})
 
 
 async def app_action(request: Request) -> Response:
@@ -508,8 +573,15 @@ async def read_logs(request: Request) -> Response:
     after = _int(after_raw, "after", 0, 1 << 62) if after_raw not in (None, "") else None
     limit = _int(request.query_params.get("limit", "500"), "limit", 1, 5000)
     build = request.query_params.get("build")
-    lines = await ctl.wait(request, lambda: ctl.store.read_logs(name, after=after, limit=limit,
-                                                                build=build))
+
+    def check() -> list[dict[str, Any]] | bool:
+        lines = ctl.store.read_logs(name, after=after, limit=limit, build=build)
+        if lines or build is None:
+            return lines
+        return ctl.store.get_build(build)["state"] in ("STAGED", "FAILED")  # nothing more
+
+    found = await ctl.wait(request, check, logs=True)
+    lines = found if isinstance(found, list) else []
     last = lines[-1]["seq"] if lines else after
     return JSONResponse({"lines": lines, "next": last})
 
@@ -647,8 +719,10 @@ async def routes(request: Request) -> Response:
 
 
 def _table(ctl: Control) -> dict[str, Any]:
+    wakeable = frozenset(a["name"] for a in ctl.store.list_apps()
+                         if (s := settings_of(a)) is not None and s.min == 0)
     return routing_table(ctl.store.app_specs(), ctl.store.instance_rows(), ctl.config.domain,
-                         ctl.config.api_address, ctl.store.mapped_routes())
+                         ctl.config.api_address, ctl.store.mapped_routes(), wakeable)
 
 
 # --- nodes --------------------------------------------------------------------------
@@ -849,6 +923,8 @@ ROUTES = [
     Route("/v1/apps/{app}", delete_app, methods=["DELETE"]),
     Route("/v1/apps/{app}/builds", push, methods=["POST"]),
     Route("/v1/apps/{app}/scale", scale, methods=["POST"]),
+    Route("/v1/apps/{app}/wake", wake, methods=["POST"]),
+    Route("/v1/metrics", metrics, methods=["POST"]),
     Route("/v1/apps/{app}/actions/{action}", app_action, methods=["POST"]),
     Route("/v1/apps/{app}/env", get_env),
     Route("/v1/apps/{app}/env", patch_env, methods=["PATCH"]),
@@ -911,7 +987,8 @@ def create_app(store: Store, config: ControlConfig, *, converge_loop: bool = Tru
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tasks:
             if converge_loop:
-                tasks.start_soon(converge.run, store, control.notifier, config.policy)
+                tasks.start_soon(converge.run, store, control.notifier, config.policy,
+                                 control.scaling)
             yield
             tasks.cancel_scope.cancel()
 

@@ -18,6 +18,7 @@ from control.model import NODE_LOST, Placement, Plan
 from control.notify import Notifier
 from control.reconciler import Policy, reconcile
 from control.releases import progress
+from control.scaling import Scaling
 from control.scheduler import pick_stager
 from control.store import Store
 
@@ -37,7 +38,8 @@ def assign_builds(store: Store, policy: Policy) -> None:
         app = store.get_app(build["app"])
         store.set_build(build["id"], "STAGING", node=node)
         store.enqueue(node, "stage", {"build": build["id"], "app": build["app"],
-                                      "source": build["source"], "env": app["env"]})
+                                      "source": build["source"], "env": app["env"],
+                                      **store.build_options(build["id"])})
         log.info("build-assigned build=%s app=%s node=%s", build["id"], build["app"], node)
 
 
@@ -121,11 +123,12 @@ def converge_once(store: Store, policy: Policy) -> Plan:
     return plan
 
 
-async def run(store: Store, notifier: Notifier, policy: Policy) -> None:
+async def run(store: Store, notifier: Notifier, policy: Policy, scaling: Scaling) -> None:
     """Converge forever: after every change, and every second."""
     while True:
         event = notifier.snapshot()
         try:
+            scaling.autoscale_once()
             converge_once(store, policy)
         except Exception:
             log.exception("converge-failed")

@@ -5,7 +5,9 @@ runs (the edge answers 503, not 404, for a known app with no instance). An insta
 is routable once its node reports it RUNNING and until the control plane asks it to
 stop. The control API itself is routed at `api.<domain>`. Routes added with
 `map-route` (any host, optional path prefix, balancing/timeout/sticky options) lead to
-the same backends as the app's own host. The etag is a hash of the
+the same backends as the app's own host. A route marked `wakeable` belongs to an app
+that scales to zero: with no backend, the edge holds the request and asks the control
+plane to wake the app (POST /v1/apps/<app>/wake) instead of answering 503. The etag is a hash of the
 table, so an edge that already has it waits instead of re-downloading.
 """
 
@@ -19,8 +21,8 @@ from control.model import RUNNING, AppSpec
 
 
 def routing_table(apps: list[AppSpec], instances: list[dict[str, Any]], domain: str,
-                  api_address: str | None, mapped: list[dict[str, Any]] | None = None
-                  ) -> dict[str, Any]:
+                  api_address: str | None, mapped: list[dict[str, Any]] | None = None,
+                  wakeable: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Build the table and its etag from desired apps and instance rows."""
     backends: dict[str, list[dict[str, str]]] = {}
     for row in instances:
@@ -34,14 +36,18 @@ def routing_table(apps: list[AppSpec], instances: list[dict[str, Any]], domain: 
                        "backends": [{"address": api_address, "instance": "control"}]})
     for app in sorted(apps, key=lambda a: a.name):
         if "web" in app.processes or app.release == 0:
-            routes.append({"host": f"{app.name}.{domain}", "path": "/", "app": app.name,
-                           "backends": sorted(backends.get(app.name, []),
-                                              key=lambda b: b["instance"])})
+            route: dict[str, Any] = {"host": f"{app.name}.{domain}", "path": "/", "app": app.name,
+                     "backends": sorted(backends.get(app.name, []),
+                                        key=lambda b: b["instance"])}
+            if app.name in wakeable:
+                route["wakeable"] = True
+            routes.append(route)
     web = {a.name for a in apps if "web" in a.processes or a.release == 0}
     for route in mapped or []:
         if route["app"] in web:
             routes.append({"host": route["host"], "path": route["path"], "app": route["app"],
                            "options": route["options"],
+                           **({"wakeable": True} if route["app"] in wakeable else {}),
                            "backends": sorted(backends.get(route["app"], []),
                                               key=lambda b: b["instance"])})
     body = json.dumps(routes, sort_keys=True).encode()

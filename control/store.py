@@ -1,8 +1,9 @@
 """The control plane's store: the only module that knows SQL.
 
 One SQLite database (WAL, synchronous=FULL, so an acknowledged write survives kill -9).
-Every change that a long-poller could care about calls `changed()`, which bumps an
-in-memory revision and wakes waiters through the `on_change` hook the API installs;
+Every change of state calls `changed()`, which bumps an in-memory revision and wakes
+waiters through the `on_change` hook the API installs (new log lines use `on_logs`,
+so a chatty app does not wake the reconciler);
 the revision is not persisted because every long-poll also carries a durable cursor
 (work sequence, log sequence, routing etag) that stays valid across restarts.
 Each method is one short statement or one short transaction.
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS apps (name TEXT PRIMARY KEY, started INTEGER NOT NULL
   release INTEGER NOT NULL DEFAULT 0, memory_mb INTEGER NOT NULL DEFAULT 256,
   scale TEXT NOT NULL DEFAULT '{}', env TEXT NOT NULL DEFAULT '{}',
   health_check TEXT NOT NULL DEFAULT 'port', max_in_flight INTEGER NOT NULL DEFAULT 1,
-  generation INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL);
+  generation INTEGER NOT NULL DEFAULT 0, autoscale TEXT, last_cold_start REAL,
+  created_at REAL NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS releases (app TEXT NOT NULL, version INTEGER NOT NULL,
   droplet TEXT NOT NULL, env TEXT NOT NULL, processes TEXT NOT NULL, pack TEXT,
   description TEXT, created_at REAL NOT NULL, PRIMARY KEY (app, version));
@@ -64,6 +66,8 @@ CREATE TABLE IF NOT EXISTS deployments (id INTEGER PRIMARY KEY AUTOINCREMENT, ap
   from_release INTEGER NOT NULL, to_release INTEGER NOT NULL, kind TEXT NOT NULL,
   state TEXT NOT NULL, created_at REAL NOT NULL, finished_at REAL, actor TEXT);
 CREATE INDEX IF NOT EXISTS deployments_app ON deployments (app, id);
+CREATE TABLE IF NOT EXISTS build_options (build TEXT PRIMARY KEY, app TEXT NOT NULL,
+  options TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS routes (host TEXT NOT NULL, path TEXT NOT NULL, app TEXT NOT NULL,
   options TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, PRIMARY KEY (host, path));
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT,
@@ -99,12 +103,14 @@ class Store:
         self.db.conn.executescript(SCHEMA)
         self.revision = 0
         self.on_change: Callable[[], None] = lambda: None
+        self.on_logs: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         self.db.conn.close()
 
     def changed(self) -> None:
-        """Record that something long-pollers may watch has changed."""
+        """Record that desired or actual state changed (the reconciler and long-polls on
+        state wake up); log lines wake only log followers (`on_logs`)."""
         self.revision += 1
         self.on_change()
 
@@ -222,7 +228,7 @@ class Store:
         self.get_app(name)
         with self._tx():
             for table in ("apps", "releases", "builds", "logs", "events", "routes",
-                          "deployments"):
+                          "deployments", "build_options"):
                 key = "name" if table == "apps" else "app"
                 self.db.execute(f"DELETE FROM {table} WHERE {key} = ?", [name])
         self.changed()
@@ -272,12 +278,22 @@ class Store:
         return rows
 
     # --- builds -----------------------------------------------------------------
-    def create_build(self, app: str, source: str) -> str:
+    def create_build(self, app: str, source: str,
+                     options: dict[str, Any] | None = None) -> str:
+        """Queue a build; `options` (buildpack, no_cache, processes) travel to the stager."""
         bid = "b-" + uuid.uuid4().hex[:12]
-        self._insert("builds", {"id": bid, "app": app, "state": "QUEUED", "source": source,
-                                  "created_at": self.clock()})
+        with self._tx():
+            self._insert("builds", {"id": bid, "app": app, "state": "QUEUED", "source": source,
+                                    "created_at": self.clock()})
+            if options:
+                self._insert("build_options", {"build": bid, "app": app,
+                                               "options": json.dumps(options)})
         self.changed()
         return bid
+
+    def build_options(self, bid: str) -> dict[str, Any]:
+        row = self._one("SELECT options FROM build_options WHERE build = ?", [bid])
+        return dict(json.loads(row["options"])) if row else {}
 
     def get_build(self, bid: str) -> dict[str, Any]:
         row = self._one("SELECT * FROM builds WHERE id = ?", [bid])
@@ -414,7 +430,7 @@ class Store:
         for app in {r["app"] for r in rows}:
             self.db.execute("DELETE FROM logs WHERE app = ? AND seq <= (SELECT MAX(seq) FROM logs "
                             "WHERE app = ?) - ?", [app, app, LOG_LINES_KEPT * 4])
-        self.changed()
+        self.on_logs()
 
     def read_logs(self, app: str, *, after: int | None, limit: int, build: str | None = None
                   ) -> list[dict[str, Any]]:
