@@ -10,8 +10,12 @@ Rules kept here:
     header named in Connection are removed before a message is forwarded. The one
     exception is a websocket handshake, whose Upgrade/Connection pair is kept.
     Message framing (Content-Length, chunking) is re-decided by the sender.
-  * X-Forwarded-For is appended to (the client's IP goes last); X-Forwarded-Proto
-    and X-Forwarded-Host are replaced, since only the edge knows the truth.
+  * X-Forwarded-* is believed only from a trusted proxy: from one, X-Forwarded-For
+    is appended to (the peer's IP goes last) and the client's -Proto/-Host are
+    kept; from anyone else all three are replaced, since only the edge knows.
+  * Stickiness: when a response sets a session cookie (a name in SESSION_COOKIES,
+    or containing "session"), the edge adds STICKY_COOKIE naming the instance;
+    a request carrying it is pinned there while that instance is routed.
   * X-Request-Id from the client is kept if it is a short, plain token; otherwise
     the caller's fresh id replaces it. Either way exactly one is forwarded.
 """
@@ -34,6 +38,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+STICKY_COOKIE = b"__foundry_instance"
+SESSION_COOKIES = frozenset({b"jsessionid", b"phpsessid", b"connect.sid", b"sid", b"_session_id"})
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+=/-]{1,128}")
 
 
@@ -83,16 +89,49 @@ def strip_hop_by_hop(headers: Headers, *, keep_websocket: bool = False) -> Heade
     return kept
 
 
-def add_forwarded(headers: Headers, *, client_ip: str, proto: str, host: bytes) -> Headers:
-    """Append the client to X-Forwarded-For; set X-Forwarded-Proto and -Host."""
-    chain = [v.strip() for v in get_all(headers, b"x-forwarded-for") if v.strip()]
+def add_forwarded(
+    headers: Headers, *, client_ip: str, proto: str, host: bytes, trusted: bool = False
+) -> Headers:
+    """Set X-Forwarded-For/-Proto/-Host, believing the client's only if `trusted`."""
+    chain: list[bytes] = []
+    if trusted:
+        chain = [v.strip() for v in get_all(headers, b"x-forwarded-for") if v.strip()]
+        proto_bytes = get(headers, b"x-forwarded-proto") or proto.encode("ascii")
+        host = get(headers, b"x-forwarded-host") or host
+    else:
+        proto_bytes = proto.encode("ascii")
     chain.append(client_ip.encode("ascii"))
     rewritten = remove(headers, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
     return rewritten + [
         (b"X-Forwarded-For", b", ".join(chain)),
-        (b"X-Forwarded-Proto", proto.encode("ascii")),
+        (b"X-Forwarded-Proto", proto_bytes),
         (b"X-Forwarded-Host", host),
     ]
+
+
+def cookie(headers: Headers, name: bytes) -> bytes | None:
+    """The value of cookie `name` in the request's Cookie headers, or None."""
+    for value in get_all(headers, b"cookie"):
+        for pair in value.split(b";"):
+            key, sep, found = pair.strip().partition(b"=")
+            if sep and key == name:
+                return found.strip()
+    return None
+
+
+def sets_session_cookie(headers: Headers) -> bool:
+    """Whether a response's Set-Cookie headers start (or renew) an app session."""
+    for value in get_all(headers, b"set-cookie"):
+        name = value.partition(b"=")[0].strip().lower()
+        if name in SESSION_COOKIES or b"session" in name:
+            return True
+    return False
+
+
+def sticky_cookie(instance: str) -> tuple[bytes, bytes]:
+    """The Set-Cookie header that pins a client to `instance`."""
+    value = b"%b=%b; Path=/; HttpOnly; SameSite=Lax" % (STICKY_COOKIE, instance.encode("ascii"))
+    return (b"Set-Cookie", value)
 
 
 def with_request_id(headers: Headers, fresh: bytes) -> tuple[Headers, bytes]:
@@ -111,3 +150,89 @@ def chunked_coding(transfer_encoding: bytes | None) -> bytes:
     if codings and codings[-1] == b"chunked":
         return b", ".join(codings)
     return b", ".join([*codings, b"chunked"])
+
+
+# The hot path: the rules above, applied in one pass over the headers each way.
+
+_SET_BY_EDGE = frozenset(
+    {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
+)
+
+
+def forward_request(
+    headers: Headers,
+    *,
+    host: bytes,
+    client_ip: str,
+    proto: str,
+    trusted: bool,
+    fresh_id: bytes,
+    websocket: bool,
+) -> tuple[Headers, bytes]:
+    """What `strip_hop_by_hop`, Host, `add_forwarded` and `with_request_id` do, in one
+    pass: the headers to send a backend (framing aside) and the request id."""
+    kept: list[tuple[bytes, bytes, bytes]] = []
+    named: set[bytes] = set()
+    chain: list[bytes] = []
+    given: dict[bytes, list[bytes]] = {}
+    upgrade = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"connection":
+                named.update(t.strip().lower() for t in value.split(b","))
+            elif lname == b"upgrade":
+                upgrade = value
+        elif lname in _SET_BY_EDGE:
+            given.setdefault(lname, []).append(value)
+        else:
+            kept.append((lname, name, value))
+    out = (
+        [(n, v) for lname, n, v in kept if lname not in named]
+        if named
+        else [(n, v) for _, n, v in kept]
+    )
+    if websocket and upgrade is not None:
+        out += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
+    if trusted:
+        chain = [v.strip() for v in given.get(b"x-forwarded-for", ()) if v.strip()]
+    chain.append(client_ip.encode("ascii"))
+    forwarded_proto = proto.encode("ascii")
+    forwarded_host = host
+    if trusted:
+        forwarded_proto = (given.get(b"x-forwarded-proto") or [forwarded_proto])[0]
+        forwarded_host = (given.get(b"x-forwarded-host") or [host])[0]
+    ids = given.get(b"x-request-id", [])
+    request_id = ids[0] if len(ids) == 1 and _REQUEST_ID.fullmatch(ids[0]) else fresh_id
+    out += [
+        (b"Host", host),
+        (b"X-Forwarded-For", b", ".join(chain)),
+        (b"X-Forwarded-Proto", forwarded_proto),
+        (b"X-Forwarded-Host", forwarded_host),
+        (b"X-Request-Id", request_id),
+    ]
+    return out, request_id
+
+
+def forward_response(headers: Headers) -> tuple[Headers, bytes | None, bool]:
+    """A response's headers without hop-by-hop ones, in one pass; also its
+    Transfer-Encoding and whether it sets a session cookie."""
+    kept: list[tuple[bytes, bytes, bytes]] = []
+    named: set[bytes] = set()
+    codings = None
+    session = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"connection":
+                named.update(t.strip().lower() for t in value.split(b","))
+            elif lname == b"transfer-encoding":
+                codings = value if codings is None else codings + b", " + value
+            continue
+        if lname == b"set-cookie" and not session:
+            cookie_name = value.partition(b"=")[0].strip().lower()
+            session = cookie_name in SESSION_COOKIES or b"session" in cookie_name
+        kept.append((lname, name, value))
+    if named:
+        return [(n, v) for lname, n, v in kept if lname not in named], codings, session
+    return [(n, v) for _, n, v in kept], codings, session

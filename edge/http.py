@@ -10,7 +10,8 @@ Rules kept here:
     after the events parsed before it, so a good pipelined request is still served
     before the bad one behind it is refused.
   * Errors carry the status the client should see: 400 malformed (including
-    Content-Length with Transfer-Encoding, or two Content-Lengths), 431 header
+    Content-Length with Transfer-Encoding, two Content-Lengths, or a request
+    Transfer-Encoding other than exactly one `chunked`), 431 header
     section over `Limits.max_header_bytes` or `max_headers`, 413 body over
     `max_body_bytes` (refused at the head when Content-Length says so). For a
     backend's response every error means 502.
@@ -56,6 +57,15 @@ class Framing(enum.Enum):
     CLOSE = "close"  # until the connection closes (responses only)
 
 
+ERROR_CODES = {
+    400: "bad-request",
+    408: "request-timeout",
+    413: "body-too-large",
+    431: "header-too-large",
+    502: "backend-failed",
+}
+
+
 class ProtocolError(Exception):
     """The peer broke HTTP/1.1; `status` is what to answer (or 502 for a backend)."""
 
@@ -63,6 +73,11 @@ class ProtocolError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+    @property
+    def code(self) -> str:
+        """The short name the edge's error header gives this failure."""
+        return ERROR_CODES.get(self.status, "bad-request")
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,7 @@ class ResponseHead:
     version: bytes
     headers: Headers
     framing: Framing
+    keep_alive: bool = False  # the backend would take another request on this connection
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,15 @@ class _Parser:
             self._on_eof()
             return
         self._feed(data)
+
+    @property
+    def in_head(self) -> bool:
+        """Whether part of a message head has arrived but not all of it."""
+        return self._in_head
+
+    def at_rest(self) -> bool:
+        """Whether every fed byte belonged to messages already handed out."""
+        return not self._events and not self._in_message and not self._leftover
 
     def next_event(self) -> Event | Signal:
         """The next parsed event, PAUSED, NEED_DATA; raises ProtocolError when due."""
@@ -213,6 +238,8 @@ class _Parser:
         self._header_count = 0
         self._body_bytes = 0
         self._headers = []
+        self._lengths: list[bytes] = []
+        self._codings: list[bytes] = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
@@ -222,6 +249,12 @@ class _Parser:
         if self._head_bytes > self._limits.max_header_bytes:
             self._fail(431, "header section too large")
         self._headers.append((name, value))
+        if len(name) in (14, 17):  # cheap pre-check before lower-casing
+            lname = name.lower()
+            if lname == b"content-length":
+                self._lengths.append(value)
+            elif lname == b"transfer-encoding":
+                self._codings.append(value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -266,7 +299,11 @@ class RequestParser(_Parser):
     def _head(self) -> RequestHead:
         parser = self._parser
         assert isinstance(parser, httptools.HttpRequestParser)
-        framing, length = message_framing(self._headers)
+        framing, length = framing_of(self._lengths, self._codings)
+        if self._codings and _tokens(self._codings) != [b"chunked"]:
+            # Only plain chunking has one reading everywhere; "chunked, chunked",
+            # "gzip" or an empty coding are how requests get smuggled past proxies.
+            raise ProtocolError(400, "unsupported request Transfer-Encoding")
         if length == 0:
             framing = Framing.NONE  # llhttp ends the message with its head
         limit = self._limits.max_body_bytes
@@ -335,7 +372,7 @@ class ResponseParser(_Parser):
     def _head(self) -> ResponseHead:
         assert isinstance(self._parser, httptools.HttpResponseParser)
         status = self._parser.get_status_code()
-        framing, _ = message_framing(self._headers)
+        framing, _ = framing_of(self._lengths, self._codings)
         no_body = self._request_method == b"HEAD" or status < 200 or status in (204, 304)
         if no_body:
             framing = Framing.NONE
@@ -348,13 +385,29 @@ class ResponseParser(_Parser):
             version=self._parser.get_http_version().encode("ascii"),
             headers=self._headers,
             framing=framing,
+            keep_alive=framing is not Framing.CLOSE and self._parser.should_keep_alive(),
         )
 
 
 def message_framing(headers: Headers) -> tuple[Framing, int | None]:
     """How a message with `headers` frames its body, and its Content-Length if any."""
-    lengths = {v.strip() for v in hdr.get_all(headers, b"content-length")}
-    codings = hdr.tokens(headers, b"transfer-encoding")
+    return framing_of(
+        hdr.get_all(headers, b"content-length"), hdr.get_all(headers, b"transfer-encoding")
+    )
+
+
+def _tokens(values: list[bytes]) -> list[bytes]:
+    return [t.strip().lower() for v in values for t in v.split(b",") if t.strip()]
+
+
+def framing_of(
+    length_values: list[bytes], coding_values: list[bytes]
+) -> tuple[Framing, int | None]:
+    """Framing from the Content-Length and Transfer-Encoding header values, and the length."""
+    if not length_values and not coding_values:
+        return Framing.NONE, None
+    lengths = {v.strip() for v in length_values}
+    codings = _tokens(coding_values)
     if lengths and codings:
         raise ProtocolError(400, "Content-Length together with Transfer-Encoding")
     if len(lengths) > 1:

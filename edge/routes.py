@@ -10,13 +10,15 @@ Rules kept here:
     but never `/ab`. When several prefixes match, the longest wins; `/` (or an empty
     path) matches everything.
   * A route with no backends is still a known host: the edge answers 503, not 404.
-  * Tables are immutable and replaced whole. Balancer counters live outside them,
-    keyed by (host, path), so a refreshed table keeps each route's rotation going.
+  * Tables are immutable and replaced whole. Balancing state lives outside them
+    (`edge.balance`), so a refreshed table keeps each route's rotation going.
+  * A route's `options` default to round-robin, a 900 s backend timeout (as
+    gorouter) and sticky sessions; unknown option keys are ignored, bad values
+    are a RouteTableError.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -44,6 +46,37 @@ class Backend:
         return split_address(self.address)[1]
 
 
+BALANCE_MODES = ("round-robin", "least-in-flight")
+
+
+@dataclass(frozen=True)
+class RouteOptions:
+    """How one route balances, how long its backend may take, and whether it pins."""
+
+    balance: str = "round-robin"
+    timeout: float = 900.0  # seconds for the response head, then between body reads
+    sticky: bool = True
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> RouteOptions:
+        """Options from the control plane's `"options"` object (absent: defaults)."""
+        if not data:
+            return cls()
+        balance = str(data.get("balance") or "round-robin")
+        if balance not in BALANCE_MODES:
+            raise ValueError(f"unknown balance mode {balance!r}")
+        timeout = float(data.get("timeout") or 900.0)
+        if not timeout > 0:
+            raise ValueError(f"route timeout must be positive, not {timeout!r}")
+        sticky = data.get("sticky", True)
+        if not isinstance(sticky, bool):
+            raise ValueError(f"sticky must be true or false, not {sticky!r}")
+        return cls(balance=balance, timeout=timeout, sticky=sticky)
+
+
+DEFAULT_OPTIONS = RouteOptions()
+
+
 @dataclass(frozen=True)
 class Route:
     """Requests for `host` under `path` go to one of `backends` of `app`."""
@@ -52,6 +85,7 @@ class Route:
     path: str
     app: str
     backends: tuple[Backend, ...]
+    options: RouteOptions = DEFAULT_OPTIONS
 
     @property
     def key(self) -> tuple[str, str]:
@@ -105,29 +139,6 @@ class RouteSource(Protocol):
     def table(self) -> RouteTable: ...
 
 
-class Balancer:
-    """Round-robin over each route's backends, fair across table refreshes."""
-
-    def __init__(self) -> None:
-        self._next: dict[tuple[str, str], int] = {}
-
-    def candidates(self, route: Route, limit: int) -> list[Backend]:
-        """Up to `limit` distinct backends to try, in order; advances the route's turn."""
-        count = len(route.backends)
-        if count == 0 or limit <= 0:
-            return []
-        start = self._next.get(route.key, 0) % count
-        self._next[route.key] = start + 1
-        rotated = itertools.chain(route.backends[start:], route.backends[:start])
-        return list(itertools.islice(rotated, limit))
-
-    def forget_missing(self, table: RouteTable) -> None:
-        """Drop counters of routes no longer in `table`, so memory tracks the table."""
-        live = {route.key for route in table.routes}
-        for key in [key for key in self._next if key not in live]:
-            del self._next[key]
-
-
 def normalize_host(host: str) -> str:
     """Lower-case `host` and drop any `:port` and trailing dot (`[::1]:80` -> `[::1]`)."""
     host = host.strip().lower()
@@ -175,4 +186,5 @@ def _route_from_json(item: Mapping[str, Any]) -> Route:
         path=normalize_prefix(str(item.get("path") or "/")),
         app=str(item["app"]),
         backends=backends,
+        options=RouteOptions.from_json(item.get("options")),
     )

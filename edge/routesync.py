@@ -10,6 +10,9 @@ Rules kept here:
   * Failures back off 0.5 s, 1 s, 2 s, 4 s, then every 5 s; one success resets it.
   * The service reports ready once it has a first table or has failed once, so an
     edge starts (and answers 404) even while the control plane is away.
+  * `health()` says whether the last poll reached the control plane and how old the
+    table is, for the edge's /healthz; a failure after a success is logged as
+    `route-sync-stale`, meaning "still serving the last table".
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class RouteSync:
         self._url = control_url.rstrip("/") + "/v1/routes"
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._wait = wait
+        self.reachable: bool | None = None  # None until the first poll ends
+        self.last_success: float | None = None  # trio.current_time() of the last good poll
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Poll forever; reports started after the first answer or the first failure."""
@@ -62,6 +67,7 @@ class RouteSync:
             try:
                 changed = self._apply(await self._poll())
                 failed_delay = None
+                self.reachable, self.last_success = True, trio.current_time()
                 # A control plane that answers "unchanged" at once instead of holding
                 # the request must not turn this loop into a busy one.
                 quick = trio.current_time() - asked < self._wait / 2
@@ -69,10 +75,28 @@ class RouteSync:
             except (httpx.HTTPError, RouteTableError, ValueError) as error:
                 failed_delay = delay = next_delay(failed_delay)
                 log.warning("route-sync-failed error=%r retry_in=%.1f", error, delay)
+                if self.reachable and self.table.routes:
+                    log.warning(
+                        "route-sync-stale routes=%d etag=%s",
+                        len(self.table.routes),
+                        self.table.etag,
+                    )
+                self.reachable = False
             if not ready:
                 task_status.started()
                 ready = True
             await trio.sleep(delay)
+
+    def health(self) -> dict[str, object]:
+        """What /healthz reports about the routing table."""
+        age = None if self.last_success is None else trio.current_time() - self.last_success
+        return {
+            "control": {None: "unknown", True: "reachable", False: "unreachable"}[self.reachable],
+            "routes": len(self.table.routes),
+            "etag": self.table.etag,
+            "table_age_seconds": None if age is None else round(age, 1),
+            "serving_last_table": self.reachable is False,
+        }
 
     async def _poll(self) -> RouteTable:
         """One long-poll; the table it returns (perhaps the same one)."""

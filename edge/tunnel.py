@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import trio
 
+from edge.netio import Conn
+
 CHUNK = 64 * 1024
 
 
-async def tunnel(
-    client: trio.abc.Stream, from_client: bytes, backend: trio.abc.Stream, from_backend: bytes
-) -> None:
+async def tunnel(client: Conn, from_client: bytes, backend: Conn, from_backend: bytes) -> None:
     """Relay bytes both ways until either side closes; `from_*` are already-read bytes."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_copy, client, backend, from_client, nursery.cancel_scope)
         nursery.start_soon(_copy, backend, client, from_backend, nursery.cancel_scope)
 
 
-async def _copy(
-    source: trio.abc.Stream, sink: trio.abc.Stream, pending: bytes, done: trio.CancelScope
-) -> None:
+async def _copy(source: Conn, sink: Conn, pending: bytes, done: trio.CancelScope) -> None:
     try:
         if pending:
             await sink.send_all(pending)

@@ -1,28 +1,38 @@
-"""Connections from the edge to backends, and the rule for when a failure may be retried.
+"""Connections from the edge to backends: a keep-alive pool, and when a failure may be retried.
 
-Owns `Connector` (how a connection to one backend is obtained and given back) and
+Owns `Connector` (a pool of idle keep-alive connections per backend) and
 `connect_first` (walk the balancer's candidates until one accepts).
 
 Rules kept here:
   * Only a failure that happened before any request byte was sent is retried on
     another backend (`is_retriable`). Once bytes are out, the backend may have
-    acted on the request, and replaying a POST is not ours to decide.
+    acted on the request, and replaying a POST is not ours to decide. The one
+    exception is `may_replay`: a reused idle connection the backend had already
+    closed, for a bodiless idempotent request, is retried once on a fresh one.
   * Each attempt is bounded by the connect timeout; a backend that neither accepts
     nor refuses counts as a connect failure.
-  * `Connector.acquire`/`release` is the seam for a keep-alive pool: today every
-    exchange opens a fresh connection and `release` closes it.
+  * A connection goes back to the pool only when its exchange ended cleanly at a
+    message boundary (the caller decides `reusable`). The pool keeps at most
+    `max_idle` per backend, newest reused first, and closes connections idle for
+    longer than `idle_timeout` (backends time idle connections out too; gunicorn
+    after 2 s) or found readable while idle (closed, or speaking out of turn).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+from collections import deque
 from collections.abc import Sequence
 
 import trio
 
+from edge.netio import Conn, connect
 from edge.routes import Backend
 
 log = logging.getLogger(__name__)
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 class ConnectFailed(Exception):
@@ -38,30 +48,95 @@ def is_retriable(error: BaseException, bytes_sent: int) -> bool:
     return bytes_sent == 0 and isinstance(error, OSError | trio.TooSlowError)
 
 
+def may_replay(*, reused: bool, response_bytes: int, method: bytes, has_body: bool) -> bool:
+    """Whether a request whose connection died unanswered may be sent again, fresh."""
+    return reused and response_bytes == 0 and not has_body and method in IDEMPOTENT
+
+
 class Connector:
-    """Opens connections to backends; a pooled version keeps the same two methods."""
+    """Hands out connections to backends, reusing idle keep-alive ones first."""
 
-    def __init__(self, connect_timeout: float) -> None:
+    def __init__(
+        self, connect_timeout: float, *, max_idle: int = 256, idle_timeout: float = 4.0
+    ) -> None:
         self._connect_timeout = connect_timeout
+        self._max_idle = max_idle
+        self._idle_timeout = idle_timeout
+        self._idle: dict[Backend, deque[tuple[float, Conn]]] = {}
 
-    async def acquire(self, backend: Backend) -> trio.SocketStream:
-        """A connected stream to `backend`; OSError or TooSlowError if there is none."""
+    async def acquire(self, backend: Backend) -> tuple[Conn, bool]:
+        """A stream to `backend` and whether it was reused; OSError/TooSlowError if none."""
+        stream = self._take_idle(backend, trio.current_time())
+        if stream is not None:
+            return stream, True
         with trio.fail_after(self._connect_timeout):
-            return await trio.open_tcp_stream(backend.host, backend.port)
+            return await _connect(backend), False
 
-    async def release(self, stream: trio.SocketStream, *, reusable: bool) -> None:
-        """Give a stream back once its exchange is over (no pool yet: close it)."""
-        await stream.aclose()
+    async def fresh(self, backend: Backend) -> Conn:
+        """A newly opened stream to `backend`, never a pooled one."""
+        with trio.fail_after(self._connect_timeout):
+            return await _connect(backend)
+
+    def release(self, backend: Backend, stream: Conn, *, reusable: bool) -> None:
+        """Give a stream back once its exchange is over: pooled if `reusable`, else closed."""
+        idle = self._idle.get(backend)
+        if idle is None:
+            idle = self._idle[backend] = deque()
+        if reusable and len(idle) < self._max_idle:
+            idle.append((trio.current_time(), stream))
+        else:
+            stream.close()
+
+    def idle_count(self, backend: Backend) -> int:
+        """How many idle connections to `backend` are pooled."""
+        return len(self._idle.get(backend, ()))
+
+    def sweep(self, now: float) -> None:
+        """Close idle connections past their idle timeout."""
+        for backend, idle in list(self._idle.items()):
+            while idle and now - idle[0][0] > self._idle_timeout:
+                idle.popleft()[1].close()
+            if not idle:
+                del self._idle[backend]
+
+    def close_all(self) -> None:
+        """Close every idle connection (the edge is stopping)."""
+        for idle in self._idle.values():
+            for _, stream in idle:
+                stream.close()
+        self._idle.clear()
+
+    def _take_idle(self, backend: Backend, now: float) -> Conn | None:
+        idle = self._idle.get(backend)
+        while idle:
+            since, stream = idle.pop()
+            if now - since <= self._idle_timeout and not stream.readable_now():
+                return stream
+            stream.close()
+        return None
+
+
+async def _connect(backend: Backend) -> Conn:
+    """Connect, resolving the host first if it is a name rather than an address."""
+    host, port = backend.host, backend.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.inet_pton(family, host)
+    except OSError:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        host = str(infos[0][4][0])
+    return await connect(host, port)
 
 
 async def connect_first(
     connector: Connector, candidates: Sequence[Backend]
-) -> tuple[trio.SocketStream, Backend]:
-    """Connect to the first candidate that accepts; ConnectFailed if none does."""
+) -> tuple[Conn, Backend, bool, list[Backend]]:
+    """Connect to the first candidate that accepts: (stream, backend, reused, failed)."""
     failures: list[tuple[Backend, BaseException]] = []
     for backend in candidates:
         try:
-            return await connector.acquire(backend), backend
+            stream, reused = await connector.acquire(backend)
+            return stream, backend, reused, [b for b, _ in failures]
         except (OSError, trio.TooSlowError) as error:
             if not is_retriable(error, bytes_sent=0):
                 raise

@@ -71,20 +71,59 @@ def test_is_websocket_upgrade(headers: hdr.Headers, expected: bool) -> None:
     assert hdr.is_websocket_upgrade(headers) is expected
 
 
-def test_add_forwarded_appends_client_and_replaces_proto_and_host() -> None:
-    headers = [
-        (b"X-Forwarded-For", b"10.0.0.1"),
-        (b"x-forwarded-proto", b"https"),
-        (b"X-Forwarded-Host", b"evil"),
-        (b"Accept", b"*/*"),
-    ]
-    out = hdr.add_forwarded(headers, client_ip="192.0.2.7", proto="http", host=b"a.localhost")
+SPOOFED = [
+    (b"X-Forwarded-For", b"10.0.0.1"),
+    (b"x-forwarded-proto", b"https"),
+    (b"X-Forwarded-Host", b"evil"),
+    (b"Accept", b"*/*"),
+]
+
+
+def test_add_forwarded_replaces_what_an_untrusted_peer_claims() -> None:
+    out = hdr.add_forwarded(SPOOFED, client_ip="192.0.2.7", proto="http", host=b"a.localhost")
     assert out == [
         (b"Accept", b"*/*"),
-        (b"X-Forwarded-For", b"10.0.0.1, 192.0.2.7"),
+        (b"X-Forwarded-For", b"192.0.2.7"),
         (b"X-Forwarded-Proto", b"http"),
         (b"X-Forwarded-Host", b"a.localhost"),
     ]
+
+
+def test_add_forwarded_appends_to_a_trusted_proxy_chain() -> None:
+    out = hdr.add_forwarded(
+        SPOOFED, client_ip="192.0.2.7", proto="http", host=b"a.localhost", trusted=True
+    )
+    assert out == [
+        (b"Accept", b"*/*"),
+        (b"X-Forwarded-For", b"10.0.0.1, 192.0.2.7"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"X-Forwarded-Host", b"evil"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cookie", "expected"),
+    [
+        (b"a=1; __foundry_instance=web-0-x; b=2", b"web-0-x"),
+        (b"__foundry_instance_not=1", None),
+        (b"x=__foundry_instance=2", None),
+    ],
+)
+def test_cookie_finds_the_named_cookie(cookie: bytes, expected: bytes | None) -> None:
+    assert hdr.cookie([(b"Cookie", cookie)], hdr.STICKY_COOKIE) == expected
+
+
+@pytest.mark.parametrize(
+    ("set_cookie", "expected"),
+    [
+        (b"JSESSIONID=abc; Path=/", True),
+        (b"session=.eJw; HttpOnly", True),
+        (b"my_app_session=1", True),
+        (b"theme=dark", False),
+    ],
+)
+def test_session_cookies_are_recognised(set_cookie: bytes, expected: bool) -> None:
+    assert hdr.sets_session_cookie([(b"Set-Cookie", set_cookie)]) is expected
 
 
 def test_add_forwarded_without_prior_chain() -> None:

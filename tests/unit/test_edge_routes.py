@@ -1,4 +1,4 @@
-"""Route table parsing, lookup and round-robin balancing (pure, no I/O)."""
+"""Route table parsing, lookup and balancing (pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge.balance import Balancer
 from edge.routes import (
     Backend,
-    Balancer,
     Route,
+    RouteOptions,
     RouteTable,
     RouteTableError,
     normalize_host,
@@ -185,3 +186,72 @@ def test_a_prefix_matches_itself_and_its_subpaths(segments: list[str]) -> None:
     assert path_has_prefix(prefix.rstrip("/") + "/x", prefix)
     if prefix != "/":
         assert not path_has_prefix(prefix + "z", prefix)
+
+
+def test_route_options_default_when_absent() -> None:
+    data = {"routes": [{"host": "a.localhost", "app": "a", "backends": []}]}
+    (route,) = RouteTable.from_json(data).routes
+    assert route.options == RouteOptions("round-robin", 900.0, True)
+
+
+def test_route_options_are_read() -> None:
+    options = {"balance": "least-in-flight", "timeout": 5, "sticky": False, "later": 1}
+    data = {"routes": [{"host": "a", "app": "a", "backends": [], "options": options}]}
+    (route,) = RouteTable.from_json(data).routes
+    assert route.options == RouteOptions("least-in-flight", 5.0, False)
+
+
+@pytest.mark.parametrize(
+    "options", [{"balance": "random"}, {"timeout": -1}, {"timeout": "x"}, {"sticky": "yes"}]
+)
+def test_bad_route_options_are_refused(options: dict[str, object]) -> None:
+    data = {"routes": [{"host": "a", "app": "a", "backends": [], "options": options}]}
+    with pytest.raises(RouteTableError):
+        RouteTable.from_json(data)
+
+
+LEAST = RouteOptions(balance="least-in-flight")
+
+
+def test_least_in_flight_prefers_the_idlest_backend() -> None:
+    route = Route("h", "/", "a", (B1, B2, B3), LEAST)
+    balancer = Balancer()
+    balancer.started(B1)
+    balancer.started(B1)
+    balancer.started(B2)
+    assert balancer.candidates(route, 3) == [B3, B2, B1]
+    balancer.finished(B1)
+    balancer.finished(B1)
+    assert balancer.in_flight(B1) == 0
+    assert balancer.candidates(route, 3) == [B3, B1, B2]  # ties kept in rotation order
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2), min_size=1, max_size=30))
+def test_least_in_flight_never_picks_a_busier_backend(starts: list[int]) -> None:
+    backends = (B1, B2, B3)
+    route = Route("h", "/", "a", backends, LEAST)
+    balancer = Balancer()
+    for index in starts:
+        balancer.started(backends[index])
+    first = balancer.candidates(route, 1)[0]
+    assert balancer.in_flight(first) == min(balancer.in_flight(b) for b in backends)
+
+
+def test_failed_backend_goes_last_until_its_ejection_ends() -> None:
+    route = Route("h", "/", "a", (B1, B2, B3))
+    balancer = Balancer(eject_seconds=10)
+    balancer.failed(B1, now=100.0)
+    assert balancer.candidates(route, 3, now=105.0) == [B2, B3, B1]
+    assert balancer.candidates(route, 3, now=105.0) == [B2, B3, B1]
+    assert balancer.candidates(route, 3, now=110.0) == [B3, B1, B2]
+
+
+def test_pinned_instance_goes_first_unless_ejected_or_not_sticky() -> None:
+    route = Route("h", "/", "a", (B1, B2, B3))
+    balancer = Balancer()
+    assert balancer.candidates(route, 2, pinned="i-3") == [B3, B1]
+    assert balancer.candidates(route, 2, pinned="i-9") == [B2, B3]  # gone: balance
+    balancer.failed(B3, now=0.0)
+    assert balancer.candidates(route, 1, now=1.0, pinned="i-3") == [B1]
+    loose = Route("h", "/", "a", (B1, B2, B3), RouteOptions(sticky=False))
+    assert balancer.candidates(loose, 1, pinned="i-3") == [B1]

@@ -1,0 +1,147 @@
+"""Foundry's edge against nginx as a reverse proxy, measured in one run on this machine.
+
+    python benchmarks/edge.py [--duration 5] [--runs 3] [--no-install]
+
+Starts one backend (nginx, one worker, a tiny 200 answer), then measures with wrk:
+direct to the backend, through nginx (`proxy_pass` with upstream keepalive, workers
+= cores) and through the edge (workers = cores), at 32 and 256 connections; the
+median of `--runs` runs is printed with p50/p99 and the ratio edge/nginx. Then the
+added latency at one connection, and websocket echo messages/s through both proxies
+(a raw echo backend and a Python client; the ratio is the point, not the number).
+
+nginx and wrk come from apt (`apt-get install nginx wrk`) if missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.edge_support.servers import (  # noqa: E402
+    free_port,
+    start_edge,
+    start_nginx,
+    start_route_server,
+    start_ws_echo,
+    wait_port,
+)
+
+CORES = os.cpu_count() or 1
+HOST = "bench.localhost"
+
+
+def ensure_tools(install: bool) -> None:
+    missing = [tool for tool in ("nginx", "wrk") if shutil.which(tool) is None]
+    if missing and install:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
+    elif missing:
+        sys.exit(f"missing: {' '.join(missing)}")
+
+
+def wrk(port: int, connections: int, duration: float) -> dict[str, float]:
+    """One wrk run: req/s, p50 and p99 in ms."""
+    threads = min(connections, 2)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+         "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors.group(1)} bad responses on port {port}")
+    return {"rps": rps, "p50": _percentile(out, "50%"), "p99": _percentile(out, "99%")}
+
+
+def _percentile(out: str, name: str) -> float:
+    value, unit = re.search(rf"{name}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def median_run(port: int, connections: int, duration: float, runs: int) -> dict[str, float]:
+    results = [wrk(port, connections, duration) for _ in range(runs)]
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def ws_rate(port: int, seconds: float) -> float:
+    """Websocket echo messages/s through `port`, from the Python client."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.edge_support.wsclient", str(port), HOST, str(seconds)],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+    ).stdout
+    return float(out.strip())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-install", action="store_true")
+    parser.add_argument("--access-log", action="store_true", help="edge logs every request")
+    args = parser.parse_args()
+    ensure_tools(not args.no_install)
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        run_all(Path(tmp), args)
+
+
+def run_all(tmp: Path, args: argparse.Namespace) -> None:
+    backend, proxy, edge_port = free_port(), free_port(), free_port()
+    ws_backend = free_port()
+    procs = [start_nginx(tmp / "backend", backend=backend)]
+    procs.append(start_nginx(tmp / "proxy", proxy=proxy, upstream=backend, ws_upstream=ws_backend))
+    procs.append(start_ws_echo(ws_backend))
+    routes = start_route_server(HOST, backend, ws_backend)
+    procs.append(start_edge(edge_port, f"http://127.0.0.1:{routes.port}", CORES,
+                            tmp / "edge.log", access_log=args.access_log))
+    try:
+        for port in (backend, proxy, edge_port, ws_backend):
+            wait_port(port)
+        time.sleep(0.5)  # the edge's first route poll
+        report(backend, proxy, edge_port, args)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=15)
+        routes.shutdown()
+
+
+def report(backend: int, proxy: int, edge: int, args: argparse.Namespace) -> None:
+    targets = {"direct": backend, "nginx": proxy, "edge": edge}
+    for port in targets.values():
+        wrk(port, 32, 1.0)  # warm up pools and caches
+    print(f"cores={CORES} duration={args.duration}s runs={args.runs} (median)")
+    print(f"{'conns':>5} {'target':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    results: dict[tuple[int, str], dict[str, float]] = {}
+    for connections in (32, 256):
+        for name, port in targets.items():
+            r = median_run(port, connections, args.duration, args.runs)
+            results[(connections, name)] = r
+            print(f"{connections:>5} {name:>7} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}")
+        edge_r, nginx_r = results[(connections, "edge")], results[(connections, "nginx")]
+        print(f"{connections:>5} {'ratio':>7} {edge_r['rps'] / nginx_r['rps']:>9.2f} "
+              f"{edge_r['p50'] / nginx_r['p50']:>8.2f} {edge_r['p99'] / nginx_r['p99']:>8.2f}"
+              "  (edge/nginx)")
+    one = {name: median_run(port, 1, args.duration, args.runs) for name, port in targets.items()}
+    for name in ("nginx", "edge"):
+        added = (one[name]["p50"] - one["direct"]["p50"]) * 1000
+        print(f"added latency at 1 connection, {name}: {added:.0f} us "
+              f"(p50 {one[name]['p50']:.3f} ms vs direct {one['direct']['p50']:.3f} ms)")
+    ws = {name: ws_rate(targets[name], args.duration) for name in ("nginx", "edge")}
+    print(f"websocket echo msgs/s: nginx {ws['nginx']:.0f}, edge {ws['edge']:.0f}, "
+          f"ratio {ws['edge'] / ws['nginx']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,411 @@
+"""One proxied request: route it, pass it to a backend, relay the answer, log it.
+
+Rules kept here:
+  * The client connection is kept alive only if the whole request body was read,
+    the response was framed so its end is known, both sides asked for it and the
+    edge is not draining. The backend connection goes back to the pool only if
+    both messages ended cleanly and the backend did not ask to close.
+  * The request body is streamed to the backend while its response is read, so a
+    backend may answer early (or send 100 Continue) without a deadlock; nothing is
+    buffered whole. A bodiless request (most) skips that second task.
+  * Statuses the edge makes itself, each with ERROR_HEADER naming the reason:
+    400 malformed / no Host, 404 unknown host, 503 no instance, 502 no backend
+    would connect or it broke the protocol, 504 no response within the route's
+    timeout, 408 a stalled request body, plus the parser's 413 and 431. Once a
+    response has started, a failure can only be reported by closing the connection.
+  * Only connect failures are retried on another instance (`edge.upstream`).
+  * A websocket handshake is forwarded as is; a 101 turns both connections into a
+    tunnel (counted in flight, closable by the edge), any other answer is relayed
+    as plain HTTP and the session goes on.
+  * A response that sets a session cookie gets the sticky cookie for its instance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+from typing import TYPE_CHECKING
+
+import trio
+
+from edge import headers as hdr
+from edge.accesslog import AccessRecord, access_line
+from edge.accesslog import log as access_log
+from edge.encode import (
+    encode_body,
+    encode_request_head,
+    encode_response_head,
+    end_of_body,
+    error_response,
+    framing_headers,
+    relay_framing,
+)
+from edge.http import (
+    NEED_DATA,
+    Body,
+    EndOfMessage,
+    Event,
+    Framing,
+    ProtocolError,
+    RequestHead,
+    ResponseHead,
+    ResponseParser,
+    Signal,
+    origin_form,
+)
+from edge.netio import Conn
+from edge.peer import Peer
+from edge.routes import Backend, Route
+from edge.tunnel import tunnel
+from edge.upstream import ConnectFailed, connect_first, may_replay
+
+if TYPE_CHECKING:
+    from edge.proxy import Session
+
+log = logging.getLogger(__name__)
+
+
+# Request ids: a random per-process prefix and a counter, unique without a syscall each.
+_ID_PREFIX = os.urandom(6).hex().encode()
+_ID_COUNTER = itertools.count()
+
+
+def new_request_id() -> bytes:
+    """A fresh X-Request-Id value (24 hex digits)."""
+    return b"%b%012x" % (_ID_PREFIX, next(_ID_COUNTER))
+
+
+class _StaleConnection(Exception):
+    """A pooled connection turned out closed before answering; try a fresh one."""
+
+
+class Exchange:
+    """One request on a client connection."""
+
+    def __init__(self, session: Session, head: RequestHead) -> None:
+        self.session = session
+        self.edge = session.edge
+        self.config = session.config
+        self.client = session.client
+        self.head = head
+        self.websocket = head.upgrade and hdr.is_websocket_upgrade(head.headers)
+        self.client_http11 = head.version == b"1.1"
+        self.keep_alive = head.keep_alive
+        self.bodiless = self.request_done = head.framing is Framing.NONE
+        if self.bodiless:
+            # A bodiless request's end is queued together with its head.
+            end = self.client.parser.next_event()
+            assert isinstance(end, EndOfMessage), end
+        self.response_started = self.response_done = self.backend_keep_alive = False
+        self.status = self.bytes_sent = 0
+        self.route: Route | None = None
+        self.backend: Backend | None = None
+        self.host = self.path = "-"
+        self.timeout = self.config.response_timeout
+        self.request_error: ProtocolError | None = None
+        self.request_id = b"-"
+        self.pinned: str | None = None
+        self.started = trio.current_time()
+        self.timer = trio.CancelScope()
+
+    def _arm(self, seconds: float) -> None:
+        """Let the next wait on the backend take at most `seconds`."""
+        self.timer.deadline = trio.current_time() + seconds
+
+    def _disarm(self) -> None:
+        self.timer.deadline = math.inf
+
+    async def run(self) -> bool:
+        """Handle the request; whether the client connection may carry another."""
+        try:
+            # One scope for the whole exchange; each wait on the backend moves its
+            # deadline (`_arm`) instead of opening a scope of its own.
+            with trio.CancelScope() as self.timer:
+                await self._route_and_proxy()
+            if self.timer.cancelled_caught:
+                await self._reply(504, f"{self.app}: backend timed out", "backend-timeout")
+        finally:
+            self._log()
+        return self.keep_alive and self.request_done and not self.edge.draining
+
+    async def _route_and_proxy(self) -> None:
+        try:
+            host, path, target = self._destination()
+        except ProtocolError as error:
+            self.keep_alive = False  # a client this confused is not worth a second request
+            return await self._reply(error.status, error.reason, error.code)
+        self.host, self.path = host, path
+        route = self.route = self.edge.route(host, path)
+        if route is None:
+            return await self._reply(404, f"no app is routed at {host}", "unknown-route")
+        if not route.backends:
+            return await self._reply(503, f"{route.app} has no running instance", "no-instance")
+        self.timeout = min(route.options.timeout, self.config.response_timeout)
+        balancer, now = self.edge.balancer, trio.current_time()
+        pinned = hdr.cookie(self.head.headers, hdr.STICKY_COOKIE) if route.options.sticky else None
+        self.pinned = pinned.decode("latin-1") if pinned else None
+        candidates = balancer.candidates(
+            route, self.config.max_attempts, now=now, pinned=self.pinned
+        )
+        try:
+            stream, backend, reused, failed = await connect_first(self.edge.connector, candidates)
+        except ConnectFailed as error:
+            for backend, _ in error.failures:
+                balancer.failed(backend, now)
+            return await self._reply(502, f"{route.app}: backend failed", "backend-unavailable")
+        for backend_ in failed:
+            balancer.failed(backend_, now)
+        self.backend = backend
+        balancer.started(backend)
+        try:
+            await self._proxy_via(backend, stream, reused, target)
+        finally:
+            balancer.finished(backend)
+
+    def _destination(self) -> tuple[str, str, bytes]:
+        """(host, path, origin-form target) of the request; ProtocolError if unroutable."""
+        authority, path, target = origin_form(self.head.target)
+        hosts = hdr.get_all(self.head.headers, b"host")
+        if len(hosts) > 1:
+            raise ProtocolError(400, "more than one Host header")
+        if authority is None and not hosts:
+            raise ProtocolError(400, "missing Host header")
+        host = authority if authority is not None else hosts[0]
+        if not host.strip() or b" " in host.strip():
+            raise ProtocolError(400, "bad Host header")
+        return host.decode("latin-1"), path.decode("latin-1"), target
+
+    async def _proxy_via(self, backend: Backend, stream: Conn, reused: bool, target: bytes) -> None:
+        connector = self.edge.connector
+        upstream = Peer(stream, ResponseParser(self.config.limits, request_method=self.head.method))
+        try:
+            await self._proxy(upstream, target, replayable=reused)
+        except _StaleConnection:
+            connector.release(backend, stream, reusable=False)
+            try:
+                stream = await connector.fresh(backend)
+            except (OSError, trio.TooSlowError):
+                return await self._reply(502, f"{self.app}: backend failed", "backend-unavailable")
+            upstream = Peer(
+                stream, ResponseParser(self.config.limits, request_method=self.head.method)
+            )
+            await self._proxy(upstream, target, replayable=False)
+        finally:
+            connector.release(backend, upstream.stream, reusable=self._reusable(upstream))
+
+    def _reusable(self, upstream: Peer) -> bool:
+        return (
+            self.response_done
+            and self.request_done
+            and self.backend_keep_alive
+            and self.request_error is None
+            and upstream.parser.at_rest()
+        )
+
+    async def _proxy(self, upstream: Peer, target: bytes, *, replayable: bool) -> None:
+        replayable = replayable and may_replay(
+            reused=True, response_bytes=0, method=self.head.method, has_body=not self.bodiless
+        )
+        try:
+            await upstream.send(self._upstream_head(target))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if replayable:
+                raise _StaleConnection() from None
+            return await self._reply(502, f"{self.app}: backend failed", "backend-failed")
+        if self.bodiless:
+            return await self._relay_response(upstream, replayable)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump_body, upstream, nursery.cancel_scope)
+            await self._relay_response(upstream, False)
+            nursery.cancel_scope.cancel()  # an unfinished pump leaves the body unread
+        if self.request_error is not None:
+            error = self.request_error
+            await self._reply(error.status, error.reason, error.code)
+
+    def _upstream_head(self, target: bytes) -> bytes:
+        headers, self.request_id = hdr.forward_request(
+            self.head.headers,
+            host=self.host.encode("latin-1"),
+            client_ip=self.session.client_ip,
+            proto=self.config.scheme,
+            trusted=self.session.trusted,
+            fresh_id=new_request_id(),
+            websocket=self.websocket,
+        )
+        if not self.bodiless:
+            codings = hdr.get(self.head.headers, b"transfer-encoding")
+            headers = framing_headers(headers, self.head.framing, codings=codings)
+        return encode_request_head(self.head.method, target, headers)
+
+    async def _pump_body(self, upstream: Peer, exchange: trio.CancelScope) -> None:
+        """Stream the request body to the backend as it arrives from the client."""
+        framing = self.head.framing
+        try:
+            while True:
+                event = await self.client.next_event(self.config.idle_timeout)
+                if isinstance(event, Body):
+                    await upstream.send(encode_body(framing, event.data))
+                elif isinstance(event, EndOfMessage):
+                    await upstream.send(end_of_body(framing))
+                    self.request_done = True
+                    return
+                else:
+                    raise ProtocolError(400, f"unexpected {event!r} in a request body")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the backend stopped reading; its response (or its absence) tells
+        except trio.TooSlowError:
+            self.request_error = ProtocolError(408, "request body timed out")
+            exchange.cancel()
+        except ProtocolError as error:
+            self.request_error = error  # answered once the relay has stopped
+            exchange.cancel()
+
+    async def _relay_response(self, upstream: Peer, replayable: bool) -> None:
+        try:
+            head = await self._response_head(upstream)
+        except trio.TooSlowError:
+            return await self._reply(504, f"{self.app}: backend timed out", "backend-timeout")
+        except ProtocolError as error:
+            if replayable and upstream.received == 0:
+                raise _StaleConnection() from None
+            log.warning("edge-bad-response app=%s reason=%r", self.app, error.reason)
+            return await self._reply(502, f"{self.app}: backend failed", "backend-failed")
+        if head.status == 101:
+            return await self._switch_protocols(upstream, head)
+        self.backend_keep_alive = head.keep_alive
+        framing = relay_framing(head.framing, receiver_http11=self.client_http11)
+        headers, codings, session = hdr.forward_response(head.headers)
+        if framing is not head.framing or framing is Framing.CHUNKED:
+            headers = framing_headers(headers, framing, codings=codings)
+        headers = self._with_stickiness(headers, session)
+        if framing is Framing.CLOSE:
+            self.keep_alive = False
+        await self._relay_body(
+            upstream, framing, self._head_bytes(head.status, head.reason, headers)
+        )
+
+    async def _response_head(self, upstream: Peer) -> ResponseHead:
+        """The backend's final response head; interim 1xx answers go to the client."""
+        self._arm(self.timeout)
+        while True:
+            head = await upstream.next_event()
+            if not isinstance(head, ResponseHead):
+                raise ProtocolError(502, f"expected a response head, got {head!r}")
+            if head.status == 101 or head.status >= 200:
+                self._disarm()
+                return head
+            await upstream.next_event()  # its EndOfMessage
+            if self.client_http11:  # HTTP/1.0 clients never see 1xx
+                headers = hdr.strip_hop_by_hop(head.headers)
+                await self._send(encode_response_head(head.status, head.reason, headers))
+
+    async def _relay_body(self, upstream: Peer, framing: Framing, pending: bytes) -> None:
+        """Send the head in `pending` and the body after it, coalescing what is queued."""
+        try:
+            while True:
+                event = upstream.parser.next_event()
+                if event is NEED_DATA:
+                    await self._send(pending)
+                    pending = b""
+                    event = await self._next_body_event(upstream)
+                if isinstance(event, Body):
+                    pending += encode_body(framing, event.data)
+                elif isinstance(event, EndOfMessage):
+                    await self._send(pending + end_of_body(framing))
+                    self.response_done = True
+                    return
+                else:
+                    raise ProtocolError(502, f"unexpected {event!r} in a response body")
+        except (trio.TooSlowError, ProtocolError) as error:
+            # The status line is out; closing is the only way left to say "broken".
+            log.warning("edge-response-aborted app=%s error=%r", self.app, error)
+            self.keep_alive = False
+            await self._send(pending)
+
+    async def _next_body_event(self, upstream: Peer) -> Event | Signal:
+        """The next response event; TooSlowError if the backend stalls mid-body."""
+        with trio.move_on_after(self.timeout):
+            return await upstream.next_event()
+        raise trio.TooSlowError
+
+    def _with_stickiness(self, headers: hdr.Headers, session: bool) -> hdr.Headers:
+        route, backend = self.route, self.backend
+        if route is None or backend is None or not route.options.sticky or not backend.instance:
+            return headers
+        repin = self.pinned is not None and self.pinned != backend.instance
+        if repin or session:
+            return [*headers, hdr.sticky_cookie(backend.instance)]
+        return headers
+
+    async def _switch_protocols(self, upstream: Peer, head: ResponseHead) -> None:
+        if not (self.websocket and hdr.is_websocket_upgrade(head.headers)):
+            return await self._reply(
+                502, f"{self.app}: backend switched protocols unasked", "backend-failed"
+            )
+        headers = hdr.strip_hop_by_hop(head.headers, keep_websocket=True)
+        headers = self._with_stickiness(headers, hdr.sets_session_cookie(headers))
+        self.keep_alive = False  # the client connection now belongs to the tunnel
+        await self._send(self._head_bytes(101, head.reason, headers))
+        from_client = self.client.parser.detach()
+        from_backend = upstream.parser.detach()
+        assert self.backend is not None
+        scopes = self.edge.tunnels.setdefault(self.backend, set())
+        with trio.CancelScope() as scope:
+            scopes.add(scope)
+            try:
+                await tunnel(self.client.stream, from_client, upstream.stream, from_backend)
+            finally:
+                scopes.discard(scope)
+                if not scopes:
+                    self.edge.tunnels.pop(self.backend, None)
+
+    def _head_bytes(self, status: int, reason: bytes, headers: hdr.Headers) -> bytes:
+        if self.edge.draining:
+            self.keep_alive = False
+        if not self.client_http11 and self.keep_alive:
+            headers = [*headers, (b"Connection", b"keep-alive")]
+        elif not self.keep_alive:
+            headers = [*headers, (b"Connection", b"close")]
+        self.status, self.response_started = status, True
+        return encode_response_head(status, reason, headers)
+
+    async def _send(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+        await self.client.send(data)
+
+    async def _reply(self, status: int, message: str, code: str) -> None:
+        """Answer with an edge-made error, unless a response is already underway."""
+        if self.response_started:
+            self.keep_alive = False
+            return
+        self.keep_alive = self.keep_alive and self.request_done and not self.edge.draining
+        self.status, self.response_started = status, True
+        log.info("edge-error status=%d code=%s app=%s reason=%r", status, code, self.app, message)
+        await self._send(error_response(status, message, close=not self.keep_alive, code=code))
+
+    @property
+    def app(self) -> str:
+        return self.route.app if self.route is not None else "-"
+
+    def _log(self) -> None:
+        shipper = self.edge.shipper
+        if not (shipper is not None or access_log.isEnabledFor(logging.INFO)):
+            return
+        backend = self.backend
+        record = AccessRecord(
+            request_id=self.request_id.decode("latin-1"),
+            method=self.head.method.decode("latin-1"),
+            host=self.host,
+            path=self.path,
+            app=self.app,
+            instance=backend.instance if backend else "-",
+            backend=backend.address if backend else "-",
+            status=self.status,
+            bytes_sent=self.bytes_sent,
+            ms=(trio.current_time() - self.started) * 1000,
+        )
+        access_log.info("%s", access_line(record))
+        if shipper is not None:
+            shipper.record(record)
