@@ -8,6 +8,7 @@ stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import json
 import os
 import signal
@@ -289,11 +290,22 @@ def resolve_buildpack(api: Api, name: str, buildpack: str) -> str:
         raise CLIError(f"--buildpack {buildpack}: not a buildpack directory (no bin/compile)")
     with tempfile.TemporaryDirectory() as tmp:
         tarball = Path(tmp) / "buildpack.tgz"
-        pack_source(directory, tarball)
+        # The same directory must give the same blob (its digest names the node's copy
+        # and its build cache): no gzip timestamp, no owner names.
+        with open(tarball, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+                tarfile.open(fileobj=gz, mode="w") as tar:
+            for rel, path in source_files(directory):
+                tar.add(path, arcname=rel, recursive=False, filter=_anonymous)
         typer.echo(f"Uploading buildpack {directory}", err=True)
         answer = api.request("POST", f"/v1/apps/{name}/buildpack",
                              content=upload_chunks(tarball), timeout=600)
     return str(answer["buildpack"])
+
+
+def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
 
 
 @dataclass
@@ -549,10 +561,13 @@ def scale(name: str,
           max_: int = typer.Option(None, "--max", min=1, max=100, help="autoscale: most"),
           concurrency: int = typer.Option(None, min=1, help="autoscale: in-flight requests "
                                           "per instance to aim for"),
-          idle: str = typer.Option(None, help="autoscale: idle time before zero, e.g. 60s")
+          idle: str = typer.Option(None, help="autoscale: idle time before zero, e.g. 60s"),
+          window: str = typer.Option(None, help="autoscale: averaging window, e.g. 60s "
+                                     "(bursts are judged over a tenth of it)"),
           ) -> None:
     """Set how many instances of a process type run, or autoscale web on concurrency."""
-    auto = {"min": min_, "max": max_, "concurrency": concurrency, "idle": idle}
+    auto = {"min": min_, "max": max_, "concurrency": concurrency, "idle": idle,
+            "window": window}
     autoscaling = any(v is not None for v in auto.values())
     if autoscaling == (instances is not None):
         raise CLIError("give either -i N, or autoscaling with --min/--max/--concurrency/--idle")
@@ -876,13 +891,33 @@ def control(home: Path = typer.Option(None, help="state directory"),
 @app.command()
 def edge(listen: str = typer.Option("127.0.0.1:8080"),
          control_url: str = typer.Option(..., "--control"),
-         token: str = typer.Option(..., envvar="FOUNDRY_EDGE_TOKEN")) -> None:
+         token: str = typer.Option(..., envvar="FOUNDRY_EDGE_TOKEN"),
+         workers: int = typer.Option(0, min=0, max=64, help="worker processes; 0: one per core"),
+         admin: str = typer.Option(None, help="HOST:PORT serving GET /healthz"),
+         trusted_proxy: list[str] = typer.Option([], help="CIDR whose X-Forwarded-* headers "
+                                                 "are believed; repeatable"),
+         access_logs: bool = typer.Option(True, "--access-logs/--no-access-logs",
+                                          help="ship access lines to `foundry logs` (router)")
+         ) -> None:
     """Run the edge proxy."""
-    from edge.main import run
+    import ipaddress
+
+    from edge.main import WorkerDied, run
     from edge.proxy import EdgeConfig
 
     host, port = split_listen(listen)
-    run(EdgeConfig(host=host, port=port, control_url=control_url.rstrip("/"), token=token))
+    admin_host, admin_port = split_listen(admin) if admin else ("127.0.0.1", None)
+    for cidr in trusted_proxy:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise CLIError(f"--trusted-proxy {cidr!r} is not a network like 10.0.0.0/8") from None
+    try:
+        run(EdgeConfig(host=host, port=port, control_url=control_url.rstrip("/"), token=token,
+                       workers=workers, admin_host=admin_host, admin_port=admin_port,
+                       trusted_proxies=tuple(trusted_proxy), ship_access_logs=access_logs))
+    except WorkerDied as e:
+        raise CLIError(str(e)) from None
 
 
 @node_app.command("join")

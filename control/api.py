@@ -385,7 +385,7 @@ async def scale(request: Request) -> Response:
         raise BadRequest(problem)
     app = ctl.store.get_app(name)
     changes: dict[str, Any] = {}
-    if any(body.get(k) is not None for k in ("min", "max", "concurrency", "idle")):
+    if any(body.get(k) is not None for k in ("min", "max", "concurrency", "idle", "window")):
         if process != "web":
             raise BadRequest("only the web process type is autoscaled")
         auto = _autoscale_settings(body, settings_of(app))
@@ -420,7 +420,12 @@ def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[s
     seconds = parse_duration(idle) if isinstance(idle, str) else float(idle)
     if not 1 <= seconds <= 86_400:
         raise BadRequest("idle must be between 1 s and 1 day")
-    return {"min": lo, "max": hi, "concurrency": concurrency, "idle": seconds}
+    window = body.get("window", base.stable_window)
+    window_s = parse_duration(window) if isinstance(window, str) else float(window)
+    if not 6 <= window_s <= 3600:
+        raise BadRequest("window must be between 6 s and 1 h")
+    return {"min": lo, "max": hi, "concurrency": concurrency, "idle": seconds,
+            "window": window_s}
 
 
 async def wake(request: Request) -> Response:

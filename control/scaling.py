@@ -91,5 +91,6 @@ def settings_of(row: dict[str, Any]) -> Settings | None:
     if not raw:
         return None
     data = json.loads(raw) if isinstance(raw, str) else raw
+    window = float(data.get("window", 60.0))
     return Settings(min=data["min"], max=data["max"], concurrency=data["concurrency"],
-                    idle=data["idle"])
+                    idle=data["idle"], stable_window=window, panic_window=window / 10)

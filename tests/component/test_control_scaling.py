@@ -23,7 +23,8 @@ async def autoscaled(control: Control, **settings: object) -> None:
 async def test_settings_are_validated_and_shown(control: Control) -> None:
     await autoscaled(control, min=0, max=4, concurrency=5, idle="30s")
     view = (await control.http.get("/v1/apps/lazy")).json()
-    assert view["autoscale"] == {"min": 0, "max": 4, "concurrency": 5, "idle": 30.0}
+    assert view["autoscale"] == {"min": 0, "max": 4, "concurrency": 5, "idle": 30.0,
+                                 "window": 60.0}
     for bad in ({"min": 5, "max": 2}, {"min": 0, "idle": "soon"},
                 {"process": "worker", "min": 0}):
         assert (await control.http.post("/v1/apps/lazy/scale", json=bad)).status_code == 400
