@@ -29,7 +29,7 @@ from node.archive import ArchiveError, create, extract
 from node.client import ControlClient, ControlError
 from node.jail import PLAIN, Bind, Jailed, Jailer, JailError, JailSpec, TierChoice
 from node.logship import LogShipper
-from node.packs import Pack, detect, installed_packs
+from node.packs import Pack, PackError, detect, fetch_pack, installed_packs
 from node.procfile import ProcfileError, process_types
 
 COMPILE_TIMEOUT = 15 * 60
@@ -61,7 +61,8 @@ class Stager:
 
         try:
             result = await self._stage(item, work, say)
-        except (BuildFailed, ControlError, ArchiveError, ProcfileError, JailError, OSError) as e:
+        except (BuildFailed, ControlError, ArchiveError, ProcfileError, JailError, PackError,
+                OSError) as e:
             say(f"-----> Build failed: {e}")
             result = {"ok": False, "error": str(e)}
         finally:
@@ -80,13 +81,10 @@ class Stager:
         app_dir = work / "app"
         count = await trio.to_thread.run_sync(extract, source, app_dir)
         say(f"-----> Received {count} files")
-        pack = await detect(installed_packs(self.packs_dir), app_dir, self.base_env)
-        if pack is None:
-            raise BuildFailed("no pack detected this app: add a requirements.txt or "
-                              "pyproject.toml (python), an index.html (static) or a Procfile")
-        say(f"-----> {pack.name} app detected")
+        pack = await self._pack(item, app_dir, say)
         await self._compile(pack, item, app_dir, work, say)
-        processes = await self._process_types(pack, app_dir)
+        processes = await self._process_types(pack, app_dir, work)
+        processes.update(item.get("processes") or {})   # the manifest's commands win
         if not processes:
             raise BuildFailed("the app has no process types: add a Procfile")
         say(f"-----> Process types: {', '.join(sorted(processes))}")
@@ -99,26 +97,52 @@ class Stager:
             app_dir.rename(cached)
         return {"ok": True, "droplet": digest, "processes": processes, "pack": pack.name}
 
+    async def _pack(self, item: dict[str, Any], app_dir: Path, say: Say) -> Pack:
+        """The pack the push named (no detection), else the first installed one that
+        claims the app."""
+        if item.get("buildpack"):
+            say(f"-----> Using buildpack {item['buildpack']}")
+            return await fetch_pack(str(item["buildpack"]), self.packs_dir, self.home,
+                                    self.client, self.base_env)
+        pack = await detect(installed_packs(self.packs_dir), app_dir, self.base_env)
+        if pack is None:
+            raise BuildFailed("no pack detected this app: add a requirements.txt or "
+                              "pyproject.toml (python), a package.json (node), an index.html "
+                              "(static) or a Procfile")
+        say(f"-----> {pack.name} app detected")
+        return pack
+
     async def _compile(self, pack: Pack, item: dict[str, Any], app_dir: Path, work: Path,
                        say: Say) -> None:
-        jailed = await self.jail.spawn(self._compile_spec(pack, item, app_dir, work))
+        last: list[str] = []
+
+        def keep(line: str) -> None:   # the last line usually says why a compile failed
+            if line.strip():
+                last[:] = [line.strip()]
+            say(line)
+
+        jailed = await self.jail.spawn(self._compile_spec(pack, item, app_dir, work, say))
         try:
-            code = await run_streaming(jailed, say, COMPILE_TIMEOUT)
+            code = await run_streaming(jailed, keep, COMPILE_TIMEOUT)
         finally:
             with trio.CancelScope(shield=True):
                 await jailed.close()
         if code != 0:
             reason = jailed.limit_reason(code) or f"exit {jailed.exit_code(code)}"
-            raise BuildFailed(f"{pack.name} pack compile failed ({reason})")
+            why = f": {last[0][:300]}" if last and not jailed.limit_reason(code) else ""
+            raise BuildFailed(f"{pack.name} pack compile failed ({reason}){why}")
 
     def _compile_spec(self, pack: Pack, item: dict[str, Any], app_dir: Path,
-                      work: Path) -> JailSpec:
+                      work: Path, say: Say) -> JailSpec:
         """`bin/compile BUILD_DIR CACHE_DIR ENV_DIR`, in the jail's paths."""
         env_dir = work / "env"
         env_dir.mkdir()
         for key, value in (item.get("env") or {}).items():
             (env_dir / key).write_text(str(value))
         cache = self.home / "cache" / item["app"] / pack.name
+        if item.get("no_cache") and cache.exists():
+            say("-----> --no-cache: starting from an empty build cache")
+            shutil.rmtree(cache)
         cache.mkdir(parents=True, exist_ok=True)
         binds = [Bind(cache, "/cache", writable=True), Bind(env_dir, "/env"),
                  Bind(pack.path, "/pack")]
@@ -139,15 +163,41 @@ class Stager:
         return JailSpec(f"build-{item['build']}", tuple(argv), {**env, "HOME": inside(app_dir)},
                         app_dir, memory, tuple(binds))
 
-    async def _process_types(self, pack: Pack, app_dir: Path) -> dict[str, str]:
-        result = await trio.run_process([*pack.script("release"), str(app_dir)],
-                                        capture_stdout=True, capture_stderr=True, check=False,
-                                        env=self.base_env)
-        if result.returncode != 0:
-            raise BuildFailed(f"{pack.name} pack release failed (exit {result.returncode})")
+    async def _process_types(self, pack: Pack, app_dir: Path, work: Path) -> dict[str, str]:
+        if pack.builtin:
+            result = await trio.run_process([*pack.script("release"), str(app_dir)],
+                                            capture_stdout=True, capture_stderr=True,
+                                            check=False, env=self.base_env)
+            code, out = result.returncode, result.stdout
+        else:  # someone else's code: it runs in the jail, like its compile
+            code, out = await self._jailed_release(pack, app_dir, work)
+        if code != 0:
+            raise BuildFailed(f"{pack.name} pack release failed (exit {code})")
         procfile = app_dir / "Procfile"
         text = procfile.read_text(errors="replace") if procfile.is_file() else None
-        return process_types(text, result.stdout.decode(errors="replace"))
+        return process_types(text, out.decode(errors="replace"))
+
+    async def _jailed_release(self, pack: Pack, app_dir: Path, work: Path) -> tuple[int, bytes]:
+        binds = (Bind(pack.path, "/pack"),)
+        script = [self.jail.inside(a, app_dir, binds) for a in pack.script("release")]
+        argv = ("/bin/sh", "-c", '"$@" 2>/dev/null', "release", *script,
+                self.jail.inside(str(app_dir), app_dir, binds))
+        spec = JailSpec(f"release-{work.name}", argv,
+                        {**self.base_env, "HOME": self.jail.inside(str(app_dir), app_dir)},
+                        app_dir, STAGING_MEMORY_MB, binds)
+        jailed = await self.jail.spawn(spec)
+        out = b""
+        try:
+            assert jailed.proc.stdout is not None
+            code = -1
+            with trio.move_on_after(60):
+                async for chunk in jailed.proc.stdout:
+                    out += chunk
+                code = jailed.exit_code(await jailed.proc.wait())
+        finally:
+            with trio.CancelScope(shield=True):
+                await jailed.close()
+        return code, out
 
     async def _droplet(self, app_dir: Path, work: Path) -> tuple[Path, str]:
         droplet = work / "droplet.tgz"

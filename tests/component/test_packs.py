@@ -15,6 +15,7 @@ ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 @pytest.mark.parametrize(("files", "pack"), [
     ({"requirements.txt": "flask\n"}, "python"),
     ({"pyproject.toml": "[project]\nname='x'\n", "Procfile": "web: x"}, "python"),
+    ({"package.json": "{}", "server.js": ""}, "node"),
     ({"index.html": "<p>hi</p>"}, "static"),
     ({"Procfile": "worker: python3 w.py", "w.py": ""}, "procfile"),
     ({"README": "nothing to run"}, None),
@@ -28,4 +29,4 @@ async def test_detection_order(tmp_path: Path, files: dict[str, str], pack: str 
 
 def test_built_in_packs_are_installed_in_order() -> None:
     names = [p.name for p in installed_packs(PACKS_DIR)]
-    assert names[:3] == ["python", "static", "procfile"]
+    assert names[:4] == ["python", "node", "static", "procfile"]

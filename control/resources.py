@@ -1,0 +1,198 @@
+"""Resource matching (Cloud Foundry's): a push uploads only the files the control plane lacks.
+
+The CLI describes its source as resources (path, sha256, mode, size) and asks which
+digests are `missing`; it sends just those files, in a gzip'd tar whose members are
+named by their digest (`store_files`); then it pushes the full resource list and the
+control plane `assemble`s the source package from its file store. `upload_plan` is
+the CLI's pure decision of what to send.
+
+Invariants: a file blob is stored only under the sha256 of its bytes (verified as it
+is stored); an assembled package obeys the rules of an uploaded one (relative paths
+that stay inside the root, regular files only, permission bits at most 0o777, the
+same count and size limits); a resource list that names a digest the store lacks is
+refused (422, naming the file) and nothing is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from control.blobs import BlobStore
+from control.errors import BadRequest, Unprocessable
+from control.uploads import ArchiveLimits
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One file of an app's source."""
+
+    path: str
+    sha256: str
+    mode: int
+    size: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "mode": self.mode, "size": self.size}
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    """What a push sends: one file per digest the control plane lacks."""
+
+    upload: tuple[Resource, ...]
+    matched: tuple[Resource, ...]
+
+    @property
+    def upload_bytes(self) -> int:
+        return sum(r.size for r in self.upload)
+
+
+def upload_plan(resources: Iterable[Resource], missing: Iterable[str]) -> UploadPlan:
+    """Split the source into files to send (first file of each missing digest) and
+    files the control plane already has."""
+    wanted = set(missing)
+    upload: list[Resource] = []
+    matched: list[Resource] = []
+    for r in resources:
+        if r.sha256 in wanted:
+            wanted.discard(r.sha256)
+            upload.append(r)
+        else:
+            matched.append(r)
+    return UploadPlan(tuple(upload), tuple(matched))
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` cannot be a file of a source package, or None."""
+    norm = posixpath.normpath(path)
+    if not path or "\0" in path or path.startswith("/") or norm != path:
+        return "must be a normalized relative path"
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        return "leaves the app directory"
+    return None
+
+
+def _resource(raw: Any, where: str) -> Resource:
+    if not isinstance(raw, dict):
+        raise BadRequest(f"{where} must be an object with path, sha256, mode and size")
+    path, digest, mode, size = (raw.get(k) for k in ("path", "sha256", "mode", "size"))
+    if not isinstance(path, str) or path_problem(path):
+        raise BadRequest(f"{where}.path {path!r}: {path_problem(str(path)) or 'not a string'}")
+    if not isinstance(digest, str) or not _DIGEST.match(digest):
+        raise BadRequest(f"{where}.sha256 must be a sha256 hex digest")
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
+        raise BadRequest(f"{where}.mode must be permission bits between 0 and 0o777")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadRequest(f"{where}.size must be a byte count")
+    return Resource(path, digest, mode, size)
+
+
+def parse_resources(body: Any, limits: ArchiveLimits, key: str = "resources"
+                    ) -> list[Resource]:
+    """The resource list of a request body; BadRequest naming the first bad entry."""
+    raw = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(raw, list):
+        raise BadRequest(f"body must be {{\"{key}\": [...]}}")
+    if len(raw) > limits.max_files:
+        raise Unprocessable(f"more than {limits.max_files} files")
+    found = [_resource(item, f"{key}[{i}]") for i, item in enumerate(raw)]
+    if sum(r.size for r in found) > limits.max_expanded:
+        raise Unprocessable(f"files add up to more than {limits.max_expanded} bytes")
+    return found
+
+
+def parse_digests(body: Any, limits: ArchiveLimits) -> list[str]:
+    """The digests a match request asks about."""
+    raw = body.get("resources") if isinstance(body, dict) else None
+    if not isinstance(raw, list) or len(raw) > limits.max_files:
+        raise BadRequest(f"body must be {{\"resources\": [{{\"sha256\": ...}}]}} with at most "
+                         f"{limits.max_files} entries")
+    digests = [r.get("sha256") if isinstance(r, dict) else None for r in raw]
+    for i, d in enumerate(digests):
+        if not isinstance(d, str) or not _DIGEST.match(d):
+            raise BadRequest(f"resources[{i}].sha256 must be a sha256 hex digest")
+    return [str(d) for d in digests]
+
+
+def store_files(upload: Path, files: BlobStore, limits: ArchiveLimits) -> int:
+    """Put each member of an uploaded tar (named by its sha256) into the file store;
+    returns how many were stored. Refuses (422) anything else."""
+    count = 0
+    try:
+        with tarfile.open(upload, mode="r:gz") as tar:
+            for member in tar:
+                count += 1
+                if count > limits.max_files:
+                    raise Unprocessable(f"more than {limits.max_files} files")
+                if not member.isfile() or not _DIGEST.match(member.name):
+                    raise Unprocessable(f"member {member.name!r}: only regular files named "
+                                        "by their sha256 may be uploaded")
+                _store_member(tar, member, files)
+    except (tarfile.TarError, zlib.error, EOFError) as e:
+        raise Unprocessable(f"upload is not a gzip'd tar archive ({e})") from None
+    return count
+
+
+def _store_member(tar: tarfile.TarFile, member: tarfile.TarInfo, files: BlobStore) -> None:
+    source = tar.extractfile(member)
+    assert source is not None
+    fd, name = tempfile.mkstemp(dir=files.root, prefix=".incoming-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+        files.commit(Path(name), expected=member.name)
+    except BadRequest as e:
+        raise Unprocessable(f"member {member.name[:12]}: {e.message}") from None
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def missing(digests: Iterable[str], files: BlobStore) -> list[str]:
+    """The digests the file store lacks, each once, in the order asked."""
+    seen: set[str] = set()
+    out = []
+    for d in digests:
+        if d not in seen and not files.path(d).exists():
+            out.append(d)
+        seen.add(d)
+    return out
+
+
+def assemble(resources: list[Resource], files: BlobStore, dest: Path) -> None:
+    """Write the source package (gzip'd tar) for `resources` from the file store."""
+    absent = [r.path for r in resources if not files.path(r.sha256).exists()]
+    if absent:
+        raise Unprocessable(f"the control plane does not have {absent[0]!r} "
+                            f"({len(absent)} file(s) missing): upload them first")
+    paths = [r.path for r in resources]
+    if len(set(paths)) != len(paths):
+        raise BadRequest("a path appears twice in the resource list")
+    with tarfile.open(dest, "w:gz", compresslevel=1) as tar:
+        for r in sorted(resources, key=lambda r: r.path):
+            blob = files.path(r.sha256)
+            info = tarfile.TarInfo(r.path)
+            info.size = blob.stat().st_size
+            info.mode = r.mode & 0o777
+            with open(blob, "rb") as f:
+                tar.addfile(info, f)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
