@@ -1,0 +1,273 @@
+"""API handlers for apps: views, scale and autoscale settings, start/stop/restart, config
+vars, releases, rollbacks, deployments, events and logs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from control import releases
+from control.auth import APP_KINDS, READ_KINDS, require
+from control.autoscaler import Settings
+from control.context import (
+    Control,
+    app_name,
+    control_of,
+    env_pairs,
+    int_between,
+    json_body,
+    parse_duration,
+)
+from control.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+)
+from control.names import (
+    env_name_problem,
+    parse_memory,
+    process_name_problem,
+)
+from control.scaling import settings_of
+
+
+def app_view(ctl: Control, app: dict[str, Any]) -> dict[str, Any]:
+    """An app with its current release and instances, as `foundry app` shows it."""
+    now = ctl.store.clock()
+    instances = [{
+        "id": r["id"], "process": r["process"], "index": r["idx"], "release": r["release"],
+        "state": "STOPPING" if r["stopping"] else r["state"], "node": r["node"],
+        "address": r["address"], "port": r["port"], "restarts": r["restarts"],
+        "reason": r["reason"],
+        "uptime": round(now - r["started_at"], 1) if r["started_at"] and r["state"] == "RUNNING"
+        else None,
+    } for r in ctl.store.instance_rows(app=app["name"])]
+    return {"name": app["name"], "state": "started" if app["started"] else "stopped",
+            "release": app["release"], "memory_mb": app["memory_mb"], "scale": app["scale"],
+            "url": ctl.config.apps_url.format(app=app["name"]), "instances": instances,
+            "processes": _processes(ctl, app),
+            "health_check": app["health_check"], "max_in_flight": app["max_in_flight"],
+            "autoscale": json.loads(app["autoscale"]) if app["autoscale"] else None,
+            "last_cold_start": app["last_cold_start"],
+            "created_at": app["created_at"]}
+
+def _processes(ctl: Control, app: dict[str, Any]) -> dict[str, str]:
+    if not app["release"]:
+        return {}
+    processes: dict[str, str] = ctl.store.get_release(app["name"], app["release"])["processes"]
+    return processes
+
+async def list_apps(request: Request) -> Response:
+    """List apps with their instances."""
+    ctl = control_of(request)
+    token = require(request, ctl.store, READ_KINDS)
+    apps = [app_view(ctl, a) for a in ctl.store.list_apps()
+            if token.apps is None or a["name"] in token.apps]
+    return JSONResponse({"apps": apps})
+
+async def get_app(request: Request) -> Response:
+    """Show one app (long-polls with ?wait=N&revision=R until the view changes)."""
+    ctl = control_of(request)
+    name = app_name(request)
+    require(request, ctl.store, READ_KINDS, app=name)
+    since = request.query_params.get("revision")
+    await ctl.wait(request, lambda: str(ctl.store.revision) != since)
+    body = app_view(ctl, ctl.store.get_app(name))
+    body["revision"] = str(ctl.store.revision)
+    return JSONResponse(body)
+
+async def delete_app(request: Request) -> Response:
+    """Delete an app: its routes go at once, its instances are stopped."""
+    ctl = control_of(request)
+    name = app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    ctl.store.delete_app(name)
+    ctl.store.add_event(None, "app-deleted", f"app {name} deleted", token.id)
+    return JSONResponse({"deleted": name})
+
+async def scale(request: Request) -> Response:
+    """Set a process type's instance count, or autoscaling of web: {min, max, concurrency,
+    idle} (min 0 scales to zero when idle)."""
+    ctl = control_of(request)
+    name = app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    body = await json_body(request)
+    process = str(body.get("process", "web"))
+    problem = process_name_problem(process)
+    if problem:
+        raise BadRequest(problem)
+    app = ctl.store.get_app(name)
+    changes: dict[str, Any] = {}
+    if any(body.get(k) is not None for k in ("min", "max", "concurrency", "idle", "window")):
+        if process != "web":
+            raise BadRequest("only the web process type is autoscaled")
+        auto = _autoscale_settings(body, settings_of(app))
+        changes["autoscale"] = json.dumps(auto)
+        count = max(auto["min"], min(auto["max"], app["scale"].get("web", 1)))
+        what = (f"web autoscaled {auto['min']}..{auto['max']} at {auto['concurrency']} "
+                f"in flight per instance, idle {auto['idle']:.0f} s")
+    else:
+        count = int_between(body.get("instances"), "instances", 0, 100)
+        if process == "web":
+            changes["autoscale"] = None
+        what = f"{process} scaled to {count}"
+    changes["scale"] = {**app["scale"], process: count}
+    if "memory" in body:
+        try:
+            changes["memory_mb"] = parse_memory(str(body["memory"]))
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+    ctl.store.update_app(name, **changes)
+    ctl.store.add_event(name, "scale", what, token.id)
+    return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
+
+def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[str, Any]:
+    base = before or Settings(min=1, max=10, concurrency=20, idle=60)
+    lo = int_between(body.get("min", base.min), "min", 0, 100)
+    hi = int_between(body.get("max", base.max), "max", 1, 100)
+    if lo > hi:
+        raise BadRequest(f"min ({lo}) must not exceed max ({hi})")
+    concurrency = int_between(body.get("concurrency", base.concurrency), "concurrency", 1, 10_000)
+    idle = body.get("idle", base.idle)
+    seconds = parse_duration(idle) if isinstance(idle, str) else float(idle)
+    if not 1 <= seconds <= 86_400:
+        raise BadRequest("idle must be between 1 s and 1 day")
+    window = body.get("window", base.stable_window)
+    window_s = parse_duration(window) if isinstance(window, str) else float(window)
+    if not 6 <= window_s <= 3600:
+        raise BadRequest("window must be between 6 s and 1 h")
+    return {"min": lo, "max": hi, "concurrency": concurrency, "idle": seconds,
+            "window": window_s}
+
+async def app_action(request: Request) -> Response:
+    """stop / start / restart an app."""
+    ctl = control_of(request)
+    name = app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    action = request.path_params["action"]
+    ctl.store.get_app(name)
+    if action == "stop":
+        ctl.store.update_app(name, started=0)
+    elif action == "start":
+        ctl.store.update_app(name, started=1)
+    elif action == "restart":
+        releases.restart(ctl.store, name, token.id)
+    else:
+        raise NotFound(f"no action {action!r} (stop, start, restart)")
+    ctl.store.add_event(name, action, f"app {action}", token.id)
+    return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
+
+async def get_env(request: Request) -> Response:
+    """Show an app's config vars."""
+    ctl = control_of(request)
+    name = app_name(request)
+    require(request, ctl.store, APP_KINDS, app=name)
+    return JSONResponse({"env": ctl.store.get_app(name)["env"]})
+
+async def patch_env(request: Request) -> Response:
+    """Set and unset config vars: makes a new release (when there is a droplet)."""
+    ctl = control_of(request)
+    name = app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    body = await json_body(request)
+    sets = body.get("set") or {}
+    unsets = body.get("unset") or []
+    if not isinstance(sets, dict) or not isinstance(unsets, list):
+        raise BadRequest("body must be {\"set\": {KEY: VALUE}, \"unset\": [KEY]}")
+    env_changes = env_pairs([f"{k}={v}" for k, v in sets.items()])
+    for key in unsets:
+        if env_name_problem(str(key)):
+            raise BadRequest(env_name_problem(str(key)) or "")
+    app = ctl.store.get_app(name)
+    env = {k: v for k, v in {**app["env"], **env_changes}.items() if k not in unsets}
+    ctl.store.update_app(name, env=env)
+    version = None
+    if app["release"]:
+        current = ctl.store.get_release(name, app["release"])
+        summary = ", ".join([*(f"set {k}" for k in env_changes), *(f"unset {k}" for k in unsets)])
+        version = releases.make_release(
+            ctl.store, ctl.blobs, name, droplet=current["droplet"], env=env,
+            processes=current["processes"], pack=current["pack"],
+            description=summary or "config unchanged", actor=token.id, kind="config")
+    return JSONResponse({"env": env, "release": version})
+
+async def list_releases(request: Request) -> Response:
+    """List an app's releases, newest first."""
+    ctl = control_of(request)
+    name = app_name(request)
+    require(request, ctl.store, READ_KINDS, app=name)
+    ctl.store.get_app(name)
+    return JSONResponse({"releases": ctl.store.list_releases(name)})
+
+async def rollback(request: Request) -> Response:
+    """Make a new release from an earlier one's droplet and config: {"version": N}."""
+    ctl = control_of(request)
+    name = app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    body = await json_body(request)
+    version = int_between(str(body.get("version", "")).lstrip("v"), "version", 1, 1 << 30)
+    new = releases.rollback(ctl.store, ctl.blobs, name, version, token.id)
+    return JSONResponse({"release": new})
+
+async def list_deployments(request: Request) -> Response:
+    """An app's rollouts, newest first, with the progress of a running one."""
+    ctl = control_of(request)
+    name = app_name(request)
+    require(request, ctl.store, READ_KINDS, app=name)
+    ctl.store.get_app(name)
+    rows = ctl.store.deployments(name)
+    spec = next((a for a in ctl.store.app_specs() if a.name == name), None)
+    for row in rows:
+        if row["state"] == "RUNNING" and spec is not None:
+            row["updated"], row["wanted"], _ = releases.progress(spec, ctl.store.instances())
+    return JSONResponse({"deployments": rows})
+
+async def cancel_deploy(request: Request) -> Response:
+    """Stop a running rollout by rolling back to the release it started from."""
+    ctl = control_of(request)
+    name = app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    running = ctl.store.deployments(name, running=True)
+    if not running:
+        raise Conflict(f"{name} has no deployment in progress")
+    dep = running[0]
+    if dep["from_release"] == 0 or dep["from_release"] == dep["to_release"]:
+        raise Conflict(f"the running {dep['kind']} of {name} has no earlier release to return to")
+    ctl.store.finish_deployment(dep["id"], "CANCELED")
+    new = releases.rollback(ctl.store, ctl.blobs, name, dep["from_release"], token.id,
+                            f"rollback to v{dep['from_release']} (deploy of "
+                            f"v{dep['to_release']} canceled)")
+    return JSONResponse({"release": new, "canceled": dep["id"]})
+
+async def list_events(request: Request) -> Response:
+    """List an app's events, oldest first."""
+    ctl = control_of(request)
+    name = app_name(request)
+    require(request, ctl.store, READ_KINDS, app=name)
+    ctl.store.get_app(name)
+    return JSONResponse({"events": ctl.store.list_events(name)})
+
+async def read_logs(request: Request) -> Response:
+    """Log lines after ?after=SEQ (or the last ?limit=N); long-polls with ?wait=N."""
+    ctl = control_of(request)
+    name = app_name(request)
+    require(request, ctl.store, READ_KINDS, app=name)
+    ctl.store.get_app(name)
+    after_raw = request.query_params.get("after")
+    after = int_between(after_raw, "after", 0, 1 << 62) if after_raw not in (None, "") else None
+    limit = int_between(request.query_params.get("limit", "500"), "limit", 1, 5000)
+    build = request.query_params.get("build")
+
+    def check() -> list[dict[str, Any]] | bool:
+        lines = ctl.store.read_logs(name, after=after, limit=limit, build=build)
+        if lines or build is None:
+            return lines
+        return ctl.store.get_build(build)["state"] in ("STAGED", "FAILED")  # nothing more
+
+    found = await ctl.wait(request, check, logs=True)
+    lines = found if isinstance(found, list) else []
+    last = lines[-1]["seq"] if lines else after
+    return JSONResponse({"lines": lines, "next": last})

@@ -1,0 +1,160 @@
+"""API handlers for node agents: join, heartbeats, work queues, build results, log
+lines and blobs."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from control import releases
+from control.auth import READ_KINDS, require, require_node
+from control.context import (
+    control_of,
+    int_between,
+    json_body,
+)
+from control.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+)
+from control.heartbeats import apply_heartbeat
+from control.names import (
+    process_name_problem,
+)
+
+log = logging.getLogger("foundry.control")
+
+
+async def join(request: Request) -> Response:
+    """Exchange a join token for a node id and node token."""
+    ctl = control_of(request)
+    token = require(request, ctl.store, ("join", "admin"))
+    body = await json_body(request)
+    name = str(body.get("name") or "node")
+    memory = int_between(body.get("memory_mb"), "memory_mb", 64, 1 << 24)
+    address = str(body.get("address") or "127.0.0.1")
+    if not ctl.store.use_token(token.id):
+        raise Unauthorized("invalid, expired or revoked token")
+    nid = ctl.store.add_node(name, address, memory, body.get("tier"))
+    _, secret = ctl.store.create_token("node", node=nid, label=name)
+    ctl.store.add_event(None, "node-joined", f"node {name} ({nid}) joined at {address}")
+    log.info("node-joined node=%s name=%s address=%s", nid, name, address)
+    return JSONResponse({"id": nid, "token": secret}, status_code=201)
+
+async def list_nodes(request: Request) -> Response:
+    """List nodes with state, tier, capacity and instance counts."""
+    ctl = control_of(request)
+    require(request, ctl.store, READ_KINDS)
+    rows = ctl.store.node_rows()
+    instances = ctl.store.instance_rows()
+    for row in rows:
+        mine = [i for i in instances if i["node"] == row["id"]]
+        row["instances"] = len(mine)
+        row["used_mb"] = sum(i["memory_mb"] for i in mine)
+    return JSONResponse({"nodes": rows})
+
+async def node_state(request: Request) -> Response:
+    """Drain a node (its instances move elsewhere first) or make it ready again."""
+    ctl = control_of(request)
+    caller = require(request, ctl.store, ("admin",))
+    node = ctl.store.get_node(request.path_params["node"])
+    body = await json_body(request)
+    state = body.get("state")
+    if state not in ("draining", "ready"):
+        raise BadRequest("state must be draining or ready")
+    if node["state"] == "lost":
+        raise Conflict(f"node {node['name']} is lost; it becomes ready when it is heard from")
+    ctl.store.set_node_state(node["id"], state)
+    ctl.store.add_event(None, f"node-{state}", f"node {node['name']} is {state}", caller.id)
+    return JSONResponse({"id": node["id"], "state": state})
+
+async def heartbeat(request: Request) -> Response:
+    """A node reports its capacity and the actual state of its instances."""
+    ctl = control_of(request)
+    nid = request.path_params["node"]
+    require_node(request, ctl.store, nid)
+    body = await json_body(request)
+    if not isinstance(body.get("instances", []), list) or "address" not in body:
+        raise BadRequest("heartbeat needs address, memory_mb and an instances list")
+    apply_heartbeat(ctl.store, nid, body, ctl.asked_to_stop.setdefault(nid, set()))
+    return JSONResponse({"ok": True})
+
+async def work(request: Request) -> Response:
+    """Work items after ?after=SEQ for a node (acknowledging those up to SEQ)."""
+    ctl = control_of(request)
+    nid = request.path_params["node"]
+    require_node(request, ctl.store, nid)
+    ctl.store.get_node(nid)
+    after = int_between(request.query_params.get("after", "0"), "after", 0, 1 << 62)
+    ctl.store.ack_work(nid, after)
+    items = await ctl.wait(request, lambda: ctl.store.work_after(nid, after))
+    return JSONResponse({"work": items})
+
+async def build_result(request: Request) -> Response:
+    """A stager reports how a build ended; success makes a new release."""
+    ctl = control_of(request)
+    build = ctl.store.get_build(request.path_params["build"])
+    require_node(request, ctl.store, build["node"] or "")
+    body = await json_body(request)
+    if build["state"] != "STAGING":
+        raise Conflict(f"build {build['id']} is {build['state']}, not STAGING")
+    if not body.get("ok"):
+        error = str(body.get("error") or "build failed")
+        ctl.store.set_build(build["id"], "FAILED", error=error)
+        ctl.store.add_event(build["app"], "build-failed", f"build {build['id']}: {error}")
+        return JSONResponse({"state": "FAILED"})
+    droplet = str(body.get("droplet", ""))
+    ctl.blobs.existing(droplet)
+    processes = body.get("processes") or {}
+    if not isinstance(processes, dict) or not all(
+            isinstance(v, str) and not process_name_problem(k) for k, v in processes.items()):
+        raise BadRequest("processes must map process type names to commands")
+    if not ctl.store.app_exists(build["app"]):
+        raise NotFound(f"app {build['app']!r} was deleted while it was being built")
+    env = ctl.store.get_app(build["app"])["env"]
+    version = releases.make_release(
+        ctl.store, ctl.blobs, build["app"], droplet=droplet, env=env, processes=processes,
+        pack=body.get("pack"), description=f"build {build['id']} ({body.get('pack')})",
+        actor=None)
+    ctl.store.set_build(build["id"], "STAGED", droplet=droplet, pack=body.get("pack"),
+                        processes=processes, release=version)
+    return JSONResponse({"state": "STAGED", "release": version})
+
+async def post_logs(request: Request) -> Response:
+    """A node appends log lines: {"lines": [{app, source, line, ts, build?}]}."""
+    ctl = control_of(request)
+    token = require(request, ctl.store, ("node", "admin", "edge"))
+    body = await json_body(request)
+    lines = body.get("lines")
+    if not isinstance(lines, list) or not all(
+            isinstance(r, dict) and {"app", "source", "line"} <= r.keys() for r in lines):
+        raise BadRequest("lines must be a list of {app, source, line}")
+    if token.kind == "edge" and any(r["source"] != "router" for r in lines):
+        raise Forbidden("an edge token may only post router lines")
+    ctl.store.append_logs(lines)
+    return JSONResponse({"ok": True})
+
+async def get_blob(request: Request) -> Response:
+    """Download a source package or droplet (nodes only)."""
+    ctl = control_of(request)
+    require(request, ctl.store, ("node", "admin"))
+    return FileResponse(ctl.blobs.existing(request.path_params["digest"]),
+                        media_type="application/octet-stream")
+
+async def put_blob(request: Request) -> Response:
+    """Upload a droplet; the body's sha256 must equal the digest in the path."""
+    ctl = control_of(request)
+    require(request, ctl.store, ("node", "admin"))
+    digest = request.path_params["digest"]
+    ctl.blobs.path(digest)
+    temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
+    try:
+        ctl.blobs.commit(temp, expected=digest)
+    finally:
+        temp.unlink(missing_ok=True)
+    return JSONResponse({"digest": digest}, status_code=201)

@@ -1,0 +1,170 @@
+"""API handlers for the platform around apps: routes (the edges' table, map/unmap),
+tokens, and the edges' concurrency reports and wake calls."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from control.auth import APP_KINDS, READ_KINDS, require
+from control.context import (
+    Control,
+    app_name,
+    control_of,
+    int_between,
+    json_body,
+    parse_duration,
+)
+from control.errors import (
+    BadRequest,
+    Conflict,
+)
+from control.names import (
+    app_name_problem,
+    parse_route,
+)
+from control.routing import routing_table
+from control.scaling import settings_of
+
+
+def _route_options(body: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if body.get("balance") is not None:
+        if body["balance"] not in ("round-robin", "least-in-flight"):
+            raise BadRequest("balance must be round-robin or least-in-flight")
+        options["balance"] = body["balance"]
+    if body.get("timeout") is not None:
+        options["timeout"] = int_between(body["timeout"], "timeout", 1, 3600)
+    if body.get("sticky") is not None:
+        options["sticky"] = bool(body["sticky"])
+    return options
+
+def _route_target(ctl: Control, body: dict[str, Any]) -> tuple[str, str]:
+    try:
+        host, path = parse_route(str(body.get("route", "")))
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    if host == f"api.{ctl.config.domain}":
+        raise Conflict(f"{host} is the control API's own route")
+    return host, path
+
+async def map_route(request: Request) -> Response:
+    """Route HOST[/PATH] to an app: {"route": ..., "balance"?, "timeout"?, "sticky"?}."""
+    ctl = control_of(request)
+    name = app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    body = await json_body(request)
+    host, path = _route_target(ctl, body)
+    ctl.store.get_app(name)
+    if (host, path) == (f"{name}.{ctl.config.domain}", "/"):
+        raise Conflict(f"{host} is already {name}'s own route")
+    ctl.store.map_route(name, host, path, _route_options(body))
+    ctl.store.add_event(name, "route-mapped", f"{host}{path}", token.id)
+    return JSONResponse({"routes": ctl.store.mapped_routes(name)})
+
+async def list_app_routes(request: Request) -> Response:
+    """Routes added to an app with map-route (its default route is implicit)."""
+    ctl = control_of(request)
+    name = app_name(request)
+    require(request, ctl.store, READ_KINDS, app=name)
+    ctl.store.get_app(name)
+    return JSONResponse({"routes": ctl.store.mapped_routes(name)})
+
+async def unmap_route(request: Request) -> Response:
+    """Remove a route added with map-route: {"route": "HOST[/PATH]"}."""
+    ctl = control_of(request)
+    name = app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    host, path = _route_target(ctl, await json_body(request))
+    ctl.store.unmap_route(name, host, path)
+    ctl.store.add_event(name, "route-unmapped", f"{host}{path}", token.id)
+    return JSONResponse({"routes": ctl.store.mapped_routes(name)})
+
+TOKEN_KINDS = ("admin", "deploy", "read", "join", "edge")
+
+
+async def create_token(request: Request) -> Response:
+    """Mint a token: {kind, apps?, ttl?, uses?, label?}; the secret is shown only here."""
+    ctl = control_of(request)
+    caller = require(request, ctl.store, ("admin",))
+    body = await json_body(request)
+    kind = body.get("kind")
+    if kind not in TOKEN_KINDS:
+        raise BadRequest(f"token kind must be one of {', '.join(TOKEN_KINDS)}")
+    apps = body.get("apps")
+    if apps is not None:
+        if kind not in ("deploy", "read") or not isinstance(apps, list) or not apps:
+            raise BadRequest("apps limits deploy and read tokens, as a non-empty list")
+        for name in apps:
+            if app_name_problem(str(name)):
+                raise BadRequest(app_name_problem(str(name)) or "")
+    ttl = parse_duration(str(body["ttl"])) if body.get("ttl") else None
+    uses = int_between(body["uses"], "uses", 1, 1 << 30) if body.get("uses") is not None else None
+    tid, secret = ctl.store.create_token(kind, apps=apps, ttl=ttl, uses=uses,
+                                         label=str(body.get("label") or "")[:80] or None)
+    ctl.store.add_event(None, "token-created", f"{kind} token {tid}", caller.id)
+    if kind == "join" and ctl.config.tls_fingerprint:
+        secret = f"{secret}#{ctl.config.tls_fingerprint}"    # the node pins this certificate
+    return JSONResponse({"id": tid, "kind": kind, "token": secret}, status_code=201)
+
+async def list_tokens(request: Request) -> Response:
+    """Tokens without their secrets."""
+    ctl = control_of(request)
+    require(request, ctl.store, ("admin",))
+    rows = ctl.store.list_tokens()
+    for row in rows:
+        row["apps"] = json.loads(row["apps"]) if row["apps"] else None
+    return JSONResponse({"tokens": rows})
+
+async def revoke_token(request: Request) -> Response:
+    """Revoke a token by id: it stops working at once."""
+    ctl = control_of(request)
+    caller = require(request, ctl.store, ("admin",))
+    tid = request.path_params["token"]
+    ctl.store.revoke_token(tid)
+    ctl.store.add_event(None, "token-revoked", f"token {tid}", caller.id)
+    return JSONResponse({"revoked": tid})
+
+async def routes(request: Request) -> Response:
+    """The routing table; answers at once if ?etag differs, else holds up to ?wait."""
+    ctl = control_of(request)
+    require(request, ctl.store, (*READ_KINDS, "edge"))
+    etag = request.query_params.get("etag", "")
+
+    def table() -> dict[str, Any] | None:
+        current = _table(ctl)
+        return current if current["etag"] != etag else None
+
+    current = await ctl.wait(request, table)
+    return JSONResponse(current or _table(ctl))
+
+def _table(ctl: Control) -> dict[str, Any]:
+    wakeable = frozenset(a["name"] for a in ctl.store.list_apps()
+                         if (s := settings_of(a)) is not None and s.min == 0)
+    return routing_table(ctl.store.app_specs(), ctl.store.instance_rows(), ctl.config.domain,
+                         ctl.config.api_address, ctl.store.mapped_routes(), wakeable)
+
+async def wake(request: Request) -> Response:
+    """An edge holds a request for an app at zero: bring up one instance (idempotent)."""
+    ctl = control_of(request)
+    name = app_name(request)
+    token = require(request, ctl.store, ("edge", "admin"))
+    waking = ctl.scaling.wake(name, token.id)
+    return JSONResponse({"app": name, "waking": waking})
+
+async def metrics(request: Request) -> Response:
+    """An edge reports concurrency: {"apps": {app: {"in_flight": n, "tunnels": m}}}."""
+    ctl = control_of(request)
+    require(request, ctl.store, ("edge", "admin"))
+    body = await json_body(request)
+    apps = body.get("apps")
+    if not isinstance(apps, dict):
+        raise BadRequest("apps must map app names to {in_flight, tunnels}")
+    for name, sample in apps.items():
+        if isinstance(sample, dict):
+            ctl.scaling.record(str(name), float(sample.get("in_flight") or 0),
+                               int(sample.get("tunnels") or 0))
+    return JSONResponse({"ok": True})

@@ -1,0 +1,221 @@
+"""API handlers for source arriving: pushes (a tarball or a resource list), builds,
+buildpacks, resource matching, and git's smart HTTP (the pre-receive hook deploys)."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from control import gitserve, resources
+from control.auth import APP_KINDS, READ_KINDS, require
+from control.blobs import BlobStore
+from control.context import (
+    Control,
+    app_name,
+    control_of,
+    env_pairs,
+    int_between,
+    json_body,
+)
+from control.errors import (
+    BadRequest,
+    FoundryError,
+    TooLarge,
+    Unauthorized,
+    Unprocessable,
+)
+from control.names import (
+    parse_memory,
+    process_name_problem,
+)
+from control.uploads import check_archive
+from packs import ordered_names
+
+
+async def push(request: Request) -> Response:
+    """Upload a source package (gzip'd tar body): creates the app if needed, queues a build."""
+    ctl = control_of(request)
+    name = app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    q = request.query_params
+    settings: dict[str, Any] = {}
+    if "instances" in q:
+        settings["scale"] = {"web": int_between(q["instances"], "instances", 0, 100)}
+    if "memory" in q:
+        try:
+            settings["memory_mb"] = parse_memory(q["memory"])
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+    if "max_in_flight" in q:
+        settings["max_in_flight"] = int_between(q["max_in_flight"], "max_in_flight", 1, 100)
+    if "health_check" in q:
+        settings["health_check"] = _health_check(q["health_check"])
+    env = env_pairs(q.getlist("env"))
+    options = _build_options(ctl, q)
+    if request.headers.get("content-type", "").startswith("application/json"):
+        digest = await _assemble_source(ctl, request)   # resource matching
+    else:
+        digest = await _receive_source(ctl, request)
+    created = _save_push_settings(ctl, name, settings, env)
+    if q.get("replace_env") == "1" and not created:   # push --strict: exactly these vars
+        ctl.store.update_app(name, env=env)
+    build = ctl.store.create_build(name, digest, options)
+    ctl.store.add_event(name, "build-queued", f"build {build} queued", token.id)
+    return JSONResponse({"app": name, "build": build, "created": created}, status_code=201)
+
+async def _receive_source(ctl: Control, request: Request) -> str:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > ctl.config.max_upload:
+        raise TooLarge(f"upload is larger than the {ctl.config.max_upload} byte limit")
+    temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
+    try:
+        await anyio.to_thread.run_sync(check_archive, temp, ctl.config.limits)
+        return ctl.blobs.commit(temp)
+    finally:
+        temp.unlink(missing_ok=True)
+
+def _files(ctl: Control) -> BlobStore:
+    """Single files of apps' sources, by sha256 (resource matching)."""
+    return BlobStore(ctl.config.home / "files")
+
+async def _assemble_source(ctl: Control, request: Request) -> str:
+    """The source package built from a resource list of files the store has."""
+    found = resources.parse_resources(await json_body(request), ctl.config.limits)
+    fd, name = tempfile.mkstemp(dir=ctl.blobs.root, prefix=".assembling-")
+    os.close(fd)
+    temp = Path(name)
+    try:
+        await anyio.to_thread.run_sync(resources.assemble, found, _files(ctl), temp)
+        return ctl.blobs.commit(temp)
+    finally:
+        temp.unlink(missing_ok=True)
+
+def _build_options(ctl: Control, q: Any) -> dict[str, Any]:
+    """What the stager is told beyond the source: buildpack, no_cache, commands."""
+    options: dict[str, Any] = {}
+    if q.get("buildpack"):
+        options["buildpack"] = _buildpack(ctl, q["buildpack"])
+    if q.get("no_cache") in ("1", "true"):
+        options["no_cache"] = True
+    commands = {}
+    for pair in q.getlist("command"):
+        process, sep, command = pair.partition(":")
+        if not sep or not command.strip() or process_name_problem(process):
+            raise BadRequest(f"command {pair!r} must look like TYPE:COMMAND")
+        commands[process] = command.strip()
+    if commands:
+        options["processes"] = commands
+    return options
+
+_GIT_URL = re.compile(r"^(https?|git)://[^\s#]+(#[A-Za-z0-9._/-]+)?$")
+
+def _buildpack(ctl: Control, text: str) -> str:
+    """An installed pack's name, `blob:<sha256>` of an uploaded pack, or a git URL."""
+    names = ordered_names()
+    if text in names or _GIT_URL.match(text):
+        return text
+    if text.startswith("blob:"):
+        ctl.blobs.existing(text.removeprefix("blob:"))
+        return text
+    raise Unprocessable(f"no buildpack {text!r}: use one of {', '.join(names)}, "
+                        "blob:<sha256> of an uploaded pack, or an http(s):// or git:// URL")
+
+def _health_check(text: str) -> str:
+    """`port`, `process`, or `http:/path` (2xx within 1 s)."""
+    if text in ("port", "process") or (text.startswith("http:/") and " " not in text):
+        return text
+    raise BadRequest(f"health check {text!r} must be port, process or http:/PATH")
+
+def _save_push_settings(ctl: Control, name: str, settings: dict[str, Any],
+                        env: dict[str, str]) -> bool:
+    if not ctl.store.app_exists(name):
+        ctl.store.create_app(name, memory_mb=settings.pop("memory_mb", 256),
+                             scale=settings.pop("scale", None), env=env)
+        if settings:
+            ctl.store.update_app(name, **settings)
+        return True
+    if env:
+        settings["env"] = {**ctl.store.get_app(name)["env"], **env}
+    if "scale" in settings:
+        settings["scale"] = {**ctl.store.get_app(name)["scale"], **settings["scale"]}
+    if settings:
+        ctl.store.update_app(name, **settings)
+    return False
+
+async def list_buildpacks(request: Request) -> Response:
+    """The installed buildpacks, in detection order."""
+    require(request, control_of(request).store, READ_KINDS)
+    return JSONResponse({"buildpacks": [{"position": i, "name": n}
+                                        for i, n in enumerate(ordered_names(), start=1)]})
+
+async def upload_buildpack(request: Request) -> Response:
+    """Upload a buildpack directory (gzip'd tar) for this app's pushes: `blob:<sha256>`."""
+    ctl = control_of(request)
+    name = app_name(request)
+    require(request, ctl.store, APP_KINDS, app=name)
+    digest = await _receive_source(ctl, request)
+    return JSONResponse({"buildpack": f"blob:{digest}"}, status_code=201)
+
+async def match_resources(request: Request) -> Response:
+    """Resource matching: which of these file digests the control plane lacks."""
+    ctl = control_of(request)
+    require(request, ctl.store, APP_KINDS)
+    digests = resources.parse_digests(await json_body(request), ctl.config.limits)
+    return JSONResponse({"missing": resources.missing(digests, _files(ctl))})
+
+async def upload_resources(request: Request) -> Response:
+    """Store files for resource matching: a gzip'd tar of files named by their sha256."""
+    ctl = control_of(request)
+    require(request, ctl.store, APP_KINDS)
+    temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
+    try:
+        stored = await anyio.to_thread.run_sync(resources.store_files, temp, _files(ctl),
+                                                ctl.config.limits)
+    finally:
+        temp.unlink(missing_ok=True)
+    return JSONResponse({"stored": stored}, status_code=201)
+
+async def get_build(request: Request) -> Response:
+    """Show a build's state (long-polls with ?wait=N until it finishes)."""
+    ctl = control_of(request)
+    build = ctl.store.get_build(request.path_params["build"])
+    require(request, ctl.store, READ_KINDS, app=build["app"])
+    await ctl.wait(request, lambda: ctl.store.get_build(build["id"])["state"]
+                   in ("STAGED", "FAILED"))
+    return JSONResponse(ctl.store.get_build(build["id"]))
+
+def _git_root(ctl: Control) -> Path:
+    return ctl.config.home / "git"
+
+async def git_info_refs(request: Request) -> Response:
+    """git smart HTTP: the ref advertisement."""
+    ctl = control_of(request)
+    try:
+        return await gitserve.info_refs(request, ctl.store, _git_root(ctl))
+    except Unauthorized as e:
+        return gitserve.challenge(e.message)
+
+async def git_rpc(request: Request) -> Response:
+    """git smart HTTP: a push (deploys through the pre-receive hook) or a fetch."""
+    ctl = control_of(request)
+    app = request.path_params["repo"].removesuffix(".git")
+    tid, secret = ctl.store.create_token("deploy", apps=[app], ttl=3600, label="git push hook")
+    env = {"FOUNDRY_API": ctl.config.self_url, "FOUNDRY_TOKEN": secret,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:
+        return await gitserve.rpc(request, ctl.store, _git_root(ctl), env,
+                                  on_done=lambda: ctl.store.revoke_token(tid),
+                                  max_bytes=ctl.config.max_upload)
+    except Unauthorized as e:
+        ctl.store.revoke_token(tid)
+        return gitserve.challenge(e.message)
+    except FoundryError:
+        ctl.store.revoke_token(tid)
+        raise

@@ -1,0 +1,117 @@
+"""What every API handler shares: the Control context and request-parsing helpers.
+
+Helpers turn bad input into BadRequest/Unprocessable with a reason; nothing here
+touches the store beyond what Control wires up (change notifications, scaling).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+
+from control.blobs import BlobStore
+from control.config import ControlConfig
+from control.errors import (
+    BadRequest,
+    Unprocessable,
+)
+from control.names import (
+    app_name_problem,
+    env_name_problem,
+)
+from control.notify import Notifier
+from control.scaling import Scaling
+from control.store import Store
+
+
+class Control:
+    """The objects every handler needs."""
+
+    def __init__(self, store: Store, config: ControlConfig) -> None:
+        self.store = store
+        self.config = config
+        self.blobs = BlobStore(config.home / "blobs")
+        self.notifier = Notifier()
+        self.log_notifier = Notifier()
+        self.asked_to_stop: dict[str, set[str]] = {}
+        self.scaling = Scaling(store)
+        store.on_change = self._state_changed
+        store.on_logs = self.log_notifier.changed
+
+    def _state_changed(self) -> None:
+        # Log followers wake on state changes too: a build that ends is news to them.
+        self.notifier.changed()
+        self.log_notifier.changed()
+
+    async def wait(self, request: Request, check: Any, logs: bool = False) -> Any:
+        """Call `check()` until it returns something truthy or the requested wait ends."""
+        wait = query_float(request, "wait", 0.0, 0.0, self.config.long_poll_max)
+        deadline = anyio.current_time() + wait
+        notifier = self.log_notifier if logs else self.notifier
+        while True:
+            event = notifier.snapshot()
+            result = check()
+            remaining = deadline - anyio.current_time()
+            if result or remaining <= 0:
+                return result
+            await Notifier.wait(event, remaining)
+
+def control_of(request: Request) -> Control:
+    ctl: Control = request.app.state.control
+    return ctl
+
+def query_float(request: Request, key: str, default: float, lo: float, hi: float) -> float:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return min(max(float(raw), lo), hi)
+    except ValueError:
+        raise BadRequest(f"query parameter {key!r} must be a number") from None
+
+def int_between(value: Any, what: str, lo: int, hi: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{what} must be a whole number") from None
+    if not lo <= number <= hi:
+        raise BadRequest(f"{what} must be between {lo} and {hi}")
+    return number
+
+async def json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+def app_name(request: Request) -> str:
+    name: str = request.path_params["app"]
+    problem = app_name_problem(name)
+    if problem:
+        raise Unprocessable(problem)
+    return name
+
+def env_pairs(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise BadRequest(f"config var {pair!r} must look like KEY=VALUE")
+        problem = env_name_problem(key)
+        if problem:
+            raise BadRequest(problem)
+        env[key] = value
+    return env
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '1h', '7d' -> seconds; BadRequest otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) == 0:
+        raise BadRequest(f"duration {text!r} must look like 90s, 30m, 1h or 7d")
+    return int(number) * units[unit]
