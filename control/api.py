@@ -43,6 +43,7 @@ async def health(request: Request) -> Response:
     """Liveness of the control plane itself (no token needed)."""
     return JSONResponse({"ok": True, "revision": control_of(request).store.revision})
 
+
 async def openapi(request: Request) -> Response:
     """This API described as OpenAPI 3."""
     paths: dict[str, dict[str, Any]] = {}
@@ -100,9 +101,11 @@ ROUTES = [
     Route("/git/{repo}/{service}", api_push.git_rpc, methods=["POST"]),
 ]
 
+
 async def _foundry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FoundryError)
     return JSONResponse({"error": exc.message}, status_code=exc.status)
+
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
@@ -111,10 +114,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": message.get(exc.status_code, exc.detail)},
                         status_code=exc.status_code)
 
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("request-failed path=%s", request.url.path, exc_info=exc)
     return JSONResponse({"error": "internal error; see the control plane's log"},
                         status_code=500)
+
 
 def create_app(store: Store, config: ControlConfig, *, converge_loop: bool = True) -> Starlette:
     """The control plane as an ASGI app over `store`."""

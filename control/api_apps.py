@@ -54,11 +54,13 @@ def app_view(ctl: Control, app: dict[str, Any]) -> dict[str, Any]:
             "last_cold_start": app["last_cold_start"],
             "created_at": app["created_at"]}
 
+
 def _processes(ctl: Control, app: dict[str, Any]) -> dict[str, str]:
     if not app["release"]:
         return {}
     processes: dict[str, str] = ctl.store.get_release(app["name"], app["release"])["processes"]
     return processes
+
 
 async def list_apps(request: Request) -> Response:
     """List apps with their instances."""
@@ -67,6 +69,7 @@ async def list_apps(request: Request) -> Response:
     apps = [app_view(ctl, a) for a in ctl.store.list_apps()
             if token.apps is None or a["name"] in token.apps]
     return JSONResponse({"apps": apps})
+
 
 async def get_app(request: Request) -> Response:
     """Show one app (long-polls with ?wait=N&revision=R until the view changes)."""
@@ -79,6 +82,7 @@ async def get_app(request: Request) -> Response:
     body["revision"] = str(ctl.store.revision)
     return JSONResponse(body)
 
+
 async def delete_app(request: Request) -> Response:
     """Delete an app: its routes go at once, its instances are stopped."""
     ctl = control_of(request)
@@ -87,6 +91,7 @@ async def delete_app(request: Request) -> Response:
     ctl.store.delete_app(name)
     ctl.store.add_event(None, "app-deleted", f"app {name} deleted", token.id)
     return JSONResponse({"deleted": name})
+
 
 async def scale(request: Request) -> Response:
     """Set a process type's instance count, or autoscaling of web: {min, max, concurrency,
@@ -124,6 +129,7 @@ async def scale(request: Request) -> Response:
     ctl.store.add_event(name, "scale", what, token.id)
     return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
 
+
 def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[str, Any]:
     base = before or Settings(min=1, max=10, concurrency=20, idle=60)
     lo = int_between(body.get("min", base.min), "min", 0, 100)
@@ -141,6 +147,7 @@ def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[s
         raise BadRequest("window must be between 6 s and 1 h")
     return {"min": lo, "max": hi, "concurrency": concurrency, "idle": seconds,
             "window": window_s}
+
 
 async def app_action(request: Request) -> Response:
     """stop / start / restart an app."""
@@ -160,12 +167,14 @@ async def app_action(request: Request) -> Response:
     ctl.store.add_event(name, action, f"app {action}", token.id)
     return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
 
+
 async def get_env(request: Request) -> Response:
     """Show an app's config vars."""
     ctl = control_of(request)
     name = app_name(request)
     require(request, ctl.store, APP_KINDS, app=name)
     return JSONResponse({"env": ctl.store.get_app(name)["env"]})
+
 
 async def patch_env(request: Request) -> Response:
     """Set and unset config vars: makes a new release (when there is a droplet)."""
@@ -194,6 +203,7 @@ async def patch_env(request: Request) -> Response:
             description=summary or "config unchanged", actor=token.id, kind="config")
     return JSONResponse({"env": env, "release": version})
 
+
 async def list_releases(request: Request) -> Response:
     """List an app's releases, newest first."""
     ctl = control_of(request)
@@ -201,6 +211,7 @@ async def list_releases(request: Request) -> Response:
     require(request, ctl.store, READ_KINDS, app=name)
     ctl.store.get_app(name)
     return JSONResponse({"releases": ctl.store.list_releases(name)})
+
 
 async def rollback(request: Request) -> Response:
     """Make a new release from an earlier one's droplet and config: {"version": N}."""
@@ -211,6 +222,7 @@ async def rollback(request: Request) -> Response:
     version = int_between(str(body.get("version", "")).lstrip("v"), "version", 1, 1 << 30)
     new = releases.rollback(ctl.store, ctl.blobs, name, version, token.id)
     return JSONResponse({"release": new})
+
 
 async def list_deployments(request: Request) -> Response:
     """An app's rollouts, newest first, with the progress of a running one."""
@@ -224,6 +236,7 @@ async def list_deployments(request: Request) -> Response:
         if row["state"] == "RUNNING" and spec is not None:
             row["updated"], row["wanted"], _ = releases.progress(spec, ctl.store.instances())
     return JSONResponse({"deployments": rows})
+
 
 async def cancel_deploy(request: Request) -> Response:
     """Stop a running rollout by rolling back to the release it started from."""
@@ -242,6 +255,7 @@ async def cancel_deploy(request: Request) -> Response:
                             f"v{dep['to_release']} canceled)")
     return JSONResponse({"release": new, "canceled": dep["id"]})
 
+
 async def list_events(request: Request) -> Response:
     """List an app's events, oldest first."""
     ctl = control_of(request)
@@ -249,6 +263,7 @@ async def list_events(request: Request) -> Response:
     require(request, ctl.store, READ_KINDS, app=name)
     ctl.store.get_app(name)
     return JSONResponse({"events": ctl.store.list_events(name)})
+
 
 async def read_logs(request: Request) -> Response:
     """Log lines after ?after=SEQ (or the last ?limit=N); long-polls with ?wait=N."""

@@ -46,6 +46,7 @@ async def join(request: Request) -> Response:
     log.info("node-joined node=%s name=%s address=%s", nid, name, address)
     return JSONResponse({"id": nid, "token": secret}, status_code=201)
 
+
 async def list_nodes(request: Request) -> Response:
     """List nodes with state, tier, capacity and instance counts."""
     ctl = control_of(request)
@@ -57,6 +58,7 @@ async def list_nodes(request: Request) -> Response:
         row["instances"] = len(mine)
         row["used_mb"] = sum(i["memory_mb"] for i in mine)
     return JSONResponse({"nodes": rows})
+
 
 async def node_state(request: Request) -> Response:
     """Drain a node (its instances move elsewhere first) or make it ready again."""
@@ -73,6 +75,7 @@ async def node_state(request: Request) -> Response:
     ctl.store.add_event(None, f"node-{state}", f"node {node['name']} is {state}", caller.id)
     return JSONResponse({"id": node["id"], "state": state})
 
+
 async def heartbeat(request: Request) -> Response:
     """A node reports its capacity and the actual state of its instances."""
     ctl = control_of(request)
@@ -84,6 +87,7 @@ async def heartbeat(request: Request) -> Response:
     apply_heartbeat(ctl.store, nid, body, ctl.asked_to_stop.setdefault(nid, set()))
     return JSONResponse({"ok": True})
 
+
 async def work(request: Request) -> Response:
     """Work items after ?after=SEQ for a node (acknowledging those up to SEQ)."""
     ctl = control_of(request)
@@ -94,6 +98,7 @@ async def work(request: Request) -> Response:
     ctl.store.ack_work(nid, after)
     items = await ctl.wait(request, lambda: ctl.store.work_after(nid, after))
     return JSONResponse({"work": items})
+
 
 async def build_result(request: Request) -> Response:
     """A stager reports how a build ended; success makes a new release."""
@@ -125,6 +130,7 @@ async def build_result(request: Request) -> Response:
                         processes=processes, release=version)
     return JSONResponse({"state": "STAGED", "release": version})
 
+
 async def post_logs(request: Request) -> Response:
     """A node appends log lines: {"lines": [{app, source, line, ts, build?}]}."""
     ctl = control_of(request)
@@ -139,12 +145,14 @@ async def post_logs(request: Request) -> Response:
     ctl.store.append_logs(lines)
     return JSONResponse({"ok": True})
 
+
 async def get_blob(request: Request) -> Response:
     """Download a source package or droplet (nodes only)."""
     ctl = control_of(request)
     require(request, ctl.store, ("node", "admin"))
     return FileResponse(ctl.blobs.existing(request.path_params["digest"]),
                         media_type="application/octet-stream")
+
 
 async def put_blob(request: Request) -> Response:
     """Upload a droplet; the body's sha256 must equal the digest in the path."""

@@ -42,6 +42,7 @@ def _route_options(body: dict[str, Any]) -> dict[str, Any]:
         options["sticky"] = bool(body["sticky"])
     return options
 
+
 def _route_target(ctl: Control, body: dict[str, Any]) -> tuple[str, str]:
     try:
         host, path = parse_route(str(body.get("route", "")))
@@ -50,6 +51,7 @@ def _route_target(ctl: Control, body: dict[str, Any]) -> tuple[str, str]:
     if host == f"api.{ctl.config.domain}":
         raise Conflict(f"{host} is the control API's own route")
     return host, path
+
 
 async def map_route(request: Request) -> Response:
     """Route HOST[/PATH] to an app: {"route": ..., "balance"?, "timeout"?, "sticky"?}."""
@@ -65,6 +67,7 @@ async def map_route(request: Request) -> Response:
     ctl.store.add_event(name, "route-mapped", f"{host}{path}", token.id)
     return JSONResponse({"routes": ctl.store.mapped_routes(name)})
 
+
 async def list_app_routes(request: Request) -> Response:
     """Routes added to an app with map-route (its default route is implicit)."""
     ctl = control_of(request)
@@ -72,6 +75,7 @@ async def list_app_routes(request: Request) -> Response:
     require(request, ctl.store, READ_KINDS, app=name)
     ctl.store.get_app(name)
     return JSONResponse({"routes": ctl.store.mapped_routes(name)})
+
 
 async def unmap_route(request: Request) -> Response:
     """Remove a route added with map-route: {"route": "HOST[/PATH]"}."""
@@ -110,6 +114,7 @@ async def create_token(request: Request) -> Response:
         secret = f"{secret}#{ctl.config.tls_fingerprint}"    # the node pins this certificate
     return JSONResponse({"id": tid, "kind": kind, "token": secret}, status_code=201)
 
+
 async def list_tokens(request: Request) -> Response:
     """Tokens without their secrets."""
     ctl = control_of(request)
@@ -119,6 +124,7 @@ async def list_tokens(request: Request) -> Response:
         row["apps"] = json.loads(row["apps"]) if row["apps"] else None
     return JSONResponse({"tokens": rows})
 
+
 async def revoke_token(request: Request) -> Response:
     """Revoke a token by id: it stops working at once."""
     ctl = control_of(request)
@@ -127,6 +133,7 @@ async def revoke_token(request: Request) -> Response:
     ctl.store.revoke_token(tid)
     ctl.store.add_event(None, "token-revoked", f"token {tid}", caller.id)
     return JSONResponse({"revoked": tid})
+
 
 async def routes(request: Request) -> Response:
     """The routing table; answers at once if ?etag differs, else holds up to ?wait."""
@@ -141,11 +148,13 @@ async def routes(request: Request) -> Response:
     current = await ctl.wait(request, table)
     return JSONResponse(current or _table(ctl))
 
+
 def _table(ctl: Control) -> dict[str, Any]:
     wakeable = frozenset(a["name"] for a in ctl.store.list_apps()
                          if (s := settings_of(a)) is not None and s.min == 0)
     return routing_table(ctl.store.app_specs(), ctl.store.instance_rows(), ctl.config.domain,
                          ctl.config.api_address, ctl.store.mapped_routes(), wakeable)
+
 
 async def wake(request: Request) -> Response:
     """An edge holds a request for an app at zero: bring up one instance (idempotent)."""
@@ -154,6 +163,7 @@ async def wake(request: Request) -> Response:
     token = require(request, ctl.store, ("edge", "admin"))
     waking = ctl.scaling.wake(name, token.id)
     return JSONResponse({"app": name, "waking": waking})
+
 
 async def metrics(request: Request) -> Response:
     """An edge reports concurrency: {"apps": {app: {"in_flight": n, "tunnels": m}}}."""

@@ -70,6 +70,7 @@ async def push(request: Request) -> Response:
     ctl.store.add_event(name, "build-queued", f"build {build} queued", token.id)
     return JSONResponse({"app": name, "build": build, "created": created}, status_code=201)
 
+
 async def _receive_source(ctl: Control, request: Request) -> str:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > ctl.config.max_upload:
@@ -81,9 +82,11 @@ async def _receive_source(ctl: Control, request: Request) -> str:
     finally:
         temp.unlink(missing_ok=True)
 
+
 def _files(ctl: Control) -> BlobStore:
     """Single files of apps' sources, by sha256 (resource matching)."""
     return BlobStore(ctl.config.home / "files")
+
 
 async def _assemble_source(ctl: Control, request: Request) -> str:
     """The source package built from a resource list of files the store has."""
@@ -96,6 +99,7 @@ async def _assemble_source(ctl: Control, request: Request) -> str:
         return ctl.blobs.commit(temp)
     finally:
         temp.unlink(missing_ok=True)
+
 
 def _build_options(ctl: Control, q: Any) -> dict[str, Any]:
     """What the stager is told beyond the source: buildpack, no_cache, commands."""
@@ -116,6 +120,7 @@ def _build_options(ctl: Control, q: Any) -> dict[str, Any]:
 
 _GIT_URL = re.compile(r"^(https?|git)://[^\s#]+(#[A-Za-z0-9._/-]+)?$")
 
+
 def _buildpack(ctl: Control, text: str) -> str:
     """An installed pack's name, `blob:<sha256>` of an uploaded pack, or a git URL."""
     names = ordered_names()
@@ -127,11 +132,13 @@ def _buildpack(ctl: Control, text: str) -> str:
     raise Unprocessable(f"no buildpack {text!r}: use one of {', '.join(names)}, "
                         "blob:<sha256> of an uploaded pack, or an http(s):// or git:// URL")
 
+
 def _health_check(text: str) -> str:
     """`port`, `process`, or `http:/path` (2xx within 1 s)."""
     if text in ("port", "process") or (text.startswith("http:/") and " " not in text):
         return text
     raise BadRequest(f"health check {text!r} must be port, process or http:/PATH")
+
 
 def _save_push_settings(ctl: Control, name: str, settings: dict[str, Any],
                         env: dict[str, str]) -> bool:
@@ -149,11 +156,13 @@ def _save_push_settings(ctl: Control, name: str, settings: dict[str, Any],
         ctl.store.update_app(name, **settings)
     return False
 
+
 async def list_buildpacks(request: Request) -> Response:
     """The installed buildpacks, in detection order."""
     require(request, control_of(request).store, READ_KINDS)
     return JSONResponse({"buildpacks": [{"position": i, "name": n}
                                         for i, n in enumerate(ordered_names(), start=1)]})
+
 
 async def upload_buildpack(request: Request) -> Response:
     """Upload a buildpack directory (gzip'd tar) for this app's pushes: `blob:<sha256>`."""
@@ -163,12 +172,14 @@ async def upload_buildpack(request: Request) -> Response:
     digest = await _receive_source(ctl, request)
     return JSONResponse({"buildpack": f"blob:{digest}"}, status_code=201)
 
+
 async def match_resources(request: Request) -> Response:
     """Resource matching: which of these file digests the control plane lacks."""
     ctl = control_of(request)
     require(request, ctl.store, APP_KINDS)
     digests = resources.parse_digests(await json_body(request), ctl.config.limits)
     return JSONResponse({"missing": resources.missing(digests, _files(ctl))})
+
 
 async def upload_resources(request: Request) -> Response:
     """Store files for resource matching: a gzip'd tar of files named by their sha256."""
@@ -182,6 +193,7 @@ async def upload_resources(request: Request) -> Response:
         temp.unlink(missing_ok=True)
     return JSONResponse({"stored": stored}, status_code=201)
 
+
 async def get_build(request: Request) -> Response:
     """Show a build's state (long-polls with ?wait=N until it finishes)."""
     ctl = control_of(request)
@@ -191,8 +203,10 @@ async def get_build(request: Request) -> Response:
                    in ("STAGED", "FAILED"))
     return JSONResponse(ctl.store.get_build(build["id"]))
 
+
 def _git_root(ctl: Control) -> Path:
     return ctl.config.home / "git"
+
 
 async def git_info_refs(request: Request) -> Response:
     """git smart HTTP: the ref advertisement."""
@@ -201,6 +215,7 @@ async def git_info_refs(request: Request) -> Response:
         return await gitserve.info_refs(request, ctl.store, _git_root(ctl))
     except Unauthorized as e:
         return gitserve.challenge(e.message)
+
 
 async def git_rpc(request: Request) -> Response:
     """git smart HTTP: a push (deploys through the pre-receive hook) or a fetch."""

@@ -58,9 +58,11 @@ class Control:
                 return result
             await Notifier.wait(event, remaining)
 
+
 def control_of(request: Request) -> Control:
     ctl: Control = request.app.state.control
     return ctl
+
 
 def query_float(request: Request, key: str, default: float, lo: float, hi: float) -> float:
     raw = request.query_params.get(key)
@@ -71,6 +73,7 @@ def query_float(request: Request, key: str, default: float, lo: float, hi: float
     except ValueError:
         raise BadRequest(f"query parameter {key!r} must be a number") from None
 
+
 def int_between(value: Any, what: str, lo: int, hi: int) -> int:
     try:
         number = int(value)
@@ -79,6 +82,7 @@ def int_between(value: Any, what: str, lo: int, hi: int) -> int:
     if not lo <= number <= hi:
         raise BadRequest(f"{what} must be between {lo} and {hi}")
     return number
+
 
 async def json_body(request: Request) -> dict[str, Any]:
     try:
@@ -89,12 +93,14 @@ async def json_body(request: Request) -> dict[str, Any]:
         raise BadRequest("request body must be a JSON object")
     return body
 
+
 def app_name(request: Request) -> str:
     name: str = request.path_params["app"]
     problem = app_name_problem(name)
     if problem:
         raise Unprocessable(problem)
     return name
+
 
 def env_pairs(pairs: list[str]) -> dict[str, str]:
     env = {}
@@ -107,6 +113,7 @@ def env_pairs(pairs: list[str]) -> dict[str, str]:
             raise BadRequest(problem)
         env[key] = value
     return env
+
 
 def parse_duration(text: str) -> float:
     """'90s', '30m', '1h', '7d' -> seconds; BadRequest otherwise."""

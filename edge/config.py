@@ -41,6 +41,9 @@ class EdgeConfig:
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None  # GET /healthz is served here, apart from app traffic
     ship_access_logs: bool = False  # also POST access lines to the control plane's /v1/logs
+    wake_timeout: float = 30.0  # how long a request for an app at zero is held, then 503
+    max_held: int = 1000  # requests held per app while it wakes; more get 503 at once
+    metrics_interval: float = 0.5  # how often per-app concurrency is reported to control
 
     @property
     def limits(self) -> Limits:

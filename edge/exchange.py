@@ -18,6 +18,11 @@ Rules kept here:
     tunnel (counted in flight, closable by the edge), any other answer is relayed
     as plain HTTP and the session goes on.
   * A response that sets a session cookie gets the sticky cookie for its instance.
+  * A request for a `wakeable` route without backends is held (`edge.wake`) until
+    the app is up, then proxied with COLD_START_HEADER saying how long it waited;
+    it keeps its turn in the app's queue until its head is on the way upstream.
+  * Every routed request counts as in flight for its app (held ones too) until it
+    ends or becomes a tunnel, which counts as a tunnel instead (`edge.metrics`).
 """
 
 from __future__ import annotations
@@ -60,12 +65,15 @@ from edge.peer import Peer
 from edge.routes import Backend, Route
 from edge.tunnel import tunnel
 from edge.upstream import ConnectFailed, connect_first, may_replay
+from edge.wake import QueueFull, Turn
 
 if TYPE_CHECKING:
     from edge.proxy import Session
 
 log = logging.getLogger(__name__)
 
+
+COLD_START_HEADER = b"X-Foundry-Cold-Start"
 
 # Request ids: a random per-process prefix and a counter, unique without a syscall each.
 _ID_PREFIX = os.urandom(6).hex().encode()
@@ -109,6 +117,9 @@ class Exchange:
         self.pinned: str | None = None
         self.started = trio.current_time()
         self.timer = trio.CancelScope()
+        self.counted: str | None = None  # the app this request counts as in flight for
+        self.turn: Turn | None = None  # held for a wake: the next held one waits for this
+        self.cold_ms: int | None = None  # how long it was held for a wake
 
     def _arm(self, seconds: float) -> None:
         """Let the next wait on the backend take at most `seconds`."""
@@ -127,6 +138,9 @@ class Exchange:
             if self.timer.cancelled_caught:
                 await self._reply(504, f"{self.app}: backend timed out", "backend-timeout")
         finally:
+            self._pass_turn()
+            if self.counted is not None:
+                self.edge.concurrency.finished(self.counted, trio.current_time())
             self._log()
         return self.keep_alive and self.request_done and not self.edge.draining
 
@@ -140,6 +154,12 @@ class Exchange:
         route = self.route = self.edge.route(host, path)
         if route is None:
             return await self._reply(404, f"no app is routed at {host}", "unknown-route")
+        self.counted = route.app
+        self.edge.concurrency.started(route.app, self.started)
+        if route.wakeable and (not route.backends or self.edge.wakes.queued(route.app)):
+            route = self.route = await self._hold(route)
+            if route is None:
+                return
         if not route.backends:
             return await self._reply(503, f"{route.app} has no running instance", "no-instance")
         self.timeout = min(route.options.timeout, self.config.response_timeout)
@@ -163,6 +183,32 @@ class Exchange:
             await self._proxy_via(backend, stream, reused, target)
         finally:
             balancer.finished(backend)
+
+    async def _hold(self, route: Route) -> Route | None:
+        """Wait for the app to wake (and for the requests held before this one); the
+        route to use, or None once an error has been answered."""
+        app, host, path = route.app, self.host, self.path
+        try:
+            found, self.turn = await self.edge.wakes.hold(app, lambda: self.edge.route(host, path))
+        except QueueFull:
+            message = f"{app}: too many requests wait for it to wake"
+            await self._reply(503, message, "wake-queue-full")
+            return None
+        except trio.TooSlowError:
+            waited = self.config.wake_timeout
+            await self._reply(
+                503, f"{app}: no instance came up within {waited:g} s of a wake", "wake-timeout"
+            )
+            return None
+        self.cold_ms = round((trio.current_time() - self.started) * 1000)
+        if found is None:
+            await self._reply(404, f"no app is routed at {host}", "unknown-route")
+        return found
+
+    def _pass_turn(self) -> None:
+        if self.turn is not None:
+            self.turn.release()
+            self.turn = None
 
     def _destination(self) -> tuple[str, str, bytes]:
         """(host, path, origin-form target) of the request; ProtocolError if unroutable."""
@@ -210,6 +256,7 @@ class Exchange:
         )
         try:
             await upstream.send(self._upstream_head(target))
+            self._pass_turn()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             if replayable:
                 raise _StaleConnection() from None
@@ -350,13 +397,18 @@ class Exchange:
         await self._send(self._head_bytes(101, head.reason, headers))
         from_client = self.client.parser.detach()
         from_backend = upstream.parser.detach()
-        assert self.backend is not None
+        assert self.backend is not None and self.counted is not None
         scopes = self.edge.tunnels.setdefault(self.backend, set())
+        concurrency, app = self.edge.concurrency, self.counted
+        concurrency.finished(app, trio.current_time())
+        concurrency.tunnel_opened(app, trio.current_time())
+        self.counted = None
         with trio.CancelScope() as scope:
             scopes.add(scope)
             try:
                 await tunnel(self.client.stream, from_client, upstream.stream, from_backend)
             finally:
+                concurrency.tunnel_closed(app)
                 scopes.discard(scope)
                 if not scopes:
                     self.edge.tunnels.pop(self.backend, None)
@@ -368,6 +420,8 @@ class Exchange:
             headers = [*headers, (b"Connection", b"keep-alive")]
         elif not self.keep_alive:
             headers = [*headers, (b"Connection", b"close")]
+        if self.cold_ms is not None:
+            headers = [*headers, (COLD_START_HEADER, b"%dms" % self.cold_ms)]
         self.status, self.response_started = status, True
         return encode_response_head(status, reason, headers)
 

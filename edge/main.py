@@ -13,6 +13,8 @@ Rules kept here:
   * SIGTERM and SIGINT are a graceful stop: stop accepting, let in-flight requests
     finish within `drain_timeout`, exit 0.
   * Without a control URL the edge serves an empty table (every host is a 404).
+    With one, each worker also makes its own wake calls (`edge.wake`) and reports
+    its own per-app concurrency (`edge.metrics`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import trio
 from edge.accesslog import LogShipper
 from edge.admin import serve_admin
 from edge.config import EdgeConfig
+from edge.metrics import report
 from edge.proxy import Edge, serve
 from edge.routes import RouteSource, RouteTable
 from edge.routesync import RouteSync, StaticSource
@@ -148,6 +151,16 @@ async def _worker_main(config: EdgeConfig, ready: Connection | None) -> None:
                 await nursery.start(shipper.run)
             shutdown, drained = trio.Event(), trio.Event()
             edge = Edge(config, source, shipper)
+            if config.control_url is not None:
+                url, token = config.control_url, config.token
+                await nursery.start(edge.wakes.run_calls, client, url, token)
+                await nursery.start(
+                    partial(report, interval=config.metrics_interval),
+                    edge.concurrency,
+                    client,
+                    url,
+                    token,
+                )
             port = await nursery.start(_serve_then_flush, config, source, shutdown, edge, drained)
             if config.admin_port is not None:
                 health = partial(_health, source, edge)

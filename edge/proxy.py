@@ -17,6 +17,8 @@ Rules kept here:
     responses say `Connection: close`), then whatever is left is cancelled.
   * Websocket tunnels survive table refreshes; a tunnel whose instance left the
     table is closed `drain_timeout` after the edge noticed.
+  * The edge follows the route source (`RouteSource.changed`), so requests held
+    for a waking app (`edge.wake`) go on as soon as the table gains a backend.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from edge.encode import error_response
 from edge.exchange import Exchange
 from edge.http import NEED_DATA, PAUSED, ProtocolError, RequestHead, RequestParser
 from edge.listen import close_listener, open_listener
+from edge.metrics import Concurrency
 from edge.netio import Conn, serve_conns
 from edge.peer import Peer
 from edge.routes import Backend, Route, RouteSource, RouteTable
 from edge.upstream import Connector
+from edge.wake import Wakes
 
 __all__ = ["Edge", "EdgeConfig", "serve"]
 
@@ -73,6 +77,7 @@ async def _serve(
     config = edge.config
     async with trio.open_nursery() as nursery:
         nursery.start_soon(edge.housekeeping)
+        nursery.start_soon(edge.follow_routes)
         async with trio.open_nursery() as connections:
             try:
                 async with trio.open_nursery() as accepting:
@@ -101,6 +106,8 @@ class Edge:
         self.draining = False
         self.idle_waits: set[trio.CancelScope] = set()
         self.tunnels: dict[Backend, set[trio.CancelScope]] = {}
+        self.wakes = Wakes(timeout=config.wake_timeout, max_held=config.max_held)
+        self.concurrency = Concurrency(trio.current_time())
         self._source = source
         self._table: RouteTable | None = None
 
@@ -126,6 +133,12 @@ class Edge:
             self.connector.sweep(trio.current_time())
             self._notice_table()
 
+    async def follow_routes(self) -> None:
+        """Notice every new routing table as it arrives, forever."""
+        while True:
+            self._notice_table()
+            await self._source.changed(self._source.table)
+
     def drain(self, connections: trio.Nursery) -> None:
         """Close idle connections and give in-flight work its time before it is cancelled."""
         log.info("edge-draining timeout=%.1f", self.config.drain_timeout)
@@ -140,6 +153,7 @@ class Edge:
         if table is self._table:
             return
         self._table = table
+        self.wakes.table_changed()
         self.balancer.forget_missing(table)
         routed = {b for route in table.routes for b in route.backends}
         deadline = trio.current_time() + self.config.drain_timeout

@@ -9,7 +9,9 @@ Rules kept here:
   * A route's path is a prefix on segment boundaries: `/a` matches `/a` and `/a/x`
     but never `/ab`. When several prefixes match, the longest wins; `/` (or an empty
     path) matches everything.
-  * A route with no backends is still a known host: the edge answers 503, not 404.
+  * A route with no backends is still a known host: the edge answers 503, not 404,
+    unless the route is `wakeable` (its app scales to zero): then the edge holds
+    the request and asks for a wake (`edge.wake`).
   * Tables are immutable and replaced whole. Balancing state lives outside them
     (`edge.balance`), so a refreshed table keeps each route's rotation going.
   * A route's `options` default to round-robin, a 900 s backend timeout (as
@@ -86,6 +88,7 @@ class Route:
     app: str
     backends: tuple[Backend, ...]
     options: RouteOptions = DEFAULT_OPTIONS
+    wakeable: bool = False  # the app may be at zero: hold requests and wake it
 
     @property
     def key(self) -> tuple[str, str]:
@@ -138,6 +141,10 @@ class RouteSource(Protocol):
     @property
     def table(self) -> RouteTable: ...
 
+    async def changed(self, since: RouteTable) -> None:
+        """Return once `table` is no longer `since`."""
+        ...
+
 
 def normalize_host(host: str) -> str:
     """Lower-case `host` and drop any `:port` and trailing dot (`[::1]:80` -> `[::1]`)."""
@@ -187,4 +194,5 @@ def _route_from_json(item: Mapping[str, Any]) -> Route:
         app=str(item["app"]),
         backends=backends,
         options=RouteOptions.from_json(item.get("options")),
+        wakeable=item.get("wakeable") is True,
     )

@@ -37,19 +37,44 @@ def next_delay(previous: float | None) -> float:
     return min(previous * 2, MAX_DELAY)
 
 
-class StaticSource:
-    """A route source that never changes (tests, or an edge without a control plane)."""
+class _Changes:
+    """Lets tasks wait for the table to be replaced (held requests wait for a wake)."""
+
+    table: RouteTable
+
+    def __init__(self) -> None:
+        self._replaced = trio.Event()
+
+    async def changed(self, since: RouteTable) -> None:
+        """Return once `table` is no longer `since`."""
+        while self.table is since:
+            await self._replaced.wait()
+
+    def _replace(self, table: RouteTable) -> None:
+        self.table = table
+        self._replaced.set()
+        self._replaced = trio.Event()
+
+
+class StaticSource(_Changes):
+    """A route source changed only by hand (tests, or an edge without a control plane)."""
 
     def __init__(self, table: RouteTable) -> None:
+        super().__init__()
         self.table = table
 
+    def update(self, table: RouteTable) -> None:
+        """Serve `table` from now on."""
+        self._replace(table)
 
-class RouteSync:
+
+class RouteSync(_Changes):
     """Holds the current RouteTable in `table`, kept fresh by `run`."""
 
     def __init__(
         self, client: httpx.AsyncClient, control_url: str, token: str | None, *, wait: float = 25.0
     ) -> None:
+        super().__init__()
         self.table = RouteTable()
         self._client = client
         self._url = control_url.rstrip("/") + "/v1/routes"
@@ -116,6 +141,6 @@ class RouteSync:
         """Make `table` current; whether it differs from the one before."""
         if table == self.table:
             return False
-        self.table = table
+        self._replace(table)
         log.info("route-sync-updated etag=%s routes=%d", table.etag, len(table.routes))
         return True
