@@ -208,6 +208,10 @@ def watch_rollout(api: Api, name: str, release: int, timeout: float) -> dict[str
         if status != shown:
             typer.echo(status, err=True)
             shown = status
+        stuck = [e for e in api.get(f"/v1/apps/{name}/events")["events"]
+                 if e["kind"] == "unplaced" and e["ts"] >= dep["created_at"]]
+        if stuck:
+            raise CLIError(f"{stuck[-1]['detail']} (see `foundry nodes`)")
         for inst in view["instances"]:
             if inst["state"] == "CRASHED" and inst["release"] == release \
                     and inst["restarts"] >= 2:
@@ -777,6 +781,40 @@ def unmap_route(name: str, route: str = typer.Argument(..., help="HOST[/PATH]"))
     typer.echo(f"{route} no longer routed to {name}")
 
 
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(name: str, command: list[str] = typer.Argument(..., help="the command, after --"),
+        wait: bool = WAIT) -> None:
+    """Run a one-off command with the app's droplet and config on a node; exits with its
+    exit code (`foundry run NAME -- python manage.py migrate`)."""
+    import shlex
+
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise CLIError("give the command after --, e.g. foundry run NAME -- ls -la")
+    api = Api.load()
+    task = api.request("POST", f"/v1/apps/{name}/tasks",
+                       json={"command": shlex.join(command)})["task"]
+    typer.echo(f"Running task {task} of {name}", err=True)
+    if not wait:
+        return
+    after: int | None = 0
+    while True:
+        state = api.get(f"/v1/tasks/{task}")
+        done = state["state"] != "RUNNING"
+        page = api.get(f"/v1/apps/{name}/logs", params={"build": task, "after": after,
+                                                         "wait": 0 if done else 10}, timeout=40)
+        for line in page["lines"]:
+            if not line["line"].startswith("[foundry] task "):
+                typer.echo(line["line"])
+        after = page["next"] or after
+        if done and not page["lines"]:
+            break
+    if state["exit_code"] is None:
+        raise CLIError(f"task {task} did not finish: {state['reason']}")
+    raise typer.Exit(state["exit_code"])
+
+
 @app.command("git-remote")
 def git_remote(name: str, remote: str = typer.Option("foundry", help="remote name"),
                directory: Path = typer.Option(Path("."), "--dir", help="the git work tree")
@@ -850,6 +888,17 @@ def tokens_revoke(token_id: str) -> None:
 
 
 # --- roles --------------------------------------------------------------------------
+def machine_memory_mb() -> int:
+    """Total memory of this machine in MiB (4 GiB where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 4096
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
@@ -926,7 +975,8 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
                                         help="join token (only needed the first time)"),
               home: Path = typer.Option(None), name: str = typer.Option(None),
               advertise: str = typer.Option("127.0.0.1", help="address instances are reached at"),
-              memory: str = typer.Option("4G", help="memory offered to instances"),
+              memory: str = typer.Option("auto", help="memory offered to instances, e.g. "
+                                         "8G (auto: 90% of this machine's)"),
               grace: float = typer.Option(10.0, help="seconds between SIGTERM and SIGKILL"),
               tier: str = typer.Option(None, envvar="FOUNDRY_JAIL_TIER",
                                        help="force a weaker jail tier: rootless or plain"),
@@ -946,7 +996,7 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
     from packs import PACKS_DIR
 
     try:
-        memory_mb = parse_memory(memory)
+        memory_mb = machine_memory_mb() * 9 // 10 if memory == "auto" else parse_memory(memory)
     except ValueError as e:
         raise CLIError(str(e)) from None
     base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}

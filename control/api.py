@@ -80,6 +80,9 @@ ROUTES = [
     Route("/v1/apps/{app}/deployments/cancel", api_apps.cancel_deploy, methods=["POST"]),
     Route("/v1/apps/{app}/logs", api_apps.read_logs),
     Route("/v1/builds/{build}", api_push.get_build),
+    Route("/v1/apps/{app}/tasks", api_apps.run_task, methods=["POST"]),
+    Route("/v1/tasks/{task}", api_apps.get_task),
+    Route("/v1/tasks/{task}/result", api_nodes.task_result, methods=["POST"]),
     Route("/v1/buildpacks", api_push.list_buildpacks),
     Route("/v1/apps/{app}/buildpack", api_push.upload_buildpack, methods=["POST"]),
     Route("/v1/resources/match", api_push.match_resources, methods=["POST"]),
@@ -130,7 +133,7 @@ def create_app(store: Store, config: ControlConfig, *, converge_loop: bool = Tru
         async with anyio.create_task_group() as tasks:
             if converge_loop:
                 tasks.start_soon(converge.run, store, control.notifier, config.policy,
-                                 control.scaling)
+                                 control.scaling, control.blobs)
             yield
             tasks.cancel_scope.cancel()
 

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from control import releases
+from control import releases, tasks
 from control.auth import APP_KINDS, READ_KINDS, require
 from control.autoscaler import Settings
 from control.context import (
@@ -280,9 +280,42 @@ async def read_logs(request: Request) -> Response:
         lines = ctl.store.read_logs(name, after=after, limit=limit, build=build)
         if lines or build is None:
             return lines
+        if build.startswith("t-"):                          # a task's lines
+            return bool(ctl.store.get_task(build)["state"] != "RUNNING")
         return ctl.store.get_build(build)["state"] in ("STAGED", "FAILED")  # nothing more
 
     found = await ctl.wait(request, check, logs=True)
     lines = found if isinstance(found, list) else []
     last = lines[-1]["seq"] if lines else after
     return JSONResponse({"lines": lines, "next": last})
+
+
+async def run_task(request: Request) -> Response:
+    """Run a one-off command with the app's current droplet and config: {"command": ...}."""
+    ctl = control_of(request)
+    name = app_name(request)
+    token = require(request, ctl.store, APP_KINDS, app=name)
+    body = await json_body(request)
+    command = body.get("command")
+    if not isinstance(command, str) or not command.strip():
+        raise BadRequest("command must be a non-empty string")
+    app = ctl.store.get_app(name)
+    if not app["release"]:
+        raise Conflict(f"{name} has no release to run a command with yet")
+    release = ctl.store.get_release(name, app["release"])
+    tid = tasks.start_task(ctl.store, ctl.config.policy, name, command,
+                           droplet=release["droplet"], env=release["env"],
+                           release=app["release"])
+    ctl.store.add_event(name, "run", f"task {tid}: {command}", token.id)
+    return JSONResponse({"task": tid}, status_code=201)
+
+
+async def get_task(request: Request) -> Response:
+    """A task's state and exit code (long-polls with ?wait=N until it ends)."""
+    ctl = control_of(request)
+    task = ctl.store.get_task(request.path_params["task"])
+    require(request, ctl.store, READ_KINDS, app=task["app"])
+    await ctl.wait(request, lambda: ctl.store.get_task(task["id"])["state"] != "RUNNING")
+    row = ctl.store.get_task(task["id"])
+    del row["payload"]
+    return JSONResponse(row)

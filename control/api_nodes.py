@@ -8,7 +8,7 @@ import logging
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from control import releases
+from control import releases, tasks
 from control.auth import READ_KINDS, require, require_node
 from control.context import (
     control_of,
@@ -122,6 +122,15 @@ async def build_result(request: Request) -> Response:
     if not ctl.store.app_exists(build["app"]):
         raise NotFound(f"app {build['app']!r} was deleted while it was being built")
     env = ctl.store.get_app(build["app"])["env"]
+    if processes.get("release"):
+        # Release phase first: the release is made only if the command succeeds.
+        current = ctl.store.get_app(build["app"])["release"]
+        tid = tasks.start_task(
+            ctl.store, ctl.config.policy, build["app"], processes["release"], kind="release",
+            droplet=droplet, env=env, release=current + 1, build=build["id"],
+            payload={"droplet": droplet, "env": env, "processes": processes,
+                     "pack": body.get("pack")})
+        return JSONResponse({"state": "STAGING", "release_phase": tid})
     version = releases.make_release(
         ctl.store, ctl.blobs, build["app"], droplet=droplet, env=env, processes=processes,
         pack=body.get("pack"), description=f"build {build['id']} ({body.get('pack')})",
@@ -129,6 +138,21 @@ async def build_result(request: Request) -> Response:
     ctl.store.set_build(build["id"], "STAGED", droplet=droplet, pack=body.get("pack"),
                         processes=processes, release=version)
     return JSONResponse({"state": "STAGED", "release": version})
+
+
+async def task_result(request: Request) -> Response:
+    """A node reports how a task ended: {"exit_code": int | null, "reason": str | null}."""
+    ctl = control_of(request)
+    task = ctl.store.get_task(request.path_params["task"])
+    require_node(request, ctl.store, task["node"] or "")
+    body = await json_body(request)
+    code = body.get("exit_code")
+    if code is not None and not isinstance(code, int):
+        raise BadRequest("exit_code must be an integer or null")
+    reason = body.get("reason")
+    done = tasks.finish_task(ctl.store, ctl.blobs, task["id"], code,
+                             str(reason) if reason else None)
+    return JSONResponse({"state": done["state"]})
 
 
 async def post_logs(request: Request) -> Response:

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from control.blobs import BlobStore
 from control.model import NODE_LOST, Placement, Plan
 from control.notify import Notifier
 from control.reconciler import Policy, reconcile
@@ -21,6 +22,7 @@ from control.releases import progress
 from control.scaling import Scaling
 from control.scheduler import pick_stager
 from control.store import Store
+from control.tasks import fail_lost_tasks
 
 log = logging.getLogger("foundry.control")
 DRAIN_SECONDS = 1.0
@@ -57,6 +59,18 @@ def start_payload(store: Store, iid: str, p: Placement) -> dict[str, Any]:
             "command": release["processes"][p.process], "env": release["env"],
             "memory_mb": p.memory_mb, "health_check": app["health_check"] if p.process == "web"
             else "process"}
+
+
+def report_unplaced(store: Store, plan: Plan, known: set[tuple[str, str, int]]) -> None:
+    """Say once, as an app event, when an instance finds no node with room for it."""
+    now = {(p.app, p.process, p.index) for p in plan.unplaced}
+    for app, process, index in sorted(now - known):
+        want = next(p for p in plan.unplaced if (p.app, p.process, p.index) ==
+                    (app, process, index))
+        store.add_event(app, "unplaced", f"{process}.{index} needs {want.memory_mb} MiB and "
+                        "no live node has that much free")
+    known.clear()
+    known.update(now)
 
 
 def apply(store: Store, plan: Plan) -> None:
@@ -114,22 +128,28 @@ def finish_deployments(store: Store) -> None:
                             f"{dep['kind']} of v{dep['to_release']} finished in {took:.1f} s")
 
 
-def converge_once(store: Store, policy: Policy) -> Plan:
+def converge_once(store: Store, policy: Policy,
+                  unplaced: set[tuple[str, str, int]] | None = None) -> Plan:
     assign_builds(store, policy)
     plan = reconcile(store.app_specs(), store.instances(), store.nodes(), store.clock(), policy)
     if not plan.is_empty():
         apply(store, plan)
+    if unplaced is not None:
+        report_unplaced(store, plan, unplaced)
     finish_deployments(store)
     return plan
 
 
-async def run(store: Store, notifier: Notifier, policy: Policy, scaling: Scaling) -> None:
+async def run(store: Store, notifier: Notifier, policy: Policy, scaling: Scaling,
+              blobs: BlobStore) -> None:
     """Converge forever: after every change, and every second."""
+    unplaced: set[tuple[str, str, int]] = set()
     while True:
         event = notifier.snapshot()
         try:
             scaling.autoscale_once()
-            converge_once(store, policy)
+            plan = converge_once(store, policy, unplaced)
+            fail_lost_tasks(store, blobs, plan.lost_nodes)
         except Exception:
             log.exception("converge-failed")
         await Notifier.wait(event, 1.0)

@@ -70,6 +70,9 @@ CREATE TABLE IF NOT EXISTS build_options (build TEXT PRIMARY KEY, app TEXT NOT N
   options TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS routes (host TEXT NOT NULL, path TEXT NOT NULL, app TEXT NOT NULL,
   options TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, PRIMARY KEY (host, path));
+CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, app TEXT NOT NULL, kind TEXT NOT NULL,
+  command TEXT NOT NULL, state TEXT NOT NULL, node TEXT, build TEXT, exit_code INTEGER,
+  reason TEXT, payload TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, finished_at REAL);
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT,
   ts REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL, actor TEXT);
 """
@@ -470,6 +473,36 @@ class Store:
                               [app, host, path])
         if not cur.rowcount:
             raise NotFound(f"{host}{path} is not routed to {app}")
+        self.changed()
+
+    # --- tasks --------------------------------------------------------------------
+    def create_task(self, app: str, kind: str, command: str, node: str,
+                    build: str | None = None, payload: dict[str, Any] | None = None) -> str:
+        tid = "t-" + uuid.uuid4().hex[:12]
+        self._insert("tasks", {"id": tid, "app": app, "kind": kind, "command": command,
+                               "state": "RUNNING", "node": node, "build": build,
+                               "payload": json.dumps(payload or {}),
+                               "created_at": self.clock()})
+        self.changed()
+        return tid
+
+    def get_task(self, tid: str) -> dict[str, Any]:
+        row = self._one("SELECT * FROM tasks WHERE id = ?", [tid])
+        if row is None:
+            raise NotFound(f"no task {tid}")
+        row["payload"] = json.loads(row["payload"])
+        return row
+
+    def running_tasks(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT id, node FROM tasks WHERE state = 'RUNNING'")
+
+    def finish_task(self, tid: str, exit_code: int | None, reason: str | None) -> None:
+        state = "SUCCEEDED" if exit_code == 0 else "FAILED"
+        cur = self.db.execute("UPDATE tasks SET state = ?, exit_code = ?, reason = ?, "
+                              "finished_at = ? WHERE id = ? AND state = 'RUNNING'",
+                              [state, exit_code, reason, self.clock(), tid])
+        if not cur.rowcount:
+            raise Conflict(f"task {tid} has already ended")
         self.changed()
 
     # --- deployments ------------------------------------------------------------

@@ -29,6 +29,7 @@ from node.jail import make_jailer
 from node.logship import LogShipper
 from node.proctree import signal_instance
 from node.stager import Stager
+from node.tasks import TaskRunner
 
 log = logging.getLogger("foundry.node")
 
@@ -66,13 +67,16 @@ class Agent:
         self.changed = trio.Event()
         home = config.home
         self.jail = make_jailer(config.tier, str(config.home.resolve()))
+        droplets = DropletCache(home / "droplets", self.client)
         self.supervisor = Supervisor(
-            home=home, droplets=DropletCache(home / "droplets", self.client), logs=self.logs,
+            home=home, droplets=droplets, logs=self.logs,
             address=config.address, base_env=config.base_env, grace=config.grace,
             start_timeout=config.start_timeout, liveness_interval=config.liveness_interval,
             on_change=self.changed.set, jail=self.jail)
         self.stager = Stager(home, config.packs_dir, self.client, self.logs,
                              {**config.base_env, **config.build_env}, self.jail)
+        self.tasks = TaskRunner(home, droplets, self.logs, self.client, self.jail,
+                                config.base_env)
 
     async def identify(self) -> None:
         """Load this node's identity, or join with the join token."""
@@ -196,5 +200,7 @@ class Agent:
             self.supervisor.stop(item["instance"], float(item.get("drain") or 0))
         elif kind == "stage":
             nursery.start_soon(self.stager.stage, item)
+        elif kind == "task":
+            nursery.start_soon(self.tasks.run, item)
         else:
             log.warning("work-unknown kind=%s", kind)

@@ -83,6 +83,9 @@ class ControlClient:
     async def post_logs(self, lines: list[dict[str, Any]]) -> None:
         await self._call("POST", "/v1/logs", json={"lines": lines})
 
+    async def task_result(self, task: str, body: dict[str, Any]) -> None:
+        await self._call("POST", f"/v1/tasks/{task}/result", json=body)
+
     async def build_result(self, build: str, body: dict[str, Any]) -> None:
         await self._call("POST", f"/v1/builds/{build}/result", json=body)
 
