@@ -7,6 +7,7 @@ stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import gzip
 import json
@@ -468,6 +469,8 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
                                      "manifest says (shows what goes first)"),
          wait: bool = WAIT,
          timeout: float = typer.Option(180, help="seconds to wait for the rollout"),
+         watch: bool = typer.Option(False, "--watch", help="stay running and push again "
+                                    "whenever a file changes"),
          ) -> None:
     """Build DIR and run it; prints the app's URL once every instance runs."""
     from control.names import app_name_problem, parse_memory
@@ -500,7 +503,36 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
         job.buildpack = buildpack or job.buildpack
         if len(jobs) > 1:
             typer.echo(f"==> {job.name} ({number} of {len(jobs)})", err=True)
-        push_app(api, job, wait, timeout)
+        push_app(api, dataclasses.replace(job, params=list(job.params)), wait, timeout)
+    if watch:
+        watch_and_push(api, path, jobs, timeout)
+
+
+def watch_and_push(api: Api, path: Path, jobs: list[PushJob], timeout: float) -> None:
+    """Push again after each burst of file changes (debounced); a failed push is reported
+    and the watch goes on. Ctrl-C ends it."""
+    import watchfiles
+
+    patterns = ignore_patterns(path)
+    root = path.resolve()
+
+    def wanted(_change: watchfiles.Change, name: str) -> bool:
+        rel = os.path.relpath(name, root)
+        return not rel.startswith("..") and not ignored(rel, patterns)
+
+    typer.echo(f"Watching {path} for changes (Ctrl-C to stop)", err=True)
+    try:
+        for changes in watchfiles.watch(root, watch_filter=wanted, debounce=400,
+                                        raise_interrupt=False):
+            typer.echo(f"{len(changes)} file(s) changed; pushing again", err=True)
+            for job in jobs:
+                try:
+                    push_app(api, dataclasses.replace(job, params=list(job.params)), True,
+                             timeout)
+                except CLIError as e:
+                    typer.echo(f"foundry: {e}", err=True)
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

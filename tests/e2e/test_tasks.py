@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Platform
+from tests.e2e.conftest import ROOT, Platform, eventually
 
 pytestmark = pytest.mark.slow
 APP = str(ROOT / "tests" / "apps" / "migrating")
@@ -39,3 +45,32 @@ def test_run_streams_output_and_returns_the_exit_code(platform: Platform) -> Non
     assert ok.stdout.splitlines()[1] != "0"                          # jailed, not root
     missing = platform.cli("run", "ghost", "--", "true", check=False)
     assert missing.returncode == 1 and "no app named 'ghost'" in missing.stderr
+
+
+def test_push_watch_puts_an_edit_live(platform: Platform, tmp_path: Path) -> None:
+    work = tmp_path / "watched"
+    shutil.copytree(ROOT / "tests" / "apps" / "tiny-web", work)
+    proc = subprocess.Popen([sys.executable, "-m", "foundry", "push", str(work), "--name",
+                             "watched", "--watch"], env=platform.env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")),
+                              daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        eventually(lambda: any("Watching" in line for line in out), 120, "the watch to start")
+        assert platform.get("watched").status_code == 200
+        server = work / "server.py"
+        server.write_text(server.read_text().replace(
+            'f"{os.environ.get(\'FOUNDRY_APP_NAME\')} "', '"edited "'))
+        eventually(lambda: platform.get("watched").text.startswith("edited "), 120,
+                   "the edit to go live")
+        eventually(lambda: sum("is running" in line for line in out) >= 2, 60,
+                   "the watched push to report its rollout")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        reader.join(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert any("changed; pushing again" in line for line in out)
