@@ -14,7 +14,7 @@ from control.auth import APP_KINDS, READ_KINDS, require
 from control.autoscaler import Settings
 from control.context import (
     Control,
-    app_name,
+    app_call,
     control_of,
     env_pairs,
     int_between,
@@ -73,9 +73,7 @@ async def list_apps(request: Request) -> Response:
 
 async def get_app(request: Request) -> Response:
     """Show one app (long-polls with ?wait=N&revision=R until the view changes)."""
-    ctl = control_of(request)
-    name = app_name(request)
-    require(request, ctl.store, READ_KINDS, app=name)
+    ctl, name, _ = app_call(request, READ_KINDS)
     since = request.query_params.get("revision")
     await ctl.wait(request, lambda: str(ctl.store.revision) != since)
     body = app_view(ctl, ctl.store.get_app(name))
@@ -85,9 +83,7 @@ async def get_app(request: Request) -> Response:
 
 async def delete_app(request: Request) -> Response:
     """Delete an app: its routes go at once, its instances are stopped."""
-    ctl = control_of(request)
-    name = app_name(request)
-    token = require(request, ctl.store, APP_KINDS, app=name)
+    ctl, name, token = app_call(request, APP_KINDS)
     ctl.store.delete_app(name)
     ctl.store.add_event(None, "app-deleted", f"app {name} deleted", token.id)
     return JSONResponse({"deleted": name})
@@ -96,9 +92,7 @@ async def delete_app(request: Request) -> Response:
 async def scale(request: Request) -> Response:
     """Set a process type's instance count, or autoscaling of web: {min, max, concurrency,
     idle} (min 0 scales to zero when idle)."""
-    ctl = control_of(request)
-    name = app_name(request)
-    token = require(request, ctl.store, APP_KINDS, app=name)
+    ctl, name, token = app_call(request, APP_KINDS)
     body = await json_body(request)
     process = str(body.get("process", "web"))
     problem = process_name_problem(process)
@@ -151,9 +145,7 @@ def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[s
 
 async def app_action(request: Request) -> Response:
     """stop / start / restart an app."""
-    ctl = control_of(request)
-    name = app_name(request)
-    token = require(request, ctl.store, APP_KINDS, app=name)
+    ctl, name, token = app_call(request, APP_KINDS)
     action = request.path_params["action"]
     ctl.store.get_app(name)
     if action == "stop":
@@ -170,17 +162,13 @@ async def app_action(request: Request) -> Response:
 
 async def get_env(request: Request) -> Response:
     """Show an app's config vars."""
-    ctl = control_of(request)
-    name = app_name(request)
-    require(request, ctl.store, APP_KINDS, app=name)
+    ctl, name, _ = app_call(request, APP_KINDS)
     return JSONResponse({"env": ctl.store.get_app(name)["env"]})
 
 
 async def patch_env(request: Request) -> Response:
     """Set and unset config vars: makes a new release (when there is a droplet)."""
-    ctl = control_of(request)
-    name = app_name(request)
-    token = require(request, ctl.store, APP_KINDS, app=name)
+    ctl, name, token = app_call(request, APP_KINDS)
     body = await json_body(request)
     sets = body.get("set") or {}
     unsets = body.get("unset") or []
@@ -206,18 +194,13 @@ async def patch_env(request: Request) -> Response:
 
 async def list_releases(request: Request) -> Response:
     """List an app's releases, newest first."""
-    ctl = control_of(request)
-    name = app_name(request)
-    require(request, ctl.store, READ_KINDS, app=name)
-    ctl.store.get_app(name)
+    ctl, name, _ = app_call(request, READ_KINDS, exists=True)
     return JSONResponse({"releases": ctl.store.list_releases(name)})
 
 
 async def rollback(request: Request) -> Response:
     """Make a new release from an earlier one's droplet and config: {"version": N}."""
-    ctl = control_of(request)
-    name = app_name(request)
-    token = require(request, ctl.store, APP_KINDS, app=name)
+    ctl, name, token = app_call(request, APP_KINDS)
     body = await json_body(request)
     version = int_between(str(body.get("version", "")).lstrip("v"), "version", 1, 1 << 30)
     new = releases.rollback(ctl.store, ctl.blobs, name, version, token.id)
@@ -226,10 +209,7 @@ async def rollback(request: Request) -> Response:
 
 async def list_deployments(request: Request) -> Response:
     """An app's rollouts, newest first, with the progress of a running one."""
-    ctl = control_of(request)
-    name = app_name(request)
-    require(request, ctl.store, READ_KINDS, app=name)
-    ctl.store.get_app(name)
+    ctl, name, _ = app_call(request, READ_KINDS, exists=True)
     rows = ctl.store.deployments(name)
     spec = next((a for a in ctl.store.app_specs() if a.name == name), None)
     for row in rows:
@@ -240,9 +220,7 @@ async def list_deployments(request: Request) -> Response:
 
 async def cancel_deploy(request: Request) -> Response:
     """Stop a running rollout by rolling back to the release it started from."""
-    ctl = control_of(request)
-    name = app_name(request)
-    token = require(request, ctl.store, APP_KINDS, app=name)
+    ctl, name, token = app_call(request, APP_KINDS)
     running = ctl.store.deployments(name, running=True)
     if not running:
         raise Conflict(f"{name} has no deployment in progress")
@@ -258,19 +236,13 @@ async def cancel_deploy(request: Request) -> Response:
 
 async def list_events(request: Request) -> Response:
     """List an app's events, oldest first."""
-    ctl = control_of(request)
-    name = app_name(request)
-    require(request, ctl.store, READ_KINDS, app=name)
-    ctl.store.get_app(name)
+    ctl, name, _ = app_call(request, READ_KINDS, exists=True)
     return JSONResponse({"events": ctl.store.list_events(name)})
 
 
 async def read_logs(request: Request) -> Response:
     """Log lines after ?after=SEQ (or the last ?limit=N); long-polls with ?wait=N."""
-    ctl = control_of(request)
-    name = app_name(request)
-    require(request, ctl.store, READ_KINDS, app=name)
-    ctl.store.get_app(name)
+    ctl, name, _ = app_call(request, READ_KINDS, exists=True)
     after_raw = request.query_params.get("after")
     after = int_between(after_raw, "after", 0, 1 << 62) if after_raw not in (None, "") else None
     limit = int_between(request.query_params.get("limit", "500"), "limit", 1, 5000)
@@ -292,9 +264,7 @@ async def read_logs(request: Request) -> Response:
 
 async def run_task(request: Request) -> Response:
     """Run a one-off command with the app's current droplet and config: {"command": ...}."""
-    ctl = control_of(request)
-    name = app_name(request)
-    token = require(request, ctl.store, APP_KINDS, app=name)
+    ctl, name, token = app_call(request, APP_KINDS)
     body = await json_body(request)
     command = body.get("command")
     if not isinstance(command, str) or not command.strip():

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from control.auth import APP_KINDS, READ_KINDS, require
 from control.context import (
     Control,
+    app_call,
     app_name,
     control_of,
     int_between,
@@ -55,9 +56,7 @@ def _route_target(ctl: Control, body: dict[str, Any]) -> tuple[str, str]:
 
 async def map_route(request: Request) -> Response:
     """Route HOST[/PATH] to an app: {"route": ..., "balance"?, "timeout"?, "sticky"?}."""
-    ctl = control_of(request)
-    name = app_name(request)
-    token = require(request, ctl.store, APP_KINDS, app=name)
+    ctl, name, token = app_call(request, APP_KINDS)
     body = await json_body(request)
     host, path = _route_target(ctl, body)
     ctl.store.get_app(name)
@@ -70,18 +69,13 @@ async def map_route(request: Request) -> Response:
 
 async def list_app_routes(request: Request) -> Response:
     """Routes added to an app with map-route (its default route is implicit)."""
-    ctl = control_of(request)
-    name = app_name(request)
-    require(request, ctl.store, READ_KINDS, app=name)
-    ctl.store.get_app(name)
+    ctl, name, _ = app_call(request, READ_KINDS, exists=True)
     return JSONResponse({"routes": ctl.store.mapped_routes(name)})
 
 
 async def unmap_route(request: Request) -> Response:
     """Remove a route added with map-route: {"route": "HOST[/PATH]"}."""
-    ctl = control_of(request)
-    name = app_name(request)
-    token = require(request, ctl.store, APP_KINDS, app=name)
+    ctl, name, token = app_call(request, APP_KINDS)
     host, path = _route_target(ctl, await json_body(request))
     ctl.store.unmap_route(name, host, path)
     ctl.store.add_event(name, "route-unmapped", f"{host}{path}", token.id)

@@ -18,7 +18,7 @@ from control.auth import APP_KINDS, READ_KINDS, require
 from control.blobs import BlobStore
 from control.context import (
     Control,
-    app_name,
+    app_call,
     control_of,
     env_pairs,
     int_between,
@@ -41,9 +41,7 @@ from packs import ordered_names
 
 async def push(request: Request) -> Response:
     """Upload a source package (gzip'd tar body): creates the app if needed, queues a build."""
-    ctl = control_of(request)
-    name = app_name(request)
-    token = require(request, ctl.store, APP_KINDS, app=name)
+    ctl, name, token = app_call(request, APP_KINDS)
     q = request.query_params
     settings: dict[str, Any] = {}
     if "instances" in q:
@@ -166,9 +164,7 @@ async def list_buildpacks(request: Request) -> Response:
 
 async def upload_buildpack(request: Request) -> Response:
     """Upload a buildpack directory (gzip'd tar) for this app's pushes: `blob:<sha256>`."""
-    ctl = control_of(request)
-    name = app_name(request)
-    require(request, ctl.store, APP_KINDS, app=name)
+    ctl, name, _ = app_call(request, APP_KINDS)
     digest = await _receive_source(ctl, request)
     return JSONResponse({"buildpack": f"blob:{digest}"}, status_code=201)
 

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 from starlette.requests import Request
 
+from control.auth import require
 from control.blobs import BlobStore
 from control.config import ControlConfig
 from control.errors import (
@@ -23,7 +24,7 @@ from control.names import (
 )
 from control.notify import Notifier
 from control.scaling import Scaling
-from control.store import Store
+from control.store import Store, Token
 
 
 class Control:
@@ -122,3 +123,17 @@ def parse_duration(text: str) -> float:
     if unit not in units or not number.isdigit() or int(number) == 0:
         raise BadRequest(f"duration {text!r} must look like 90s, 30m, 1h or 7d")
     return int(number) * units[unit]
+
+
+def app_call(request: Request, kinds: tuple[str, ...], *, exists: bool = False
+             ) -> tuple[Control, str, Token]:
+    """What an app handler starts with: the context, the app named in the path (a valid
+    DNS label), and the caller's token, allowed for `kinds` and scoped to the app; with
+    `exists`, NotFound unless the app exists. The token is checked before the name is
+    looked up, so a caller without access learns nothing about which apps exist."""
+    ctl = control_of(request)
+    name = app_name(request)
+    token = require(request, ctl.store, kinds, app=name)
+    if exists:
+        ctl.store.get_app(name)
+    return ctl, name, token
