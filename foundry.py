@@ -947,10 +947,20 @@ def control(home: Path = typer.Option(None, help="state directory"),
             tls: bool = typer.Option(False, "--tls", help="serve HTTPS with a self-signed "
                                      "certificate made on first start"),
             tls_cert: Path = typer.Option(None, help="serve HTTPS with this certificate"),
-            tls_key: Path = typer.Option(None, help="...and this private key")) -> None:
+            tls_key: Path = typer.Option(None, help="...and this private key"),
+            node_ttl: float = typer.Option(15.0, min=1, help="seconds of silence before a "
+                                           "node is lost and its instances move"),
+            immediate_restarts: int = typer.Option(3, min=0, help="crashes restarted at once"),
+            backoff: float = typer.Option(30.0, min=0, help="first restart delay after those, "
+                                          "seconds (doubling)"),
+            backoff_max: float = typer.Option(960.0, min=0, help="longest restart delay"),
+            give_up_after: int = typer.Option(200, min=1, help="restarts before giving up"),
+            healthy_reset: float = typer.Option(300.0, min=1, help="seconds of healthy "
+                                                "running that reset the crash count")) -> None:
     """Run the control plane."""
     from control.config import ControlConfig
     from control.main import run
+    from control.reconciler import Policy
     from control.tls import TLS, default_names, self_signed
 
     host, port = split_listen(listen)
@@ -966,7 +976,10 @@ def control(home: Path = typer.Option(None, help="state directory"),
                       api_address=api_address or f"{host}:{port}",
                       apps_url=apps_url or f"http://{{app}}.{domain}",
                       tls_cert=cert.cert if cert else None, tls_key=cert.key if cert else None,
-                      tls_fingerprint=cert.fingerprint if cert else None))
+                      tls_fingerprint=cert.fingerprint if cert else None,
+                      policy=Policy(immediate_restarts=immediate_restarts, backoff_base=backoff,
+                                    backoff_max=backoff_max, give_up_after=give_up_after,
+                                    reset_after=healthy_reset, node_ttl=node_ttl)))
 
 
 @app.command()
