@@ -56,6 +56,6 @@ def desired_instances(samples: list[Sample], current: int, settings: Settings, n
         wanted = max(panic, current)
     else:
         wanted = max(stable, math.ceil(current / 2)) if stable < current else stable
-    if any(s.tunnels for s in recent) or wanted == 0:
-        wanted = max(wanted, 1)      # traffic seen within the idle time keeps one instance
+    if any(s.tunnels for s in recent) or (wanted == 0 and current > 0):
+        wanted = max(wanted, 1)      # within the idle time (or with a tunnel) keep one up
     return max(settings.min, min(settings.max, wanted))

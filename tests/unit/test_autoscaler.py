@@ -65,3 +65,9 @@ def test_always_within_bounds(raw: list[tuple[float, float, int]], current: int,
     samples = [Sample(NOW - age, v, t) for age, v, t in raw]
     settings = Settings(min=lo, max=hi, concurrency=10, idle=60)
     assert lo <= desired_instances(samples, current, settings, NOW, first_seen=0) <= hi
+
+
+def test_an_app_at_zero_stays_at_zero_until_traffic_comes() -> None:
+    """Just scaled to zero (so not idle for long): no traffic must not bring it back."""
+    assert desired_instances([], 0, S, NOW, first_seen=NOW - 1) == 0
+    assert desired_instances(steady(3, 2), 0, S, NOW, first_seen=NOW - 1) == 1

@@ -1,0 +1,64 @@
+"""Per-app concurrency samples as tables: (what happened, when) in, samples out."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.metrics import Concurrency, Samples
+
+# Each step: (time, action, app); action is start / end / open / close / snap.
+# A snap's expected samples follow it.
+CASES: dict[str, list[tuple[float, str, str, Samples | None]]] = {
+    "nothing happened: nothing to report": [
+        (1.0, "snap", "", {}),
+    ],
+    "one request over half the interval averages 0.5": [
+        (0.0, "start", "a", None),
+        (0.5, "end", "a", None),
+        (1.0, "snap", "", {"a": {"in_flight": 0.5, "tunnels": 0}}),
+        (2.0, "snap", "", {"a": {"in_flight": 0.0, "tunnels": 0}}),  # the final zero
+        (3.0, "snap", "", {}),  # then silence
+    ],
+    "a request spanning snapshots counts in both": [
+        (0.5, "start", "a", None),
+        (1.0, "snap", "", {"a": {"in_flight": 0.5, "tunnels": 0}}),
+        (2.0, "snap", "", {"a": {"in_flight": 1.0, "tunnels": 0}}),
+        (2.5, "end", "a", None),
+        (3.0, "snap", "", {"a": {"in_flight": 0.5, "tunnels": 0}}),
+    ],
+    "two apps are reported apart": [
+        (0.0, "start", "a", None),
+        (0.0, "start", "a", None),
+        (0.0, "start", "b", None),
+        (
+            1.0,
+            "snap",
+            "",
+            {"a": {"in_flight": 2.0, "tunnels": 0}, "b": {"in_flight": 1.0, "tunnels": 0}},
+        ),  # noqa: E501
+    ],
+    "an open tunnel keeps an app reported": [
+        (0.0, "open", "a", None),
+        (1.0, "snap", "", {"a": {"in_flight": 0.0, "tunnels": 1}}),
+        (2.0, "snap", "", {"a": {"in_flight": 0.0, "tunnels": 1}}),
+        (2.5, "close", "a", None),
+        (3.0, "snap", "", {"a": {"in_flight": 0.0, "tunnels": 0}}),
+        (4.0, "snap", "", {}),
+    ],
+}
+
+
+@pytest.mark.parametrize("steps", CASES.values(), ids=CASES.keys())
+def test_samples(steps: list[tuple[float, str, str, Samples | None]]) -> None:
+    concurrency = Concurrency(0.0)
+    for now, action, app, expected in steps:
+        if action == "start":
+            concurrency.started(app, now)
+        elif action == "end":
+            concurrency.finished(app, now)
+        elif action == "open":
+            concurrency.tunnel_opened(app, now)
+        elif action == "close":
+            concurrency.tunnel_closed(app)
+        else:
+            assert concurrency.snapshot(now) == expected, now
