@@ -167,8 +167,9 @@ async def metrics(request: Request) -> Response:
     apps = body.get("apps")
     if not isinstance(apps, dict):
         raise BadRequest("apps must map app names to {in_flight, tunnels}")
+    reporter = str(body.get("reporter") or "")
     for name, sample in apps.items():
         if isinstance(sample, dict):
             ctl.scaling.record(str(name), float(sample.get("in_flight") or 0),
-                               int(sample.get("tunnels") or 0))
+                               int(sample.get("tunnels") or 0), reporter)
     return JSONResponse({"ok": True})

@@ -30,14 +30,23 @@ class Scaling:
     started: float = 0.0
     samples: dict[str, deque[Sample]] = field(default_factory=lambda: defaultdict(deque))
     waking: dict[str, float] = field(default_factory=dict)
+    latest: dict[str, dict[str, Sample]] = field(default_factory=lambda: defaultdict(dict))
 
     def __post_init__(self) -> None:
         self.started = self.store.clock()
 
-    def record(self, app: str, in_flight: float, tunnels: int) -> None:
+    def record(self, app: str, in_flight: float, tunnels: int, reporter: str = "") -> None:
+        """One reporter's figures; the series holds the sum over every reporter heard from
+        in the last two seconds (each edge worker reports for itself)."""
         now = self.store.clock()
+        mine = self.latest[app]
+        mine[reporter] = Sample(now, in_flight, tunnels)
+        for who, sample in list(mine.items()):
+            if sample.at < now - 2.0:
+                del mine[who]
         series = self.samples[app]
-        series.append(Sample(now, in_flight, tunnels))
+        series.append(Sample(now, sum(s.in_flight for s in mine.values()),
+                             sum(s.tunnels for s in mine.values())))
         while series and series[0].at < now - KEEP_SECONDS:
             series.popleft()
 

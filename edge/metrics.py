@@ -21,6 +21,8 @@ Rules kept here:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 import httpx
 import trio
@@ -28,6 +30,11 @@ import trio
 log = logging.getLogger(__name__)
 
 Samples = dict[str, dict[str, float | int]]
+
+# Who is reporting: the control plane adds up the latest figures of every worker of
+# every edge, so each names itself.
+def reporter() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"  # per worker: read after the fork
 
 
 class _Load:
@@ -129,7 +136,8 @@ async def report(
             continue
         try:
             response = await client.post(
-                url, json={"apps": samples}, headers=headers, timeout=max(2.0, interval * 4)
+                url, json={"apps": samples, "reporter": reporter()}, headers=headers,
+                timeout=max(2.0, interval * 4)
             )
             response.raise_for_status()
         except httpx.HTTPError as error:

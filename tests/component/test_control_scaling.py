@@ -75,3 +75,16 @@ async def test_cold_start_is_measured_when_the_first_instance_runs(control: Cont
     view = (await control.http.get("/v1/apps/lazy")).json()
     assert view["last_cold_start"] == 0.4
     assert any(e["kind"] == "cold-start" for e in control.store.list_events("lazy"))
+
+
+async def test_reports_of_several_edge_workers_add_up(control: Control) -> None:
+    await autoscaled(control, min=1, max=8, concurrency=10, idle=60)
+    _, edge = control.store.create_token("edge")
+    async with control.client(edge) as c:
+        for _ in range(6):
+            control.clock.now += 1
+            for worker in ("edge-1", "edge-2"):
+                await c.post("/v1/metrics", json={"reporter": worker,
+                                                  "apps": {"lazy": {"in_flight": 20}}})
+    scaling(control).autoscale_once()
+    assert control.store.get_app("lazy")["scale"]["web"] == 4     # 40 in flight, not 20
