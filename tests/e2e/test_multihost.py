@@ -6,6 +6,7 @@ instance comes back on the other node."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -80,7 +81,8 @@ class Hosts:
     def destroy(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         for name in ("n1", "n2", "c"):
             subprocess.run(["ip", "netns", "del", self.ns(name)], capture_output=True)
@@ -142,21 +144,26 @@ def test_a_lost_hosts_instance_comes_back_on_the_other_host(hosts: Hosts,
     names = {n["id"]: n["name"] for n in cli("nodes", "--json")}
     load = subprocess.Popen(["ip", "netns", "exec", hosts.ns("c"), sys.executable, "-c", LOAD,
                              "40"], env=hosts.env, stdout=subprocess.PIPE, text=True)
-    time.sleep(2)
-    began = time.monotonic()
-    os.killpg(hosts.procs["n2"].pid, signal.SIGKILL)    # the host dies: agent first
-    subprocess.run(["ip", "netns", "pids", hosts.ns("n2")], capture_output=True)
-    for pid in subprocess.run(["ip", "netns", "pids", hosts.ns("n2")], capture_output=True,
-                              text=True).stdout.split():
-        os.kill(int(pid), signal.SIGKILL)               # ...and everything it ran
+    try:
+        time.sleep(2)
+        began = time.monotonic()
+        os.killpg(hosts.procs["n2"].pid, signal.SIGKILL)    # the host dies: agent first
+        for pid in subprocess.run(["ip", "netns", "pids", hosts.ns("n2")], capture_output=True,
+                                  text=True).stdout.split():
+            with contextlib.suppress(ProcessLookupError):   # ...and everything it ran
+                os.kill(int(pid), signal.SIGKILL)
 
-    def back_on_n1() -> bool:
-        view = cli("app", "multi", "--json")
-        running = [i for i in view["instances"] if i["state"] == "RUNNING"]
-        return len(running) == 2 and {names[i["node"]] for i in running} == {"n1"}
-    eventually(back_on_n1, 45, "both instances on n1")
-    took = time.monotonic() - began
-    out, _ = load.communicate(timeout=60)
+        def back_on_n1() -> bool:
+            view = cli("app", "multi", "--json")
+            running = [i for i in view["instances"] if i["state"] == "RUNNING"]
+            return len(running) == 2 and {names[i["node"]] for i in running} == {"n1"}
+        eventually(back_on_n1, 45, "both instances on n1")
+        took = time.monotonic() - began
+        out, _ = load.communicate(timeout=60)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.communicate()
     counts = json.loads(out)
     print(f"\nmeasured: rescheduled after {took:.1f} s; requests ok={counts['ok']} "
           f"failed={counts['failed']}")
