@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import gzip
+import hashlib
 import json
 import os
 import signal
@@ -75,8 +76,8 @@ class Api:
 
     def request(self, method: str, path: str, *, timeout: float = 30, **kw: Any) -> Any:
         try:
-            resp = httpx.request(method, self.url + path, timeout=timeout,
-                                 headers={"authorization": f"Bearer {self.token}"},
+            headers = {"authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
+            resp = httpx.request(method, self.url + path, timeout=timeout, headers=headers,
                                  verify=_verify(), **kw)
         except httpx.TransportError as e:
             raise CLIError(f"cannot reach the control plane at {self.url} ({e}); "
@@ -250,12 +251,10 @@ def scan_resources(directory: Path) -> list[Any] | None:
     return found
 
 
-def upload_missing(api: Api, directory: Path, found: list[Any]) -> int:
+def upload_files(api: Api, directory: Path, found: list[Any], missing: list[str]) -> int:
     """Resource matching: send only files the control plane lacks; returns bytes sent."""
     from control.resources import upload_plan
 
-    missing = api.request("POST", "/v1/resources/match", timeout=120, json={
-        "resources": [{"sha256": r.sha256, "size": r.size} for r in found]})["missing"]
     plan = upload_plan(found, missing)
     typer.echo(f"{len(plan.matched)} of {len(found)} files already on the control plane; "
                f"uploading {len(plan.upload)}", err=True)
@@ -270,14 +269,58 @@ def upload_missing(api: Api, directory: Path, found: list[Any]) -> int:
         return tarball.stat().st_size
 
 
+def gzip_json(data: Any) -> bytes:
+    return gzip.compress(json.dumps(data, separators=(",", ":")).encode(), mtime=0)
+
+
+def listing_cache(api: Api, name: str) -> Path:
+    """Where the CLI remembers the listing it last pushed for an app of this API."""
+    tag = hashlib.sha256(api.url.encode()).hexdigest()[:12]
+    return foundry_home() / "listings" / tag / f"{name}.json"
+
+
+def send_listing(api: Api, name: str, found: list[Any]) -> tuple[str, list[str], int]:
+    """Tell the control plane the source's resource list as a delta against the listing
+    last pushed (the whole list when there is none or it is gone); returns (listing
+    digest, missing file digests, bytes sent)."""
+    from control.resources import listing_delta
+
+    cache = listing_cache(api, name)
+    previous: dict[str, Any] = {}
+    if cache.exists():
+        try:
+            previous = json.loads(cache.read_text())
+        except ValueError:
+            previous = {}
+    for base in ([previous.get("listing")] if previous.get("listing") else []) + [None]:
+        entries = {p: tuple(v) for p, v in previous.get("entries", {}).items()} if base else {}
+        changed, removed = listing_delta(entries, found)
+        body = gzip_json({"base": base, "changed": [r.as_json() for r in changed],
+                          "removed": removed})
+        try:
+            answer = api.request("POST", "/v1/resources/listing", content=body, timeout=120,
+                                 headers={"content-encoding": "gzip",
+                                          "content-type": "application/json"})
+        except CLIError:
+            if base is None:
+                raise
+            continue            # the control plane lost that listing: send the whole list
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"listing": answer["listing"], "entries": {
+            r.path: [r.sha256, r.mode, r.size] for r in found}}))
+        return answer["listing"], answer["missing"], len(body)
+    raise CLIError("the control plane refused the resource list")
+
+
 def start_build(api: Api, job: PushJob) -> dict[str, Any]:
     """Send the source (resource-matched when it can be) and queue the build."""
     path = f"/v1/apps/{job.name}/builds"
     found = scan_resources(job.directory)
     if found is not None:
-        upload_missing(api, job.directory, found)
+        listing, missing, _ = send_listing(api, job.name, found)
+        upload_files(api, job.directory, found, missing)
         return dict(api.request("POST", path, params=job.params, timeout=600,
-                                json={"resources": [r.as_json() for r in found]}))
+                                json={"listing": listing}))
     with tempfile.TemporaryDirectory() as tmp:
         tarball = Path(tmp) / "source.tgz"
         count = pack_source(job.directory, tarball)

@@ -6,7 +6,8 @@ rebuild's dependencies are unchanged, for the python and node examples.
 
 Runs a real `foundry up` in a temp home. The app is a static site (index.html plus
 N-1 small files), so the build itself is quick; upload bytes are counted as the CLI
-sends them: the match request, the tar of missing files, and the resource list.
+sends them: the listing (gzip'd; a delta after the first push), the tar of missing
+files, and the build request.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, Foundry  # noqa: E402
-from foundry import Api, follow_build, pack_source, scan_resources, upload_missing  # noqa: E402
+from foundry import (  # noqa: E402
+    Api,
+    follow_build,
+    pack_source,
+    scan_resources,
+    send_listing,
+    upload_files,
+)
 
 
 def make_app(root: Path, files: int) -> None:
@@ -35,14 +43,14 @@ def push_counted(api: Api, name: str, directory: Path) -> dict[str, int]:
     """A resource-matched push, as `foundry push` does it, counting the bytes sent."""
     found = scan_resources(directory)
     assert found is not None
-    match_body = {"resources": [{"sha256": r.sha256, "size": r.size} for r in found]}
-    files_bytes = upload_missing(api, directory, found)
-    build_body = {"resources": [r.as_json() for r in found]}
+    listing, missing, listing_bytes = send_listing(api, name, found)
+    files_bytes = upload_files(api, directory, found, missing)
+    build_body = {"listing": listing}
     started = api.request("POST", f"/v1/apps/{name}/builds", json=build_body, timeout=600)
     assert follow_build(api, name, started["build"])["state"] == "STAGED"
-    return {"file_tar_bytes": files_bytes,
-            "match_request_bytes": len(json.dumps(match_body)),
-            "resource_list_bytes": len(json.dumps(build_body))}
+    return {"listing_delta_bytes": listing_bytes, "file_tar_bytes": files_bytes,
+            "build_request_bytes": len(json.dumps(build_body)),
+            "total": listing_bytes + files_bytes + len(json.dumps(build_body))}
 
 
 def pack_step_seconds(api: Api, name: str) -> float:

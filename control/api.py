@@ -86,6 +86,7 @@ ROUTES = [
     Route("/v1/buildpacks", api_push.list_buildpacks),
     Route("/v1/apps/{app}/buildpack", api_push.upload_buildpack, methods=["POST"]),
     Route("/v1/resources/match", api_push.match_resources, methods=["POST"]),
+    Route("/v1/resources/listing", api_push.update_listing, methods=["POST"]),
     Route("/v1/resources", api_push.upload_resources, methods=["POST"]),
     Route("/v1/builds/{build}/result", api_nodes.build_result, methods=["POST"]),
     Route("/v1/routes", api_platform.routes),

@@ -26,6 +26,7 @@ from control.context import (
 )
 from control.errors import (
     BadRequest,
+    Conflict,
     FoundryError,
     TooLarge,
     Unauthorized,
@@ -87,8 +88,13 @@ def _files(ctl: Control) -> BlobStore:
 
 
 async def _assemble_source(ctl: Control, request: Request) -> str:
-    """The source package built from a resource list of files the store has."""
-    found = resources.parse_resources(await json_body(request), ctl.config.limits)
+    """The source package built from a resource list (or a stored listing, by digest) of
+    files the store has."""
+    body = await json_body(request)
+    if "listing" in body:
+        found = _stored_listing(ctl, str(body["listing"]))
+    else:
+        found = resources.parse_resources(body, ctl.config.limits)
     fd, name = tempfile.mkstemp(dir=ctl.blobs.root, prefix=".assembling-")
     os.close(fd)
     temp = Path(name)
@@ -175,6 +181,37 @@ async def match_resources(request: Request) -> Response:
     require(request, ctl.store, APP_KINDS)
     digests = resources.parse_digests(await json_body(request), ctl.config.limits)
     return JSONResponse({"missing": resources.missing(digests, _files(ctl))})
+
+
+def _stored_listing(ctl: Control, digest: str) -> list[resources.Resource]:
+    path = _files(ctl).path(digest)
+    if not path.exists():
+        raise Conflict(f"no listing {digest[:12]} on the control plane; send the full list")
+    return resources.parse_listing(path.read_bytes(), ctl.config.limits)
+
+
+async def update_listing(request: Request) -> Response:
+    """Store a source's resource list as the base listing plus a delta:
+    {"base": digest | null, "changed": [resources], "removed": [paths]} ->
+    {"listing": digest, "missing": [digests of changed files the store lacks]}."""
+    ctl = control_of(request)
+    require(request, ctl.store, APP_KINDS)
+    body = await json_body(request)
+    changed = resources.parse_resources(body, ctl.config.limits, key="changed")
+    removed = body.get("removed") or []
+    if not isinstance(removed, list) or not all(isinstance(p, str) for p in removed):
+        raise BadRequest("removed must be a list of paths")
+    base = _stored_listing(ctl, str(body["base"])) if body.get("base") else []
+    listing = resources.apply_delta(base, changed, removed)
+    if len(listing) > ctl.config.limits.max_files:
+        raise Unprocessable(f"more than {ctl.config.limits.max_files} files")
+    data = resources.listing_bytes(listing)
+    fd, name = tempfile.mkstemp(dir=_files(ctl).root, prefix=".listing-")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    digest = _files(ctl).commit(Path(name))
+    missing = resources.missing([r.sha256 for r in changed], _files(ctl))
+    return JSONResponse({"listing": digest, "missing": missing})
 
 
 async def upload_resources(request: Request) -> Response:

@@ -6,6 +6,8 @@ touches the store beyond what Control wires up (change notifications, scaling).
 
 from __future__ import annotations
 
+import json
+import zlib
 from typing import Any
 
 import anyio
@@ -16,6 +18,7 @@ from control.blobs import BlobStore
 from control.config import ControlConfig
 from control.errors import (
     BadRequest,
+    TooLarge,
     Unprocessable,
 )
 from control.names import (
@@ -85,9 +88,19 @@ def int_between(value: Any, what: str, lo: int, hi: int) -> int:
     return number
 
 
-async def json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request, max_bytes: int = 64 << 20) -> dict[str, Any]:
+    """The request's JSON object (gzip'd bodies are welcome); BadRequest otherwise."""
+    raw = await request.body()
+    if request.headers.get("content-encoding", "") == "gzip":
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            raw = inflate.decompress(raw, max_bytes)
+        except zlib.error:
+            raise BadRequest("request body is not valid gzip") from None
+        if inflate.unconsumed_tail:
+            raise TooLarge(f"request body expands past {max_bytes} bytes")
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except ValueError:
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):

@@ -2,9 +2,12 @@
 
 The CLI describes its source as resources (path, sha256, mode, size) and asks which
 digests are `missing`; it sends just those files, in a gzip'd tar whose members are
-named by their digest (`store_files`); then it pushes the full resource list and the
-control plane `assemble`s the source package from its file store. `upload_plan` is
-the CLI's pure decision of what to send.
+named by their digest (`store_files`); then the control plane `assemble`s the source
+package from its file store. The resource list itself is stored as a *listing* (a
+blob named by its sha256): a later push sends only the entries that changed since
+the listing it last pushed (`listing_delta` / `apply_delta`), so a one-file change
+costs one entry and one file, not ten thousand digests. `upload_plan` is the CLI's
+pure decision of what to send.
 
 Invariants: a file blob is stored only under the sha256 of its bytes (verified as it
 is stored); an assembled package obeys the rules of an uploaded one (relative paths
@@ -16,6 +19,7 @@ refused (422, naming the file) and nothing is built.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import re
@@ -196,3 +200,46 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# --- listings: a source's resource list, stored once and changed by deltas ------------
+def listing_bytes(found: Iterable[Resource]) -> bytes:
+    """The canonical bytes of a resource list (sorted by path): the same source always
+    gives the same listing, whose sha256 names it in the file store."""
+    rows = sorted([r.path, r.sha256, r.mode, r.size] for r in found)
+    return json.dumps(rows, separators=(",", ":")).encode()
+
+
+def parse_listing(data: bytes, limits: ArchiveLimits) -> list[Resource]:
+    """A stored listing back into resources, checked like any resource list."""
+    try:
+        rows = json.loads(data)
+    except ValueError:
+        raise Unprocessable("a stored listing is not valid JSON") from None
+    if not isinstance(rows, list):
+        raise Unprocessable("a stored listing must be a list")
+    body = {"resources": [{"path": r[0], "sha256": r[1], "mode": r[2], "size": r[3]}
+                          if isinstance(r, list) and len(r) == 4 else r for r in rows]}
+    return parse_resources(body, limits)
+
+
+def apply_delta(base: Iterable[Resource], changed: Iterable[Resource],
+                removed: Iterable[str]) -> list[Resource]:
+    """The listing after a push: the base, less removed paths, with changed entries
+    added or replaced; sorted by path."""
+    by_path = {r.path: r for r in base}
+    for path in removed:
+        by_path.pop(path, None)
+    for r in changed:
+        by_path[r.path] = r
+    return [by_path[p] for p in sorted(by_path)]
+
+
+def listing_delta(previous: dict[str, tuple[str, int, int]], found: Iterable[Resource]
+                  ) -> tuple[list[Resource], list[str]]:
+    """What changed since the listing the control plane already has: (changed, removed)."""
+    now = {r.path: r for r in found}
+    changed = [r for p, r in sorted(now.items()) if previous.get(p) != (r.sha256, r.mode,
+                                                                          r.size)]
+    removed = sorted(set(previous) - set(now))
+    return changed, removed

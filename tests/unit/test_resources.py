@@ -140,3 +140,17 @@ def test_a_file_whose_bytes_do_not_match_its_name_is_refused(tmp_path: Path) -> 
 def test_assembling_with_a_file_the_store_lacks_names_it(tmp_path: Path) -> None:
     with pytest.raises(Unprocessable, match="'lib/c.py'"):
         assemble([C], BlobStore(tmp_path / "files"), tmp_path / "source.tgz")
+
+
+def test_a_listing_delta_carries_only_what_changed() -> None:
+    from control.resources import apply_delta, listing_bytes, listing_delta
+
+    base = [Resource(f"f{i}.txt", f"{i:064x}", 0o644, 10) for i in range(10_000)]
+    previous = {r.path: (r.sha256, r.mode, r.size) for r in base}
+    now = [*base[1:], Resource("f5.txt", "f" * 64, 0o644, 11), Resource("new.txt", "e" * 64,
+                                                                        0o600, 3)]
+    now = [r for r in now if r.path != "f5.txt" or r.sha256 == "f" * 64]
+    changed, removed = listing_delta(previous, now)
+    assert [r.path for r in changed] == ["f5.txt", "new.txt"] and removed == ["f0.txt"]
+    rebuilt = apply_delta(base, changed, removed)
+    assert listing_bytes(rebuilt) == listing_bytes(now)      # the same source, the same bytes
