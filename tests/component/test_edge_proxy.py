@@ -20,6 +20,7 @@ import trio.testing
 from edge.proxy import EdgeConfig, serve
 from edge.routes import Backend, Route, RouteTable
 from edge.routesync import StaticSource
+from tests.component import peers
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 CONFIG = EdgeConfig(host="127.0.0.1", port=0, control_url=None, token=None)
@@ -43,18 +44,9 @@ async def closed_port() -> int:
 async def read_request(
     stream: trio.SocketStream, conn: h11.Connection
 ) -> tuple[h11.Request, bytes]:
-    request, body = None, b""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(65536))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            assert request is not None
-            return request, body
+    got = await peers.read_request(stream, conn)
+    assert got is not None, "the edge closed the connection before a whole request"
+    return got
 
 
 async def respond(

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from edge.routesync import RouteSync
+from tests.component import peers
 
 
 def routes(app: str, port: int) -> list[dict[str, object]]:
@@ -70,17 +71,8 @@ class FakeControl:
     async def _read_request(
         self, stream: trio.SocketStream, conn: h11.Connection
     ) -> h11.Request | None:
-        request = None
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.EndOfMessage):
-                return request
-            elif isinstance(event, h11.ConnectionClosed):
-                return None
+        got = await peers.read_request(stream, conn)
+        return got[0] if got else None
 
 
 async def start_control(nursery: trio.Nursery, control: FakeControl, port: int = 0) -> int:

@@ -19,6 +19,7 @@ import trio
 from edge.metrics import report
 from edge.proxy import Edge, EdgeConfig, serve
 from edge.routesync import RouteSync
+from tests.component import peers
 from tests.component.test_edge_proxy import (
     WEBSOCKET_HANDSHAKE,
     read_raw_response,
@@ -79,20 +80,7 @@ class Control:
 async def _read(
     stream: trio.SocketStream, conn: h11.Connection
 ) -> tuple[h11.Request, bytes] | None:
-    request, body = None, b""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(65536))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            assert request is not None
-            return request, body
-        elif isinstance(event, h11.ConnectionClosed):
-            return None
+    return await peers.read_request(stream, conn)
 
 
 async def start_edge(
