@@ -29,6 +29,8 @@ def test_push_serves_the_app_through_the_edge(platform: Platform) -> None:
     r = platform.get("hello")
     assert r.status_code == 200
     assert r.text == "Hello from hello, instance 0\n"
+    # The edge's access line reaches the app's log as source `router`.
+    eventually(lambda: "[router]" in platform.cli("logs", "hello").stdout, 15, "router lines")
 
 
 def test_scale_to_three_and_each_instance_answers(platform: Platform) -> None:
