@@ -1,8 +1,9 @@
 """The edge's trio server: accepts client connections and runs their requests.
 
 The protocol lives in `edge.http`, routing in `edge.routes`/`edge.balance`, one
-request's life in `edge.exchange`; this module owns listening, connections
-(`Session`), the shared `Edge` state, and stopping.
+request's life in `edge.exchange` (or, for the common bodiless GET, in the fast
+loop of `edge.fastpath`, which also reads each connection's request heads); this
+module owns listening, connections (`Session`), the shared `Edge` state, and stopping.
 
 Rules kept here:
   * One request at a time per client connection (pipelined requests wait their
@@ -32,8 +33,8 @@ from edge.accesslog import LogShipper
 from edge.balance import Balancer
 from edge.config import EdgeConfig
 from edge.encode import error_response
-from edge.exchange import Exchange
-from edge.http import NEED_DATA, PAUSED, ProtocolError, RequestHead, RequestParser
+from edge.fastpath import Lane
+from edge.http import ProtocolError, RequestParser
 from edge.listen import close_listener, open_listener
 from edge.metrics import Concurrency
 from edge.netio import Conn, serve_conns
@@ -174,47 +175,7 @@ class Session:
         self.trusted = self.config.is_trusted(self.client_ip)
 
     async def run(self) -> None:
-        while not self.edge.draining:
-            head = await self._next_head()
-            if head is None or not await Exchange(self, head).run():
-                return
-
-    async def _next_head(self) -> RequestHead | None:
-        """The next request head; None once the connection should close."""
-        parser = self.client.parser
-        idle_deadline = trio.current_time() + self.config.idle_timeout
-        head_deadline: float | None = None
-        while True:
-            try:
-                event = parser.next_event()
-            except ProtocolError as error:
-                await self._refuse(error)
-                return None
-            if isinstance(event, RequestHead):
-                return event
-            if event is PAUSED:
-                parser.resume()  # the backend declined to switch protocols
-            elif event is not NEED_DATA:
-                return None  # ConnectionClosed: the client is done
-            elif parser.in_head:
-                if head_deadline is None:
-                    head_deadline = trio.current_time() + self.config.header_timeout
-                if not await self._receive_until(head_deadline, idle=False):
-                    await self._refuse(ProtocolError(408, "request head timed out"))
-                    return None
-            elif self.edge.draining or not await self._receive_until(idle_deadline, idle=True):
-                return None  # idle keep-alive (or stopping): just close
-
-    async def _receive_until(self, deadline: float, *, idle: bool) -> bool:
-        """Read once before `deadline`; False if it passed (or the edge is draining)."""
-        with trio.CancelScope(deadline=deadline) as scope:
-            if idle:
-                self.edge.idle_waits.add(scope)
-            try:
-                await self.client.receive()
-            finally:
-                self.edge.idle_waits.discard(scope)
-        return not scope.cancelled_caught
+        await Lane(self).run()  # reads heads; runs each in `Exchange` or its own fast path
 
     async def _refuse(self, error: ProtocolError) -> None:
         log.info("edge-bad-request status=%d reason=%r", error.status, error.reason)

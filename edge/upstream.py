@@ -106,6 +106,14 @@ class Connector:
                 stream.close()
         self._idle.clear()
 
+    def take_recent(self, backend: Backend, now: float, within: float = 0.005) -> Conn | None:
+        """The newest idle connection to `backend` if it was used within `within` seconds,
+        without the liveness peek (a stale one is replayed by the caller), else None."""
+        idle = self._idle.get(backend)
+        if idle and now - idle[-1][0] <= within:
+            return idle.pop()[1]
+        return None
+
     def _take_idle(self, backend: Backend, now: float) -> Conn | None:
         idle = self._idle.get(backend)
         while idle:
