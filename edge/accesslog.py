@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import httpx
 import trio
 
+from edge.routes import Backend
+
 log = logging.getLogger("edge.access")
 ship_log = logging.getLogger(__name__)
 
@@ -58,6 +60,24 @@ def app_line(record: AccessRecord) -> str:
         f"bytes={record.bytes_sent} ms={record.ms:.1f} instance={record.instance} "
         f"id={record.request_id}"
     )
+
+
+def log_request(shipper: LogShipper | None, backend: Backend | None, *, request_id: bytes,
+                method: bytes, host: str, path: str, app: str, status: int,
+                bytes_sent: int, ms: float) -> None:
+    """Log one finished request (and queue it for shipping); builds nothing when neither
+    the log nor a shipper wants it."""
+    if shipper is None and not log.isEnabledFor(logging.INFO):
+        return
+    record = AccessRecord(
+        request_id=request_id.decode("latin-1"), method=method.decode("latin-1"),
+        host=host, path=path, app=app,
+        instance=backend.instance if backend else "-",
+        backend=backend.address if backend else "-",
+        status=status, bytes_sent=bytes_sent, ms=ms)
+    log.info("%s", access_line(record))
+    if shipper is not None:
+        shipper.record(record)
 
 
 class LogShipper:

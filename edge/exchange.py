@@ -36,8 +36,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from edge import headers as hdr
-from edge.accesslog import AccessRecord, access_line
-from edge.accesslog import log as access_log
+from edge.accesslog import log_request
 from edge.encode import (
     encode_body,
     encode_request_head,
@@ -444,22 +443,7 @@ class Exchange:
         return self.route.app if self.route is not None else "-"
 
     def _log(self) -> None:
-        shipper = self.edge.shipper
-        if not (shipper is not None or access_log.isEnabledFor(logging.INFO)):
-            return
-        backend = self.backend
-        record = AccessRecord(
-            request_id=self.request_id.decode("latin-1"),
-            method=self.head.method.decode("latin-1"),
-            host=self.host,
-            path=self.path,
-            app=self.app,
-            instance=backend.instance if backend else "-",
-            backend=backend.address if backend else "-",
-            status=self.status,
-            bytes_sent=self.bytes_sent,
-            ms=(trio.current_time() - self.started) * 1000,
-        )
-        access_log.info("%s", access_line(record))
-        if shipper is not None:
-            shipper.record(record)
+        log_request(self.edge.shipper, self.backend, request_id=self.request_id,
+                    method=self.head.method, host=self.host, path=self.path, app=self.app,
+                    status=self.status, bytes_sent=self.bytes_sent,
+                    ms=(trio.current_time() - self.started) * 1000)

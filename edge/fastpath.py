@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from edge import headers as hdr
-from edge.accesslog import AccessRecord, access_line
-from edge.accesslog import log as access_log
+from edge.accesslog import log_request
 from edge.encode import encode_request_head
 from edge.exchange import Exchange, new_request_id
 from edge.fastio import receive, send_now
@@ -394,22 +393,7 @@ class Lane:
             edge.balancer.finished(self.backend)
         self.stream = None
         edge.concurrency.finished(route.app, now)
-        shipper = edge.shipper
-        if not (shipper is not None or access_log.isEnabledFor(logging.INFO)):
-            return
-        backend = self.backend
-        record = AccessRecord(
-            request_id=self.request_id.decode("latin-1"),
-            method=head.method.decode("latin-1"),
-            host=self.host,
-            path=self.path,
-            app=route.app,
-            instance=backend.instance if backend else "-",
-            backend=backend.address if backend else "-",
-            status=self.status,
-            bytes_sent=self.bytes_sent,
-            ms=(now - self.started) * 1000,
-        )
-        access_log.info("%s", access_line(record))
-        if shipper is not None:
-            shipper.record(record)
+        log_request(edge.shipper, self.backend, request_id=self.request_id,
+                    method=head.method, host=self.host, path=self.path, app=route.app,
+                    status=self.status, bytes_sent=self.bytes_sent,
+                    ms=(now - self.started) * 1000)
