@@ -235,3 +235,22 @@ def test_returning_node_duplicates_are_stopped_by_heartbeat(tmp_path) -> None:  
     apply_heartbeat(store, nid, report, asked)          # asked once, not on every beat
     stops = [w for w in store.work_after(nid, 0) if w["kind"] == "stop"]
     assert [w["instance"] for w in stops] == ["a-web-0-old"]
+
+
+def test_an_instance_no_node_has_room_for_is_reported_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from control.converge import report_unplaced
+    from control.model import Placement, Plan
+    from control.store import Store
+
+    store = Store(tmp_path / "db")
+    store.create_app("a")
+    known: set[tuple[str, str, int]] = set()
+    stuck = Plan(unplaced=[Placement("a", "web", 0, 1, 512)])
+    report_unplaced(store, stuck, known)
+    report_unplaced(store, stuck, known)          # still stuck: not said again
+    events = [e for e in store.list_events("a") if e["kind"] == "unplaced"]
+    assert [e["detail"] for e in events] == [
+        "web.0 needs 512 MiB and no live node has that much free"]
+    report_unplaced(store, Plan(), known)         # placed at last; stuck again later:
+    report_unplaced(store, stuck, known)          # said again
+    assert len([e for e in store.list_events("a") if e["kind"] == "unplaced"]) == 2
