@@ -62,6 +62,11 @@ def app_line(record: AccessRecord) -> str:
     )
 
 
+def access_wanted(shipper: LogShipper | None) -> bool:
+    """Whether a finished request is logged or shipped at all (else nothing need be built)."""
+    return shipper is not None or log.isEnabledFor(logging.INFO)
+
+
 def log_request(shipper: LogShipper | None, backend: Backend | None, *, request_id: bytes,
                 method: bytes, host: str, path: str, app: str, status: int,
                 bytes_sent: int, ms: float) -> None:

@@ -18,9 +18,9 @@ Rules kept here:
 
 from __future__ import annotations
 
-import itertools
-
 from edge.routes import Backend, Route, RouteTable
+
+BALANCE = "round-robin"  # the default mode, which needs no sorting
 
 
 class Balancer:
@@ -39,9 +39,12 @@ class Balancer:
         count = len(route.backends)
         if count == 0 or limit <= 0:
             return []
-        start = self._next.get(route.key, 0) % count
-        self._next[route.key] = start + 1
-        order = list(itertools.chain(route.backends[start:], route.backends[:start]))
+        key = route.key
+        start = self._next.get(key, 0) % count
+        self._next[key] = start + 1
+        order = [*route.backends[start:], *route.backends[:start]]
+        if count == 1 or not (pinned or self._ejected_until or route.options.balance != BALANCE):
+            return order[:limit]  # plain rotation
         if route.options.balance == "least-in-flight":
             order.sort(key=lambda b: self._in_flight.get(b, 0))
         if self._ejected_until:

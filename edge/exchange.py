@@ -91,7 +91,7 @@ class _StaleConnection(Exception):
 class Exchange:
     """One request on a client connection."""
 
-    def __init__(self, session: Session, head: RequestHead) -> None:
+    def __init__(self, session: Session, head: RequestHead, *, end_queued: bool = True) -> None:
         self.session = session
         self.edge = session.edge
         self.config = session.config
@@ -101,8 +101,9 @@ class Exchange:
         self.client_http11 = head.version == b"1.1"
         self.keep_alive = head.keep_alive
         self.bodiless = self.request_done = head.framing is Framing.NONE
-        if self.bodiless:
-            # A bodiless request's end is queued together with its head.
+        if self.bodiless and end_queued:
+            # A bodiless request's end is queued together with its head (unless the
+            # head came from the fast path, which keeps the parser out of it).
             end = self.client.parser.next_event()
             assert isinstance(end, EndOfMessage), end
         self.response_started = self.response_done = self.backend_keep_alive = False

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 import trio
 
 YIELD_EVERY = 16
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
 _BROKEN = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
@@ -93,6 +95,23 @@ class Conn:
         """Close, as trio streams do."""
         self.close()
         await trio.lowlevel.checkpoint()
+
+    async def linger(self, seconds: float = LINGER_SECONDS) -> None:
+        """Half-close, then read and drop what the peer still sends (up to `LINGER_BYTES`,
+        for up to `seconds`) before the caller closes. Closing with unread bytes makes
+        the kernel reset the connection, which can destroy an answer still in flight
+        to a client that is not done sending (nginx's "lingering close")."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return  # already gone
+        dropped = 0
+        with trio.move_on_after(seconds):
+            while dropped < LINGER_BYTES:
+                data = await self.receive_some(65536)
+                if not data:
+                    return
+                dropped += len(data)
 
     def readable_now(self) -> bool:
         """Whether a read would not block: EOF, a reset or unexpected bytes are waiting."""

@@ -33,7 +33,7 @@ from edge.accesslog import LogShipper
 from edge.balance import Balancer
 from edge.config import EdgeConfig
 from edge.encode import error_response
-from edge.fastpath import Lane
+from edge.fastpath import Lane, Phase
 from edge.http import ProtocolError, RequestParser
 from edge.listen import close_listener, open_listener
 from edge.metrics import Concurrency
@@ -48,6 +48,8 @@ __all__ = ["Edge", "EdgeConfig", "serve"]
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 1.0
+WATCHDOG_TICK = 0.05  # how late, at most, a lane's deadline is enforced
+MAX_CACHED_HOSTS = 4096  # distinct raw Host values remembered by `Edge.fast_route`
 
 
 async def serve(
@@ -79,6 +81,7 @@ async def _serve(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(edge.housekeeping)
         nursery.start_soon(edge.follow_routes)
+        nursery.start_soon(edge.watchdog)
         async with trio.open_nursery() as connections:
             try:
                 async with trio.open_nursery() as accepting:
@@ -105,17 +108,37 @@ class Edge:
         self.balancer = Balancer(eject_seconds=config.eject_seconds)
         self.shipper = shipper
         self.draining = False
-        self.idle_waits: set[trio.CancelScope] = set()
+        self.lanes: set[Lane] = set()  # every client connection's request loop
         self.tunnels: dict[Backend, set[trio.CancelScope]] = {}
         self.wakes = Wakes(timeout=config.wake_timeout, max_held=config.max_held)
         self.concurrency = Concurrency(trio.current_time())
         self._source = source
         self._table: RouteTable | None = None
+        # Raw Host header -> that host's routes as (prefix, prefix + "/", route), longest
+        # prefix first, for the fast path; emptied with every new table.
+        self._by_raw_host: dict[bytes, tuple[tuple[bytes, bytes, Route], ...]] = {}
 
     def route(self, host: str, path: str) -> Route | None:
         """Look the request up in the current table."""
         self._notice_table()
         return self._source.table.lookup(host, path)
+
+    def fast_route(self, host: bytes, path: bytes) -> Route | None:
+        """`route` for the raw Host value and path of a plain request, with the host's
+        routes remembered per raw Host value until the table changes."""
+        self._notice_table()
+        routes = self._by_raw_host.get(host)
+        if routes is None:
+            if len(self._by_raw_host) >= MAX_CACHED_HOSTS:
+                self._by_raw_host.clear()
+            found = self._source.table.host_routes(host.decode("latin-1"))
+            prefixes = [r.path.encode("latin-1", "replace") for r in found]
+            routes = tuple((p, p + b"/", r) for p, r in zip(prefixes, found, strict=True))
+            self._by_raw_host[host] = routes
+        for prefix, below, route in routes:
+            if prefix == b"/" or path == prefix or path.startswith(below):
+                return route
+        return None
 
     async def handle_connection(self, stream: Conn) -> None:
         """Serve one client connection; never lets an error escape to the listener."""
@@ -134,6 +157,15 @@ class Edge:
             self.connector.sweep(trio.current_time())
             self._notice_table()
 
+    async def watchdog(self) -> None:
+        """End the waits of lanes whose deadline has passed, forever (`Lane` explains why
+        its waits have no trio deadline of their own)."""
+        while True:
+            await trio.sleep(WATCHDOG_TICK)
+            now = trio.current_time()
+            for lane in [lane for lane in self.lanes if lane.deadline <= now]:
+                lane.expire()
+
     async def follow_routes(self) -> None:
         """Notice every new routing table as it arrives, forever."""
         while True:
@@ -144,8 +176,8 @@ class Edge:
         """Close idle connections and give in-flight work its time before it is cancelled."""
         log.info("edge-draining timeout=%.1f", self.config.drain_timeout)
         self.draining = True
-        for scope in list(self.idle_waits):
-            scope.cancel()
+        for lane in [lane for lane in self.lanes if lane.phase is Phase.IDLE]:
+            lane.expire()
         connections.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout
         # The nursery's own exit waits for the remaining sessions (or the deadline).
 
@@ -154,6 +186,7 @@ class Edge:
         if table is self._table:
             return
         self._table = table
+        self._by_raw_host.clear()
         self.wakes.table_changed()
         self.balancer.forget_missing(table)
         routed = {b for route in table.routes for b in route.backends}
@@ -181,3 +214,4 @@ class Session:
         log.info("edge-bad-request status=%d reason=%r", error.status, error.reason)
         reply = error_response(error.status, error.reason, close=True, code=error.code)
         await self.client.send(reply)
+        await self.client.stream.linger()  # the client may still be sending

@@ -129,10 +129,14 @@ class RouteTable:
 
     def lookup(self, host: str, path: str) -> Route | None:
         """The route serving `path` on `host` (a raw Host header value), or None."""
-        for route in self._by_host.get(normalize_host(host), ()):
+        for route in self.host_routes(host):
             if path_has_prefix(path, route.path):
                 return route
         return None
+
+    def host_routes(self, host: str) -> tuple[Route, ...]:
+        """The routes of `host` (a raw Host header value), longest path prefix first."""
+        return tuple(self._by_host.get(normalize_host(host), ()))
 
 
 class RouteSource(Protocol):

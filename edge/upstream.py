@@ -77,13 +77,15 @@ class Connector:
         with trio.fail_after(self._connect_timeout):
             return await _connect(backend)
 
-    def release(self, backend: Backend, stream: Conn, *, reusable: bool) -> None:
+    def release(
+        self, backend: Backend, stream: Conn, *, reusable: bool, now: float | None = None
+    ) -> None:
         """Give a stream back once its exchange is over: pooled if `reusable`, else closed."""
         idle = self._idle.get(backend)
         if idle is None:
             idle = self._idle[backend] = deque()
         if reusable and len(idle) < self._max_idle:
-            idle.append((trio.current_time(), stream))
+            idle.append((trio.current_time() if now is None else now, stream))
         else:
             stream.close()
 
