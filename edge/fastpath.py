@@ -3,10 +3,10 @@
 `Lane` runs a whole client connection in one loop with one cancel scope, whose
 deadline is moved for each wait (idle, request head, backend) instead of opening a
 scope per wait. The lane holds the client's bytes itself: a head that
-`edge.fastrequest` takes (a plain GET/HEAD/DELETE/OPTIONS without a body) for a
+`edge.fasthead.read_request` takes (a plain GET/HEAD/DELETE/OPTIONS without a body) for a
 route with a running instance goes to a pooled backend connection as built there,
 and an answer framed by one Content-Length is relayed with only its hop-by-hop
-headers edited (`edge.fastresponse`). No per-header objects are made either way.
+headers edited (`edge.fasthead.parse_head`). No per-header objects are made either way.
 
 Everything else goes to the general path (`edge.exchange.Exchange`) by way of the
 general parser (`edge.http.RequestParser`): the lane feeds it the bytes it holds and
@@ -30,9 +30,8 @@ import trio
 from edge import headers as hdr
 from edge.accesslog import access_wanted, log_request
 from edge.exchange import Exchange, new_request_id
+from edge.fasthead import Parsed, PlainRequest, parse_head, read_request, request_head
 from edge.fastio import receive, send_now
-from edge.fastrequest import PlainRequest, read_request, request_head
-from edge.fastresponse import Parsed, parse_head
 from edge.http import NEED_DATA, PAUSED, ProtocolError, RequestHead, ResponseParser
 from edge.peer import CHUNK, Peer
 from edge.routes import Backend, Route
@@ -178,7 +177,7 @@ class Lane:
                 if not await self._read_more():
                     return
                 continue
-            request = read_request(buffer, end, limits, client_ip=self.client_ip,
+            request = read_request(buffer, limits, client_ip=self.client_ip,
                                    scheme=self.scheme, trusted=session.trusted,
                                    fresh_id=new_request_id())
             route = None if request is None else edge.fast_route(request.host, request.path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.fastresponse import parse_head
+from edge.fasthead import parse_head
 from edge.http import Limits
 
 LIMITS = Limits(64 * 1024, 100, None)

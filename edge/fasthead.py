@@ -1,0 +1,264 @@
+"""Sans-IO reading of the plainest message heads, for `edge.fastpath`, both ways.
+
+Each reader takes a head only when its reading is beyond doubt, and then edits it
+as bytes: the lines it must change are cut out or added, every other line is
+relayed untouched and in order. Anything else returns None and goes to the general
+parser (`edge.http`), which answers or forwards it by the full rules.
+
+`read_request` takes:
+  * a request line `GET|HEAD|DELETE|OPTIONS /origin-form HTTP/1.0|1.1` in visible
+    ASCII, then header lines of token names and plain values (no obs-fold, no bare
+    CR or LF, no control characters), at most `Limits.max_headers` of them;
+  * exactly one non-blank Host without whitespace inside, no Content-Length,
+    Transfer-Encoding or Upgrade (a body, or a protocol switch, is the general
+    path's), and at most one of each header it edits, Connection naming only
+    `close`/`keep-alive`.
+  It applies `edge.headers.forward_request`'s rules: hop-by-hop lines (Connection,
+  Keep-Alive, Proxy-Connection, TE, Trailer) are cut, X-Forwarded-* is replaced
+  (appended to and believed only from a trusted proxy), a well-formed X-Request-Id
+  is kept and any other replaced by the caller's fresh one, and the request line
+  becomes HTTP/1.1.
+
+`parse_head` takes an HTTP/1.x response head with a reason phrase, status 200-599
+other than 204/304, the same plain lines, exactly one Content-Length (repeats with
+one value are fine) and no Transfer-Encoding. It cuts the hop-by-hop lines and
+those named in Connection, and notices a session cookie.
+"""
+
+from __future__ import annotations
+
+import re
+
+from edge.headers import _REQUEST_ID, HOP_BY_HOP, SESSION_COOKIES, STICKY_COOKIE, Headers
+from edge.http import Framing, Limits, RequestHead
+
+_LINES = rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n"
+_REQUEST_HEAD = re.compile(rb"(GET|HEAD|DELETE|OPTIONS) (/[!-~]*) HTTP/1\.([01])\r\n" + _LINES)
+_RESPONSE_HEAD = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]+)\r\n"
+                            + _LINES)
+
+# The header names each reader must look at, found in the lower-cased lines.
+_REQUEST_NAMES = re.compile(
+    rb"\n(host|connection|keep-alive|proxy-connection|te|trailer|upgrade|content-length|"
+    rb"transfer-encoding|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-request-id):"
+)
+_RESPONSE_NAMES = re.compile(
+    rb"\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
+    rb"content-length):"
+)
+_REFUSED = frozenset({b"upgrade", b"content-length", b"transfer-encoding"})
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b""})
+_PIN = re.compile(rb"(?:^|[;\s])" + re.escape(STICKY_COOKIE) + rb"=([^;\s]*)")
+
+# A line found: (lower-cased name, value, start, end); lines[start:end] is the whole
+# line with its CRLF.
+_Line = tuple[bytes, bytes, int, int]
+
+
+def _find(lines: bytes, names: re.Pattern[bytes]) -> list[_Line]:
+    """Every line of `lines` whose name `names` matches, in order."""
+    low = b"\n" + lines.lower()  # a name starts a line where "\n" + name is in `low`
+    found: list[_Line] = []
+    at = 0
+    for name in names.findall(low):
+        start = low.find(b"\n" + name + b":", at)  # where the line starts in `lines`
+        end = lines.find(b"\r\n", start) + 2
+        found.append((name, lines[start + len(name) + 1 : end - 2].strip(b" \t"), start, end))
+        at = end
+    return found
+
+
+def _cut(lines: bytes, cuts: list[tuple[int, int]]) -> bytes:
+    """`lines` without the (start, end) spans in `cuts`, which are in order."""
+    if not cuts:
+        return lines
+    pieces, at = [], 0
+    for start, end in cuts:
+        pieces.append(lines[at:start])
+        at = end
+    pieces.append(lines[at:])
+    return b"".join(pieces)
+
+
+class PlainRequest:
+    """A request head `read_request` took, and the head to send upstream for it."""
+
+    __slots__ = ("method", "target", "path", "http11", "keep_alive", "host", "upstream",
+                 "request_id", "pinned", "size")
+
+    def __init__(self, method: bytes, target: bytes, http11: bool, keep_alive: bool,
+                 host: bytes, upstream: bytes, request_id: bytes, pinned: bytes | None,
+                 size: int) -> None:
+        self.method = method
+        self.target = target
+        query = target.find(b"?")
+        self.path = target if query < 0 else target[:query]
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.host = host
+        self.upstream = upstream  # the whole head to send the backend
+        self.request_id = request_id
+        self.pinned = pinned  # the sticky cookie's instance, if the client sent one
+        self.size = size  # bytes of the received head, final CRLF included
+
+
+def read_request(data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes,
+                 trusted: bool, fresh_id: bytes) -> PlainRequest | None:
+    """Read the request head at the start of `data` (which holds all of it), or None if it
+    is not plain. `fresh_id` is the X-Request-Id to use if the client's will not do."""
+    head = _REQUEST_HEAD.match(data)
+    if head is None:
+        return None
+    method, target, minor, lines = head.group(1, 2, 3, 4)
+    if lines.count(b"\n") > limits.max_headers:
+        return None
+    host = request_id = None
+    close = keep = False
+    cuts: list[tuple[int, int]] = []
+    forwarded: dict[bytes, bytes] = {}
+    seen: set[bytes] = set()
+    for name, value, start, end in _find(lines, _REQUEST_NAMES):
+        if name in seen or name in _REFUSED:
+            return None  # a repeat, a body's framing or a protocol switch
+        seen.add(name)
+        if name == b"host":
+            host = value
+            continue
+        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            request_id = value
+            continue  # kept as it came
+        if name == b"connection":
+            for token in value.lower().split(b","):
+                token = token.strip()
+                if token == b"close":
+                    close = True
+                elif token == b"keep-alive":
+                    keep = True
+                elif token:
+                    return None  # names headers to drop: the general path does that
+        elif name in _FORWARDED:
+            forwarded[name] = value
+        cuts.append((start, end))
+    if not host or b" " in host or b"\t" in host:
+        return None
+    http11 = minor == b"1"
+    added = b""
+    if request_id is None:
+        request_id = fresh_id
+        added = b"X-Request-Id: %b\r\n" % fresh_id
+    chain, proto, forwarded_host = client_ip, scheme, host
+    if trusted and forwarded:
+        given = forwarded.get(b"x-forwarded-for")
+        chain = given + b", " + client_ip if given else client_ip
+        proto = forwarded.get(b"x-forwarded-proto") or proto
+        forwarded_host = forwarded.get(b"x-forwarded-host") or host
+    added = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n%b\r\n" % (
+        chain, proto, forwarded_host, added)
+    size = head.end()
+    if not cuts and http11:
+        upstream = data[: size - 2] + added
+    else:
+        upstream = b"%b %b HTTP/1.1\r\n%b%b" % (method, target, _cut(lines, cuts), added)
+    pinned = None
+    if STICKY_COOKIE in lines:
+        pinned = _pinned(lines)
+    return PlainRequest(method, target, http11, not close and (http11 or keep), host,
+                        upstream, request_id, pinned, size)
+
+
+def _pinned(lines: bytes) -> bytes | None:
+    """The sticky cookie's value in the Cookie lines of `lines`, or None."""
+    for line in lines.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"cookie":
+            found = _PIN.search(value)
+            if found and found.group(1):
+                return found.group(1)
+    return None
+
+
+def request_head(data: bytes, plain: PlainRequest) -> RequestHead:
+    """The general parser's view of a head `read_request` took (for the general path's
+    error answers and unusual responses)."""
+    first = data.find(b"\r\n")
+    headers: Headers = []
+    for line in data[first + 2 : plain.size - 4].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        headers.append((name, value.strip(b" \t")))
+    return RequestHead(
+        method=plain.method,
+        target=plain.target,
+        version=b"1.1" if plain.http11 else b"1.0",
+        headers=headers,
+        keep_alive=plain.keep_alive,
+        framing=Framing.NONE,
+        upgrade=False,
+    )
+
+
+# What `parse_head` returns: (status, head to relay without its final CRLF,
+# body length, whether the backend keeps the connection, offset of the body,
+# whether it sets a session cookie).
+Parsed = tuple[int, bytes, int, bool, int, bool]
+
+
+def parse_head(data: bytes, head_request: bool, limits: Limits) -> Parsed | None:
+    """Read the response head at the start of `data`, or None if it is not plain."""
+    head = _RESPONSE_HEAD.match(data)
+    if head is None or head.end() - 4 > limits.max_header_bytes:
+        return None
+    minor, status_bytes, reason, lines = head.group(1, 2, 3, 4)
+    status = int(status_bytes)
+    if status in (204, 304) or lines.count(b"\n") > limits.max_headers:
+        return None
+    length: bytes | None = None
+    named: set[bytes] = set()
+    cuts: list[tuple[int, int]] = []
+    for name, value, start, end in _find(lines, _RESPONSE_NAMES):
+        if name == b"content-length":
+            if length is not None and value != length:
+                return None
+            length = value
+        elif name == b"transfer-encoding":
+            return None
+        else:
+            if name == b"connection":
+                named.update(t.strip() for t in value.lower().split(b","))
+            cuts.append((start, end))
+    if length is None or not length.isdigit():
+        return None
+    if minor == b"1":
+        keep_alive = b"close" not in named
+    else:
+        keep_alive = b"keep-alive" in named and b"close" not in named
+    if named <= _CONNECTION_TOKENS:
+        kept = _cut(lines, cuts)
+    elif b"content-length" in named:
+        return None
+    else:
+        kept = _without(lines, named)
+    session = b"set-cookie:" in lines.lower() and _sets_session(lines)
+    out = b"HTTP/1.1 %b %b\r\n%b" % (status_bytes, reason, kept)
+    return status, out, 0 if head_request else int(length), keep_alive, head.end(), session
+
+
+def _without(lines: bytes, named: set[bytes]) -> bytes:
+    """Header `lines` without hop-by-hop ones and those in `named`."""
+    kept = []
+    for line in lines.split(b"\r\n")[:-1]:
+        name = line.partition(b":")[0].lower()
+        if name not in HOP_BY_HOP and name not in named:
+            kept.append(line + b"\r\n")
+    return b"".join(kept)
+
+
+def _sets_session(lines: bytes) -> bool:
+    """Whether a Set-Cookie line of `lines` starts (or renews) an app session."""
+    for line in lines.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"set-cookie":
+            cookie = value.partition(b"=")[0].strip().lower()
+            if cookie in SESSION_COOKIES or b"session" in cookie:
+                return True
+    return False
