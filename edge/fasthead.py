@@ -37,6 +37,33 @@ _REQUEST_HEAD = re.compile(rb"(GET|HEAD|DELETE|OPTIONS) (/[!-~]*) HTTP/1\.([01])
 _RESPONSE_HEAD = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]+)\r\n"
                             + _LINES)
 
+# The commonest heads in one regex each: an HTTP/1.1 request whose only header of
+# note is Host, and an HTTP/1.1 response whose only ones are one Content-Length and
+# perhaps `Connection: keep-alive` and Keep-Alive (to cut). Anything else is read
+# line by line below.
+_PLAIN_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n"
+_NOT_REQUEST_NAME = (
+    rb"(?!(?i:host|connection|keep-alive|proxy-connection|te|trailer|upgrade|content-length|"
+    rb"transfer-encoding|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-request-id):)"
+)
+_SIMPLE_REQUEST = re.compile(
+    rb"(GET|HEAD|DELETE|OPTIONS) (/[!-~]*) HTTP/1\.1\r\n"
+    rb"(?:" + _NOT_REQUEST_NAME + _PLAIN_LINE + rb")*"
+    rb"(?i:host):[\t ]*([!-~]+)[\t ]*\r\n"
+    rb"(?:" + _NOT_REQUEST_NAME + _PLAIN_LINE + rb")*\r\n"
+)
+_OTHER_RESPONSE_LINES = (
+    rb"(?:(?!(?i:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
+    rb"content-length|set-cookie):)" + _PLAIN_LINE
+    + rb"|(?i:connection:[\t ]*keep-alive[\t ]*|keep-alive:[\t\x20-\x7e]*)\r\n)*"
+)
+_SIMPLE_RESPONSE = re.compile(
+    rb"HTTP/1\.1 ([2-5][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]+)\r\n("
+    + _OTHER_RESPONSE_LINES + rb"(?i:content-length):[\t ]*([0-9]+)[\t ]*\r\n"
+    + _OTHER_RESPONSE_LINES + rb")\r\n"
+)
+_KEEP_ALIVE_LINES = re.compile(rb"\r\n(?i:connection|keep-alive):[^\r]*")
+
 # The header names each reader must look at, found in the lower-cased lines.
 _REQUEST_NAMES = re.compile(
     rb"\n(host|connection|keep-alive|proxy-connection|te|trailer|upgrade|content-length|"
@@ -46,7 +73,9 @@ _RESPONSE_NAMES = re.compile(
     rb"\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
     rb"content-length):"
 )
-_REFUSED = frozenset({b"upgrade", b"content-length", b"transfer-encoding"})
+# Left to the general path: framing, a protocol switch, and Proxy-Connection, which
+# llhttp reads as Connection.
+_REFUSED = frozenset({b"upgrade", b"content-length", b"transfer-encoding", b"proxy-connection"})
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 _CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b""})
 _PIN = re.compile(rb"(?:^|[;\s])" + re.escape(STICKY_COOKIE) + rb"=([^;\s]*)")
@@ -107,6 +136,17 @@ def read_request(data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes
                  trusted: bool, fresh_id: bytes) -> PlainRequest | None:
     """Read the request head at the start of `data` (which holds all of it), or None if it
     is not plain. `fresh_id` is the X-Request-Id to use if the client's will not do."""
+    head = _SIMPLE_REQUEST.match(data)
+    if head is not None:
+        size = head.end()
+        if data.count(b"\n", 0, size) <= limits.max_headers + 2 and (
+            data.find(STICKY_COOKIE, 0, size) < 0
+        ):
+            method, target, host = head.group(1, 2, 3)
+            upstream = data[: size - 2] + (
+                b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
+                b"X-Request-Id: %b\r\n\r\n" % (client_ip, scheme, host, fresh_id))
+            return PlainRequest(method, target, True, True, host, upstream, fresh_id, None, size)
     head = _REQUEST_HEAD.match(data)
     if head is None:
         return None
@@ -205,6 +245,16 @@ Parsed = tuple[int, bytes, int, bool, int, bool]
 
 def parse_head(data: bytes, head_request: bool, limits: Limits) -> Parsed | None:
     """Read the response head at the start of `data`, or None if it is not plain."""
+    head = _SIMPLE_RESPONSE.match(data)
+    if head is not None:
+        status_bytes, reason, lines, length = head.group(1, 2, 3, 4)
+        status = int(status_bytes)
+        size = head.end()
+        if (status not in (204, 304) and size - 4 <= limits.max_header_bytes
+                and lines.count(b"\n") <= limits.max_headers):
+            out = b"HTTP/1.1 %b %b%b" % (status_bytes, reason,
+                                           _KEEP_ALIVE_LINES.sub(b"", b"\r\n" + lines))
+            return status, out, 0 if head_request else int(length), True, size, False
     head = _RESPONSE_HEAD.match(data)
     if head is None or head.end() - 4 > limits.max_header_bytes:
         return None
@@ -220,7 +270,7 @@ def parse_head(data: bytes, head_request: bool, limits: Limits) -> Parsed | None
             if length is not None and value != length:
                 return None
             length = value
-        elif name == b"transfer-encoding":
+        elif name in (b"transfer-encoding", b"proxy-connection"):
             return None
         else:
             if name == b"connection":

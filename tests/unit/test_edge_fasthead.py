@@ -4,9 +4,20 @@ doubt and hands everything else to the general parser (None)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from edge.fasthead import parse_head
-from edge.http import Limits
+from edge import headers as hdr
+from edge.fasthead import parse_head, read_request
+from edge.http import (
+    Framing,
+    Limits,
+    ProtocolError,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+    ResponseParser,
+)
 
 LIMITS = Limits(64 * 1024, 100, None)
 
@@ -57,3 +68,103 @@ def test_anything_in_doubt_goes_to_the_general_parser(raw: bytes) -> None:
 def test_a_head_over_the_header_limit_goes_to_the_general_parser() -> None:
     raw = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100 + b"\r\nContent-Length: 0\r\n\r\n"
     assert parse_head(raw, False, Limits(64, 100, None)) is None
+
+
+# The fast readers against the general path's rules: for any head they take, what they
+# send on must be what the general parser and `edge.headers` would have sent.
+
+NAMES = ["Host", "host", "HOST", "Accept", "Cookie", "Connection", "Keep-Alive", "TE",
+         "Trailer", "Proxy-Connection", "Upgrade", "Content-Length", "Transfer-Encoding",
+         "X-Forwarded-For", "x-forwarded-proto", "X-Forwarded-Host", "X-Request-Id",
+         "Set-Cookie", "X-Other", "Bad Name", "Content-Type", "Date"]
+VALUES = ["a.localhost", "keep-alive", "close", "Keep-Alive, close", "x-other", "5", "0",
+          "chunked", "10.0.0.1", "https", "abc-123", "bad id!", "JSESSIONID=1", " spaced ",
+          "", "a\tb", "text/plain"]
+header_lists = st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=8)
+
+
+@st.composite
+def with_one(draw: st.DrawFn, name: str, value: str) -> list[tuple[str, str]]:
+    """Random header lines, mostly with one `name: value` line among them somewhere."""
+    headers = draw(header_lists)
+    if draw(st.integers(0, 4)):
+        headers.insert(draw(st.integers(0, len(headers))), (name, value))
+    return headers
+
+
+def general_request(raw: bytes) -> RequestHead | None:
+    parser = RequestParser(LIMITS)
+    parser.feed(raw)
+    try:
+        event = parser.next_event()
+    except ProtocolError:
+        return None
+    return event if isinstance(event, RequestHead) else None
+
+
+def as_set(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Header lines as a sorted list, names lower-cased and values without surrounding
+    whitespace (which is not part of a field value, RFC 9110 5.5; llhttp keeps some)."""
+    return sorted((name.lower(), value.strip(b" \t")) for name, value in headers)
+
+
+@settings(max_examples=400)
+@given(st.sampled_from([b"GET", b"HEAD", b"DELETE", b"POST"]), st.sampled_from([b"1.1", b"1.0"]),
+       with_one("Host", "a.localhost"), st.booleans())
+def test_a_request_the_fast_reader_takes_is_forwarded_as_the_general_path_would(
+    method: bytes, version: bytes, headers: list[tuple[str, str]], trusted: bool
+) -> None:
+    lines = b"".join(b"%b: %b\r\n" % (n.encode(), v.encode()) for n, v in headers)
+    raw = b"%b /p?q=1 HTTP/%b\r\n%b\r\n" % (method, version, lines)
+    plain = read_request(raw, LIMITS, client_ip=b"10.9.9.9", scheme=b"http", trusted=trusted,
+                         fresh_id=b"fresh")
+    general = general_request(raw)
+    if plain is None:
+        return
+    assert general is not None, "the fast reader took a head the general parser refuses"
+    assert general.framing is Framing.NONE and not general.upgrade
+    assert (plain.method, plain.target, plain.keep_alive) == (
+        general.method, general.target, general.keep_alive)
+    assert plain.size == len(raw)
+    hosts = [v.strip(b" \t") for n, v in general.headers if n.lower() == b"host"]
+    assert hosts == [plain.host]
+    expected, request_id = hdr.forward_request(
+        [(n, v.strip(b" \t")) for n, v in general.headers], host=plain.host,
+        client_ip="10.9.9.9", proto="http", trusted=trusted, fresh_id=b"fresh", websocket=False)
+    assert plain.request_id == request_id
+    sent = general_request(plain.upstream)
+    assert sent is not None and sent.version == b"1.1"
+    assert (sent.method, sent.target) == (general.method, general.target)
+    assert as_set(sent.headers) == as_set(expected)
+
+
+@settings(max_examples=400)
+@given(st.sampled_from([b"1.1", b"1.0"]), st.sampled_from([200, 404, 204, 503]),
+       with_one("Content-Length", "4"), st.booleans())
+def test_a_response_the_fast_reader_takes_is_relayed_as_the_general_path_would(
+    version: bytes, status: int, headers: list[tuple[str, str]], head_request: bool
+) -> None:
+    lines = b"".join(b"%b: %b\r\n" % (n.encode(), v.encode()) for n, v in headers)
+    raw = b"HTTP/%b %d Reason\r\n%b\r\nbody" % (version, status, lines)
+    parsed = parse_head(raw, head_request, LIMITS)
+    if parsed is None:
+        return
+    parser = ResponseParser(LIMITS, request_method=b"HEAD" if head_request else b"GET")
+    parser.feed(raw)
+    general = parser.next_event()
+    assert isinstance(general, ResponseHead)
+    status_, head, length, keep_alive, body_at, session = parsed
+    assert status_ == general.status
+    assert raw[body_at:] == b"body"
+    assert keep_alive == general.keep_alive
+    if not head_request:
+        assert general.framing is Framing.LENGTH
+        (value,) = {v.strip() for n, v in general.headers if n.lower() == b"content-length"}
+        assert length == int(value)
+    kept, _, sets_session = hdr.forward_response(general.headers)
+    assert session == sets_session
+    relayed = ResponseParser(LIMITS, request_method=b"GET")
+    relayed.feed(head + b"\r\n")
+    again = relayed.next_event()
+    assert isinstance(again, ResponseHead) and again.version == b"1.1"
+    assert as_set(again.headers) == as_set(kept)
