@@ -247,14 +247,14 @@ def parse_head(data: bytes, head_request: bool, limits: Limits) -> Parsed | None
     """Read the response head at the start of `data`, or None if it is not plain."""
     head = _SIMPLE_RESPONSE.match(data)
     if head is not None:
-        status_bytes, reason, lines, length = head.group(1, 2, 3, 4)
+        status_bytes, reason, lines, digits = head.group(1, 2, 3, 4)
         status = int(status_bytes)
         size = head.end()
         if (status not in (204, 304) and size - 4 <= limits.max_header_bytes
                 and lines.count(b"\n") <= limits.max_headers):
             out = b"HTTP/1.1 %b %b%b" % (status_bytes, reason,
                                            _KEEP_ALIVE_LINES.sub(b"", b"\r\n" + lines))
-            return status, out, 0 if head_request else int(length), True, size, False
+            return status, out, 0 if head_request else int(digits), True, size, False
     head = _RESPONSE_HEAD.match(data)
     if head is None or head.end() - 4 > limits.max_header_bytes:
         return None
