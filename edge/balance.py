@@ -6,7 +6,8 @@ Pure state over `Route`s, with the clock passed in; the proxy reports what happe
 Rules kept here:
   * Round-robin is the default: each request starts one further along the route's
     backends. "least-in-flight" orders by requests (and open websocket tunnels)
-    in flight through this worker, with the rotation breaking ties.
+    in flight through this worker, with the rotation breaking ties; the proxy
+    reports `started`/`finished` only for routes balanced that way.
   * A backend whose connection failed is ejected for `eject_seconds`: it goes to
     the back of the list rather than out of it, so a route whose every instance
     failed recently is still tried instead of answered 502 unasked.
@@ -43,7 +44,8 @@ class Balancer:
         start = self._next.get(key, 0) % count
         self._next[key] = start + 1
         order = [*route.backends[start:], *route.backends[:start]]
-        if count == 1 or not (pinned or self._ejected_until or route.options.balance != BALANCE):
+        plain = route.options.balance == BALANCE and not (pinned or self._ejected_until)
+        if count == 1 or plain:
             return order[:limit]  # plain rotation
         if route.options.balance == "least-in-flight":
             order.sort(key=lambda b: self._in_flight.get(b, 0))

@@ -45,7 +45,7 @@ class EdgeConfig:
     max_held: int = 1000  # requests held per app while it wakes; more get 503 at once
     metrics_interval: float = 0.5  # how often per-app concurrency is reported to control
 
-    @property
+    @cached_property
     def limits(self) -> Limits:
         """The per-message limits both parsers enforce."""
         return Limits(self.max_header_bytes, self.max_headers, self.max_body_bytes)

@@ -37,6 +37,7 @@ import trio
 
 from edge import headers as hdr
 from edge.accesslog import log_request
+from edge.balance import BALANCE
 from edge.encode import (
     encode_body,
     encode_request_head,
@@ -178,11 +179,14 @@ class Exchange:
         for backend_ in failed:
             balancer.failed(backend_, now)
         self.backend = backend
-        balancer.started(backend)
+        counted = route.options.balance != BALANCE  # round-robin needs no in-flight counts
+        if counted:
+            balancer.started(backend)
         try:
             await self._proxy_via(backend, stream, reused, target)
         finally:
-            balancer.finished(backend)
+            if counted:
+                balancer.finished(backend)
 
     async def _hold(self, route: Route) -> Route | None:
         """Wait for the app to wake (and for the requests held before this one); the

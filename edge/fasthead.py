@@ -20,8 +20,8 @@ parser (`edge.http`), which answers or forwards it by the full rules.
   becomes HTTP/1.1.
 
 `parse_head` takes an HTTP/1.x response head with a reason phrase, status 200-599
-other than 204/304, the same plain lines, exactly one Content-Length (repeats with
-one value are fine) and no Transfer-Encoding. It cuts the hop-by-hop lines and
+other than 204/304, the same plain lines, exactly one Content-Length line and no
+Transfer-Encoding. It cuts the hop-by-hop lines and
 those named in Connection, and notices a session cookie.
 """
 
@@ -180,8 +180,8 @@ def read_request(data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes
         elif name in _FORWARDED:
             forwarded[name] = value
         cuts.append((start, end))
-    if not host or b" " in host or b"\t" in host:
-        return None
+    if not host or b" " in host or b"\t" in host or (close and keep):
+        return None  # blank or odd Host; or both close and keep-alive, which llhttp reads its way
     http11 = minor == b"1"
     added = b""
     if request_id is None:
@@ -267,8 +267,8 @@ def parse_head(data: bytes, head_request: bool, limits: Limits) -> Parsed | None
     cuts: list[tuple[int, int]] = []
     for name, value, start, end in _find(lines, _RESPONSE_NAMES):
         if name == b"content-length":
-            if length is not None and value != length:
-                return None
+            if length is not None:
+                return None  # llhttp refuses a repeat, even of the same value
             length = value
         elif name in (b"transfer-encoding", b"proxy-connection"):
             return None
@@ -278,6 +278,8 @@ def parse_head(data: bytes, head_request: bool, limits: Limits) -> Parsed | None
             cuts.append((start, end))
     if length is None or not length.isdigit():
         return None
+    if b"close" in named and b"keep-alive" in named:
+        return None  # llhttp reads this its own way
     if minor == b"1":
         keep_alive = b"close" not in named
     else:

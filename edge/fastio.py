@@ -1,53 +1,55 @@
-"""Socket I/O for `edge.fastpath`: receive trying one plain checkpoint before epoll.
+"""Socket I/O for `edge.fastpath`: receive trying one plain yield before epoll.
 
 When a read would block, `receive` first yields once to the other tasks
-(`trio.lowlevel.checkpoint`) and tries again: under load the peer has usually
-answered by then, which saves registering the socket with epoll and hearing back
-from it. Only if the socket is still empty does it `wait_readable`. Otherwise it
-keeps `edge.netio.Conn.receive_some`'s contract: b"" at end of stream or on a
-reset, BrokenResourceError on other errors, ClosedResourceError on a closed Conn,
-and a checkpoint at least every `YIELD_EVERY` reads that did not wait.
+(`trio.lowlevel.cancel_shielded_checkpoint`) and tries again: under load the peer
+has usually answered by then, which saves registering the socket with epoll and
+hearing back from it. Only if the socket is still empty does it `wait_readable`
+(a cancellation point). It returns b"" at end of stream and on any socket error
+(a reset, or a connection that broke otherwise): to the fast path all of those
+mean the peer is gone. A closed Conn raises ClosedResourceError, as trio streams
+do, and a read that did not wait still yields every `YIELD_EVERY` times, so one
+busy connection cannot starve the others.
 
 `send_now` sends what the socket takes without waiting, so the caller can tell
-whether a send could block before it lifts its deadline for one.
+whether a send could block.
 """
 
 from __future__ import annotations
 
 import trio
 
-from edge.netio import _BROKEN, YIELD_EVERY, Conn
+from edge.netio import YIELD_EVERY, Conn
+
+_yield = trio.lowlevel.cancel_shielded_checkpoint
+_wait_readable = trio.lowlevel.wait_readable
 
 
 async def receive(conn: Conn, max_bytes: int) -> bytes:
-    """Up to `max_bytes` from `conn`; b"" at end of stream (or a reset)."""
+    """Up to `max_bytes` from `conn`; b"" at end of stream or on a socket error."""
     if conn.closed:
         raise trio.ClosedResourceError("connection was closed")
     sock = conn.sock
-    yielded = False
-    while True:
-        try:
-            data = sock.recv(max_bytes)
-        except BlockingIOError:
-            conn._eager = 0
-            if yielded:
-                await trio.lowlevel.wait_readable(sock)
-            else:
-                await trio.lowlevel.checkpoint()
-                yielded = True
+    try:
+        data = sock.recv(max_bytes)
+    except BlockingIOError:
+        conn._eager = 0
+        await _yield()
+        while True:
             if conn.closed:
                 raise trio.ClosedResourceError("connection was closed") from None
-            continue
-        except _BROKEN:
-            return b""
-        except OSError as error:
-            raise trio.BrokenResourceError(str(error)) from error
-        if not yielded:
-            conn._eager += 1
-            if conn._eager >= YIELD_EVERY:
-                conn._eager = 0
-                await trio.lowlevel.checkpoint()
-        return data
+            try:
+                return sock.recv(max_bytes)
+            except BlockingIOError:
+                await _wait_readable(sock)
+            except OSError:
+                return b""
+    except OSError:
+        return b""
+    conn._eager += 1
+    if conn._eager >= YIELD_EVERY:
+        conn._eager = 0
+        await trio.lowlevel.checkpoint()
+    return data
 
 
 def send_now(conn: Conn, data: bytes) -> int:

@@ -29,6 +29,7 @@ import trio
 
 from edge import headers as hdr
 from edge.accesslog import access_wanted, log_request
+from edge.balance import BALANCE
 from edge.exchange import Exchange, new_request_id
 from edge.fasthead import Parsed, PlainRequest, parse_head, read_request, request_head
 from edge.fastio import receive, send_now
@@ -84,6 +85,7 @@ class Lane:
         self.general = False  # the general parser holds the client's bytes
         self.head_deadline: float | None = None  # the head arriving in `buffer` is due then
         self.head_limit = min(FAST_HEAD_LIMIT, config.max_header_bytes)
+        self.limits = config.limits
         self.client_ip = session.client_ip.encode("ascii")
         self.scheme = config.scheme.encode("ascii")
         # The fast exchange in progress (`request` is None between them).
@@ -145,10 +147,7 @@ class Lane:
     async def _read(self, conn: Conn, phase: Phase, deadline: float) -> bytes:
         """Up to CHUNK bytes from `conn` (b"" at its end or on a reset), by `deadline`."""
         self.phase, self.deadline = phase, deadline
-        try:
-            data = await receive(conn, CHUNK)
-        except trio.BrokenResourceError:
-            data = b""
+        data = await receive(conn, CHUNK)
         self._unbound()
         return data
 
@@ -159,7 +158,7 @@ class Lane:
             raise _Expired
 
     async def _loop(self) -> None:
-        session, edge, limits = self.session, self.edge, self.config.limits
+        session, edge, limits = self.session, self.edge, self.limits
         parser = session.client.parser
         while not edge.draining:
             if self.general:
@@ -194,10 +193,10 @@ class Lane:
     async def _read_more(self) -> bool:
         """Read more of the next request head into `buffer`; False once the connection is done."""
         buffer, config = self.buffer, self.config
-        if len(buffer) > self.head_limit or buffer.count(b"\n") != buffer.count(b"\r\n"):
-            self._to_general()  # a head this big, or with a bare LF, is the general parser's
-            return True
         if buffer:
+            if len(buffer) > self.head_limit or buffer.count(b"\n") != buffer.count(b"\r\n"):
+                self._to_general()  # a head this big, or with a bare LF, is the general parser's
+                return True
             if self.head_deadline is None:
                 self.head_deadline = trio.current_time() + config.header_timeout
             data = await self._read(self.conn, Phase.HEAD, self.head_deadline)
@@ -211,7 +210,7 @@ class Lane:
             self._to_general()  # the general parser says what a head cut short means
             self.session.client.parser.feed(b"")
             return True
-        self.buffer = buffer + data
+        self.buffer = buffer + data if buffer else data
         return True
 
     def _to_general(self) -> None:
@@ -274,7 +273,8 @@ class Lane:
             for failed_backend in failed:
                 edge.balancer.failed(failed_backend, now)
         self.backend, self.stream = backend, stream
-        edge.balancer.started(backend)
+        if route.options.balance != BALANCE:  # round-robin needs no in-flight counts
+            edge.balancer.started(backend)
         timeout = min(route.options.timeout, config.response_timeout)
         buffer, eof = await self._ask(stream, request.upstream, now + timeout)
         if eof and not buffer and reused:  # a pooled connection that had closed
@@ -289,7 +289,7 @@ class Lane:
             return await self._fail(502, "backend failed", "backend-failed")
         if eof:
             return await self._general(buffer, closed=True)
-        parsed = parse_head(buffer, request.method == b"HEAD", config.limits)
+        parsed = parse_head(buffer, request.method == b"HEAD", self.limits)
         if parsed is None:
             return await self._general(buffer, closed=False)
         return await self._relay(parsed, buffer, stream, timeout)
@@ -421,7 +421,8 @@ class Lane:
         if self.backend is not None:
             if self.stream is not None:
                 edge.connector.release(self.backend, self.stream, reusable=reusable, now=now)
-            edge.balancer.finished(self.backend)
+            if route.options.balance != BALANCE:
+                edge.balancer.finished(self.backend)
         self.stream = None
         edge.concurrency.finished(route.app, now)
         if access_wanted(edge.shipper):

@@ -200,8 +200,9 @@ def forward_request(
     forwarded_proto = proto.encode("ascii")
     forwarded_host = host
     if trusted:
-        forwarded_proto = (given.get(b"x-forwarded-proto") or [forwarded_proto])[0]
-        forwarded_host = (given.get(b"x-forwarded-host") or [host])[0]
+        # As `add_forwarded`: the first value, unless it is empty.
+        forwarded_proto = (given.get(b"x-forwarded-proto") or [b""])[0] or forwarded_proto
+        forwarded_host = (given.get(b"x-forwarded-host") or [b""])[0] or host
     ids = given.get(b"x-request-id", [])
     request_id = ids[0] if len(ids) == 1 and _REQUEST_ID.fullmatch(ids[0]) else fresh_id
     out += [

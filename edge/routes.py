@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 
@@ -90,7 +91,7 @@ class Route:
     options: RouteOptions = DEFAULT_OPTIONS
     wakeable: bool = False  # the app may be at zero: hold requests and wake it
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, str]:
         """What identifies this route across table refreshes."""
         return (self.host, self.path)
