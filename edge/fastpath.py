@@ -86,6 +86,7 @@ class Lane:
         self.head_deadline: float | None = None  # the head arriving in `buffer` is due then
         self.head_limit = min(FAST_HEAD_LIMIT, config.max_header_bytes)
         self.limits = config.limits
+        self.logged = access_wanted(self.edge.shipper)  # whether requests are logged at all
         self.client_ip = session.client_ip.encode("ascii")
         self.scheme = config.scheme.encode("ascii")
         # The fast exchange in progress (`request` is None between them).
@@ -275,7 +276,9 @@ class Lane:
         self.backend, self.stream = backend, stream
         if route.options.balance != BALANCE:  # round-robin needs no in-flight counts
             edge.balancer.started(backend)
-        timeout = min(route.options.timeout, config.response_timeout)
+        timeout = route.options.timeout
+        if timeout > config.response_timeout:
+            timeout = config.response_timeout
         buffer, eof = await self._ask(stream, request.upstream, now + timeout)
         if eof and not buffer and reused:  # a pooled connection that had closed
             edge.connector.release(backend, stream, reusable=False)
@@ -324,20 +327,25 @@ class Lane:
         status, head_bytes, length, backend_keep_alive, end, session = parsed
         request, route, backend = self.request, self.route, self.backend
         assert request is not None and route is not None and backend is not None
-        if route.options.sticky and backend.instance:
-            repin = self.pinned is not None and self.pinned != backend.instance
-            if repin or session:
+        if (session or self.pinned is not None) and route.options.sticky and backend.instance:
+            if session or self.pinned != backend.instance:
                 head_bytes += b"%b: %b\r\n" % hdr.sticky_cookie(backend.instance)
         keep_alive = request.keep_alive and not self.edge.draining
-        if not request.http11 and keep_alive:
-            head_bytes += b"Connection: keep-alive\r\n"
-        elif not keep_alive:
+        if not keep_alive:
             head_bytes += b"Connection: close\r\n"
+        elif not request.http11:
+            head_bytes += b"Connection: keep-alive\r\n"
         self.status = status
-        body = buffer[end:]
-        extra = len(body) > length
-        pending = head_bytes + b"\r\n" + body[:length]
-        left = length - min(len(body), length)
+        total = end + length
+        if len(buffer) >= total:  # the whole body came with the head: the commonest case
+            pending = head_bytes + b"\r\n" + buffer[end:total]
+            self.bytes_sent = len(pending)
+            await self._send_last(pending)
+            self._finish(reusable=backend_keep_alive and len(buffer) == total)
+            return keep_alive
+        pending = head_bytes + b"\r\n" + buffer[end:]
+        left = total - len(buffer)
+        extra = False
         while left:
             self.bytes_sent += len(pending)
             await self.conn.send_all(pending)
@@ -425,7 +433,7 @@ class Lane:
                 edge.balancer.finished(self.backend)
         self.stream = None
         edge.concurrency.finished(route.app, now)
-        if access_wanted(edge.shipper):
+        if self.logged:
             log_request(edge.shipper, self.backend, request_id=request.request_id,
                         method=request.method, host=request.host.decode("latin-1"),
                         path=request.path.decode("latin-1"), app=route.app,
