@@ -40,13 +40,15 @@ class Balancer:
         count = len(route.backends)
         if count == 0 or limit <= 0:
             return []
+        if count == 1:
+            return list(route.backends)  # nothing to rotate or sort
         key = route.key
         start = self._next.get(key, 0) % count
         self._next[key] = start + 1
         order = [*route.backends[start:], *route.backends[:start]]
         plain = route.options.balance == BALANCE and not (pinned or self._ejected_until)
-        if count == 1 or plain:
-            return order[:limit]  # plain rotation
+        if plain:
+            return order[:limit]
         if route.options.balance == "least-in-flight":
             order.sort(key=lambda b: self._in_flight.get(b, 0))
         if self._ejected_until:
