@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 import trio
 
-from edge.proxy import EdgeConfig
+from edge.proxy import EdgeConfig, serve
+from edge.routesync import StaticSource
 from tests.component.test_edge_proxy import (
     CONFIG,
     closed_port,
@@ -208,3 +209,54 @@ def test_config_default_limits_match_the_contract() -> None:
     assert (config.header_timeout, config.max_header_bytes) == (10.0, 64 * 1024)
     assert config.response_timeout == 900.0 and config.workers == 0
     assert config.ship_access_logs is False
+
+
+async def test_an_idle_keep_alive_connection_is_closed_silently(nursery: trio.Nursery) -> None:
+    config = replace(CONFIG, idle_timeout=0.3)
+    edge = await start_edge(nursery, table(await start_server(nursery, json_backend("a"))), config)
+    async with await trio.open_tcp_stream("127.0.0.1", edge) as stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: hello.localhost\r\n\r\n")
+        started = trio.current_time()
+        with trio.fail_after(5):
+            wire = await read_raw_response(stream)
+    assert wire.startswith(b"HTTP/1.1 200 ") and wire.count(b"HTTP/1.1") == 1  # nothing after
+    assert 0.3 <= trio.current_time() - started < 1.5
+
+
+async def test_stopping_closes_idle_connections_at_once(nursery: trio.Nursery) -> None:
+    routes = table(await start_server(nursery, json_backend("a")))
+    shutdown, stopped = trio.Event(), trio.Event()
+
+    async def run_edge(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(replace(CONFIG, idle_timeout=60, drain_timeout=30), StaticSource(routes),
+                    shutdown=shutdown, task_status=task_status)
+        stopped.set()
+
+    edge = await nursery.start(run_edge)
+    async with await trio.open_tcp_stream("127.0.0.1", edge) as stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: hello.localhost\r\n\r\n")
+        first = await stream.receive_some(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        shutdown.set()  # the connection is idle now: the drain must not wait for it
+        with trio.fail_after(5):
+            assert await read_raw_response(stream) == b""
+            await stopped.wait()
+
+
+async def test_a_backend_stalling_mid_body_aborts_the_response(nursery: trio.Nursery) -> None:
+    async def stalls(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        await trio.sleep_forever()
+
+    config = replace(CONFIG, response_timeout=0.3)
+    edge = await start_edge(nursery, table(await start_server(nursery, stalls)), config)
+    async with await trio.open_tcp_stream("127.0.0.1", edge) as stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: hello.localhost\r\n\r\n")
+        started = trio.current_time()
+        with trio.fail_after(5):
+            wire = await read_raw_response(stream)
+    assert wire.startswith(b"HTTP/1.1 200 ") and wire.endswith(b"\r\n\r\nhalf")  # cut short
+    assert 0.3 <= trio.current_time() - started < 1.5
