@@ -5,9 +5,12 @@
 Starts one backend (nginx, one worker, a tiny 200 answer), then measures with wrk:
 direct to the backend, through nginx (`proxy_pass` with upstream keepalive, workers
 = cores) and through the edge (workers = cores), at 32 and 256 connections; the
-median of `--runs` runs is printed with p50/p99 and the ratio edge/nginx. Then the
-added latency at one connection, and websocket echo messages/s through both proxies
-(a raw echo backend and a Python client; the ratio is the point, not the number).
+median of `--runs` runs is printed with p50/p99 and the ratio edge/nginx. A fourth
+target, `bare`, is the least a trio proxy can do (`edge_support/bare_trio.py`: no
+parsing, routing or timeouts, workers = cores): the ceiling trio and the kernel put
+on any trio proxy on this machine, so edge/bare says how much of it the edge keeps.
+Then the added latency at one connection, and websocket echo messages/s through
+both proxies (a raw echo backend and a Python client; the ratio is the point).
 
 nginx and wrk come from apt (`apt-get install nginx wrk`) if missing.
 """
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.edge_support.servers import (  # noqa: E402
     free_port,
+    start_bare_trio,
     start_edge,
     start_nginx,
     start_route_server,
@@ -96,7 +100,7 @@ def main() -> None:
 
 
 def run_all(tmp: Path, args: argparse.Namespace) -> None:
-    backend, proxy, edge_port = free_port(), free_port(), free_port()
+    backend, proxy, edge_port, bare = free_port(), free_port(), free_port(), free_port()
     ws_backend = free_port()
     procs = [start_nginx(tmp / "backend", backend=backend)]
     procs.append(start_nginx(tmp / "proxy", proxy=proxy, upstream=backend, ws_upstream=ws_backend))
@@ -104,11 +108,12 @@ def run_all(tmp: Path, args: argparse.Namespace) -> None:
     routes = start_route_server(HOST, backend, ws_backend)
     procs.append(start_edge(edge_port, f"http://127.0.0.1:{routes.port}", CORES,
                             tmp / "edge.log", access_log=args.access_log))
+    procs.append(start_bare_trio(bare, backend, CORES))
     try:
-        for port in (backend, proxy, edge_port, ws_backend):
+        for port in (backend, proxy, edge_port, ws_backend, bare):
             wait_port(port)
         time.sleep(0.5)  # the edge's first route poll
-        report(backend, proxy, edge_port, args)
+        report(backend, proxy, edge_port, bare, args)
     finally:
         for proc in procs:
             proc.terminate()
@@ -117,8 +122,8 @@ def run_all(tmp: Path, args: argparse.Namespace) -> None:
         routes.shutdown()
 
 
-def report(backend: int, proxy: int, edge: int, args: argparse.Namespace) -> None:
-    targets = {"direct": backend, "nginx": proxy, "edge": edge}
+def report(backend: int, proxy: int, edge: int, bare: int, args: argparse.Namespace) -> None:
+    targets = {"direct": backend, "nginx": proxy, "edge": edge, "bare": bare}
     for port in targets.values():
         wrk(port, 32, 1.0)  # warm up pools and caches
     print(f"cores={CORES} duration={args.duration}s runs={args.runs} (median)")
@@ -133,7 +138,13 @@ def report(backend: int, proxy: int, edge: int, args: argparse.Namespace) -> Non
         print(f"{connections:>5} {'ratio':>7} {edge_r['rps'] / nginx_r['rps']:>9.2f} "
               f"{edge_r['p50'] / nginx_r['p50']:>8.2f} {edge_r['p99'] / nginx_r['p99']:>8.2f}"
               "  (edge/nginx)")
-    one = {name: median_run(port, 1, args.duration, args.runs) for name, port in targets.items()}
+        bare_r = results[(connections, "bare")]
+        print(f"{connections:>5} {'ratio':>7} {bare_r['rps'] / nginx_r['rps']:>9.2f} "
+              f"{'':>8} {'':>8}  (bare/nginx: the trio ceiling)")
+        print(f"{connections:>5} {'ratio':>7} {edge_r['rps'] / bare_r['rps']:>9.2f} "
+              f"{'':>8} {'':>8}  (edge/bare)")
+    one = {name: median_run(targets[name], 1, args.duration, args.runs)
+           for name in ("direct", "nginx", "edge")}
     for name in ("nginx", "edge"):
         added = (one[name]["p50"] - one["direct"]["p50"]) * 1000
         print(f"added latency at 1 connection, {name}: {added:.0f} us "

@@ -171,6 +171,13 @@ def start_route_server(host: str, backend: int, ws_backend: int) -> RouteServer:
     return server
 
 
+def start_bare_trio(port: int, backend: int, workers: int) -> subprocess.Popen[bytes]:
+    """The bare trio proxy (`edge_support.bare_trio`) in front of `backend`."""
+    command = [sys.executable, "-m", "benchmarks.edge_support.bare_trio", str(port), str(backend),
+               str(workers)]
+    return subprocess.Popen(command, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
+
+
 def start_ws_echo(port: int) -> subprocess.Popen[bytes]:
     """The raw websocket echo backend (`edge_support.wsecho`)."""
     command = [sys.executable, "-m", "benchmarks.edge_support.wsecho", str(port)]
