@@ -78,6 +78,25 @@ def json_backend(name: str) -> Handler:
     return handler
 
 
+def keep_alive_backend() -> Handler:
+    """`json_backend`'s answers, for as many requests as the connection carries."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while (got := await peers.read_request(stream, conn)) is not None:
+            request, body = got
+            if request.target.startswith(b"/echo"):
+                await respond(stream, conn, 200, body)
+            else:
+                seen = {"target": request.target.decode()}
+                await respond(stream, conn, 200, json.dumps(seen).encode())
+            if conn.our_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    return handler
+
+
 def raw_backend(answer: bytes) -> Handler:
     """Reads one request head, writes `answer` verbatim, then closes."""
 
@@ -373,6 +392,42 @@ async def test_pipelined_requests_are_answered_in_order(nursery: trio.Nursery) -
             raw.sent()
             targets.append(json.loads((await raw.response())[1])["target"])
         assert targets == ["/1", "/2"]
+
+
+async def test_plain_and_general_requests_mix_on_one_connection(nursery: trio.Nursery) -> None:
+    """The fast path hands a connection's bytes to the general parser for a request it
+    does not take (a body, an absolute-form target) and takes them back once that parser
+    is at rest; pipelined or not, answers come in order."""
+    backend = await start_server(nursery, keep_alive_backend())
+    edge = await start_edge(nursery, table(backend))
+    async with await raw_client(edge) as raw:
+        await raw.stream.send_all(
+            b"GET /1 HTTP/1.1\r\nHost: hello.localhost\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: hello.localhost\r\nContent-Length: 5\r\n\r\nhello"
+            b"GET /3 HTTP/1.1\r\nHost: hello.localhost\r\n\r\n"
+        )
+        raw.sent()
+        assert json.loads((await raw.response())[1])["target"] == "/1"
+        raw.conn.send(h11.Request(method="POST", target="/echo",
+                                  headers=[("Host", "x"), ("Content-Length", "5")]))
+        raw.conn.send(h11.Data(data=b"hello"))
+        raw.conn.send(h11.EndOfMessage())
+        assert (await raw.response())[1] == b"hello"
+        raw.sent()
+        assert json.loads((await raw.response())[1])["target"] == "/3"
+        for target in ("/4", "http://hello.localhost/5", "/6"):
+            response, body = await raw.get(target)
+            assert response.status_code == 200
+            assert json.loads(body)["target"] == "/" + target.rsplit("/", 1)[1]
+    async with await trio.open_tcp_stream("127.0.0.1", edge) as stream:  # HTTP/1.0 keep-alive
+        for target in (b"/7", b"/8"):
+            await stream.send_all(b"GET %b HTTP/1.0\r\nHost: hello.localhost\r\n"
+                                  b"Connection: keep-alive\r\n\r\n" % target)
+            wire = b""
+            while not wire.endswith(b'{"target": "%b"}' % target):
+                wire += await stream.receive_some(65536)
+            assert wire.startswith(b"HTTP/1.1 200 ")
+            assert b"\r\nConnection: keep-alive\r\n" in wire
 
 
 @pytest.mark.parametrize(
