@@ -144,7 +144,8 @@ class Edge:
         """Serve one client connection; never lets an error escape to the listener."""
         async with stream:
             try:
-                await Session(self, stream).run()
+                # The lane reads the heads; it runs each in `Exchange` or its own fast path.
+                await Lane(Session(self, stream)).run()
             except* (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client went away, perhaps mid-response; nothing is owed to it
             except* Exception:
@@ -206,9 +207,6 @@ class Session:
         self.client = Peer(stream, RequestParser(edge.config.limits))
         self.client_ip = stream.peer_ip()
         self.trusted = self.config.is_trusted(self.client_ip)
-
-    async def run(self) -> None:
-        await Lane(self).run()  # reads heads; runs each in `Exchange` or its own fast path
 
     async def _refuse(self, error: ProtocolError) -> None:
         log.info("edge-bad-request status=%d reason=%r", error.status, error.reason)
