@@ -7,10 +7,14 @@ module owns listening, connections (`Session`), the shared `Edge` state, and sto
 
 Rules kept here:
   * One request at a time per client connection (pipelined requests wait their
-    turn in the parser).
+    turn in the lane's buffer or the parser).
   * Between requests a connection may sit idle for `idle_timeout`, then it is
     closed silently. Once a request head has started it must be complete within
     `header_timeout` (slowloris), or the client gets 408 and the connection closes.
+    These waits, and the fast path's wait for a backend, are ended by the
+    `watchdog` task (at most `WATCHDOG_TICK` late), not by a trio deadline each.
+  * An error answered with `Connection: close` is followed by a lingering close
+    (`Conn.linger`), so the client reads it even if it was still sending.
   * The listener sets SO_REUSEPORT, so several worker processes (`edge.main`) can
     each accept on the same port and the kernel spreads connections across them.
   * Stopping (`shutdown` set) drains: the listener closes, idle keep-alive
@@ -199,7 +203,8 @@ class Edge:
 
 
 class Session:
-    """One client connection: read requests and run them one after another."""
+    """One client connection as its requests see it: the stream, the general parser
+    (used only for what the fast path hands over), and who the peer is."""
 
     def __init__(self, edge: Edge, stream: Conn) -> None:
         self.edge = edge
