@@ -102,6 +102,11 @@ def general_request(raw: bytes) -> RequestHead | None:
     return event if isinstance(event, RequestHead) else None
 
 
+def wire(headers: list[tuple[str, str]]) -> bytes:
+    """Header lines as sent."""
+    return b"".join(b"%b: %b\r\n" % (name.encode(), value.encode()) for name, value in headers)
+
+
 def as_set(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Header lines as a sorted list, names lower-cased and values without surrounding
     whitespace (which is not part of a field value, RFC 9110 5.5; llhttp keeps some)."""
@@ -114,7 +119,7 @@ def as_set(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
 def test_a_request_the_fast_reader_takes_is_forwarded_as_the_general_path_would(
     method: bytes, version: bytes, headers: list[tuple[str, str]], trusted: bool
 ) -> None:
-    lines = b"".join(b"%b: %b\r\n" % (n.encode(), v.encode()) for n, v in headers)
+    lines = wire(headers)
     raw = b"%b /p?q=1 HTTP/%b\r\n%b\r\n" % (method, version, lines)
     plain = read_request(raw, LIMITS, client_ip=b"10.9.9.9", scheme=b"http", trusted=trusted,
                          fresh_id=b"fresh")
@@ -144,7 +149,7 @@ def test_a_request_the_fast_reader_takes_is_forwarded_as_the_general_path_would(
 def test_a_response_the_fast_reader_takes_is_relayed_as_the_general_path_would(
     version: bytes, status: int, headers: list[tuple[str, str]], head_request: bool
 ) -> None:
-    lines = b"".join(b"%b: %b\r\n" % (n.encode(), v.encode()) for n, v in headers)
+    lines = wire(headers)
     raw = b"HTTP/%b %d Reason\r\n%b\r\nbody" % (version, status, lines)
     parsed = parse_head(raw, head_request, LIMITS)
     if parsed is None:
