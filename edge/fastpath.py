@@ -1,12 +1,13 @@
 """The hot path of a client connection: plain bodiless requests, Content-Length answers.
 
-`Lane` runs a whole client connection in one loop with one cancel scope, whose
-deadline is moved for each wait (idle, request head, backend) instead of opening a
-scope per wait. The lane holds the client's bytes itself: a head that
-`edge.fasthead.read_request` takes (a plain GET/HEAD/DELETE/OPTIONS without a body) for a
-route with a running instance goes to a pooled backend connection as built there,
-and an answer framed by one Content-Length is relayed with only its hop-by-hop
-headers edited (`edge.fasthead.parse_head`). No per-header objects are made either way.
+`Lane` runs a whole client connection in one loop with one cancel scope; its waits
+(idle, request head, backend, response body) are bounded by the edge's watchdog
+rather than by a trio deadline each (see `Lane`). The lane holds the client's bytes
+itself: a head that `edge.fasthead.read_request` takes (a plain GET/HEAD/DELETE/
+OPTIONS without a body) for a route with a running instance goes to a pooled backend
+connection as built there, and an answer framed by one Content-Length is relayed
+with only its hop-by-hop headers edited (`edge.fasthead.parse_head`). No per-header
+objects are made either way.
 
 Everything else goes to the general path (`edge.exchange.Exchange`) by way of the
 general parser (`edge.http.RequestParser`): the lane feeds it the bytes it holds and
