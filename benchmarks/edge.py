@@ -65,6 +65,9 @@ def wrk(port: int, connections: int, duration: float) -> dict[str, float]:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"wrk saw {errors.group(1)} bad responses on port {port}")
+    broken = re.search(r"Socket errors: .*", out)
+    if broken:  # refused, reset or timed out connections make every figure meaningless
+        raise RuntimeError(f"wrk on port {port}: {broken.group(0)}")
     return {"rps": rps, "p50": _percentile(out, "50%"), "p99": _percentile(out, "99%")}
 
 

@@ -60,7 +60,14 @@ async def _serve(client: socket.socket, backend: int, pool: list[socket.socket])
                 upstream.send(request)
                 answer = b""
                 while True:
-                    answer += await _recv(upstream)
+                    data = await _recv(upstream)
+                    if not data:  # a pooled connection the backend closed: once more, fresh
+                        upstream.close()
+                        upstream = await _upstream(backend, [])
+                        upstream.send(request)
+                        answer = b""
+                        continue
+                    answer += data
                     head_end = answer.find(b"\r\n\r\n")
                     if head_end >= 0:
                         at = answer.lower().index(b"content-length:") + 15
