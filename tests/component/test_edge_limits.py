@@ -16,6 +16,7 @@ from tests.component.test_edge_proxy import (
     closed_port,
     json_backend,
     raw_backend,
+    raw_client,
     read_raw_response,
     start_edge,
     start_server,
@@ -233,13 +234,12 @@ async def test_stopping_closes_idle_connections_at_once(nursery: trio.Nursery) -
         stopped.set()
 
     edge = await nursery.start(run_edge)
-    async with await trio.open_tcp_stream("127.0.0.1", edge) as stream:
-        await stream.send_all(b"GET / HTTP/1.1\r\nHost: hello.localhost\r\n\r\n")
-        first = await stream.receive_some(65536)
-        assert first.startswith(b"HTTP/1.1 200 ")
-        shutdown.set()  # the connection is idle now: the drain must not wait for it
+    async with await raw_client(edge) as raw:
+        response, _ = await raw.get("/")  # the whole answer: the connection is idle now
+        assert response.status_code == 200
+        shutdown.set()  # the drain must not wait for an idle connection
         with trio.fail_after(5):
-            assert await read_raw_response(stream) == b""
+            assert await read_raw_response(raw.stream) == b""
             await stopped.wait()
 
 
