@@ -7,8 +7,8 @@ hearing back from it. Only if the socket is still empty does it `wait_readable`
 (a cancellation point). It returns b"" at end of stream and on any socket error
 (a reset, or a connection that broke otherwise): to the fast path all of those
 mean the peer is gone. A closed Conn raises ClosedResourceError, as trio streams
-do, and a read that did not wait still yields every `YIELD_EVERY` times, so one
-busy connection cannot starve the others.
+do, and reads that did not wait on epoll pass a real checkpoint every `YIELD_EVERY`
+times, so one busy connection cannot starve the others or miss a cancellation.
 
 `send_now` sends what the socket takes without waiting, so the caller can tell
 whether a send could block.
@@ -32,14 +32,15 @@ async def receive(conn: Conn, max_bytes: int) -> bytes:
     try:
         data = sock.recv(max_bytes)
     except BlockingIOError:
-        conn._eager = 0
-        await _yield()
+        await _yield()  # no cancellation point: a read that never waits counts as eager
         while True:
             if conn.closed:
                 raise trio.ClosedResourceError("connection was closed") from None
             try:
-                return sock.recv(max_bytes)
+                data = sock.recv(max_bytes)
+                break
             except BlockingIOError:
+                conn._eager = 0
                 await _wait_readable(sock)
             except OSError:
                 return b""
