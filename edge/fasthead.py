@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import re
 
-from edge.headers import _REQUEST_ID, HOP_BY_HOP, SESSION_COOKIES, STICKY_COOKIE, Headers
+from edge import headers as hdr
+from edge.headers import _REQUEST_ID, HOP_BY_HOP, STICKY_COOKIE, Headers
 from edge.http import Framing, Limits, RequestHead
 
 # Possessive quantifiers (`*+`, `++`) throughout: no pattern here needs backtracking,
@@ -80,7 +81,6 @@ _RESPONSE_NAMES = re.compile(
 _REFUSED = frozenset({b"upgrade", b"content-length", b"transfer-encoding", b"proxy-connection"})
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 _CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b""})
-_PIN = re.compile(rb"(?:^|[;\s])" + re.escape(STICKY_COOKIE) + rb"=([^;\s]*)")
 
 # A line found: (lower-cased name, value, start, end); lines[start:end] is the whole
 # line with its CRLF.
@@ -204,35 +204,29 @@ def read_request(data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes
         upstream = b"%b %b HTTP/1.1\r\n%b%b" % (method, target, _cut(lines, cuts), added)
     pinned = None
     if STICKY_COOKIE in lines:
-        pinned = _pinned(lines)
+        pinned = hdr.cookie(_header_list(lines), STICKY_COOKIE) or None
     return PlainRequest(method, target, http11, not close and (http11 or keep), host,
                         upstream, request_id, pinned, size)
 
 
-def _pinned(lines: bytes) -> bytes | None:
-    """The sticky cookie's value in the Cookie lines of `lines`, or None."""
-    for line in lines.split(b"\r\n"):
+def _header_list(lines: bytes) -> Headers:
+    """Header `lines` (each ending in CRLF) as the general parser's (name, value) pairs."""
+    headers: Headers = []
+    for line in lines.split(b"\r\n")[:-1]:
         name, _, value = line.partition(b":")
-        if name.lower() == b"cookie":
-            found = _PIN.search(value)
-            if found and found.group(1):
-                return found.group(1)
-    return None
+        headers.append((name, value.strip(b" \t")))
+    return headers
 
 
 def request_head(data: bytes, plain: PlainRequest) -> RequestHead:
     """The general parser's view of a head `read_request` took (for the general path's
     error answers and unusual responses)."""
     first = data.find(b"\r\n")
-    headers: Headers = []
-    for line in data[first + 2 : plain.size - 4].split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        headers.append((name, value.strip(b" \t")))
     return RequestHead(
         method=plain.method,
         target=plain.target,
         version=b"1.1" if plain.http11 else b"1.0",
-        headers=headers,
+        headers=_header_list(data[first + 2 : plain.size - 2]),
         keep_alive=plain.keep_alive,
         framing=Framing.NONE,
         upgrade=False,
@@ -292,7 +286,7 @@ def parse_head(data: bytes, head_request: bool, limits: Limits) -> Parsed | None
         return None
     else:
         kept = _without(lines, named)
-    session = b"set-cookie:" in lines.lower() and _sets_session(lines)
+    session = b"set-cookie:" in lines.lower() and hdr.sets_session_cookie(_header_list(lines))
     out = b"HTTP/1.1 %b %b\r\n%b" % (status_bytes, reason, kept)
     return status, out, 0 if head_request else int(length), keep_alive, head.end(), session
 
@@ -305,14 +299,3 @@ def _without(lines: bytes, named: set[bytes]) -> bytes:
         if name not in HOP_BY_HOP and name not in named:
             kept.append(line + b"\r\n")
     return b"".join(kept)
-
-
-def _sets_session(lines: bytes) -> bool:
-    """Whether a Set-Cookie line of `lines` starts (or renews) an app session."""
-    for line in lines.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.lower() == b"set-cookie":
-            cookie = value.partition(b"=")[0].strip().lower()
-            if cookie in SESSION_COOKIES or b"session" in cookie:
-                return True
-    return False
