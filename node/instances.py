@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 
-from node import health
+from node import health, spawn
 from node.droplets import DropletCache
 from node.jail import PLAIN, Jailed, Jailer, JailSpec, TierChoice
 from node.logship import LogShipper
@@ -229,7 +229,7 @@ class Supervisor:
             reason = jailed.limit_reason(code) or (failure[0] if failure else None)
             self._move(inst, CRASHED, reason or exit_reason(jailed.exit_code(code)))
 
-    async def _pump(self, inst: Instance, proc: trio.Process) -> None:
+    async def _pump(self, inst: Instance, proc: spawn.Child) -> None:
         assert proc.stdout is not None
         buf = b""
         async for chunk in proc.stdout:

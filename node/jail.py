@@ -34,7 +34,7 @@ from pathlib import Path
 
 import trio
 
-from node import cgroups
+from node import cgroups, spawn
 from node.proctree import MARKER, instance_pids
 
 log = logging.getLogger("foundry.node")
@@ -291,11 +291,12 @@ class Jailer:
             if group is not None:
                 group.create(cgroups.limits_for(spec.memory_mb, self.pids_limit))
             fds = self._fds(spec, uid)
-            proc = await trio.lowlevel.open_process(
+            # Forked from this thread, never a worker thread: see node/spawn.py for why
+            # (bwrap's --die-with-parent follows the forking thread, not the agent).
+            proc = await spawn.open_process(
                 self.argv(spec, uid, fds[-1] if fds else -1, group),
                 env={**spec.env, MARKER: spec.name}, cwd=None if self.isolates else spec.app_dir,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True, pass_fds=fds)
+                pass_fds=fds)
         except BaseException:
             if group is not None:
                 await trio.to_thread.run_sync(group.remove)
@@ -323,7 +324,7 @@ def _rss(pid: int) -> int:
 class Jailed:
     """One running jail: signal it, kill it whole, tell why it died, clean it up."""
 
-    proc: trio.Process
+    proc: spawn.Child
     name: str
     jailer: Jailer
     uid: int

@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from node import spawn
 from node.client import ControlClient, ControlError
 from node.droplets import DropletCache
 from node.instances import LAUNCHER, exit_reason
@@ -91,7 +92,7 @@ class TaskRunner:
         return {"exit_code": real if real >= 0 and not limit else None,
                 "reason": limit or (None if real >= 0 else exit_reason(real))}
 
-    async def _pump(self, app: str, source: str, tag: str, proc: trio.Process) -> None:
+    async def _pump(self, app: str, source: str, tag: str, proc: spawn.Child) -> None:
         assert proc.stdout is not None
         buf = b""
         async for chunk in proc.stdout:
