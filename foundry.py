@@ -7,6 +7,7 @@ stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import gzip
@@ -1001,6 +1002,7 @@ def control(home: Path = typer.Option(None, help="state directory"),
             healthy_reset: float = typer.Option(300.0, min=1, help="seconds of healthy "
                                                 "running that reset the crash count")) -> None:
     """Run the control plane."""
+    _die_with_up()
     from control.config import ControlConfig
     from control.main import run
     from control.reconciler import Policy
@@ -1037,6 +1039,7 @@ def edge(listen: str = typer.Option("127.0.0.1:8080"),
                                           help="ship access lines to `foundry logs` (router)")
          ) -> None:
     """Run the edge proxy."""
+    _die_with_up()
     import ipaddress
 
     from edge.main import WorkerDied, run
@@ -1074,6 +1077,7 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
                   30.0, envvar="FOUNDRY_LIVENESS_INTERVAL", help="seconds between checks"),
               ) -> None:
     """Join a control plane (or rejoin with the saved identity) and run instances."""
+    _die_with_up()
     import socket
 
     import uv
@@ -1146,12 +1150,78 @@ def _isolation() -> str:
     return f"{choice.tier} ({choice.reason})"
 
 
+UP_PID_ENV = "FOUNDRY_UP_PID"    # given to each role `foundry up` starts: its parent's pid
+UP_HOME_ENV = "FOUNDRY_UP_HOME"  # ...and the home, which marks every process of that platform
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_up() -> None:
+    """In a role that `foundry up` started: get SIGKILL the moment `foundry up` dies, even
+    by kill -9 (its jails then die with the node agent, by bubblewrap's die-with-parent)."""
+    parent = os.environ.pop(UP_PID_ENV, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != int(parent):   # it died before the signal was armed
+        os._exit(1)
+
+
+@dataclass(frozen=True)
+class ProcSeen:
+    """What `foundry up` reads of one process when it looks for an earlier run's leftovers."""
+
+    pid: int
+    up_home: str | None        # its FOUNDRY_UP_HOME
+    instance: bool             # it carries a jail marker (an instance, build or task)
+    cwd: str | None
+
+
+def leftovers(seen: list[ProcSeen], home: Path, me: int) -> list[int]:
+    """The processes an earlier `foundry up` of `home` left: its roles (and their children),
+    and plain-tier jails working under its node's directory. Pure; never this process."""
+    node = str(home / "node") + "/"
+    return sorted(p.pid for p in seen if p.pid != me and (
+        p.up_home == str(home) or (p.instance and (p.cwd or "").startswith(node))))
+
+
+def _processes() -> list[ProcSeen]:
+    from node.proctree import MARKER
+
+    seen = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            cwd: str | None = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        home = next((v.split(b"=", 1)[1].decode(errors="replace") for v in env
+                     if v.startswith(UP_HOME_ENV.encode() + b"=")), None)
+        seen.append(ProcSeen(int(entry), home, any(v.startswith(MARKER.encode() + b"=")
+                                                   for v in env), cwd))
+    return seen
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (tells a live process from a reused pid)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 class Up:
     """`foundry up`: the three roles as supervised child processes of this one.
 
     Children run in their own sessions, so a Ctrl-C reaches only this process, which
     then stops them in order: edge and node first (the node stops its apps), then the
-    control plane, all within 10 s. A child that dies on its own is restarted.
+    control plane, all within 10 s. A child that dies on its own is restarted. SIGHUP (a
+    closed terminal) stops the platform as Ctrl-C does; if this process dies without
+    stopping (kill -9), the kernel kills each role with it (`_die_with_up`), and the next
+    `foundry up` on the home removes whatever an older crash still left.
     """
 
     NODE_GRACE = 6.0
@@ -1179,6 +1249,47 @@ class Up:
         _write_secret(path, secret)
         return str(secret)
 
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "up.pid"
+
+    def claim_home(self) -> None:
+        """Refuse a home another live `foundry up` runs; clear what a crashed one left."""
+        try:
+            pid, started = self.pid_file.read_text().split()
+        except (OSError, ValueError):
+            pid, started = "0", ""
+        if pid.isdigit() and int(pid) != os.getpid() and _start_time(int(pid)) == started:
+            raise CLIError(f"foundry up is already running for {self.home} (pid {pid})")
+        killed = self._kill_leftovers() if sys.platform.startswith("linux") else 0
+        groups = self._sweep_cgroups()
+        if killed or groups or self.pid_file.exists():
+            typer.echo(f"Cleaned up after an earlier run that did not stop: {killed} "
+                       f"processes killed, {groups} jail cgroups removed")
+        _write_secret(self.pid_file, f"{os.getpid()} {_start_time(os.getpid())}")
+
+    def _kill_leftovers(self) -> int:
+        pids = leftovers(_processes(), self.home, os.getpid())
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.05)   # (a zombie whose parent is gone is reaped by init at once)
+        return len(pids)
+
+    def _sweep_cgroups(self) -> int:
+        """Jail cgroups of this home's node that a killed node agent could not remove."""
+        if not sys.platform.startswith("linux") or os.geteuid() != 0:
+            return 0
+        from node import cgroups
+        from node.jail import scope_of
+
+        driver = cgroups.detect()
+        if driver is None:
+            return 0
+        return driver.scoped(scope_of(str((self.home / "node").resolve()))[0]).sweep()
+
     def prepare(self) -> None:
         """Create the home, the tokens the roles need, and the CLI's settings."""
         from control.store import Store
@@ -1186,6 +1297,7 @@ class Up:
         for sub in ("control", "node", "logs"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.home, 0o700)
+        self.claim_home()
         store = Store(self.home / "control" / "foundry.db")
         try:
             self._token(store, self.home / "admin-token", "admin")
@@ -1219,7 +1331,8 @@ class Up:
         log = open(self.home / "logs" / f"{role}.log", "ab")  # noqa: SIM115 (child keeps it)
         here = str(Path(__file__).resolve().parent)
         env = {**os.environ, **self.env[role],
-               "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+               "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
+               UP_PID_ENV: str(os.getpid()), UP_HOME_ENV: str(self.home)}
         self.procs[role] = subprocess.Popen(self.argv(role), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=env,
                                             start_new_session=True)
@@ -1237,7 +1350,7 @@ class Up:
 
     def run(self) -> None:
         self.prepare()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: setattr(self, "stopping", True))
         try:
             self.spawn("control")
@@ -1289,7 +1402,9 @@ class Up:
                     except subprocess.TimeoutExpired:
                         self.procs[role].kill()
                         self.procs[role].wait()
-        typer.echo("Foundry stopped.")
+        self.pid_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):   # after SIGHUP the terminal may be gone
+            typer.echo("Foundry stopped.")
 
 
 def _http_ok(url: str) -> bool:

@@ -19,11 +19,13 @@ Rules kept here:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 from dataclasses import replace
 from functools import partial
 from multiprocessing.connection import Connection
@@ -43,6 +45,7 @@ from edge.routesync import RouteSync, StaticSource
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PR_SET_PDEATHSIG = 1
 
 
 def run(config: EdgeConfig) -> None:
@@ -71,7 +74,7 @@ def _run_workers(config: EdgeConfig, workers: int) -> int:
     ready: list[Connection] = []
     for _ in range(workers):
         receiver, sender = context.Pipe(duplex=False)
-        proc = context.Process(target=_worker, args=(config, sender), daemon=False)
+        proc = context.Process(target=_worker, args=(config, sender, os.getpid()), daemon=False)
         proc.start()
         sender.close()
         procs.append(proc)
@@ -136,9 +139,22 @@ def _signal_all(procs: list[BaseProcess], signum: int) -> None:
                 pass
 
 
-def _worker(config: EdgeConfig, ready: Connection) -> None:
+def _worker(config: EdgeConfig, ready: Connection, parent: int) -> None:
     """One worker process (forked): run the edge until told to stop."""
+    _die_with(parent)
     trio.run(_worker_main, config, ready)
+
+
+def _die_with(parent: int) -> None:
+    """A worker must not outlive the edge parent (killed by -9, say): an orphan would keep
+    taking connections on the shared port with a routing table nobody refreshes for it.
+    The workers are forked from the parent's main thread, so the kernel's parent-death
+    signal fires exactly when the parent process ends."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:   # it ended before the signal was armed
+        os._exit(1)
 
 
 async def _worker_main(config: EdgeConfig, ready: Connection | None) -> None:
