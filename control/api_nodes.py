@@ -20,7 +20,6 @@ from control.errors import (
     Conflict,
     Forbidden,
     NotFound,
-    Unauthorized,
 )
 from control.heartbeats import apply_heartbeat
 from control.names import (
@@ -31,15 +30,14 @@ log = logging.getLogger("foundry.control")
 
 
 async def join(request: Request) -> Response:
-    """Exchange a join token for a node id and node token."""
+    """Exchange a join token for a node id and node token (each request spends one of
+    a limited token's uses, as for every kind)."""
     ctl = control_of(request)
-    token = require(request, ctl.store, ("join", "admin"))
+    require(request, ctl.store, ("join", "admin"))
     body = await json_body(request)
     name = str(body.get("name") or "node")
     memory = int_between(body.get("memory_mb"), "memory_mb", 64, 1 << 24)
     address = str(body.get("address") or "127.0.0.1")
-    if not ctl.store.use_token(token.id):
-        raise Unauthorized("invalid, expired or revoked token")
     nid = ctl.store.add_node(name, address, memory, body.get("tier"))
     _, secret = ctl.store.create_token("node", node=nid, label=name)
     ctl.store.add_event(None, "node-joined", f"node {name} ({nid}) joined at {address}")

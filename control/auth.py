@@ -1,7 +1,10 @@
 """Bearer-token checks for the API: who is calling, and may they do this?
 
 Kinds: admin (everything), deploy (apps it is limited to, or all), read (GET only),
-node (its own node's endpoints), join (exchange for a node token, nothing else).
+node (its own node's endpoints), join (exchange for a node token, nothing else), edge
+(the routing table, wake calls, router log lines). Every kind may carry an expiry and
+a use count; each authenticated request spends one use (the store counts atomically),
+and an expired or used-up token is 401 like an unknown one.
 Secrets are never logged; the store compares hashes in constant time.
 """
 

@@ -159,7 +159,10 @@ class Store:
         return tid, secret
 
     def authenticate(self, secret: str) -> Token | None:
-        """The token `secret` names, if it is valid now; compared in constant time."""
+        """The token `secret` names, if it is valid now; compared in constant time. A
+        token with a use count spends one use on every request it authenticates, for
+        every kind: the count is checked and spent in one statement, so two concurrent
+        requests cannot share its last use."""
         parts = secret.split("_")
         if len(parts) < 3 or parts[0] != "fdy":
             return None
@@ -168,20 +171,16 @@ class Store:
             return None
         if row["revoked"] or (row["expires_at"] and row["expires_at"] < self.clock()):
             return None
-        if row["uses_left"] is not None and row["uses_left"] <= 0:
+        if row["uses_left"] is not None and not self._spend_use(row["id"]):
             return None
         apps = tuple(json.loads(row["apps"])) if row["apps"] else None
         return Token(row["id"], row["kind"], apps, row["node"])
 
-    def use_token(self, tid: str) -> bool:
-        """Count one use of a token; False when a limited token has no use left (checked and
-        counted in one statement, so two concurrent joins cannot share the last use)."""
+    def _spend_use(self, tid: str) -> bool:
+        """Count one use of a limited token; False when it has none left."""
         cur = self.db.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ? "
-                              "AND uses_left IS NOT NULL AND uses_left > 0", [tid])
-        if cur.rowcount:
-            return True
-        row = self._one("SELECT uses_left FROM tokens WHERE id = ?", [tid])
-        return row is not None and row["uses_left"] is None
+                              "AND uses_left > 0", [tid])
+        return bool(cur.rowcount)
 
     def list_tokens(self) -> list[dict[str, Any]]:
         return self._rows("SELECT id, kind, apps, node, expires_at, uses_left, created_at, "
