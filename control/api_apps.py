@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from control import releases, tasks
-from control.auth import APP_KINDS, READ_KINDS, require
+from control.api_push import forget_app_files
+from control.auth import APP_KINDS, READ_KINDS, hide_unless_visible, require
 from control.autoscaler import Settings
 from control.context import (
     Control,
@@ -85,6 +86,7 @@ async def delete_app(request: Request) -> Response:
     """Delete an app: its routes go at once, its instances are stopped."""
     ctl, name, token = app_call(request, APP_KINDS)
     ctl.store.delete_app(name)
+    forget_app_files(ctl, name)
     ctl.store.add_event(None, "app-deleted", f"app {name} deleted", token.id)
     return JSONResponse({"deleted": name})
 
@@ -283,8 +285,10 @@ async def run_task(request: Request) -> Response:
 async def get_task(request: Request) -> Response:
     """A task's state and exit code (long-polls with ?wait=N until it ends)."""
     ctl = control_of(request)
-    task = ctl.store.get_task(request.path_params["task"])
-    require(request, ctl.store, READ_KINDS, app=task["app"])
+    token = require(request, ctl.store, READ_KINDS)
+    tid = request.path_params["task"]
+    task = ctl.store.get_task(tid)
+    hide_unless_visible(token, task["app"], NotFound(f"no task {tid}"))
     await ctl.wait(request, lambda: ctl.store.get_task(task["id"])["state"] != "RUNNING")
     row = ctl.store.get_task(task["id"])
     del row["payload"]

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from control import releases, tasks
-from control.auth import READ_KINDS, require, require_node
+from control.auth import READ_KINDS, require, require_node, scope_of
 from control.context import (
     control_of,
     int_between,
@@ -25,6 +25,7 @@ from control.heartbeats import apply_heartbeat
 from control.names import (
     process_name_problem,
 )
+from control.policy import sees_infrastructure
 
 log = logging.getLogger("foundry.control")
 
@@ -46,9 +47,16 @@ async def join(request: Request) -> Response:
 
 
 async def list_nodes(request: Request) -> Response:
-    """List nodes with state, tier, capacity and instance counts."""
+    """List nodes with state, tier, capacity and instance counts (infrastructure: admin
+    and unscoped read tokens only)."""
     ctl = control_of(request)
-    require(request, ctl.store, READ_KINDS)
+    token = require(request, ctl.store, READ_KINDS)
+    # 403 rather than an empty list: nodes are not any app's objects, so there is no
+    # "missing" answer to imitate, and "no nodes" would tell a developer the platform
+    # is down when it is not.
+    if not sees_infrastructure(token.kind, scope_of(token)):
+        raise Forbidden("nodes are platform infrastructure: listing them needs an admin "
+                        "or an unscoped read token")
     rows = ctl.store.node_rows()
     instances = ctl.store.instance_rows()
     for row in rows:
