@@ -249,6 +249,8 @@ async def read_logs(request: Request) -> Response:
     after = int_between(after_raw, "after", 0, 1 << 62) if after_raw not in (None, "") else None
     limit = int_between(request.query_params.get("limit", "500"), "limit", 1, 5000)
     build = request.query_params.get("build")
+    if build is not None:
+        _owned_build_or_task(ctl, name, build)
 
     def check() -> list[dict[str, Any]] | bool:
         lines = ctl.store.read_logs(name, after=after, limit=limit, build=build)
@@ -262,6 +264,19 @@ async def read_logs(request: Request) -> Response:
     lines = found if isinstance(found, list) else []
     last = lines[-1]["seq"] if lines else after
     return JSONResponse({"lines": lines, "next": last})
+
+
+def _owned_build_or_task(ctl: Control, app: str, bid: str) -> None:
+    """NotFound, exactly as for a missing one, unless `bid` is a build or task of `app`:
+    another app's build is not followed through this app's logs."""
+    missing = NotFound(f"no task {bid}" if bid.startswith("t-") else f"no build {bid}")
+    try:
+        owner = (ctl.store.get_task(bid) if bid.startswith("t-") else
+                 ctl.store.get_build(bid))["app"]
+    except NotFound:
+        raise missing from None
+    if owner != app:
+        raise missing
 
 
 async def run_task(request: Request) -> Response:

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from control import releases, tasks
-from control.auth import READ_KINDS, require, require_node, scope_of
+from control.auth import READ_KINDS, check_node, require, require_node, scope_of
 from control.context import (
     control_of,
     int_between,
@@ -109,8 +109,9 @@ async def work(request: Request) -> Response:
 async def build_result(request: Request) -> Response:
     """A stager reports how a build ended; success makes a new release."""
     ctl = control_of(request)
+    token = require(request, ctl.store, ("admin", "node"))       # before the lookup
     build = ctl.store.get_build(request.path_params["build"])
-    require_node(request, ctl.store, build["node"] or "")
+    check_node(token, build["node"] or "")
     body = await json_body(request)
     if build["state"] != "STAGING":
         raise Conflict(f"build {build['id']} is {build['state']}, not STAGING")
@@ -149,8 +150,9 @@ async def build_result(request: Request) -> Response:
 async def task_result(request: Request) -> Response:
     """A node reports how a task ended: {"exit_code": int | null, "reason": str | null}."""
     ctl = control_of(request)
+    token = require(request, ctl.store, ("admin", "node"))       # before the lookup
     task = ctl.store.get_task(request.path_params["task"])
-    require_node(request, ctl.store, task["node"] or "")
+    check_node(token, task["node"] or "")
     body = await json_body(request)
     code = body.get("exit_code")
     if code is not None and not isinstance(code, int):

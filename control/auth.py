@@ -52,9 +52,14 @@ def check_scope(token: Token, app: str) -> None:
 def require_node(request: Request, store: Store, node: str) -> Token:
     """The token of node `node` itself (or an admin token)."""
     token = require(request, store, ("admin", "node"))
+    check_node(token, node)
+    return token
+
+
+def check_node(token: Token, node: str) -> None:
+    """Forbidden unless an admin token, or the token of node `node` itself."""
     if token.kind == "node" and token.node != node:
         raise Forbidden("a node token may only act for its own node")
-    return token
 
 
 def scope_of(token: Token) -> frozenset[str] | None:

@@ -169,9 +169,19 @@ async def test_another_apps_build_and_task_answer_as_missing(control: Control) -
             hidden, missing = await a.get(real), await a.get(fake)
             assert hidden.status_code == 404
             same_answer(hidden, missing, real.rsplit("/", 1)[1], fake.rsplit("/", 1)[1])
+        control.store.create_app("alice")
+        for real, fake in ((build, "b-000000000000"), (task, "t-000000000000")):
+            hidden = await a.get("/v1/apps/alice/logs", params={"build": real})
+            missing = await a.get("/v1/apps/alice/logs", params={"build": fake})
+            assert hidden.status_code == 404
+            same_answer(hidden, missing, real, fake)
     async with control.client(None) as anonymous:        # no token learns nothing either
         assert (await anonymous.get(f"/v1/builds/{build}")).status_code == 401
         assert (await anonymous.get("/v1/builds/b-000000000000")).status_code == 401
+        assert (await anonymous.post(f"/v1/builds/{build}/result", json={})).status_code == 401
+        assert (await anonymous.post(f"/v1/tasks/{task}/result", json={})).status_code == 401
+        for path in ("/v1/builds/b-000000000000/result", "/v1/tasks/t-000000000000/result"):
+            assert (await anonymous.post(path, json={})).status_code == 401
 
 
 async def test_a_buildpack_blob_must_be_one_uploaded_for_the_callers_apps(
