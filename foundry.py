@@ -252,8 +252,10 @@ def scan_resources(directory: Path) -> list[Any] | None:
     return found
 
 
-def upload_files(api: Api, directory: Path, found: list[Any], missing: list[str]) -> int:
-    """Resource matching: send only files the control plane lacks; returns bytes sent."""
+def upload_files(api: Api, name: str, directory: Path, found: list[Any], missing: list[str]
+                 ) -> int:
+    """Resource matching: send only files the control plane lacks (recorded as app
+    `name`'s); returns bytes sent."""
     from control.resources import upload_plan
 
     plan = upload_plan(found, missing)
@@ -266,7 +268,8 @@ def upload_files(api: Api, directory: Path, found: list[Any], missing: list[str]
         with tarfile.open(tarball, "w:gz", compresslevel=6) as tar:
             for r in plan.upload:
                 tar.add(directory / r.path, arcname=r.sha256, recursive=False)
-        api.request("POST", "/v1/resources", content=upload_chunks(tarball), timeout=600)
+        api.request("POST", "/v1/resources", params={"app": name},
+                    content=upload_chunks(tarball), timeout=600)
         return tarball.stat().st_size
 
 
@@ -300,6 +303,7 @@ def send_listing(api: Api, name: str, found: list[Any]) -> tuple[str, list[str],
                           "removed": removed})
         try:
             answer = api.request("POST", "/v1/resources/listing", content=body, timeout=120,
+                                 params={"app": name},
                                  headers={"content-encoding": "gzip",
                                           "content-type": "application/json"})
         except CLIError:
@@ -319,7 +323,7 @@ def start_build(api: Api, job: PushJob) -> dict[str, Any]:
     found = scan_resources(job.directory)
     if found is not None:
         listing, missing, _ = send_listing(api, job.name, found)
-        upload_files(api, job.directory, found, missing)
+        upload_files(api, job.name, job.directory, found, missing)
         return dict(api.request("POST", path, params=job.params, timeout=600,
                                 json={"listing": listing}))
     with tempfile.TemporaryDirectory() as tmp:
@@ -926,7 +930,7 @@ def git_remote(name: str, remote: str = typer.Option("foundry", help="remote nam
 def tokens_create(kind: str = typer.Option(..., help="join, deploy, read, edge or admin"),
                   apps: str = typer.Option(None, help="limit to these apps: a,b"),
                   ttl: str = typer.Option(None, help="expire after e.g. 1h, 7d"),
-                  uses: int = typer.Option(None, min=1, help="usable this many times"),
+                  uses: int = typer.Option(None, min=1, help="usable for this many requests"),
                   label: str = typer.Option(None, help="a note to recognise it by"),
                   as_json: bool = JSON) -> None:
     """Mint a token; its secret is printed once and never again."""

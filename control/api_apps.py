@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from control import releases, tasks
-from control.auth import APP_KINDS, READ_KINDS, require
+from control.api_push import forget_app_files
+from control.auth import APP_KINDS, READ_KINDS, hide_unless_visible, require
 from control.autoscaler import Settings
 from control.context import (
     Control,
@@ -85,6 +86,7 @@ async def delete_app(request: Request) -> Response:
     """Delete an app: its routes go at once, its instances are stopped."""
     ctl, name, token = app_call(request, APP_KINDS)
     ctl.store.delete_app(name)
+    forget_app_files(ctl, name)
     ctl.store.add_event(None, "app-deleted", f"app {name} deleted", token.id)
     return JSONResponse({"deleted": name})
 
@@ -247,6 +249,8 @@ async def read_logs(request: Request) -> Response:
     after = int_between(after_raw, "after", 0, 1 << 62) if after_raw not in (None, "") else None
     limit = int_between(request.query_params.get("limit", "500"), "limit", 1, 5000)
     build = request.query_params.get("build")
+    if build is not None:
+        _owned_build_or_task(ctl, name, build)
 
     def check() -> list[dict[str, Any]] | bool:
         lines = ctl.store.read_logs(name, after=after, limit=limit, build=build)
@@ -260,6 +264,19 @@ async def read_logs(request: Request) -> Response:
     lines = found if isinstance(found, list) else []
     last = lines[-1]["seq"] if lines else after
     return JSONResponse({"lines": lines, "next": last})
+
+
+def _owned_build_or_task(ctl: Control, app: str, bid: str) -> None:
+    """NotFound, exactly as for a missing one, unless `bid` is a build or task of `app`:
+    another app's build is not followed through this app's logs."""
+    missing = NotFound(f"no task {bid}" if bid.startswith("t-") else f"no build {bid}")
+    try:
+        owner = (ctl.store.get_task(bid) if bid.startswith("t-") else
+                 ctl.store.get_build(bid))["app"]
+    except NotFound:
+        raise missing from None
+    if owner != app:
+        raise missing
 
 
 async def run_task(request: Request) -> Response:
@@ -283,8 +300,10 @@ async def run_task(request: Request) -> Response:
 async def get_task(request: Request) -> Response:
     """A task's state and exit code (long-polls with ?wait=N until it ends)."""
     ctl = control_of(request)
-    task = ctl.store.get_task(request.path_params["task"])
-    require(request, ctl.store, READ_KINDS, app=task["app"])
+    token = require(request, ctl.store, READ_KINDS)
+    tid = request.path_params["task"]
+    task = ctl.store.get_task(tid)
+    hide_unless_visible(token, task["app"], NotFound(f"no task {tid}"))
     await ctl.wait(request, lambda: ctl.store.get_task(task["id"])["state"] != "RUNNING")
     row = ctl.store.get_task(task["id"])
     del row["payload"]

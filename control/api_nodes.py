@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from control import releases, tasks
-from control.auth import READ_KINDS, require, require_node
+from control.auth import READ_KINDS, check_node, require, require_node, scope_of
 from control.context import (
     control_of,
     int_between,
@@ -20,26 +20,25 @@ from control.errors import (
     Conflict,
     Forbidden,
     NotFound,
-    Unauthorized,
 )
 from control.heartbeats import apply_heartbeat
 from control.names import (
     process_name_problem,
 )
+from control.policy import sees_infrastructure
 
 log = logging.getLogger("foundry.control")
 
 
 async def join(request: Request) -> Response:
-    """Exchange a join token for a node id and node token."""
+    """Exchange a join token for a node id and node token (each request spends one of
+    a limited token's uses, as for every kind)."""
     ctl = control_of(request)
-    token = require(request, ctl.store, ("join", "admin"))
+    require(request, ctl.store, ("join", "admin"))
     body = await json_body(request)
     name = str(body.get("name") or "node")
     memory = int_between(body.get("memory_mb"), "memory_mb", 64, 1 << 24)
     address = str(body.get("address") or "127.0.0.1")
-    if not ctl.store.use_token(token.id):
-        raise Unauthorized("invalid, expired or revoked token")
     nid = ctl.store.add_node(name, address, memory, body.get("tier"))
     _, secret = ctl.store.create_token("node", node=nid, label=name)
     ctl.store.add_event(None, "node-joined", f"node {name} ({nid}) joined at {address}")
@@ -48,9 +47,16 @@ async def join(request: Request) -> Response:
 
 
 async def list_nodes(request: Request) -> Response:
-    """List nodes with state, tier, capacity and instance counts."""
+    """List nodes with state, tier, capacity and instance counts (infrastructure: admin
+    and unscoped read tokens only)."""
     ctl = control_of(request)
-    require(request, ctl.store, READ_KINDS)
+    token = require(request, ctl.store, READ_KINDS)
+    # 403 rather than an empty list: nodes are not any app's objects, so there is no
+    # "missing" answer to imitate, and "no nodes" would tell a developer the platform
+    # is down when it is not.
+    if not sees_infrastructure(token.kind, scope_of(token)):
+        raise Forbidden("nodes are platform infrastructure: listing them needs an admin "
+                        "or an unscoped read token")
     rows = ctl.store.node_rows()
     instances = ctl.store.instance_rows()
     for row in rows:
@@ -103,8 +109,9 @@ async def work(request: Request) -> Response:
 async def build_result(request: Request) -> Response:
     """A stager reports how a build ended; success makes a new release."""
     ctl = control_of(request)
+    token = require(request, ctl.store, ("admin", "node"))       # before the lookup
     build = ctl.store.get_build(request.path_params["build"])
-    require_node(request, ctl.store, build["node"] or "")
+    check_node(token, build["node"] or "")
     body = await json_body(request)
     if build["state"] != "STAGING":
         raise Conflict(f"build {build['id']} is {build['state']}, not STAGING")
@@ -143,8 +150,9 @@ async def build_result(request: Request) -> Response:
 async def task_result(request: Request) -> Response:
     """A node reports how a task ended: {"exit_code": int | null, "reason": str | null}."""
     ctl = control_of(request)
+    token = require(request, ctl.store, ("admin", "node"))       # before the lookup
     task = ctl.store.get_task(request.path_params["task"])
-    require_node(request, ctl.store, task["node"] or "")
+    check_node(token, task["node"] or "")
     body = await json_body(request)
     code = body.get("exit_code")
     if code is not None and not isinstance(code, int):

@@ -1,5 +1,9 @@
 """API handlers for the platform around apps: routes (the edges' table, map/unmap),
-tokens, and the edges' concurrency reports and wake calls."""
+tokens, and the edges' concurrency reports and wake calls.
+
+Route rules (control.policy): a host belongs to the app that claimed it first; the
+routing table a caller reads holds only its apps' routes, with backend addresses for
+infrastructure tokens only."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from control.auth import APP_KINDS, READ_KINDS, require
+from control.auth import APP_KINDS, READ_KINDS, require, scope_of
 from control.context import (
     Control,
     app_call,
@@ -22,11 +26,13 @@ from control.context import (
 from control.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
 )
 from control.names import (
     app_name_problem,
     parse_route,
 )
+from control.policy import MappedRoute, route_claim_problem, scoped_table
 from control.routing import routing_table
 from control.scaling import settings_of
 
@@ -62,7 +68,15 @@ async def map_route(request: Request) -> Response:
     ctl.store.get_app(name)
     if (host, path) == (f"{name}.{ctl.config.domain}", "/"):
         raise Conflict(f"{host} is already {name}'s own route")
-    ctl.store.map_route(name, host, path, _route_options(body))
+    options = _route_options(body)
+    # Decided and written with no await in between: no other request can claim the
+    # host in the gap (the store is used from this one event loop).
+    claims = [MappedRoute(r["host"], r["path"], r["app"], r["created_at"])
+              for r in ctl.store.routes_on_host(host)]
+    problem = route_claim_problem(host, ctl.config.domain, claims, scope_of(token))
+    if problem:
+        raise Forbidden(problem)
+    ctl.store.map_route(name, host, path, options)
     ctl.store.add_event(name, "route-mapped", f"{host}{path}", token.id)
     return JSONResponse({"routes": ctl.store.mapped_routes(name)})
 
@@ -132,15 +146,19 @@ async def revoke_token(request: Request) -> Response:
 async def routes(request: Request) -> Response:
     """The routing table; answers at once if ?etag differs, else holds up to ?wait."""
     ctl = control_of(request)
-    require(request, ctl.store, (*READ_KINDS, "edge"))
+    token = require(request, ctl.store, (*READ_KINDS, "edge"))
+    scope = scope_of(token)
     etag = request.query_params.get("etag", "")
 
+    def view() -> dict[str, Any]:
+        return scoped_table(_table(ctl), token.kind, scope)
+
     def table() -> dict[str, Any] | None:
-        current = _table(ctl)
+        current = view()
         return current if current["etag"] != etag else None
 
     current = await ctl.wait(request, table)
-    return JSONResponse(current or _table(ctl))
+    return JSONResponse(current or view())
 
 
 def _table(ctl: Control) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """API handlers for source arriving: pushes (a tarball or a resource list), builds,
-buildpacks, resource matching, and git's smart HTTP (the pre-receive hook deploys)."""
+buildpacks, resource matching, and git's smart HTTP (the pre-receive hook deploys).
+
+Scope: the file store's files and uploaded buildpacks are recorded per app (the store's
+file owners); a caller matches, lists and assembles only files of apps it may act on,
+names only buildpacks uploaded for them, and each push makes its source's files the
+app's whole set, so files no app owns any more are deleted."""
 
 from __future__ import annotations
 
@@ -14,7 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from control import gitserve, resources
-from control.auth import APP_KINDS, READ_KINDS, require
+from control.auth import (
+    APP_KINDS,
+    READ_KINDS,
+    check_scope,
+    hide_unless_visible,
+    require,
+    scope_of,
+)
 from control.blobs import BlobStore
 from control.context import (
     Control,
@@ -28,14 +40,17 @@ from control.errors import (
     BadRequest,
     Conflict,
     FoundryError,
+    NotFound,
     TooLarge,
     Unauthorized,
     Unprocessable,
 )
 from control.names import (
+    app_name_problem,
     parse_memory,
     process_name_problem,
 )
+from control.store import Token
 from control.uploads import check_archive
 from packs import ordered_names
 
@@ -57,11 +72,13 @@ async def push(request: Request) -> Response:
     if "health_check" in q:
         settings["health_check"] = _health_check(q["health_check"])
     env = env_pairs(q.getlist("env"))
-    options = _build_options(ctl, q)
+    options = _build_options(ctl, q, scope_of(token))
+    referenced: set[str] = set()
     if request.headers.get("content-type", "").startswith("application/json"):
-        digest = await _assemble_source(ctl, request)   # resource matching
+        digest = await _assemble_source(ctl, request, token, referenced)   # resource matching
     else:
         digest = await _receive_source(ctl, request)
+    release_files(ctl, name, referenced)       # this push supersedes the app's older files
     created = _save_push_settings(ctl, name, settings, env)
     if q.get("replace_env") == "1" and not created:   # push --strict: exactly these vars
         ctl.store.update_app(name, env=env)
@@ -82,34 +99,42 @@ async def _receive_source(ctl: Control, request: Request) -> str:
         temp.unlink(missing_ok=True)
 
 
+RESOURCE, BUILDPACK = "resource", "buildpack"     # kinds of file the store records owners of
+
+
 def _files(ctl: Control) -> BlobStore:
     """Single files of apps' sources, by sha256 (resource matching)."""
     return BlobStore(ctl.config.home / "files")
 
 
-async def _assemble_source(ctl: Control, request: Request) -> str:
+async def _assemble_source(ctl: Control, request: Request, token: Token,
+                           referenced: set[str]) -> str:
     """The source package built from a resource list (or a stored listing, by digest) of
-    files the store has."""
+    files the store has and the caller may use; adds the files it used to `referenced`."""
     body = await json_body(request)
     if "listing" in body:
-        found = _stored_listing(ctl, str(body["listing"]))
+        found = _stored_listing(ctl, str(body["listing"]), token)
+        referenced.add(str(body["listing"]))
     else:
         found = resources.parse_resources(body, ctl.config.limits)
+    digests = {r.sha256 for r in found}
+    usable = ctl.store.owned_files(RESOURCE, digests, token.apps)
     fd, name = tempfile.mkstemp(dir=ctl.blobs.root, prefix=".assembling-")
     os.close(fd)
     temp = Path(name)
     try:
-        await anyio.to_thread.run_sync(resources.assemble, found, _files(ctl), temp)
+        await anyio.to_thread.run_sync(resources.assemble, found, _files(ctl), temp, usable)
+        referenced.update(digests)
         return ctl.blobs.commit(temp)
     finally:
         temp.unlink(missing_ok=True)
 
 
-def _build_options(ctl: Control, q: Any) -> dict[str, Any]:
+def _build_options(ctl: Control, q: Any, scope: frozenset[str] | None) -> dict[str, Any]:
     """What the stager is told beyond the source: buildpack, no_cache, commands."""
     options: dict[str, Any] = {}
     if q.get("buildpack"):
-        options["buildpack"] = _buildpack(ctl, q["buildpack"])
+        options["buildpack"] = _buildpack(ctl, q["buildpack"], scope)
     if q.get("no_cache") in ("1", "true"):
         options["no_cache"] = True
     commands = {}
@@ -125,13 +150,20 @@ def _build_options(ctl: Control, q: Any) -> dict[str, Any]:
 _GIT_URL = re.compile(r"^(https?|git)://[^\s#]+(#[A-Za-z0-9._/-]+)?$")
 
 
-def _buildpack(ctl: Control, text: str) -> str:
-    """An installed pack's name, `blob:<sha256>` of an uploaded pack, or a git URL."""
+def _buildpack(ctl: Control, text: str, scope: frozenset[str] | None) -> str:
+    """An installed pack's name, `blob:<sha256>` of a pack uploaded for an app in the
+    caller's scope, or a git URL."""
     names = ordered_names()
     if text in names or _GIT_URL.match(text):
         return text
     if text.startswith("blob:"):
-        ctl.blobs.existing(text.removeprefix("blob:"))
+        digest = text.removeprefix("blob:")
+        ctl.blobs.path(digest)                                  # 400 unless a digest
+        # Another app's pack, or any other blob (a source, a droplet), answers as absent.
+        if not ctl.store.owned_files(BUILDPACK, [digest], scope) or \
+                not ctl.blobs.path(digest).exists():
+            raise Unprocessable(f"no uploaded buildpack {text}: upload the pack directory "
+                                "with this app's push")
         return text
     raise Unprocessable(f"no buildpack {text!r}: use one of {', '.join(names)}, "
                         "blob:<sha256> of an uploaded pack, or an http(s):// or git:// URL")
@@ -172,36 +204,69 @@ async def upload_buildpack(request: Request) -> Response:
     """Upload a buildpack directory (gzip'd tar) for this app's pushes: `blob:<sha256>`."""
     ctl, name, _ = app_call(request, APP_KINDS)
     digest = await _receive_source(ctl, request)
+    ctl.store.own_files(name, BUILDPACK, [digest])
     return JSONResponse({"buildpack": f"blob:{digest}"}, status_code=201)
 
 
 async def match_resources(request: Request) -> Response:
-    """Resource matching: which of these file digests the control plane lacks."""
-    ctl = control_of(request)
-    require(request, ctl.store, APP_KINDS)
+    """Resource matching for ?app=NAME: which of these file digests the caller must
+    upload (all but large files its apps uploaded)."""
+    ctl, _, token = _files_call(request)
     digests = resources.parse_digests(await json_body(request), ctl.config.limits)
-    return JSONResponse({"missing": resources.missing(digests, _files(ctl))})
+    return JSONResponse({"missing": resources.missing(digests, _present(ctl, token, digests))})
 
 
-def _stored_listing(ctl: Control, digest: str) -> list[resources.Resource]:
+def _files_call(request: Request) -> tuple[Control, str, Token]:
+    """A file-store request names the app its files are for (?app=NAME), which the
+    token must cover: uploads are recorded as that app's."""
+    ctl = control_of(request)
+    token = require(request, ctl.store, APP_KINDS)
+    name = request.query_params.get("app", "")
+    problem = app_name_problem(name)
+    if problem:
+        raise BadRequest(f"name the app these files are for (?app=NAME): {problem}")
+    check_scope(token, name)
+    return ctl, name, token
+
+
+def _present(ctl: Control, token: Token, digests: list[str]) -> set[str]:
+    """Those of `digests` a push by `token` need not upload."""
+    return resources.matchable(ctl.store.owned_files(RESOURCE, digests, token.apps),
+                               _files(ctl))
+
+
+def _stored_listing(ctl: Control, digest: str, token: Token) -> list[resources.Resource]:
     path = _files(ctl).path(digest)
-    if not path.exists():
+    if not path.exists() or not ctl.store.owned_files(RESOURCE, [digest], token.apps):
         raise Conflict(f"no listing {digest[:12]} on the control plane; send the full list")
     return resources.parse_listing(path.read_bytes(), ctl.config.limits)
+
+
+def release_files(ctl: Control, app: str, keep: set[str]) -> None:
+    """Make `keep` the whole set of stored files `app` references, deleting those no app
+    references any more (after the owners are gone, so nothing can match them)."""
+    for digest in ctl.store.replace_owned_files(app, RESOURCE, keep):
+        _files(ctl).delete(digest)
+
+
+def forget_app_files(ctl: Control, app: str) -> None:
+    """A deleted app owns no stored files and no uploaded buildpacks any more (a later
+    app of the same name starts with none)."""
+    release_files(ctl, app, set())
+    ctl.store.replace_owned_files(app, BUILDPACK, set())
 
 
 async def update_listing(request: Request) -> Response:
     """Store a source's resource list as the base listing plus a delta:
     {"base": digest | null, "changed": [resources], "removed": [paths]} ->
     {"listing": digest, "missing": [digests of changed files the store lacks]}."""
-    ctl = control_of(request)
-    require(request, ctl.store, APP_KINDS)
+    ctl, app, token = _files_call(request)
     body = await json_body(request)
     changed = resources.parse_resources(body, ctl.config.limits, key="changed")
     removed = body.get("removed") or []
     if not isinstance(removed, list) or not all(isinstance(p, str) for p in removed):
         raise BadRequest("removed must be a list of paths")
-    base = _stored_listing(ctl, str(body["base"])) if body.get("base") else []
+    base = _stored_listing(ctl, str(body["base"]), token) if body.get("base") else []
     listing = resources.apply_delta(base, changed, removed)
     if len(listing) > ctl.config.limits.max_files:
         raise Unprocessable(f"more than {ctl.config.limits.max_files} files")
@@ -210,28 +275,33 @@ async def update_listing(request: Request) -> Response:
     with os.fdopen(fd, "wb") as out:
         out.write(data)
     digest = _files(ctl).commit(Path(name))
-    missing = resources.missing([r.sha256 for r in changed], _files(ctl))
+    ctl.store.own_files(app, RESOURCE, [digest])
+    asked = [r.sha256 for r in changed]
+    missing = resources.missing(asked, _present(ctl, token, asked))
     return JSONResponse({"listing": digest, "missing": missing})
 
 
 async def upload_resources(request: Request) -> Response:
-    """Store files for resource matching: a gzip'd tar of files named by their sha256."""
-    ctl = control_of(request)
-    require(request, ctl.store, APP_KINDS)
+    """Store files for resource matching (?app=NAME): a gzip'd tar of files named by their
+    sha256; they become that app's."""
+    ctl, app, _ = _files_call(request)
     temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
     try:
         stored = await anyio.to_thread.run_sync(resources.store_files, temp, _files(ctl),
                                                 ctl.config.limits)
     finally:
         temp.unlink(missing_ok=True)
-    return JSONResponse({"stored": stored}, status_code=201)
+    ctl.store.own_files(app, RESOURCE, stored)
+    return JSONResponse({"stored": len(stored)}, status_code=201)
 
 
 async def get_build(request: Request) -> Response:
     """Show a build's state (long-polls with ?wait=N until it finishes)."""
     ctl = control_of(request)
-    build = ctl.store.get_build(request.path_params["build"])
-    require(request, ctl.store, READ_KINDS, app=build["app"])
+    token = require(request, ctl.store, READ_KINDS)
+    bid = request.path_params["build"]
+    build = ctl.store.get_build(bid)
+    hide_unless_visible(token, build["app"], NotFound(f"no build {bid}"))
     await ctl.wait(request, lambda: ctl.store.get_build(build["id"])["state"]
                    in ("STAGED", "FAILED"))
     return JSONResponse(ctl.store.get_build(build["id"]))

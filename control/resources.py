@@ -14,6 +14,12 @@ is stored); an assembled package obeys the rules of an uploaded one (relative pa
 that stay inside the root, regular files only, permission bits at most 0o777, the
 same count and size limits); a resource list that names a digest the store lacks is
 refused (422, naming the file) and nothing is built.
+
+Scope: a push may take from the store only files that an app the caller may act on
+uploaded (the API records owners per app and drops files no app owns any more), and
+files under `MATCH_MIN_SIZE` are never reported present, so they always travel with
+the push (Cloud Controller's resource pool minimum). A file the caller may not use
+answers exactly as one the store lacks.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,7 @@ from control.errors import BadRequest, Unprocessable
 from control.uploads import ArchiveLimits
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+MATCH_MIN_SIZE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -131,23 +139,23 @@ def parse_digests(body: Any, limits: ArchiveLimits) -> list[str]:
     return [str(d) for d in digests]
 
 
-def store_files(upload: Path, files: BlobStore, limits: ArchiveLimits) -> int:
+def store_files(upload: Path, files: BlobStore, limits: ArchiveLimits) -> list[str]:
     """Put each member of an uploaded tar (named by its sha256) into the file store;
-    returns how many were stored. Refuses (422) anything else."""
-    count = 0
+    returns the digests stored. Refuses (422) anything else."""
+    stored: list[str] = []
     try:
         with tarfile.open(upload, mode="r:gz") as tar:
             for member in tar:
-                count += 1
-                if count > limits.max_files:
+                if len(stored) >= limits.max_files:
                     raise Unprocessable(f"more than {limits.max_files} files")
                 if not member.isfile() or not _DIGEST.match(member.name):
                     raise Unprocessable(f"member {member.name!r}: only regular files named "
                                         "by their sha256 may be uploaded")
                 _store_member(tar, member, files)
+                stored.append(member.name)
     except (tarfile.TarError, zlib.error, EOFError) as e:
         raise Unprocessable(f"upload is not a gzip'd tar archive ({e})") from None
-    return count
+    return stored
 
 
 def _store_member(tar: tarfile.TarFile, member: tarfile.TarInfo, files: BlobStore) -> None:
@@ -164,20 +172,37 @@ def _store_member(tar: tarfile.TarFile, member: tarfile.TarInfo, files: BlobStor
         Path(name).unlink(missing_ok=True)
 
 
-def missing(digests: Iterable[str], files: BlobStore) -> list[str]:
-    """The digests the file store lacks, each once, in the order asked."""
+def missing(digests: Iterable[str], present: AbstractSet[str]) -> list[str]:
+    """The digests not in `present`, each once, in the order asked."""
     seen: set[str] = set()
     out = []
     for d in digests:
-        if d not in seen and not files.path(d).exists():
+        if d not in seen and d not in present:
             out.append(d)
         seen.add(d)
     return out
 
 
-def assemble(resources: list[Resource], files: BlobStore, dest: Path) -> None:
-    """Write the source package (gzip'd tar) for `resources` from the file store."""
-    absent = [r.path for r in resources if not files.path(r.sha256).exists()]
+def matchable(digests: Iterable[str], files: BlobStore) -> set[str]:
+    """Those of `digests` (already limited to the caller's files) that a push may skip
+    uploading: stored, and at least MATCH_MIN_SIZE bytes by the stored file's own size,
+    whatever size a request claims."""
+    found = set()
+    for d in set(digests):
+        try:
+            if files.path(d).stat().st_size >= MATCH_MIN_SIZE:
+                found.add(d)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def assemble(resources: list[Resource], files: BlobStore, dest: Path,
+             usable: AbstractSet[str]) -> None:
+    """Write the source package (gzip'd tar) for `resources` from the file store, taking
+    only files whose digest is in `usable` (the caller's)."""
+    absent = [r.path for r in resources
+              if r.sha256 not in usable or not files.path(r.sha256).exists()]
     if absent:
         raise Unprocessable(f"the control plane does not have {absent[0]!r} "
                             f"({len(absent)} file(s) missing): upload them first")

@@ -73,6 +73,9 @@ CREATE TABLE IF NOT EXISTS routes (host TEXT NOT NULL, path TEXT NOT NULL, app T
 CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, app TEXT NOT NULL, kind TEXT NOT NULL,
   command TEXT NOT NULL, state TEXT NOT NULL, node TEXT, build TEXT, exit_code INTEGER,
   reason TEXT, payload TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, finished_at REAL);
+CREATE TABLE IF NOT EXISTS file_owners (kind TEXT NOT NULL, digest TEXT NOT NULL,
+  app TEXT NOT NULL, PRIMARY KEY (kind, digest, app));
+CREATE INDEX IF NOT EXISTS file_owners_app ON file_owners (app, kind);
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT,
   ts REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL, actor TEXT);
 """
@@ -159,7 +162,10 @@ class Store:
         return tid, secret
 
     def authenticate(self, secret: str) -> Token | None:
-        """The token `secret` names, if it is valid now; compared in constant time."""
+        """The token `secret` names, if it is valid now; compared in constant time. A
+        token with a use count spends one use on every request it authenticates, for
+        every kind: the count is checked and spent in one statement, so two concurrent
+        requests cannot share its last use."""
         parts = secret.split("_")
         if len(parts) < 3 or parts[0] != "fdy":
             return None
@@ -168,20 +174,16 @@ class Store:
             return None
         if row["revoked"] or (row["expires_at"] and row["expires_at"] < self.clock()):
             return None
-        if row["uses_left"] is not None and row["uses_left"] <= 0:
+        if row["uses_left"] is not None and not self._spend_use(row["id"]):
             return None
         apps = tuple(json.loads(row["apps"])) if row["apps"] else None
         return Token(row["id"], row["kind"], apps, row["node"])
 
-    def use_token(self, tid: str) -> bool:
-        """Count one use of a token; False when a limited token has no use left (checked and
-        counted in one statement, so two concurrent joins cannot share the last use)."""
+    def _spend_use(self, tid: str) -> bool:
+        """Count one use of a limited token; False when it has none left."""
         cur = self.db.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ? "
-                              "AND uses_left IS NOT NULL AND uses_left > 0", [tid])
-        if cur.rowcount:
-            return True
-        row = self._one("SELECT uses_left FROM tokens WHERE id = ?", [tid])
-        return row is not None and row["uses_left"] is None
+                              "AND uses_left > 0", [tid])
+        return bool(cur.rowcount)
 
     def list_tokens(self) -> list[dict[str, Any]]:
         return self._rows("SELECT id, kind, apps, node, expires_at, uses_left, created_at, "
@@ -463,9 +465,11 @@ class Store:
         row = self._one("SELECT app FROM routes WHERE host = ? AND path = ?", [host, path])
         if row is not None and row["app"] != app:
             raise Conflict(f"{host}{path} is already routed to another app")
-        self.db.execute("INSERT OR REPLACE INTO routes (host, path, app, options, created_at) "
-                        "VALUES (?, ?, ?, ?, ?)", [host, path, app, json.dumps(options),
-                                                   self.clock()])
+        # A re-map changes options only: the first claim's time orders a host's owners.
+        self.db.execute("INSERT INTO routes (host, path, app, options, created_at) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (host, path) DO UPDATE SET "
+                        "options = excluded.options", [host, path, app, json.dumps(options),
+                                                       self.clock()])
         self.changed()
 
     def unmap_route(self, app: str, host: str, path: str) -> None:
@@ -474,6 +478,54 @@ class Store:
         if not cur.rowcount:
             raise NotFound(f"{host}{path} is not routed to {app}")
         self.changed()
+
+    def routes_on_host(self, host: str) -> list[dict[str, Any]]:
+        """The mapped routes under one host, with when each was first mapped."""
+        return self._rows("SELECT host, path, app, created_at FROM routes WHERE host = ?",
+                          [host])
+
+    # --- file ownership (which apps uploaded or reference a stored file) -----------
+    def own_files(self, app: str, kind: str, digests: Iterable[str]) -> None:
+        """Record that `app` uploaded (or its source references) these files."""
+        with self._tx():
+            for digest in set(digests):
+                self.db.execute("INSERT OR IGNORE INTO file_owners (kind, digest, app) "
+                                "VALUES (?, ?, ?)", [kind, digest, app])
+
+    def owned_files(self, kind: str, digests: Iterable[str], apps: Iterable[str] | None
+                    ) -> set[str]:
+        """Those of `digests` owned by any of `apps` (by any app when None)."""
+        wanted = sorted(set(digests))
+        scope = None if apps is None else sorted(set(apps))
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):       # SQLite's bound-parameter limit
+            chunk = wanted[start:start + 500]
+            sql = (f"SELECT DISTINCT digest FROM file_owners WHERE kind = ? AND digest IN "
+                   f"({','.join('?' * len(chunk))})")
+            params: list[Any] = [kind, *chunk]
+            if scope is not None:
+                sql += f" AND app IN ({','.join('?' * len(scope))})"
+                params += scope
+            found.update(r["digest"] for r in self._rows(sql, params))
+        return found
+
+    def replace_owned_files(self, app: str, kind: str, digests: Iterable[str]) -> list[str]:
+        """Make `digests` the whole set of files `app` owns; returns the files it gave up
+        that no app owns any more (the caller deletes them)."""
+        keep = set(digests)
+        with self._tx():
+            before = {r["digest"] for r in self._rows(
+                "SELECT digest FROM file_owners WHERE app = ? AND kind = ?", [app, kind])}
+            dropped = sorted(before - keep)
+            for digest in dropped:
+                self.db.execute("DELETE FROM file_owners WHERE kind = ? AND digest = ? "
+                                "AND app = ?", [kind, digest, app])
+            for digest in keep - before:
+                self.db.execute("INSERT INTO file_owners (kind, digest, app) VALUES (?, ?, ?)",
+                                [kind, digest, app])
+            orphans = [d for d in dropped if self._one(
+                "SELECT 1 AS x FROM file_owners WHERE kind = ? AND digest = ?", [kind, d]) is None]
+        return orphans
 
     # --- tasks --------------------------------------------------------------------
     def create_task(self, app: str, kind: str, command: str, node: str,

@@ -52,6 +52,37 @@ async def test_join_token_uses_are_counted(control: Control) -> None:
         assert (await c.get("/v1/apps")).status_code == 401   # a join token does nothing else
 
 
+@pytest.mark.parametrize("kind", ["deploy", "read", "admin", "edge"])
+async def test_every_kind_spends_its_uses(control: Control, kind: str) -> None:
+    token = await mint(control, kind=kind, uses=1)
+    path = "/v1/routes" if kind == "edge" else "/v1/apps"
+    async with control.client(token) as c:
+        assert (await c.get(path)).status_code == 200
+        r = await c.get(path)
+        assert r.status_code == 401 and "token" in r.json()["error"]
+    listed = {t["kind"]: t for t in (await control.http.get("/v1/tokens")).json()["tokens"]}
+    assert listed[kind]["uses_left"] == 0
+
+
+async def test_a_use_limited_deploy_token_pushes_once(control: Control) -> None:
+    token = await mint(control, kind="deploy", apps=["once"], uses=1)
+    async with control.client(token) as c:
+        assert (await c.post("/v1/apps/once/builds", content=tarball())).status_code == 201
+        assert (await c.post("/v1/apps/once/builds", content=tarball())).status_code == 401
+    assert len(control.store.builds_in("QUEUED")) == 1
+
+
+@pytest.mark.parametrize("kind", ["deploy", "edge", "join"])
+async def test_expired_tokens_of_every_kind_are_401(control: Control, kind: str) -> None:
+    token = await mint(control, kind=kind, ttl="60s")
+    control.clock.now += 61
+    path = {"deploy": "/v1/apps", "edge": "/v1/routes", "join": "/v1/nodes/join"}[kind]
+    async with control.client(token) as c:
+        r = await c.request("POST" if kind == "join" else "GET", path,
+                            json={"name": "n", "memory_mb": 1024})
+    assert r.status_code == 401 and "expired" in r.json()["error"]
+
+
 async def test_revoked_token_stops_at_once(control: Control) -> None:
     r = await control.http.post("/v1/tokens", json={"kind": "deploy"})
     token, tid = r.json()["token"], r.json()["id"]

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from control.blobs import BlobStore
 from control.errors import BadRequest, Unprocessable
 from control.resources import (
+    MATCH_MIN_SIZE,
     Resource,
     assemble,
+    matchable,
     missing,
     parse_resources,
     path_problem,
@@ -115,17 +117,38 @@ def tar_of(members: dict[str, bytes], path: Path) -> Path:
 
 def test_files_round_trip_into_a_safe_source_package(tmp_path: Path) -> None:
     files = BlobStore(tmp_path / "files")
-    assert missing([A.sha256, B.sha256, A.sha256], files) == [A.sha256, B.sha256]
+    assert missing([A.sha256, B.sha256, A.sha256], set()) == [A.sha256, B.sha256]
     upload = tar_of({A.sha256: b"a", B.sha256: b"b"}, tmp_path / "up.tgz")
-    assert store_files(upload, files, ArchiveLimits()) == 2
-    assert missing([A.sha256, B.sha256], files) == []
+    assert store_files(upload, files, ArchiveLimits()) == [A.sha256, B.sha256]
+    assert missing([A.sha256, B.sha256], {B.sha256}) == [A.sha256]
     script = res("bin/run", b"a", 0o755)
-    assemble([A, B, script], files, tmp_path / "source.tgz")
+    assemble([A, B, script], files, tmp_path / "source.tgz", {A.sha256, B.sha256})
     assert check_archive(tmp_path / "source.tgz") == 3
     with tarfile.open(tmp_path / "source.tgz") as tar:
         assert sorted(tar.getnames()) == ["a.py", "b.py", "bin/run"]
         assert tar.getmember("bin/run").mode == 0o755
         assert tar.extractfile("b.py").read() == b"b"  # type: ignore[union-attr]
+
+
+def test_only_stored_files_of_the_pool_minimum_size_are_matchable(tmp_path: Path) -> None:
+    files = BlobStore(tmp_path / "files")
+    big, edge, small = (b"x" * (MATCH_MIN_SIZE + 1), b"y" * MATCH_MIN_SIZE,
+                        b"z" * (MATCH_MIN_SIZE - 1))
+    store_files(tar_of({digest(d): d for d in (big, edge, small)}, tmp_path / "up.tgz"),
+                files, ArchiveLimits())
+    absent = digest(b"never stored")
+    assert matchable([digest(big), digest(edge), digest(small), absent], files) == {
+        digest(big), digest(edge)}
+
+
+def test_a_stored_file_outside_the_callers_set_is_absent(tmp_path: Path) -> None:
+    files = BlobStore(tmp_path / "files")
+    store_files(tar_of({A.sha256: b"a"}, tmp_path / "up.tgz"), files, ArchiveLimits())
+    with pytest.raises(Unprocessable) as theirs:
+        assemble([A], files, tmp_path / "source.tgz", set())
+    with pytest.raises(Unprocessable) as nobodys:
+        assemble([res("a.py", b"never stored")], files, tmp_path / "source.tgz", set())
+    assert theirs.value.message == nobodys.value.message
 
 
 def test_a_file_whose_bytes_do_not_match_its_name_is_refused(tmp_path: Path) -> None:
@@ -139,7 +162,7 @@ def test_a_file_whose_bytes_do_not_match_its_name_is_refused(tmp_path: Path) -> 
 
 def test_assembling_with_a_file_the_store_lacks_names_it(tmp_path: Path) -> None:
     with pytest.raises(Unprocessable, match="'lib/c.py'"):
-        assemble([C], BlobStore(tmp_path / "files"), tmp_path / "source.tgz")
+        assemble([C], BlobStore(tmp_path / "files"), tmp_path / "source.tgz", {C.sha256})
 
 
 def test_a_listing_delta_carries_only_what_changed() -> None:
