@@ -22,7 +22,7 @@ from control.errors import (
     NotFound,
     Unauthorized,
 )
-from control.heartbeats import apply_heartbeat
+from control.heartbeats import apply_heartbeat, node_text
 from control.names import (
     process_name_problem,
 )
@@ -40,7 +40,8 @@ async def join(request: Request) -> Response:
     address = str(body.get("address") or "127.0.0.1")
     if not ctl.store.use_token(token.id):
         raise Unauthorized("invalid, expired or revoked token")
-    nid = ctl.store.add_node(name, address, memory, body.get("tier"))
+    nid = ctl.store.add_node(name, address, memory, body.get("tier"),
+                             node_text(body.get("seccomp")))
     _, secret = ctl.store.create_token("node", node=nid, label=name)
     ctl.store.add_event(None, "node-joined", f"node {name} ({nid}) joined at {address}")
     log.info("node-joined node=%s name=%s address=%s", nid, name, address)
@@ -48,7 +49,7 @@ async def join(request: Request) -> Response:
 
 
 async def list_nodes(request: Request) -> Response:
-    """List nodes with state, tier, capacity and instance counts."""
+    """List nodes with state, tier, seccomp filter, capacity and instance counts."""
     ctl = control_of(request)
     require(request, ctl.store, READ_KINDS)
     rows = ctl.store.node_rows()
