@@ -820,7 +820,7 @@ def nodes(as_json: bool = JSON) -> None:
     if as_json:
         return emit_json(rows)
     now = time.time()
-    table([[n["name"], n["id"], n["state"], n["tier"], n.get("seccomp") or "unknown",
+    table([[n["name"], n["id"], n["state"], n["tier"], n.get("seccomp"),
             n["address"], f"{n['used_mb']}/{n['memory_mb']}M", n["instances"],
             f"{now - n['last_heartbeat']:.0f}s ago"] for n in rows],
           ["NAME", "ID", "STATE", "TIER", "SECCOMP", "ADDRESS", "MEMORY", "INSTANCES",
