@@ -18,6 +18,9 @@ Rules the program keeps:
   and `unshare` with any CLONE_NEW* flag get EPERM. `clone3` takes its flags in memory
   that BPF cannot read, so it gets ENOSYS: libc then falls back to `clone`, whose flags
   are in a register and are checked.
+* ptrace (and process_vm_*, kcmp, pidfd_getfd) are denied although Docker allows them on
+  kernels >= 4.8: the platform offers no in-jail debugging, and every process of a jail
+  shares one uid, so ptrace would open each one's memory to the others.
 * `personality` only with the values ordinary programs use (query, PER_LINUX, PER_LINUX32,
   UNAME26): no switching off address-space randomisation.
 * The architecture is checked first. A call through another ABI (i386's `int 0x80` on an
@@ -54,7 +57,8 @@ OFF_NR, OFF_ARCH, OFF_ARG0_LOW = 0, 4, 16
 INSN = struct.Struct("=HBBI")  # struct sock_filter, in the kernel's (native) byte order
 
 # Every CLONE_NEW* flag: TIME, NS, CGROUP, UTS, IPC, USER, PID, NET. All live in the low
-# 32 bits, the only bits clone and unshare look at.
+# 32 bits, the only bits clone and unshare look at. TIME (0x80) shares clone's exit-signal
+# byte, where no valid signal (at most 64) sets it.
 CLONE_NEW_FLAGS = (0x80 | 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
                    | 0x20000000 | 0x40000000)
 CLONE_NEWUSER = 0x10000000
