@@ -820,15 +820,16 @@ def events(name: str, as_json: bool = JSON) -> None:
 
 @app.command()
 def nodes(as_json: bool = JSON) -> None:
-    """List nodes with state, isolation tier, capacity and instances."""
+    """List nodes with state, isolation tier, seccomp filter, capacity and instances."""
     rows = Api.load().get("/v1/nodes")["nodes"]
     if as_json:
         return emit_json(rows)
     now = time.time()
-    table([[n["name"], n["id"], n["state"], n["tier"], n["address"],
-            f"{n['used_mb']}/{n['memory_mb']}M", n["instances"],
+    table([[n["name"], n["id"], n["state"], n["tier"], n.get("seccomp"),
+            n["address"], f"{n['used_mb']}/{n['memory_mb']}M", n["instances"],
             f"{now - n['last_heartbeat']:.0f}s ago"] for n in rows],
-          ["NAME", "ID", "STATE", "TIER", "ADDRESS", "MEMORY", "INSTANCES", "HEARTBEAT"])
+          ["NAME", "ID", "STATE", "TIER", "SECCOMP", "ADDRESS", "MEMORY", "INSTANCES",
+           "HEARTBEAT"])
 
 
 @app.command()

@@ -21,7 +21,7 @@ from control.errors import (
     Forbidden,
     NotFound,
 )
-from control.heartbeats import apply_heartbeat
+from control.heartbeats import apply_heartbeat, node_text
 from control.names import (
     process_name_problem,
 )
@@ -39,7 +39,8 @@ async def join(request: Request) -> Response:
     name = str(body.get("name") or "node")
     memory = int_between(body.get("memory_mb"), "memory_mb", 64, 1 << 24)
     address = str(body.get("address") or "127.0.0.1")
-    nid = ctl.store.add_node(name, address, memory, body.get("tier"))
+    nid = ctl.store.add_node(name, address, memory, body.get("tier"),
+                             node_text(body.get("seccomp")))
     _, secret = ctl.store.create_token("node", node=nid, label=name)
     ctl.store.add_event(None, "node-joined", f"node {name} ({nid}) joined at {address}")
     log.info("node-joined node=%s name=%s address=%s", nid, name, address)
@@ -47,8 +48,8 @@ async def join(request: Request) -> Response:
 
 
 async def list_nodes(request: Request) -> Response:
-    """List nodes with state, tier, capacity and instance counts (infrastructure: admin
-    and unscoped read tokens only)."""
+    """List nodes with state, tier, seccomp filter, capacity and instance counts
+    (infrastructure: admin and unscoped read tokens only)."""
     ctl = control_of(request)
     token = require(request, ctl.store, READ_KINDS)
     # 403 rather than an empty list: nodes are not any app's objects, so there is no

@@ -18,12 +18,18 @@ from control.model import CRASHED, LIVE_STATES, STOPPED, STOPPING
 from control.store import Store
 
 
+def node_text(value: Any) -> str | None:
+    """A short descriptive field a node reports (its seccomp filter), kept as text."""
+    return None if value is None else str(value)[:200]
+
+
 def apply_heartbeat(store: Store, node_id: str, report: dict[str, Any],
                     asked_to_stop: set[str]) -> None:
     """Record one heartbeat from node `node_id`."""
     before = store.touch_node(node_id, address=report["address"],
                               memory_mb=int(report["memory_mb"]), tier=report.get("tier"),
-                              boot=str(report.get("boot", "")))
+                              boot=str(report.get("boot", "")),
+                              seccomp=node_text(report.get("seccomp")))
     rebooted = before["boot"] is not None and before["boot"] != report.get("boot")
     if rebooted:
         store.add_event(None, "node-restarted", f"node {before['name']} agent restarted")

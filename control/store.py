@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS builds (id TEXT PRIMARY KEY, app TEXT NOT NULL, state
 CREATE INDEX IF NOT EXISTS builds_state ON builds (state);
 CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL,
   tier TEXT, memory_mb INTEGER NOT NULL, state TEXT NOT NULL, last_heartbeat REAL NOT NULL,
-  work_acked INTEGER NOT NULL DEFAULT 0, boot TEXT, created_at REAL NOT NULL);
+  work_acked INTEGER NOT NULL DEFAULT 0, boot TEXT, created_at REAL NOT NULL, seccomp TEXT);
 CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, app TEXT NOT NULL,
   process TEXT NOT NULL, idx INTEGER NOT NULL, release INTEGER NOT NULL, node TEXT NOT NULL,
   state TEXT NOT NULL, stopping INTEGER NOT NULL DEFAULT 0, restarts INTEGER NOT NULL DEFAULT 0,
@@ -79,6 +79,9 @@ CREATE INDEX IF NOT EXISTS file_owners_app ON file_owners (app, kind);
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT,
   ts REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL, actor TEXT);
 """
+# Columns added since the first schema, with their types: a database made before one was
+# added gets it when it is opened.
+ADDED_COLUMNS = {("nodes", "seccomp"): "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.conn.executescript(SCHEMA)
+        for (table, column), kind in ADDED_COLUMNS.items():
+            if column not in self.db[table].columns_dict:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self.revision = 0
         self.on_change: Callable[[], None] = lambda: None
         self.on_logs: Callable[[], None] = lambda: None
@@ -323,10 +329,12 @@ class Store:
         self.changed()
 
     # --- nodes ------------------------------------------------------------------
-    def add_node(self, name: str, address: str, memory_mb: int, tier: str | None) -> str:
+    def add_node(self, name: str, address: str, memory_mb: int, tier: str | None,
+                 seccomp: str | None = None) -> str:
         nid = "n-" + uuid.uuid4().hex[:10]
         now = self.clock()
         self._insert("nodes", {"id": nid, "name": name, "address": address, "tier": tier,
+                                 "seccomp": seccomp,
                                  "memory_mb": memory_mb, "state": NODE_READY,
                                  "last_heartbeat": now, "created_at": now})
         self.changed()
@@ -350,13 +358,14 @@ class Store:
                      r["address"]) for r in self.node_rows()]
 
     def touch_node(self, nid: str, *, address: str, memory_mb: int, tier: str | None,
-                   boot: str) -> dict[str, Any]:
+                   boot: str, seccomp: str | None = None) -> dict[str, Any]:
         """Record a heartbeat; a lost node that speaks again is ready again. Returns the
         node row as it was before."""
         before = self.get_node(nid)
         state = NODE_READY if before["state"] == NODE_LOST else before["state"]
         self._update("nodes", nid, {"address": address, "memory_mb": memory_mb, "tier": tier,
-                                    "last_heartbeat": self.clock(), "state": state,
+                                    "seccomp": seccomp, "last_heartbeat": self.clock(),
+                                    "state": state,
                                     "boot": boot})
         if (before["state"], before["memory_mb"], before["address"]) != (
                 state, memory_mb, address):

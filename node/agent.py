@@ -102,7 +102,8 @@ class Agent:
         """Exchange the join token, waiting (capped backoff) while the control plane is
         unreachable; a refused token is final."""
         body = {"name": self.config.name, "address": self.config.address,
-                "memory_mb": self.config.memory_mb, "tier": self.jail.tier}
+                "memory_mb": self.config.memory_mb, "tier": self.jail.tier,
+                "seccomp": self.jail.seccomp.summary}
         delay = 0.2
         while True:
             try:
@@ -155,6 +156,7 @@ class Agent:
         instances = self.supervisor.report()
         await self.client.heartbeat(self.node_id, {
             "boot": self.boot, "address": self.config.address, "tier": self.jail.tier,
+            "seccomp": self.jail.seccomp.summary,
             "memory_mb": self.config.memory_mb, "work_seq": self.work_seq,
             "instances": instances})
         self.supervisor.prune(instances)

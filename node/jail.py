@@ -4,8 +4,9 @@
   root of read-only /usr (+ the /bin, /lib, /lib64, /sbin links), a filtered /etc,
   the app dir read-write at /app, private /tmp and /dev/shm, fresh /proc, minimal
   /dev; an unprivileged uid of its own (from `uid_base`), no_new_privs, no
-  capabilities; cgroup limits on memory (no swap), pids and CPU share.
-* `rootless` (namespaces but no cgroups, e.g. not root): the same view; memory and
+  capabilities; the default seccomp filter (node/seccomp.py: no new namespaces, no
+  dangerous syscalls); cgroup limits on memory (no swap), pids and CPU share.
+* `rootless` (namespaces but no cgroups, e.g. not root): the same view and filter; memory and
   process count are enforced by a watchdog, core dumps by rlimits.
 * `plain` (no namespaces): a process group and a clean environment. Not a security
   boundary, and the node says so loudly.
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import trio
 
-from node import cgroups, spawn
+from node import cgroups, seccomp, spawn
 from node.proctree import MARKER, instance_pids
 
 log = logging.getLogger("foundry.node")
@@ -155,12 +156,14 @@ def system_view(etc_root: Path = Path("/etc"), root: Path = Path("/")) -> list[s
 
 
 def bwrap_args(spec: JailSpec, system: Sequence[str], passwd_fd: int, group_fd: int,
-               userns: bool) -> list[str]:
+               userns: bool, seccomp_fd: int | None = None) -> list[str]:
     """bubblewrap's arguments for `spec` (pure: fds and the system view are given)."""
     args = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--new-session", "--hostname", "app"]
     if userns:
         args += ["--unshare-user", "--disable-userns"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     args += [*system, "--perms", "0444", "--ro-bind-data", str(passwd_fd), "/etc/passwd",
              "--perms", "0444", "--ro-bind-data", str(group_fd), "/etc/group",
              "--proc", "/proc", "--dev", "/dev"]
@@ -219,6 +222,7 @@ class Jailer:
     pids_limit: int = 512
     system: list[str] = field(default_factory=list)
     prlimit: str | None = None
+    seccomp: seccomp.Filter = seccomp.Filter(None, "none: not configured")
     _uids: set[int] = field(default_factory=set)
 
     @property
@@ -264,12 +268,17 @@ class Jailer:
         return ["/bin/sh", "-c", ENTER_CGROUPS, "foundry-jail", *group.procs_files(), "--", *jail]
 
     def _fds(self, spec: JailSpec, uid: int) -> list[int]:
-        """memfds for the jail's /etc/passwd, /etc/group and bwrap's options (last)."""
+        """memfds for the jail's /etc/passwd, /etc/group, the seccomp program (if any) and
+        bwrap's options (last)."""
         if not self.isolates:
             return []
         passwd, grp = identity_files(uid)
         fds = [_memfd("passwd", passwd), _memfd("group", grp)]
-        options = bwrap_args(spec, self.system, fds[0], fds[1], userns=not self.drops_uid)
+        program = self.seccomp.program
+        if program is not None:
+            fds.append(_memfd("seccomp", program))
+        options = bwrap_args(spec, self.system, fds[0], fds[1], userns=not self.drops_uid,
+                             seccomp_fd=fds[2] if program is not None else None)
         fds.append(_memfd("bwrap-args", b"".join(o.encode() + b"\0" for o in options)))
         return fds
 
@@ -443,4 +452,19 @@ def make_jailer(forced: str | None = None, home: str = "") -> Jailer:
         log.info("jail-tier tier=full reason=%r", choice.reason)
     return Jailer(choice, driver if choice.tier == FULL else None,
                   bwrap=shutil.which("bwrap") or "bwrap", uid_base=uid_base, uid_count=UID_BLOCK,
-                  system=system_view(), prlimit=shutil.which("prlimit"))
+                  system=system_view(), prlimit=shutil.which("prlimit"),
+                  seccomp=jail_filter(choice.tier, os.uname().machine))
+
+
+def jail_filter(tier: str, machine: str) -> seccomp.Filter:
+    """The seccomp filter jails of `tier` get on `machine`; warns loudly when a jailing
+    tier has none (an unknown architecture gets no filter rather than a wrong one)."""
+    if tier == PLAIN:
+        return seccomp.Filter(None, "none: the plain tier has no jail to filter")
+    found = seccomp.for_machine(machine)
+    if found.program is None:
+        log.warning("jail-seccomp tier=%s filter=%r: jailed apps may use every system call",
+                    tier, found.summary)
+    else:
+        log.info("jail-seccomp tier=%s filter=%r", tier, found.summary)
+    return found

@@ -52,6 +52,21 @@ def test_node_reports_the_full_tier(platform: Platform) -> None:
     assert "Isolation:  full" in (platform.home.parent / "up.out").read_text()
 
 
+def test_nodes_show_the_seccomp_filter_and_jails_get_it(platform: Platform) -> None:
+    nodes = json.loads(platform.cli("nodes", "--json").stdout)
+    local = next(n for n in nodes if n["name"] == "local")
+    assert local["seccomp"].startswith("default-deny-list (")
+    shown = platform.cli("nodes").stdout.splitlines()
+    assert "SECCOMP" in shown[0].split()
+    assert any(line.startswith("local ") and local["seccomp"] in line for line in shown[1:])
+    platform.cli("push", str(APPS / "inspector"), "--name", "jail-userns")
+    running_instance(platform, "jail-userns")
+    userns = platform.get("jail-userns", "/?userns=1").json()["userns"]
+    assert userns["exit"] != 0 and "Operation not permitted" in userns["output"], userns
+    task = platform.cli("run", "jail-userns", "--", "sh", "-c", "unshare -Ur id -u; echo exit=$?")
+    assert "Operation not permitted" in task.stdout and "exit=1" in task.stdout, task.stdout
+
+
 def test_an_app_sees_only_itself_and_writes_only_its_dirs(platform: Platform) -> None:
     platform.cli("push", str(APPS / "inspector"), "--name", "jail-peer")
     platform.cli("push", str(APPS / "inspector"), "--name", "jail-inspector")

@@ -1,11 +1,13 @@
 """Reports over HTTP what a Foundry app can see from inside its jail.
 
 GET /?read=PATH&write=PATH... -> JSON: uid, gid, cwd, the processes visible in /proc
-(pid and command line), and for each PATH whether reading / writing it worked.
+(pid and command line), and for each PATH whether reading / writing it worked;
+with &userns=1 also what `unshare -Ur id` printed.
 """
 
 import json
 import os
+import subprocess
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -45,6 +47,11 @@ def processes():
     return seen
 
 
+def userns():
+    done = subprocess.run(["unshare", "-Ur", "id", "-u"], capture_output=True, text=True)
+    return {"exit": done.returncode, "output": (done.stdout + done.stderr).strip()}
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
@@ -53,6 +60,7 @@ class Handler(BaseHTTPRequestHandler):
             "home": os.environ.get("HOME"), "processes": processes(),
             "read": {p: can_read(p) for p in query.get("read", [])},
             "write": {p: can_write(p) for p in query.get("write", [])},
+            "userns": userns() if query.get("userns") else None,
         }).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
