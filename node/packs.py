@@ -8,8 +8,12 @@ uploaded as a gzip'd tar), or a git URL the node clones. Fetched packs are cache
 under the node's home by digest or by URL hash. Invariants: a clone never fetches
 submodules, never runs hooks and never prompts; an uploaded pack is extracted with
 the same checks as a source package; a URL's credentials (`https://user:pass@host`)
-never reach a log or an error (`redact_urls`). Scripts are run with an explicit interpreter
-when they are not executable (a wheel install or an upload may drop the mode bits).
+never reach a log or an error (`redact_urls`). Only installed (the operator's) packs
+detect, and detection is the one pack step run outside the jail: it comes before any
+of the app's code has run, on a source tree whose extraction refused links out of it.
+A named pack is never detected; its compile and release run in the jail (stager).
+Scripts are run with an explicit interpreter when they are not executable (a wheel
+install or an upload may drop the mode bits).
 """
 
 from __future__ import annotations
