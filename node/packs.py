@@ -52,7 +52,6 @@ def redact_urls(text: str) -> str:
 class Pack:
     name: str
     path: Path
-    builtin: bool = True
 
     def script(self, name: str) -> list[str]:
         """argv prefix that runs bin/<name>."""
@@ -81,7 +80,7 @@ def _checked(path: Path, name: str) -> Pack:
     missing = [s for s in ("compile", "release") if not (path / "bin" / s).is_file()]
     if missing:
         raise PackError(f"buildpack {name} has no bin/{' or bin/'.join(missing)}")
-    return Pack(name, path, builtin=False)
+    return Pack(name, path)
 
 
 async def fetch_pack(spec: str, packs_dir: Path, home: Path, client: ControlClient,
