@@ -1080,6 +1080,10 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
                   60.0, envvar="FOUNDRY_START_TIMEOUT", help="seconds to become healthy"),
               liveness_interval: float = typer.Option(
                   30.0, envvar="FOUNDRY_LIVENESS_INTERVAL", help="seconds between checks"),
+              staging_env: Path = typer.Option(
+                  None, envvar="FOUNDRY_STAGING_ENV_FILE",
+                  help="KEY=VALUE file of variables every build gets (proxies, package "
+                       "indexes); default: staging.env in the node's home, if present"),
               ) -> None:
     """Join a control plane (or rejoin with the saved identity) and run instances."""
     _die_with_up()
@@ -1090,22 +1094,25 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
     from control.names import parse_memory
     from node.agent import JoinError, NodeConfig
     from node.main import run
+    from node.staging import BASE, ENV_FILE, StagingEnvError, load_staging_env
     from packs import PACKS_DIR
 
     try:
         memory_mb = machine_memory_mb() * 9 // 10 if memory == "auto" else parse_memory(memory)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-    # Builds fetch packages: they see the operator's proxy and certificate settings.
-    network = {k: v for k, v in os.environ.items()
-               if k in ("SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS")
-               or k.lower().endswith("_proxy") or k.startswith(("UV_", "PIP_", "npm_config_"))}
+    home = home or foundry_home() / "node"
+    # Builds run tenant code: they get the admin's staging env, never this process's own.
+    staging_file = staging_env or home / ENV_FILE
     try:
-        run(NodeConfig(home=home or foundry_home() / "node", control_url=control_url.rstrip("/"),
+        staging = load_staging_env(staging_file) if staging_env or staging_file.exists() else {}
+    except StagingEnvError as e:
+        raise CLIError(str(e)) from None
+    try:
+        run(NodeConfig(home=home, control_url=control_url.rstrip("/"),
                        packs_dir=PACKS_DIR, join_token=token, name=name or socket.gethostname(),
-                       address=advertise, memory_mb=memory_mb, base_env=base_env, grace=grace,
-                       build_env={**network, "FOUNDRY_UV": uv.find_uv_bin()}, tier=tier,
+                       address=advertise, memory_mb=memory_mb, base_env=dict(BASE), grace=grace,
+                       build_env={**staging, "FOUNDRY_UV": uv.find_uv_bin()}, tier=tier,
                        start_timeout=start_timeout, liveness_interval=liveness_interval))
     except JoinError as e:
         raise CLIError(str(e)) from None

@@ -48,7 +48,7 @@ class NodeConfig:
     start_timeout: float = 60.0
     liveness_interval: float = 30.0
     base_env: dict[str, str] = field(default_factory=dict)    # every process the node starts
-    build_env: dict[str, str] = field(default_factory=dict)   # added for packs (tool paths)
+    build_env: dict[str, str] = field(default_factory=dict)   # added for builds: staging env, tools
     tier: str | None = None   # force a weaker jail tier (tests); None = the strongest there is
 
 

@@ -77,8 +77,20 @@ def extract(archive: Path, target: Path, *, max_files: int = MAX_FILES,
         raise
 
 
+def _droplet_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    problem = _problem(member, absolute_symlinks=True)
+    if problem:
+        raise ArchiveError(f"the build left {member.name!r}, which a droplet may not hold: "
+                           f"{problem}")
+    return member
+
+
 def create(source: Path, archive: Path) -> None:
-    """Pack a directory into a gzip'd tar (fast compression: droplets are rebuilt often)."""
+    """Pack a build directory into a droplet, a gzip'd tar (fast compression: droplets are
+    rebuilt often), refusing what `extract(..., absolute_symlinks=True)` would refuse on
+    the nodes that unpack it (FIFOs, devices, setuid bits, relative links leaving it).
+    Links are stored as links, never followed; call it only once every process of the
+    build is gone, so nothing can swap a checked path for a link while it is read."""
     with tarfile.open(archive, mode="w:gz", compresslevel=1) as tar:
         for child in sorted(source.iterdir()):
-            tar.add(child, arcname=child.name)
+            tar.add(child, arcname=child.name, filter=_droplet_member)

@@ -1,12 +1,15 @@
 """The node agent's side of the control API (joins, heartbeats, work, blobs, logs).
 
 Takes an `httpx.AsyncClient` so tests can hand it any transport. Every call raises
-ControlError with the server's reason on a non-2xx answer.
+ControlError with the server's reason on a non-2xx answer. Blobs are named by their
+sha256 and a download is checked against that name before anyone uses it: a blob
+store that was tampered with (or a corrupted transfer) fails the work item, loudly.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import trio
+
+DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ControlError(Exception):
@@ -90,7 +95,22 @@ class ControlClient:
         await self._call("POST", f"/v1/builds/{build}/result", json=body)
 
     async def download(self, digest: str, dest: Path) -> None:
-        """Fetch a blob into `dest`."""
+        """Fetch the blob whose sha256 is `digest` into `dest`, hashing it as it streams;
+        on any failure, a digest mismatch included, `dest` is removed."""
+        if not DIGEST.match(digest):
+            raise ControlError(f"download: {digest[:80]!r} is not a sha256 hex digest")
+        try:
+            got = await self._fetch(digest, dest)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        if got != digest:
+            dest.unlink(missing_ok=True)
+            raise ControlError(f"download {digest[:12]}: the content's sha256 is {got[:12]}, "
+                               "not the digest the control plane named; refused")
+
+    async def _fetch(self, digest: str, dest: Path) -> str:
+        h = hashlib.sha256()
         try:
             async with self.http.stream("GET", f"/v1/blobs/{digest}", headers=self._headers(),
                                         timeout=300) as resp:
@@ -98,9 +118,11 @@ class ControlClient:
                     raise ControlError(f"download {digest[:12]}: {resp.status_code}")
                 async with await trio.open_file(dest, "wb") as out:
                     async for chunk in resp.aiter_bytes(1 << 20):
+                        h.update(chunk)
                         await out.write(chunk)
         except httpx.HTTPError as e:
             raise ControlError(f"download {digest[:12]}: {e}") from e
+        return h.hexdigest()
 
     async def upload(self, digest: str, path: Path) -> None:
         """Send a blob whose sha256 is `digest`."""

@@ -7,8 +7,13 @@ Foundry): an installed pack's name, `blob:<sha256>` (a pack directory the CLI
 uploaded as a gzip'd tar), or a git URL the node clones. Fetched packs are cached
 under the node's home by digest or by URL hash. Invariants: a clone never fetches
 submodules, never runs hooks and never prompts; an uploaded pack is extracted with
-the same checks as a source package. Scripts are run with an explicit interpreter
-when they are not executable (a wheel install or an upload may drop the mode bits).
+the same checks as a source package; a URL's credentials (`https://user:pass@host`)
+never reach a log or an error (`redact_urls`). Only installed (the operator's) packs
+detect, and detection is the one pack step run outside the jail: it comes before any
+of the app's code has run, on a source tree whose extraction refused links out of it.
+A named pack is never detected; its compile and release run in the jail (stager).
+Scripts are run with an explicit interpreter when they are not executable (a wheel
+install or an upload may drop the mode bits).
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from packs import DEFAULT_ORDER, ordered_names
 
 GIT_URL = re.compile(r"^(https?|git)://[^\s#]+(#[A-Za-z0-9._/-]+)?$")
 BLOB = re.compile(r"^blob:([0-9a-f]{64})$")
+# scheme://userinfo@ : the userinfo (RFC 3986 3.2.1) is everything up to the last @
+# before the host, so it may hold ':' and '@'-free percent-escapes, never / ? # or space.
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
 CLONE_TIMEOUT = 120
 
 
@@ -35,11 +43,15 @@ class PackError(Exception):
     """A named buildpack that cannot be found or fetched; the message says why."""
 
 
+def redact_urls(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by `***` (pure)."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
 @dataclass(frozen=True)
 class Pack:
     name: str
     path: Path
-    builtin: bool = True
 
     def script(self, name: str) -> list[str]:
         """argv prefix that runs bin/<name>."""
@@ -68,7 +80,7 @@ def _checked(path: Path, name: str) -> Pack:
     missing = [s for s in ("compile", "release") if not (path / "bin" / s).is_file()]
     if missing:
         raise PackError(f"buildpack {name} has no bin/{' or bin/'.join(missing)}")
-    return Pack(name, path, builtin=False)
+    return Pack(name, path)
 
 
 async def fetch_pack(spec: str, packs_dir: Path, home: Path, client: ControlClient,
@@ -83,7 +95,8 @@ async def fetch_pack(spec: str, packs_dir: Path, home: Path, client: ControlClie
     if GIT_URL.match(spec):
         return await _cloned(spec, home / "buildpacks", env)
     names = ", ".join(p.name for p in installed_packs(packs_dir))
-    raise PackError(f"no buildpack {spec!r}: use one of {names}, a directory or a git URL")
+    raise PackError(f"no buildpack {redact_urls(spec)!r}: use one of {names}, a directory "
+                    "or a git URL")
 
 
 async def _uploaded(digest: str, cache: Path, client: ControlClient) -> Pack:
@@ -125,7 +138,7 @@ async def _cloned(url: str, cache: Path, env: dict[str, str]) -> Pack:
             shutil.rmtree(partial, ignore_errors=True)
             why = "timed out" if scope.cancelled_caught else \
                 done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["failed"]
-            raise PackError(f"could not clone buildpack {url}: {''.join(why)}")
+            raise PackError(redact_urls(f"could not clone buildpack {url}: {''.join(why)}"))
         partial.rename(target)
     base = url.partition("#")[0].rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     return _checked(target, "git-" + re.sub(r"[^A-Za-z0-9_-]", "-", base))

@@ -3,6 +3,8 @@
 A Procfile line is `<type>: <command>`; blank lines and `#` comments are skipped;
 a later line for the same type wins, as on Heroku. `bin/release` prints YAML whose
 `default_process_types` mapping supplies commands the Procfile does not override.
+Both are written by the app's own build, so an error says where and why, never what
+the text holds (a build could make them say anything the build could not read).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def parse_procfile(text: str) -> dict[str, str]:
             continue
         match = _LINE.match(line)
         if not match:
-            raise ProcfileError(f"Procfile line {number} is not '<type>: <command>': {line!r}")
+            raise ProcfileError(f"Procfile line {number} is not '<type>: <command>'")
         name = match.group(1).lower()
         processes[name] = match.group(2)
     return processes
@@ -41,7 +43,9 @@ def parse_release(text: str) -> dict[str, str]:
     try:
         doc: Any = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ProcfileError(f"bin/release printed invalid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ProcfileError(f"bin/release printed invalid YAML{where}") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):

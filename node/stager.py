@@ -11,7 +11,12 @@ The pack's compile runs the app's own build code (setup.py, npm scripts), so it
 runs in a jail like an instance: the build dir read-write at /app (the path the
 droplet later runs at), the cache dir read-write at /cache, the env dir and the
 pack read-only, tool binaries named in TOOL_VARS read-only under /opt/foundry/bin,
-with the host network (builds fetch packages).
+with the host network (builds fetch packages). The pack's `bin/release` runs in a
+jail too, built-in or not: it reads files the build wrote (package.json).
+
+Whatever the build left is read as if an attacker wrote it: the node reads only the
+Procfile itself, through `read_confined` (no link followed, regular files only,
+capped), caps what `bin/release` prints, and its errors never quote either one.
 """
 
 from __future__ import annotations
@@ -27,14 +32,18 @@ import trio
 
 from node.archive import ArchiveError, create, extract
 from node.client import ControlClient, ControlError
+from node.confined import ConfinedError, read_confined
 from node.jail import PLAIN, Bind, Jailed, Jailer, JailError, JailSpec, TierChoice
 from node.logship import LogShipper
-from node.packs import Pack, PackError, detect, fetch_pack, installed_packs
+from node.packs import Pack, PackError, detect, fetch_pack, installed_packs, redact_urls
 from node.procfile import ProcfileError, process_types
 
 COMPILE_TIMEOUT = 15 * 60
 STAGING_MEMORY_MB = 1024   # at least this much for a build, whatever the app's size
 TOOL_VARS = ("FOUNDRY_UV",)  # build env vars naming a tool binary the jail must show
+PROCFILE_MAX = 64 << 10     # bytes; a Procfile is a few lines
+RELEASE_MAX = 64 << 10      # bytes of `bin/release` output kept
+RELEASE_TIMEOUT = 60
 Say = Callable[[str], None]
 
 
@@ -62,7 +71,7 @@ class Stager:
         try:
             result = await self._stage(item, work, say)
         except (BuildFailed, ControlError, ArchiveError, ProcfileError, JailError, PackError,
-                OSError) as e:
+                ConfinedError, OSError) as e:
             say(f"-----> Build failed: {e}")
             result = {"ok": False, "error": str(e)}
         finally:
@@ -101,7 +110,7 @@ class Stager:
         """The pack the push named (no detection), else the first installed one that
         claims the app."""
         if item.get("buildpack"):
-            say(f"-----> Using buildpack {item['buildpack']}")
+            say(f"-----> Using buildpack {redact_urls(str(item['buildpack']))}")
             return await fetch_pack(str(item["buildpack"]), self.packs_dir, self.home,
                                     self.client, self.base_env)
         pack = await detect(installed_packs(self.packs_dir), app_dir, self.base_env)
@@ -164,17 +173,13 @@ class Stager:
                         app_dir, memory, tuple(binds))
 
     async def _process_types(self, pack: Pack, app_dir: Path, work: Path) -> dict[str, str]:
-        if pack.builtin:
-            result = await trio.run_process([*pack.script("release"), str(app_dir)],
-                                            capture_stdout=True, capture_stderr=True,
-                                            check=False, env=self.base_env)
-            code, out = result.returncode, result.stdout
-        else:  # someone else's code: it runs in the jail, like its compile
-            code, out = await self._jailed_release(pack, app_dir, work)
+        # Even a built-in pack's release reads what the build wrote: it runs jailed.
+        code, out = await self._jailed_release(pack, app_dir, work)
         if code != 0:
             raise BuildFailed(f"{pack.name} pack release failed (exit {code})")
-        procfile = app_dir / "Procfile"
-        text = procfile.read_text(errors="replace") if procfile.is_file() else None
+        procfile = await trio.to_thread.run_sync(read_confined, app_dir, "Procfile",
+                                                 PROCFILE_MAX)
+        text = procfile.decode(errors="replace") if procfile is not None else None
         return process_types(text, out.decode(errors="replace"))
 
     async def _jailed_release(self, pack: Pack, app_dir: Path, work: Path) -> tuple[int, bytes]:
@@ -190,9 +195,12 @@ class Stager:
         try:
             assert jailed.proc.stdout is not None
             code = -1
-            with trio.move_on_after(60):
+            with trio.move_on_after(RELEASE_TIMEOUT):
                 async for chunk in jailed.proc.stdout:
                     out += chunk
+                    if len(out) > RELEASE_MAX:
+                        raise BuildFailed(f"{pack.name} pack release printed more than "
+                                          f"{RELEASE_MAX} bytes")
                 code = jailed.exit_code(await jailed.proc.wait())
         finally:
             with trio.CancelScope(shield=True):

@@ -13,7 +13,7 @@ import pytest
 
 from control.errors import Unprocessable
 from control.uploads import ArchiveLimits, check_archive
-from node.archive import ArchiveError, extract
+from node.archive import ArchiveError, create, extract
 
 
 def make_tar(path: Path, add: Callable[[tarfile.TarFile], None]) -> Path:
@@ -132,3 +132,38 @@ def test_droplet_links_may_chain_to_an_absolute_target(tmp_path: Path) -> None:
     archive = make_tar(tmp_path / "droplet.tgz", venv)
     extract(archive, tmp_path / "droplet", absolute_symlinks=True)
     assert os.readlink(tmp_path / "droplet" / "bin/python3") == "python"
+
+
+def built_app(root: Path) -> Path:
+    """What a build may leave: files, dirs, inner and absolute links, a hard link."""
+    (root / ".venv" / "bin").mkdir(parents=True)
+    (root / "app.py").write_text("print('hi')\n")
+    os.symlink("/usr/bin/python3", root / ".venv" / "bin" / "python")
+    os.symlink("../../app.py", root / ".venv" / "bin" / "app")
+    os.link(root / "app.py", root / "copy.py")
+    return root
+
+
+def test_a_droplet_packs_links_as_links_and_unpacks_on_another_node(tmp_path: Path) -> None:
+    create(built_app(tmp_path / "build"), tmp_path / "droplet.tgz")
+    extract(tmp_path / "droplet.tgz", tmp_path / "node", absolute_symlinks=True)
+    assert os.readlink(tmp_path / "node" / ".venv" / "bin" / "python") == "/usr/bin/python3"
+    assert (tmp_path / "node" / ".venv" / "bin" / "app").read_text() == "print('hi')\n"
+    assert (tmp_path / "node" / "copy.py").read_text() == "print('hi')\n"
+
+
+@pytest.mark.parametrize("leave", ["fifo", "setuid", "setgid-dir", "relative-link-out"])
+def test_a_droplet_refuses_what_no_node_would_unpack(tmp_path: Path, leave: str) -> None:
+    build = built_app(tmp_path / "build")
+    if leave == "fifo":
+        os.mkfifo(build / "pipe")
+    elif leave == "setuid":
+        (build / "tool").write_text("#!/bin/sh\n")
+        os.chmod(build / "tool", 0o4755)
+    elif leave == "setgid-dir":
+        (build / "shared").mkdir()
+        os.chmod(build / "shared", 0o2775)
+    else:
+        os.symlink("../../../etc/shadow", build / ".venv" / "escape")
+    with pytest.raises(ArchiveError, match="the build left .*which a droplet may not hold"):
+        create(build, tmp_path / "droplet.tgz")

@@ -22,6 +22,18 @@ def test_bad_procfile_line_is_named() -> None:
         parse_procfile("web: ok\nthis is not a process\n")
 
 
+def test_errors_never_quote_what_the_build_wrote() -> None:
+    # A build can point these at any file: the error says where, never what.
+    with pytest.raises(ProcfileError) as bad_line:
+        parse_procfile("root:$6$hash-of-a-password:19000:0:99999:7:::\nsecret-line\n")
+    assert "line 2" in str(bad_line.value)
+    assert "secret" not in str(bad_line.value)
+    with pytest.raises(ProcfileError) as bad_yaml:
+        parse_release("token: [secret-value\n")
+    assert "line 2" in str(bad_yaml.value) or "line 1" in str(bad_yaml.value)
+    assert "secret" not in str(bad_yaml.value)
+
+
 def test_release_yaml_defaults() -> None:
     text = "---\ndefault_process_types:\n  web: python3 server.py\n"
     assert parse_release(text) == {"web": "python3 server.py"}
