@@ -194,7 +194,7 @@ class Store:
             try:
                 data = json.loads(old)
             except ValueError:
-                raise vault.VaultError(f"a {table}.{col} value is neither sealed nor "
+                raise vault.VaultError(f"a value in {table}.{col} is neither sealed nor "
                                        "JSON") from None
         else:
             data = self._unseal(table, old)

@@ -120,16 +120,16 @@ def unseal(keys: Keys, value: str, context: str) -> str:
     """Decrypt a sealed value of column `context`; VaultError unless it opens intact."""
     label = sealed_label(value)
     if label is None:
-        raise VaultError(f"a {context} value in the database is not sealed")
+        raise VaultError(f"a value in {context} is not sealed")
     if label not in keys.keys:
-        raise VaultError(f"a {context} value is sealed with key {label!r}, which the "
+        raise VaultError(f"a value in {context} is sealed with key {label!r}, which the "
                          "keyring does not hold")
     try:
         raw = base64.b64decode(value[len(PREFIX) + len(label) + 1:], validate=True)
         text = AESGCM(keys.keys[label]).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:],
                                                 context.encode())
     except (binascii.Error, ValueError, InvalidTag):
-        raise VaultError(f"a {context} value does not open with key {label!r}: the key is "
+        raise VaultError(f"a value in {context} does not open with key {label!r}: the key is "
                          "wrong or the value was altered") from None
     return text.decode()
 
