@@ -1051,13 +1051,18 @@ def rotate_key(home: Path = typer.Option(None, help="the control plane's state d
     store = Store(home / "foundry.db", keyring=keyring)
     try:
         label = store.keyring.add_current() if new_key else store.keyring.keys.current
-        resealed = store.reseal()
+        store.reseal()
         dropped = store.drop_unused_keys()
+        sealed = store.sealed_labels()
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         store.close()
-    typer.echo(f"resealed {resealed} value(s) with key {label}; dropped key(s): "
-               f"{', '.join(dropped) or 'none'} ({store.keyring.path})")
+    others = sorted(set(sealed) - {label})
+    if others:      # written meanwhile by a control plane that had not seen the new key yet
+        raise CLIError(f"values under key(s) {', '.join(others)} remain; run rotate-key "
+                       "--no-new-key again")
+    typer.echo(f"{len(sealed.get(label, []))} value(s) sealed with key {label}; dropped "
+               f"key(s): {', '.join(dropped) or 'none'} ({store.keyring.path})")
 
 
 @app.command()

@@ -169,3 +169,27 @@ def test_a_config_var_reaches_the_app_but_not_the_database_file(platform: Platfo
     home = platform.home / "control"
     assert SECRET.encode() not in raw_bytes(home / "foundry.db")
     assert mode(home) == 0o700 and mode(home / "foundry.db") == 0o600
+
+
+def test_an_operator_keyring_outside_the_home_rotates_by_hand(tmp_path: Path) -> None:
+    home, ring = tmp_path / "control", tmp_path / "secrets" / "keyring.json"
+    home.mkdir(mode=0o700)
+    store = Store(home / "foundry.db", keyring=ring)
+    store.create_app("vaulted", env={"API_KEY": SECRET})
+    old = store.keyring.keys
+    store.close()
+    assert not (home / "keyring.json").exists() and mode(ring) == 0o600
+    # the operator adds a key of their own and makes it current, then reseals with it
+    ring.write_text(render_keyring(Keys("ops-2", {**old.keys, "ops-2": os.urandom(32)})))
+    result = subprocess.run(
+        [sys.executable, "-m", "foundry", "rotate-key", "--no-new-key", "--home", str(home)],
+        cwd=ROOT, env={**ENV, "FOUNDRY_KEYRING": str(ring)}, capture_output=True, text=True,
+        timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"with key ops-2; dropped key(s): {old.current}" in result.stdout
+    store = Store(home / "foundry.db", keyring=ring)
+    try:
+        assert set(store.sealed_labels()) == {"ops-2"}
+        assert store.get_app("vaulted")["env"] == {"API_KEY": SECRET}
+    finally:
+        store.close()
