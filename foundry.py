@@ -1014,6 +1014,7 @@ def control(home: Path = typer.Option(None, help="state directory"),
 
     host, port = split_listen(listen)
     home = foundry_home(home) / "control" if home is None else home
+    os.umask(0o077)     # the home is private from its first file on (the TLS key included)
     cert = None
     if tls_cert or tls_key:
         if not (tls_cert and tls_key and tls_cert.is_file() and tls_key.is_file()):
