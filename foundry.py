@@ -987,6 +987,11 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+KEYRING = typer.Option(None, envvar="FOUNDRY_KEYRING",
+                       help="file of the keys that seal config vars (default: keyring.json "
+                       "in the home, made on first start)")
+
+
 @app.command()
 def control(home: Path = typer.Option(None, help="state directory"),
             listen: str = typer.Option("127.0.0.1:7070"),
@@ -1005,7 +1010,8 @@ def control(home: Path = typer.Option(None, help="state directory"),
             backoff_max: float = typer.Option(960.0, min=0, help="longest restart delay"),
             give_up_after: int = typer.Option(200, min=1, help="restarts before giving up"),
             healthy_reset: float = typer.Option(300.0, min=1, help="seconds of healthy "
-                                                "running that reset the crash count")) -> None:
+                                                "running that reset the crash count"),
+            keyring: Path = KEYRING) -> None:
     """Run the control plane."""
     _die_with_up()
     from control.config import ControlConfig
@@ -1015,6 +1021,7 @@ def control(home: Path = typer.Option(None, help="state directory"),
 
     host, port = split_listen(listen)
     home = foundry_home(home) / "control" if home is None else home
+    os.umask(0o077)     # the home is private from its first file on (the TLS key included)
     cert = None
     if tls_cert or tls_key:
         if not (tls_cert and tls_key and tls_cert.is_file() and tls_key.is_file()):
@@ -1026,10 +1033,44 @@ def control(home: Path = typer.Option(None, help="state directory"),
                       api_address=api_address or f"{host}:{port}",
                       apps_url=apps_url or f"http://{{app}}.{domain}",
                       tls_cert=cert.cert if cert else None, tls_key=cert.key if cert else None,
-                      tls_fingerprint=cert.fingerprint if cert else None,
+                      tls_fingerprint=cert.fingerprint if cert else None, keyring=keyring,
                       policy=Policy(immediate_restarts=immediate_restarts, backoff_base=backoff,
                                     backoff_max=backoff_max, give_up_after=give_up_after,
                                     reset_after=healthy_reset, node_ttl=node_ttl)))
+
+
+@app.command("rotate-key")
+def rotate_key(home: Path = typer.Option(None, help="the control plane's state directory"),
+               keyring: Path = KEYRING,
+               new_key: bool = typer.Option(True, "--new-key/--no-new-key",
+                                            help="add a new current key first (--no-new-key: "
+                                            "reseal under the current key of a keyring you "
+                                            "edited yourself)")) -> None:
+    """Reseal every config var under a new key, then drop the keys nothing uses.
+
+    Safe to interrupt and run again, and to run while the control plane serves: each value
+    is rewritten in its own transaction, and an old key stays until no value names it.
+    """
+    from control.store import Store
+
+    home = foundry_home(home) / "control" if home is None else home
+    if not (home / "foundry.db").is_file():
+        raise CLIError(f"no control plane database in {home} (give --home)")
+    store = Store(home / "foundry.db", keyring=keyring)
+    try:
+        label = store.keyring.add_current() if new_key else store.keyring.keys.current
+        store.reseal()
+        dropped = store.drop_unused_keys()
+        sealed = store.sealed_labels()
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        store.close()
+    others = sorted(set(sealed) - {label})
+    if others:      # written meanwhile by a control plane that had not seen the new key yet
+        raise CLIError(f"values under key(s) {', '.join(others)} remain; run rotate-key "
+                       "--no-new-key again")
+    typer.echo(f"{len(sealed.get(label, []))} value(s) sealed with key {label}; dropped "
+               f"key(s): {', '.join(dropped) or 'none'} ({store.keyring.path})")
 
 
 @app.command()
@@ -1305,11 +1346,16 @@ class Up:
     def prepare(self) -> None:
         """Create the home, the tokens the roles need, and the CLI's settings."""
         from control.store import Store
+        from control.vault import secure_home
 
         for sub in ("control", "node", "logs"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.home, 0o700)
         self.claim_home()
+        tightened = secure_home(self.home / "control")
+        if tightened:
+            typer.echo(f"tightened {tightened} path(s) under {self.home / 'control'}: "
+                       "group/other access removed", err=True)
         store = Store(self.home / "control" / "foundry.db")
         try:
             self._token(store, self.home / "admin-token", "admin")

@@ -11,7 +11,7 @@ from control.uploads import ArchiveLimits
 
 @dataclass(frozen=True)
 class ControlConfig:
-    home: Path                              # holds foundry.db and blobs/
+    home: Path                              # holds foundry.db, keyring.json, blobs/
     domain: str = "localhost"
     host: str = "127.0.0.1"
     port: int = 7070
@@ -24,6 +24,7 @@ class ControlConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_fingerprint: str | None = None     # carried by join tokens while TLS is on
+    keyring: Path | None = None            # key file for config vars (default: in home)
 
     @property
     def self_url(self) -> str:

@@ -80,7 +80,7 @@ def ensure_repo(root: Path, app: str) -> Path:
         hooks.mkdir(exist_ok=True)
         hook = hooks / "pre-receive"
         hook.write_text(HOOK.format(python=sys.executable))
-        hook.chmod(0o755)
+        hook.chmod(0o700)    # the control plane's home is private (control/vault.py)
         for key, value in (("core.hooksPath", str(hooks)), ("receive.fsckObjects", "true"),
                            ("receive.denyDeletes", "true"), ("http.receivepack", "true")):
             subprocess.run(["git", "-C", str(repo), "config", key, value], check=True)

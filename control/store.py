@@ -7,6 +7,12 @@ so a chatty app does not wake the reconciler);
 the revision is not persisted because every long-poll also carries a durable cursor
 (work sequence, log sequence, routing etag) that stays valid across restarts.
 Each method is one short statement or one short transaction.
+
+Columns that can carry config var values (`SEALED`) are stored sealed by control.vault
+with keys kept outside the database; they are sealed inside the write transaction, so a
+key rotation that drops an unused key (also in a transaction) cannot race a writer still
+holding the old key. Opening the store checks that the keyring opens every stored value
+and seals rows written before encryption existed.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import sqlite3
 import time
@@ -25,8 +32,11 @@ from typing import Any
 
 import sqlite_utils
 
+from control import vault
 from control.errors import Conflict, NotFound
 from control.model import BUILD_TRANSITIONS, NODE_LOST, NODE_READY, AppSpec, Instance, Node
+
+log = logging.getLogger("control.store")
 
 LOG_LINES_KEPT = 2000
 SCHEMA = """
@@ -82,6 +92,9 @@ CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TE
 # Columns added since the first schema, with their types: a database made before one was
 # added gets it when it is opened.
 ADDED_COLUMNS = {("nodes", "seccomp"): "TEXT"}
+# table -> the column of it that can hold config var values, stored sealed
+SEALED = {"apps": "env", "releases": "env", "work": "payload", "tasks": "payload"}
+RESEAL_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -101,24 +114,117 @@ def _hash(secret: str) -> str:
 class Store:
     """Desired state, releases, builds, nodes, instances, work queues, logs and events."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time,
+                 keyring: Path | None = None) -> None:
+        """Open the database and its keyring (default: keyring.json beside it)."""
         self.path = path
         self.clock = clock
+        vault.create_private(path)
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=5000")
+        # Freed space is zeroed, so a value resealed or deleted leaves no old bytes behind.
+        self.db.execute("PRAGMA secure_delete=ON")
         self.db.conn.executescript(SCHEMA)
         for (table, column), kind in ADDED_COLUMNS.items():
             if column not in self.db[table].columns_dict:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        try:
+            self.keyring = self._open_keyring(keyring or vault.keyring_path(path.parent))
+            if self.reseal():
+                # pre-encryption pages may still hold plaintext in free space and the WAL
+                self.db.execute("VACUUM")
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except BaseException:
+            conn.close()
+            raise
         self.revision = 0
         self.on_change: Callable[[], None] = lambda: None
         self.on_logs: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         self.db.conn.close()
+
+    # --- sealed columns -----------------------------------------------------------
+    def _seal(self, table: str, data: Any) -> str:
+        return self.keyring.seal(json.dumps(data), f"{table}.{SEALED[table]}")
+
+    def _unseal(self, table: str, value: str) -> Any:
+        return json.loads(self.keyring.unseal(value, f"{table}.{SEALED[table]}"))
+
+    def sealed_labels(self) -> dict[str, list[tuple[str, int]]]:
+        """Each key label stored values name -> (table, rowid) of every such value; label
+        "" gathers values not sealed at all (written before encryption existed)."""
+        found: dict[str, list[tuple[str, int]]] = {}
+        n = len(vault.PREFIX)
+        for table, col in SEALED.items():
+            for row in self._rows(
+                    f"SELECT rowid AS id, CASE WHEN substr({col}, 1, {n}) = '{vault.PREFIX}' "
+                    f"THEN substr({col}, {n + 1}, instr(substr({col}, {n + 1}), ':') - 1) "
+                    f"ELSE '' END AS label FROM {table}"):
+                found.setdefault(row["label"], []).append((table, row["id"]))
+        return found
+
+    def _open_keyring(self, path: Path) -> vault.Keyring:
+        """Load the keyring and prove it opens one stored value per key it must hold."""
+        in_use = self.sealed_labels()
+        ring = vault.Keyring.open(path, [label for label in in_use if label])
+        for label, rows in in_use.items():
+            if label:
+                table, rowid = rows[0]
+                row = self._one(f"SELECT {SEALED[table]} AS v FROM {table} WHERE rowid = ?",
+                                [rowid])
+                if row is not None:
+                    ring.unseal(row["v"], f"{table}.{SEALED[table]}")
+        return ring
+
+    def reseal(self) -> int:
+        """Seal every stored value not sealed with the current key (plaintext included);
+        returns how many were rewritten. Rows are independent, so stopping between two
+        transactions leaves every value readable; a batch per transaction keeps the fsyncs
+        few (2,500 rows one by one took 16 s) and the write lock short."""
+        current = self.keyring.keys.current
+        todo = [(table, rowid) for label, rows in self.sealed_labels().items()
+                if label != current for table, rowid in rows]
+        done = 0
+        for start in range(0, len(todo), RESEAL_BATCH):
+            with self._tx():
+                for table, rowid in todo[start:start + RESEAL_BATCH]:
+                    done += self._reseal_row(table, rowid)
+        if done:
+            log.info("values-resealed count=%d key=%s", done, current)
+        return done
+
+    def _reseal_row(self, table: str, rowid: int) -> int:
+        """Reseal one row; called inside a transaction, so nobody rewrites it meanwhile."""
+        col = SEALED[table]
+        row = self._one(f"SELECT {col} AS v FROM {table} WHERE rowid = ?", [rowid])
+        if row is None:
+            return 0
+        old = row["v"]
+        if vault.sealed_label(old) is None:
+            try:
+                data = json.loads(old)
+            except ValueError:
+                raise vault.VaultError(f"a value in {table}.{col} is neither sealed nor "
+                                       "JSON") from None
+        else:
+            data = self._unseal(table, old)
+        cur = self.db.execute(f"UPDATE {table} SET {col} = ? WHERE rowid = ?",
+                              [self._seal(table, data), rowid])
+        return int(cur.rowcount)
+
+    def drop_unused_keys(self) -> list[str]:
+        """Remove from the keyring every key no stored value names; checked and written
+        under the write lock, so no writer can seal with a key being dropped."""
+        with self._tx():
+            in_use = set(self.sealed_labels())
+            unused = sorted(set(self.keyring.keys.keys) - in_use - {self.keyring.keys.current})
+            if unused:
+                self.keyring.drop(unused)
+        return unused
 
     def changed(self) -> None:
         """Record that desired or actual state changed (the reconciler and long-polls on
@@ -205,7 +311,7 @@ class Store:
         if row is None:
             raise NotFound(f"no app named {name!r}")
         row["scale"] = json.loads(row["scale"])
-        row["env"] = json.loads(row["env"])
+        row["env"] = self._unseal("apps", row["env"])
         return row
 
     def app_exists(self, name: str) -> bool:
@@ -217,20 +323,23 @@ class Store:
     def create_app(self, name: str, *, memory_mb: int = 256, scale: dict[str, int] | None = None,
                    env: dict[str, str] | None = None) -> None:
         now = self.clock()
-        self._insert("apps", {"name": name, "started": 1, "release": 0, "memory_mb": memory_mb,
-                                "scale": json.dumps(scale or {"web": 1}),
-                                "env": json.dumps(env or {}), "health_check": "port",
-                                "created_at": now, "updated_at": now})
+        with self._tx():
+            self._insert("apps", {"name": name, "started": 1, "release": 0,
+                                  "memory_mb": memory_mb, "scale": json.dumps(scale or {"web": 1}),
+                                  "env": self._seal("apps", env or {}), "health_check": "port",
+                                  "created_at": now, "updated_at": now})
         self.changed()
 
     def update_app(self, name: str, **fields: Any) -> None:
         """Change columns of an app (scale/env given as dicts)."""
         self.get_app(name)
-        for key in ("scale", "env"):
-            if key in fields:
-                fields[key] = json.dumps(fields[key])
+        if "scale" in fields:
+            fields["scale"] = json.dumps(fields["scale"])
         fields["updated_at"] = self.clock()
-        self._update("apps", name, fields)
+        with self._tx():
+            if "env" in fields:
+                fields["env"] = self._seal("apps", fields["env"])
+            self._update("apps", name, fields)
         self.changed()
 
     def delete_app(self, name: str) -> None:
@@ -265,7 +374,8 @@ class Store:
                             [app])
             version = (row["v"] if row else 0) + 1
             self._insert("releases", {
-                "app": app, "version": version, "droplet": droplet, "env": json.dumps(env),
+                "app": app, "version": version, "droplet": droplet,
+                "env": self._seal("releases", env),
                 "processes": json.dumps(processes), "pack": pack, "description": description,
                 "created_at": self.clock()})
             self.db.execute("UPDATE apps SET release = ?, updated_at = ? WHERE name = ?",
@@ -277,7 +387,7 @@ class Store:
         row = self._one("SELECT * FROM releases WHERE app = ? AND version = ?", [app, version])
         if row is None:
             raise NotFound(f"app {app!r} has no release v{version}")
-        row["env"] = json.loads(row["env"])
+        row["env"] = self._unseal("releases", row["env"])
         row["processes"] = json.loads(row["processes"])
         return row
 
@@ -417,16 +527,18 @@ class Store:
     # --- work queues ------------------------------------------------------------
     def enqueue(self, node: str, kind: str, payload: dict[str, Any]) -> int:
         """Append a work item to a node's queue; returns its sequence number."""
-        cur = self.db.execute("INSERT INTO work (node, kind, payload, created_at) "
-                              "VALUES (?, ?, ?, ?)", [node, kind, json.dumps(payload),
-                                                      self.clock()])
+        with self._tx():
+            cur = self.db.execute("INSERT INTO work (node, kind, payload, created_at) "
+                                  "VALUES (?, ?, ?, ?)", [node, kind, self._seal("work", payload),
+                                                          self.clock()])
         self.changed()
         return int(cur.lastrowid or 0)
 
     def work_after(self, node: str, after: int, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._rows("SELECT seq, kind, payload FROM work WHERE node = ? AND seq > ? "
                           "ORDER BY seq LIMIT ?", [node, after, limit])
-        return [{"seq": r["seq"], "kind": r["kind"], **json.loads(r["payload"])} for r in rows]
+        return [{"seq": r["seq"], "kind": r["kind"], **self._unseal("work", r["payload"])}
+                for r in rows]
 
     def ack_work(self, node: str, upto: int) -> None:
         """Drop work items the node has confirmed it received."""
@@ -540,10 +652,11 @@ class Store:
     def create_task(self, app: str, kind: str, command: str, node: str,
                     build: str | None = None, payload: dict[str, Any] | None = None) -> str:
         tid = "t-" + uuid.uuid4().hex[:12]
-        self._insert("tasks", {"id": tid, "app": app, "kind": kind, "command": command,
-                               "state": "RUNNING", "node": node, "build": build,
-                               "payload": json.dumps(payload or {}),
-                               "created_at": self.clock()})
+        with self._tx():
+            self._insert("tasks", {"id": tid, "app": app, "kind": kind, "command": command,
+                                   "state": "RUNNING", "node": node, "build": build,
+                                   "payload": self._seal("tasks", payload or {}),
+                                   "created_at": self.clock()})
         self.changed()
         return tid
 
@@ -551,7 +664,7 @@ class Store:
         row = self._one("SELECT * FROM tasks WHERE id = ?", [tid])
         if row is None:
             raise NotFound(f"no task {tid}")
-        row["payload"] = json.loads(row["payload"])
+        row["payload"] = self._unseal("tasks", row["payload"])
         return row
 
     def running_tasks(self) -> list[dict[str, Any]]:
