@@ -3,12 +3,13 @@ buildpacks, resource matching, and git's smart HTTP (the pre-receive hook deploy
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ def _push_config(body: dict[str, Any]) -> tuple[dict[str, str], bool]:
 
 
 async def _config_prefix(ctl: Control, request: Request
-                         ) -> tuple[tuple[dict[str, str], bool], int, AsyncIterator[bytes]]:
+                         ) -> tuple[tuple[dict[str, str], bool], int, AsyncGenerator[bytes, None]]:
     """The push config sent as the first `Foundry-Config-Length` bytes of a tarball body,
     its length, and the rest of the body (the tarball) as a stream."""
     raw_length = request.headers.get("foundry-config-length", "0").strip()
@@ -104,18 +105,23 @@ async def _config_prefix(ctl: Control, request: Request
         raise TooLarge(f"push config is {length} bytes; the limit is {cap} bytes")
     stream = request.stream()
     head = b""
-    while len(head) < length:
-        try:
-            head += await stream.__anext__()
-        except StopAsyncIteration:
-            raise BadRequest("the body ends inside its push config") from None
-    config = ({}, False) if not length else _push_config(_json_object(head[:length]))
+    try:
+        while len(head) < length:
+            head += await anext(stream)
+        config = ({}, False) if not length else _push_config(_json_object(head[:length]))
+    except StopAsyncIteration:
+        await stream.aclose()
+        raise BadRequest("the body ends inside its push config") from None
+    except BaseException:
+        await stream.aclose()
+        raise
 
-    async def rest() -> AsyncIterator[bytes]:
-        if head[length:]:
-            yield head[length:]
-        async for chunk in stream:
-            yield chunk
+    async def rest() -> AsyncGenerator[bytes, None]:
+        async with contextlib.aclosing(stream):
+            if head[length:]:
+                yield head[length:]
+            async for chunk in stream:
+                yield chunk
 
     return config, length, rest()
 
@@ -131,7 +137,8 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 async def _receive_source(ctl: Control, request: Request,
-                          chunks: AsyncIterator[bytes] | None = None, prefix: int = 0) -> str:
+                          chunks: AsyncGenerator[bytes, None] | None = None,
+                          prefix: int = 0) -> str:
     """Store a checked source package from the body (after a `prefix` of that many bytes,
     already taken off as `chunks` began)."""
     check_length(request, ctl.config.max_upload + prefix, "upload")

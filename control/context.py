@@ -6,6 +6,7 @@ touches the store beyond what Control wires up (change notifications, scaling).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
 from typing import Any
@@ -102,11 +103,12 @@ async def read_body(request: Request, limit: int, what: str = "request body") ->
     check_length(request, limit, what)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"{what} is larger than the {limit} byte limit")
-        chunks.append(chunk)
+    async with contextlib.aclosing(request.stream()) as stream:   # closed when cut off
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"{what} is larger than the {limit} byte limit")
+            chunks.append(chunk)
     return b"".join(chunks)
 
 

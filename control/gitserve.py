@@ -17,6 +17,7 @@ ref only moves when the release is running. Rules:
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import subprocess
 import sys
@@ -151,17 +152,18 @@ async def _spool_body(request: Request, max_bytes: int) -> BinaryIO:
         if request.headers.get("content-encoding", "") == "gzip" else None
     sent = size = 0
     try:
-        async for chunk in request.stream():
-            sent += len(chunk)
-            data = chunk
-            if inflate is not None:
-                data = inflate.decompress(chunk, max_bytes + 1 - size)
-                if inflate.unconsumed_tail:
-                    size = max_bytes + 1
-            size += len(data)
-            if sent > max_bytes or size > max_bytes:
-                raise TooLarge(f"push is larger than the {max_bytes} byte limit")
-            body.write(data)
+        async with contextlib.aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                sent += len(chunk)
+                data = chunk
+                if inflate is not None:
+                    data = inflate.decompress(chunk, max_bytes + 1 - size)
+                    if inflate.unconsumed_tail:
+                        size = max_bytes + 1
+                size += len(data)
+                if sent > max_bytes or size > max_bytes:
+                    raise TooLarge(f"push is larger than the {max_bytes} byte limit")
+                body.write(data)
     except zlib.error:
         body.close()
         raise BadRequest("push body is not valid gzip") from None

@@ -177,8 +177,8 @@ def _stage_member(tar: tarfile.TarFile, member: tarfile.TarInfo, files: BlobStor
         raise
     if h.hexdigest() != member.name:
         Path(name).unlink()
-        raise Unprocessable(f"member {member.name[:12]}: its content hashes to "
-                            f"{h.hexdigest()}")
+        raise Unprocessable(f"member {member.name[:12]}: its content does not hash to its "
+                            f"name (it hashes to {h.hexdigest()})")
     return Path(name)
 
 
