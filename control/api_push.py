@@ -72,12 +72,12 @@ async def push(request: Request) -> Response:
     if request.headers.get("content-type", "").startswith("application/json"):
         body = await json_body(request, ctl.config.requests.resource_list,
                                ctl.config.requests.resource_list_expanded)
-        config = _push_config(body)
+        env, replace = _push_config(body)
+        _check_push_config(ctl, name, env, replace)
         digest = await _assemble_source(ctl, body)   # resource matching
     else:
-        config, prefix, chunks = await _config_prefix(ctl, request)
+        (env, replace), prefix, chunks = await _config_prefix(ctl, request, name)
         digest = await _receive_source(ctl, request, chunks, prefix)
-    env, replace = config
     created = _save_push_settings(ctl, name, settings, env, replace)
     build = ctl.store.create_build(name, digest, options)
     ctl.store.add_event(name, "build-queued", f"build {build} queued", token.id)
@@ -93,10 +93,17 @@ def _push_config(body: dict[str, Any]) -> tuple[dict[str, str], bool]:
     return env_pairs([f"{k}={v}" for k, v in raw.items()]), body.get("replace_env") is True
 
 
-async def _config_prefix(ctl: Control, request: Request
+def _check_push_config(ctl: Control, name: str, env: dict[str, str], replace: bool) -> None:
+    """Refuse a push whose config would pass the cap before any of its source is stored."""
+    before = ctl.store.get_app(name)["env"] if ctl.store.app_exists(name) else {}
+    check_config(ctl, before, env if replace else {**before, **env})
+
+
+async def _config_prefix(ctl: Control, request: Request, name: str
                          ) -> tuple[tuple[dict[str, str], bool], int, AsyncGenerator[bytes, None]]:
-    """The push config sent as the first `Foundry-Config-Length` bytes of a tarball body,
-    its length, and the rest of the body (the tarball) as a stream."""
+    """The push config sent as the first `Foundry-Config-Length` bytes of a tarball body
+    (checked against app `name`'s cap), its length, and the rest of the body (the
+    tarball) as a stream."""
     raw_length = request.headers.get("foundry-config-length", "0").strip()
     if not raw_length.isdigit():
         raise BadRequest("Foundry-Config-Length must be a byte count")
@@ -109,6 +116,7 @@ async def _config_prefix(ctl: Control, request: Request
         while len(head) < length:
             head += await anext(stream)
         config = ({}, False) if not length else _push_config(_json_object(head[:length]))
+        _check_push_config(ctl, name, *config)
     except StopAsyncIteration:
         await stream.aclose()
         raise BadRequest("the body ends inside its push config") from None
@@ -214,18 +222,15 @@ def _health_check(text: str) -> str:
 def _save_push_settings(ctl: Control, name: str, settings: dict[str, Any],
                         env: dict[str, str], replace_env: bool = False) -> bool:
     """Create the app or update it with a push's settings; config vars merge into the
-    app's (or, with `replace_env`, replace them), within the config cap."""
+    app's (or, with `replace_env`, replace them; `_check_push_config` has passed them)."""
     if not ctl.store.app_exists(name):
-        check_config(ctl, {}, env)
         ctl.store.create_app(name, memory_mb=settings.pop("memory_mb", 256),
                              scale=settings.pop("scale", None), env=env)
         if settings:
             ctl.store.update_app(name, **settings)
         return True
     if env or replace_env:
-        before = ctl.store.get_app(name)["env"]
-        settings["env"] = env if replace_env else {**before, **env}
-        check_config(ctl, before, settings["env"])
+        settings["env"] = env if replace_env else {**ctl.store.get_app(name)["env"], **env}
     if "scale" in settings:
         settings["scale"] = {**ctl.store.get_app(name)["scale"], **settings["scale"]}
     if settings:

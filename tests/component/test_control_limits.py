@@ -126,7 +126,7 @@ async def test_a_streamed_body_is_cut_off_at_the_cap(small: Control) -> None:
 
 async def test_a_gzip_json_bomb_is_413(small: Control) -> None:
     await make_app(small, env={"KEEP": "1"})
-    bomb = gzip.compress(json.dumps({"set": {"BIG": "0" * (64 << 20)}}).encode())
+    bomb = gzip.compress(json.dumps({"set": {"BIG": "0" * (16 << 20)}}).encode())
     assert len(bomb) < LIMITS.json
     r = await small.http.patch("/v1/apps/app/env", content=bomb,
                                headers={"content-encoding": "gzip",
@@ -198,8 +198,8 @@ async def test_33_kb_of_config_is_refused_and_changes_nothing(small: Control) ->
     r = await small.http.post("/v1/apps/app/builds", json={"listing": "0" * 64, "env": many})
     assert r.status_code in (409, 422), r.text
     config = json.dumps({"env": many}).encode()
-    r = await small.http.post("/v1/apps/app/builds", content=config + SOURCE,
-                              headers={"foundry-config-length": str(len(config))})
+    r = await send(small.http, "POST", "/v1/apps/app/builds", Pulled(config + SOURCE, 1),
+                   {"foundry-config-length": str(len(config))})
     assert r.status_code == 422 and "32768" in r.json()["error"], r.text
     assert (await small.http.get("/v1/apps/app/env")).json()["env"] == {"KEEP": "1"}
     assert rows(small, "releases") == releases and rows(small, "builds") == 1
@@ -207,10 +207,11 @@ async def test_33_kb_of_config_is_refused_and_changes_nothing(small: Control) ->
 
 async def test_a_push_with_too_much_config_does_not_create_the_app(small: Control) -> None:
     config = json.dumps({"env": {"BIG": "x" * 33_000}}).encode()
-    r = await small.http.post("/v1/apps/fresh/builds", content=config + SOURCE,
-                              headers={"foundry-config-length": str(len(config))})
-    assert r.status_code == 422, r.text
+    r = await send(small.http, "POST", "/v1/apps/fresh/builds", Pulled(config + SOURCE, 1),
+                   {"foundry-config-length": str(len(config))})
+    assert r.status_code == 422 and "32768 bytes" in r.json()["error"], r.text
     assert not small.store.app_exists("fresh")
+    assert stored_files(small.store.path.parent) == []
 
 
 async def test_config_just_under_the_cap_is_accepted_and_an_app_over_it_may_shrink(
