@@ -5,11 +5,13 @@ routing table not reading config vars, and git refusing before it mints anything
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import io
 import json
 import sqlite3
+import subprocess
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -326,3 +328,23 @@ async def test_a_git_push_body_that_inflates_past_the_cap_is_413(small: Control)
                                      ).fetchone()[0]
     assert revoked == tokens                  # each hook token minted was revoked again
     assert rows(small, "builds") == 0
+
+
+def test_the_git_hook_refuses_a_commit_that_expands_past_the_cap(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sizes come from git's object headers: a commit of 3 MiB of zeros (a pack of a few
+    KiB) is refused before anything is archived."""
+    from control import githook
+
+    run = functools.partial(subprocess.run, check=True, capture_output=True, cwd=tmp_path)
+    run(["git", "init", "-q", "-b", "main"])
+    (tmp_path / "zeros").write_bytes(bytes(3 << 20))
+    (tmp_path / "Procfile").write_text("web: x\n")
+    run(["git", "add", "."])
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"])
+    commit = run(["git", "rev-parse", "HEAD"], text=True).stdout.strip()
+    monkeypatch.chdir(tmp_path)
+    assert githook.tree_size(commit) == (3 << 20) + 7
+    githook.check_size(commit, 4 << 20)
+    with pytest.raises(githook.HookError, match=r"add up to 3145735 bytes.*at most 1048576"):
+        githook.check_size(commit, 1 << 20)
