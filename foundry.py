@@ -12,6 +12,7 @@ import dataclasses
 import fnmatch
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -325,13 +326,16 @@ def start_build(api: Api, job: PushJob) -> dict[str, Any]:
         listing, missing, _ = send_listing(api, job.name, found)
         upload_files(api, job.name, job.directory, found, missing)
         return dict(api.request("POST", path, params=job.params, timeout=600,
-                                json={"listing": listing}))
+                                json={"listing": listing, **job.config()}))
     with tempfile.TemporaryDirectory() as tmp:
         tarball = Path(tmp) / "source.tgz"
         count = pack_source(job.directory, tarball)
         typer.echo(f"Packing {count} files from {job.directory}", err=True)
-        return dict(api.request("POST", path, params=job.params,
-                                content=upload_chunks(tarball), timeout=600))
+        # Config vars go in the body ahead of the tarball, never in the URL.
+        config = json.dumps(job.config()).encode()
+        return dict(api.request("POST", path, params=job.params, timeout=600,
+                                headers={"foundry-config-length": str(len(config))},
+                                content=itertools.chain([config], upload_chunks(tarball))))
 
 
 def resolve_buildpack(api: Api, name: str, buildpack: str) -> str:
@@ -371,6 +375,12 @@ class PushJob:
     buildpack: str | None = None
     manifest: Any = None          # control.manifest.AppManifest when pushed from one
     strict: bool = False
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # sent in the body
+    replace_env: bool = False     # --strict: the app's config vars become exactly `env`
+
+    def config(self) -> dict[str, Any]:
+        """The push's config for the request body (never the URL, which logs keep)."""
+        return {"env": self.env, "replace_env": self.replace_env}
 
 
 def push_app(api: Api, job: PushJob, wait: bool, timeout: float) -> None:
@@ -395,7 +405,7 @@ def push_app(api: Api, job: PushJob, wait: bool, timeout: float) -> None:
 def manifest_params(app_: Any) -> list[tuple[str, str | int]]:
     """Push query parameters for a manifest's app (its `web` process entry included)."""
     web = app_.process("web")
-    params: list[tuple[str, str | int]] = [("env", f"{k}={v}") for k, v in app_.env.items()]
+    params: list[tuple[str, str | int]] = []
     instances = web.instances if web and web.instances is not None else app_.instances
     if instances is not None:
         params.append(("instances", instances))
@@ -431,7 +441,7 @@ def show_strict_diff(api: Api, job: PushJob) -> Any:
     diff = strict_diff(job.manifest, env, routes, view["scale"], list(view["processes"]))
     typer.echo(f"--strict: {job.name} will lose " + (", ".join(diff.lines()) or "nothing"),
                err=True)
-    job.params.append(("replace_env", 1))
+    job.replace_env = True
     return diff
 
 
@@ -491,7 +501,8 @@ def manifest_jobs(path: Path, manifest_file: Path | None, only: str | None,
         bp = a.buildpacks[0] if a.buildpacks else None
         if bp and not ("://" in bp or Path(bp).is_absolute()) and (file.parent / bp).is_dir():
             bp = str(file.parent / bp)
-        jobs.append(PushJob(directory, a.name, manifest_params(a), bp, a, strict))
+        jobs.append(PushJob(directory, a.name, manifest_params(a), bp, a, strict,
+                            env={str(k): str(v) for k, v in a.env.items()}))
     return jobs
 
 
@@ -535,7 +546,13 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
         if strict:
             raise CLIError("--strict needs a manifest (manifest.yml or -f FILE)")
         jobs = [PushJob(path, name or default_app_name(path), [])]
-    flags: list[tuple[str, str | int]] = [("env", e) for e in env]
+    flags: list[tuple[str, str | int]] = []
+    env_flags: dict[str, str] = {}
+    for pair in env:
+        var, sep, text = pair.partition("=")
+        if not sep or not var:
+            raise CLIError(f"--env {pair!r} must look like KEY=VALUE")
+        env_flags[var] = text
     for key, value in (("instances", instances), ("memory", memory),
                        ("health_check", health_check), ("max_in_flight", max_in_flight)):
         if value is not None:
@@ -548,6 +565,7 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
         if problem:
             raise CLIError(f"{problem} (choose one with --name)")
         job.params += flags
+        job.env = {**job.env, **env_flags}
         job.buildpack = buildpack or job.buildpack
         if len(jobs) > 1:
             typer.echo(f"==> {job.name} ({number} of {len(jobs)})", err=True)

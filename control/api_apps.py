@@ -16,6 +16,7 @@ from control.autoscaler import Settings
 from control.context import (
     Control,
     app_call,
+    check_config,
     control_of,
     env_pairs,
     int_between,
@@ -182,6 +183,7 @@ async def patch_env(request: Request) -> Response:
             raise BadRequest(env_name_problem(str(key)) or "")
     app = ctl.store.get_app(name)
     env = {k: v for k, v in {**app["env"], **env_changes}.items() if k not in unsets}
+    check_config(ctl, app["env"], env)
     ctl.store.update_app(name, env=env)
     version = None
     if app["release"]:

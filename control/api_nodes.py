@@ -11,6 +11,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from control import releases, tasks
 from control.auth import READ_KINDS, check_node, require, require_node, scope_of
 from control.context import (
+    check_length,
     control_of,
     int_between,
     json_body,
@@ -88,7 +89,7 @@ async def heartbeat(request: Request) -> Response:
     ctl = control_of(request)
     nid = request.path_params["node"]
     require_node(request, ctl.store, nid)
-    body = await json_body(request)
+    body = await json_body(request, ctl.config.requests.node_report)
     if not isinstance(body.get("instances", []), list) or "address" not in body:
         raise BadRequest("heartbeat needs address, memory_mb and an instances list")
     apply_heartbeat(ctl.store, nid, body, ctl.asked_to_stop.setdefault(nid, set()))
@@ -168,7 +169,7 @@ async def post_logs(request: Request) -> Response:
     """A node appends log lines: {"lines": [{app, source, line, ts, build?}]}."""
     ctl = control_of(request)
     token = require(request, ctl.store, ("node", "admin", "edge"))
-    body = await json_body(request)
+    body = await json_body(request, ctl.config.requests.node_report)
     lines = body.get("lines")
     if not isinstance(lines, list) or not all(
             isinstance(r, dict) and {"app", "source", "line"} <= r.keys() for r in lines):
@@ -193,6 +194,7 @@ async def put_blob(request: Request) -> Response:
     require(request, ctl.store, ("node", "admin"))
     digest = request.path_params["digest"]
     ctl.blobs.path(digest)
+    check_length(request, ctl.config.max_upload, "droplet")
     temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
     try:
         ctl.blobs.commit(temp, expected=digest)

@@ -8,9 +8,13 @@ app's whole set, so files no app owns any more are deleted."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import os
 import re
 import tempfile
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,8 @@ from control.blobs import BlobStore
 from control.context import (
     Control,
     app_call,
+    check_config,
+    check_length,
     control_of,
     env_pairs,
     int_between,
@@ -56,9 +62,15 @@ from packs import ordered_names
 
 
 async def push(request: Request) -> Response:
-    """Upload a source package (gzip'd tar body): creates the app if needed, queues a build."""
+    """Upload a source: a gzip'd tar body, or JSON naming files the control plane has
+    (resource matching). Config vars travel in the body, never in the URL: JSON's "env"
+    (with "replace_env"), or a JSON prefix of `Foundry-Config-Length` bytes before the
+    tarball. Creates the app if needed and queues a build."""
     ctl, name, token = app_call(request, APP_KINDS)
     q = request.query_params
+    if "env" in q or "replace_env" in q:
+        raise BadRequest("config vars travel in the request body, not in the URL (where "
+                         "logs would keep them); upgrade the foundry CLI")
     settings: dict[str, Any] = {}
     if "instances" in q:
         settings["scale"] = {"web": int_between(q["instances"], "instances", 0, 100)}
@@ -71,27 +83,91 @@ async def push(request: Request) -> Response:
         settings["max_in_flight"] = int_between(q["max_in_flight"], "max_in_flight", 1, 100)
     if "health_check" in q:
         settings["health_check"] = _health_check(q["health_check"])
-    env = env_pairs(q.getlist("env"))
     options = _build_options(ctl, q, scope_of(token))
     referenced: set[str] = set()
     if request.headers.get("content-type", "").startswith("application/json"):
-        digest = await _assemble_source(ctl, request, token, referenced)   # resource matching
+        body = await json_body(request, ctl.config.requests.resource_list,
+                               ctl.config.requests.resource_list_expanded)
+        env, replace = _push_config(body)
+        _check_push_config(ctl, name, env, replace)
+        digest = await _assemble_source(ctl, body, token, referenced)   # resource matching
     else:
-        digest = await _receive_source(ctl, request)
+        (env, replace), prefix, chunks = await _config_prefix(ctl, request, name)
+        digest = await _receive_source(ctl, request, chunks, prefix)
     release_files(ctl, name, referenced)       # this push supersedes the app's older files
-    created = _save_push_settings(ctl, name, settings, env)
-    if q.get("replace_env") == "1" and not created:   # push --strict: exactly these vars
-        ctl.store.update_app(name, env=env)
+    created = _save_push_settings(ctl, name, settings, env, replace)
     build = ctl.store.create_build(name, digest, options)
     ctl.store.add_event(name, "build-queued", f"build {build} queued", token.id)
     return JSONResponse({"app": name, "build": build, "created": created}, status_code=201)
 
 
-async def _receive_source(ctl: Control, request: Request) -> str:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > ctl.config.max_upload:
-        raise TooLarge(f"upload is larger than the {ctl.config.max_upload} byte limit")
-    temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
+def _push_config(body: dict[str, Any]) -> tuple[dict[str, str], bool]:
+    """A push's config vars ("env": {KEY: VALUE}) and whether they replace the app's
+    ("replace_env": push --strict)."""
+    raw = body.get("env") or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise BadRequest("env must map config var names to string values")
+    return env_pairs([f"{k}={v}" for k, v in raw.items()]), body.get("replace_env") is True
+
+
+def _check_push_config(ctl: Control, name: str, env: dict[str, str], replace: bool) -> None:
+    """Refuse a push whose config would pass the cap before any of its source is stored."""
+    before = ctl.store.get_app(name)["env"] if ctl.store.app_exists(name) else {}
+    check_config(ctl, before, env if replace else {**before, **env})
+
+
+async def _config_prefix(ctl: Control, request: Request, name: str
+                         ) -> tuple[tuple[dict[str, str], bool], int, AsyncGenerator[bytes, None]]:
+    """The push config sent as the first `Foundry-Config-Length` bytes of a tarball body
+    (checked against app `name`'s cap), its length, and the rest of the body (the
+    tarball) as a stream."""
+    raw_length = request.headers.get("foundry-config-length", "0").strip()
+    if not raw_length.isdigit():
+        raise BadRequest("Foundry-Config-Length must be a byte count")
+    length, cap = int(raw_length), ctl.config.requests.json
+    if length > cap:
+        raise TooLarge(f"push config is {length} bytes; the limit is {cap} bytes")
+    stream = request.stream()
+    head = b""
+    try:
+        while len(head) < length:
+            head += await anext(stream)
+        config = ({}, False) if not length else _push_config(_json_object(head[:length]))
+        _check_push_config(ctl, name, *config)
+    except StopAsyncIteration:
+        await stream.aclose()
+        raise BadRequest("the body ends inside its push config") from None
+    except BaseException:
+        await stream.aclose()
+        raise
+
+    async def rest() -> AsyncGenerator[bytes, None]:
+        async with contextlib.aclosing(stream):
+            if head[length:]:
+                yield head[length:]
+            async for chunk in stream:
+                yield chunk
+
+    return config, length, rest()
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BadRequest("push config is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("push config must be a JSON object")
+    return body
+
+
+async def _receive_source(ctl: Control, request: Request,
+                          chunks: AsyncGenerator[bytes, None] | None = None,
+                          prefix: int = 0) -> str:
+    """Store a checked source package from the body (after a `prefix` of that many bytes,
+    already taken off as `chunks` began)."""
+    check_length(request, ctl.config.max_upload + prefix, "upload")
+    temp = await ctl.blobs.receive(chunks or request.stream(), ctl.config.max_upload)
     try:
         await anyio.to_thread.run_sync(check_archive, temp, ctl.config.limits)
         return ctl.blobs.commit(temp)
@@ -107,11 +183,10 @@ def _files(ctl: Control) -> BlobStore:
     return BlobStore(ctl.config.home / "files")
 
 
-async def _assemble_source(ctl: Control, request: Request, token: Token,
+async def _assemble_source(ctl: Control, body: dict[str, Any], token: Token,
                            referenced: set[str]) -> str:
     """The source package built from a resource list (or a stored listing, by digest) of
     files the store has and the caller may use; adds the files it used to `referenced`."""
-    body = await json_body(request)
     if "listing" in body:
         found = _stored_listing(ctl, str(body["listing"]), token)
         referenced.add(str(body["listing"]))
@@ -177,15 +252,17 @@ def _health_check(text: str) -> str:
 
 
 def _save_push_settings(ctl: Control, name: str, settings: dict[str, Any],
-                        env: dict[str, str]) -> bool:
+                        env: dict[str, str], replace_env: bool = False) -> bool:
+    """Create the app or update it with a push's settings; config vars merge into the
+    app's (or, with `replace_env`, replace them; `_check_push_config` has passed them)."""
     if not ctl.store.app_exists(name):
         ctl.store.create_app(name, memory_mb=settings.pop("memory_mb", 256),
                              scale=settings.pop("scale", None), env=env)
         if settings:
             ctl.store.update_app(name, **settings)
         return True
-    if env:
-        settings["env"] = {**ctl.store.get_app(name)["env"], **env}
+    if env or replace_env:
+        settings["env"] = env if replace_env else {**ctl.store.get_app(name)["env"], **env}
     if "scale" in settings:
         settings["scale"] = {**ctl.store.get_app(name)["scale"], **settings["scale"]}
     if settings:
@@ -212,7 +289,9 @@ async def match_resources(request: Request) -> Response:
     """Resource matching for ?app=NAME: which of these file digests the caller must
     upload (all but large files its apps uploaded)."""
     ctl, _, token = _files_call(request)
-    digests = resources.parse_digests(await json_body(request), ctl.config.limits)
+    body = await json_body(request, ctl.config.requests.resource_list,
+                           ctl.config.requests.resource_list_expanded)
+    digests = resources.parse_digests(body, ctl.config.limits)
     return JSONResponse({"missing": resources.missing(digests, _present(ctl, token, digests))})
 
 
@@ -261,7 +340,8 @@ async def update_listing(request: Request) -> Response:
     {"base": digest | null, "changed": [resources], "removed": [paths]} ->
     {"listing": digest, "missing": [digests of changed files the store lacks]}."""
     ctl, app, token = _files_call(request)
-    body = await json_body(request)
+    body = await json_body(request, ctl.config.requests.resource_list,
+                           ctl.config.requests.resource_list_expanded)
     changed = resources.parse_resources(body, ctl.config.limits, key="changed")
     removed = body.get("removed") or []
     if not isinstance(removed, list) or not all(isinstance(p, str) for p in removed):
@@ -285,6 +365,7 @@ async def upload_resources(request: Request) -> Response:
     """Store files for resource matching (?app=NAME): a gzip'd tar of files named by their
     sha256; they become that app's."""
     ctl, app, _ = _files_call(request)
+    check_length(request, ctl.config.max_upload, "upload")
     temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
     try:
         stored = await anyio.to_thread.run_sync(resources.store_files, temp, _files(ctl),
@@ -323,17 +404,25 @@ async def git_info_refs(request: Request) -> Response:
 async def git_rpc(request: Request) -> Response:
     """git smart HTTP: a push (deploys through the pre-receive hook) or a fetch."""
     ctl = control_of(request)
-    app = request.path_params["repo"].removesuffix(".git")
-    tid, secret = ctl.store.create_token("deploy", apps=[app], ttl=3600, label="git push hook")
-    env = {"FOUNDRY_API": ctl.config.self_url, "FOUNDRY_TOKEN": secret,
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     try:
-        return await gitserve.rpc(request, ctl.store, _git_root(ctl), env,
-                                  on_done=lambda: ctl.store.revoke_token(tid),
-                                  max_bytes=ctl.config.max_upload)
+        app, service = gitserve.authorize_rpc(request, ctl.store)
     except Unauthorized as e:
-        ctl.store.revoke_token(tid)
         return gitserve.challenge(e.message)
+    env = {"FOUNDRY_API": ctl.config.self_url,
+           "FOUNDRY_MAX_EXPANDED": str(ctl.config.limits.max_expanded),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    on_done: Callable[[], None] = _nothing
+    if service == "git-receive-pack":       # only a push runs the hook, which needs a token
+        tid, env["FOUNDRY_TOKEN"] = ctl.store.create_token(
+            "deploy", apps=[app], ttl=3600, label="git push hook")
+        on_done = functools.partial(ctl.store.revoke_token, tid)
+    try:
+        return await gitserve.rpc(request, app, service, _git_root(ctl), env, on_done=on_done,
+                                  max_bytes=ctl.config.requests.git_push)
     except FoundryError:
-        ctl.store.revoke_token(tid)
+        on_done()
         raise
+
+
+def _nothing() -> None:
+    """What ends a fetch: it minted nothing."""

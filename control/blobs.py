@@ -7,11 +7,12 @@ once complete, so a reader never sees half a blob and a failed upload leaves not
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from control.errors import BadRequest, NotFound, TooLarge
@@ -37,17 +38,19 @@ class BlobStore:
             raise NotFound(f"no blob {digest}")
         return path
 
-    async def receive(self, chunks: AsyncIterator[bytes], max_bytes: int) -> Path:
-        """Stream chunks into a temp file beside the blobs; TooLarge past `max_bytes`."""
+    async def receive(self, chunks: AsyncGenerator[bytes, None], max_bytes: int) -> Path:
+        """Stream chunks into a temp file beside the blobs; TooLarge past `max_bytes`
+        (the chunks are closed then, not read to their end)."""
         fd, name = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
         size = 0
         try:
-            with os.fdopen(fd, "wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise TooLarge(f"upload is larger than the {max_bytes} byte limit")
-                    out.write(chunk)
+            async with contextlib.aclosing(chunks) as stream:
+                with os.fdopen(fd, "wb") as out:
+                    async for chunk in stream:
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise TooLarge(f"upload is larger than the {max_bytes} byte limit")
+                        out.write(chunk)
         except BaseException:
             os.unlink(name)
             raise

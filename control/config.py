@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from control.limits import RequestLimits
 from control.reconciler import Policy
 from control.uploads import ArchiveLimits
 
@@ -17,10 +18,11 @@ class ControlConfig:
     port: int = 7070
     api_address: str | None = None          # host:port the edge routes api.<domain> to
     apps_url: str = "http://{app}.localhost"  # how users reach an app through the edge
-    max_upload: int = 1 << 30
+    max_upload: int = 1 << 30               # source packages, buildpacks, droplets, files
     long_poll_max: float = 30.0
     policy: Policy = field(default_factory=Policy)
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+    requests: RequestLimits = field(default_factory=RequestLimits)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_fingerprint: str | None = None     # carried by join tokens while TLS is on

@@ -6,6 +6,7 @@ touches the store beyond what Control wires up (change notifications, scaling).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
 from typing import Any
@@ -21,6 +22,7 @@ from control.errors import (
     TooLarge,
     Unprocessable,
 )
+from control.limits import config_problem
 from control.names import (
     app_name_problem,
     env_name_problem,
@@ -88,17 +90,49 @@ def int_between(value: Any, what: str, lo: int, hi: int) -> int:
     return number
 
 
-async def json_body(request: Request, max_bytes: int = 64 << 20) -> dict[str, Any]:
-    """The request's JSON object (gzip'd bodies are welcome); BadRequest otherwise."""
-    raw = await request.body()
+def check_length(request: Request, limit: int, what: str = "request body") -> None:
+    """TooLarge before a byte is read when the declared Content-Length passes `limit`."""
+    length = request.headers.get("content-length", "").strip()
+    if length.isdigit() and int(length) > limit:
+        raise TooLarge(f"{what} is {int(length)} bytes; the limit is {limit} bytes")
+
+
+async def read_body(request: Request, limit: int, what: str = "request body") -> bytes:
+    """The whole body, refused (TooLarge) by its Content-Length or, for a body that does
+    not declare one, as soon as the bytes received pass `limit`."""
+    check_length(request, limit, what)
+    chunks: list[bytes] = []
+    size = 0
+    async with contextlib.aclosing(request.stream()) as stream:   # closed when cut off
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"{what} is larger than the {limit} byte limit")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def gunzip(raw: bytes, limit: int, what: str = "request body") -> bytes:
+    """Inflate a gzip'd body without ever holding more than `limit` bytes of it."""
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflate.decompress(raw, limit + 1)
+    except zlib.error:
+        raise BadRequest(f"{what} is not valid gzip") from None
+    if len(out) > limit or inflate.unconsumed_tail:
+        raise TooLarge(f"{what} expands past the {limit} byte limit")
+    return out
+
+
+async def json_body(request: Request, limit: int | None = None,
+                    expanded: int | None = None) -> dict[str, Any]:
+    """The request's JSON object (gzip'd bodies are welcome), at most `limit` bytes as
+    sent and `expanded` bytes inflated (both default to the ordinary JSON cap);
+    BadRequest or TooLarge otherwise."""
+    cap = limit if limit is not None else control_of(request).config.requests.json
+    raw = await read_body(request, cap)
     if request.headers.get("content-encoding", "") == "gzip":
-        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            raw = inflate.decompress(raw, max_bytes)
-        except zlib.error:
-            raise BadRequest("request body is not valid gzip") from None
-        if inflate.unconsumed_tail:
-            raise TooLarge(f"request body expands past {max_bytes} bytes")
+        raw = gunzip(raw, expanded if expanded is not None else cap)
     try:
         body = json.loads(raw)
     except ValueError:
@@ -127,6 +161,13 @@ def env_pairs(pairs: list[str]) -> dict[str, str]:
             raise BadRequest(problem)
         env[key] = value
     return env
+
+
+def check_config(ctl: Control, before: dict[str, str], after: dict[str, str]) -> None:
+    """Unprocessable (nothing is stored) when `after` passes the app's config var cap."""
+    problem = config_problem(before, after, ctl.config.requests.config_vars)
+    if problem:
+        raise Unprocessable(problem)
 
 
 def parse_duration(text: str) -> float:

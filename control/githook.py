@@ -2,10 +2,12 @@
 
 git runs this (as `python -m control.githook`) inside `git receive-pack`, with the
 pushed ref updates on stdin; whatever it prints reaches the pusher as `remote:`
-lines. It archives the pushed commit (submodules are not fetched: their entries are
-left out of the archive), uploads it as a build through the control API like any
-client, streams the build log, and waits for the rollout. A non-zero exit refuses
-the push, so the branch only moves when the new release runs.
+lines. It refuses a commit whose files add up past the source package cap (sizes
+from git's own object headers, before anything is inflated), archives the pushed
+commit (submodules are not fetched: their entries are left out of the archive),
+uploads it as a build through the control API like any client, streams the build
+log, and waits for the rollout. A non-zero exit refuses the push,
+so the branch only moves when the new release runs.
 """
 
 from __future__ import annotations
@@ -51,6 +53,26 @@ def archive(commit: str, dest: Path) -> None:
                    env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1"})
 
 
+def tree_size(commit: str) -> int:
+    """What the commit's files add up to, from git's object headers (nothing inflated)."""
+    listing = subprocess.run(["git", "ls-tree", "-r", "-l", "-z", commit], check=True,
+                             capture_output=True).stdout
+    total = 0
+    for entry in listing.split(b"\0"):
+        fields = entry.partition(b"\t")[0].split()
+        if len(fields) == 4 and fields[1] == b"blob" and fields[3].isdigit():
+            total += int(fields[3])
+    return total
+
+
+def check_size(commit: str, limit: int) -> None:
+    """Refuse a commit whose files expand past the package cap before archiving them."""
+    size = tree_size(commit)
+    if size > limit:
+        raise HookError(f"the pushed files add up to {size} bytes; an app's source may "
+                        f"expand to at most {limit} bytes")
+
+
 def follow(api: Api, build: str) -> dict[str, Any]:
     after = 0
     while True:
@@ -81,7 +103,8 @@ def wait_rollout(api: Api, release: int, timeout: float = 180) -> dict[str, Any]
     raise HookError(f"v{release} did not start within {timeout:.0f} s")
 
 
-def deploy(api: Api, commit: str) -> None:
+def deploy(api: Api, commit: str, max_expanded: int) -> None:
+    check_size(commit, max_expanded)
     with tempfile.TemporaryDirectory() as tmp:
         tarball = Path(tmp) / "source.tgz"
         archive(commit, tarball)
@@ -106,7 +129,7 @@ def main() -> int:
                 raise HookError(f"push to main or master to deploy (not {ref})")
             if new == ZERO:
                 raise HookError("deleting the deploy branch is not allowed")
-            deploy(api, new)
+            deploy(api, new, int(os.environ.get("FOUNDRY_MAX_EXPANDED") or 1 << 30))
     except HookError as e:
         say(f"!      {e}")
         return 1

@@ -5,8 +5,11 @@
 streams its output back. Our own pre-receive hook (control/githook.py) turns a push
 of the deploy branch into a build and refuses the push when the build fails, so the
 ref only moves when the release is running. Rules:
-- credentials are checked before anything else, and a bad or missing one is a 401
-  that says nothing about whether the app exists;
+- credentials are checked before anything else (before a repository or a hook token
+  is created), and a bad or missing one is a 401 that changes nothing and says
+  nothing about whether the app exists;
+- a push's body is capped as sent and as it inflates, and git itself is told the cap
+  (receive.maxInputSize);
 - hooks come only from Foundry (`core.hooksPath`), never from the pushed repository;
   objects are fsck'd on receipt; nothing from the repository is executed here.
 """
@@ -14,6 +17,7 @@ ref only moves when the release is running. Rules:
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,13 +25,15 @@ import tempfile
 import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 from anyio.abc import Process
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from control.errors import Forbidden, NotFound, TooLarge, Unauthorized
+from control.context import check_length
+from control.errors import BadRequest, Forbidden, NotFound, TooLarge, Unauthorized
 from control.names import app_name_problem
 from control.store import Store, Token
 
@@ -109,36 +115,63 @@ async def info_refs(request: Request, store: Store, root: Path) -> Response:
                     headers={"cache-control": "no-cache"})
 
 
-async def rpc(request: Request, store: Store, root: Path, env: dict[str, str],
-              on_done: Callable[[], None], max_bytes: int) -> Response:
-    """One receive-pack / upload-pack exchange, streamed both ways."""
+def authorize_rpc(request: Request, store: Store) -> tuple[str, str]:
+    """(app, service) of a receive-pack / upload-pack request whose credentials allow it;
+    Unauthorized/Forbidden/NotFound otherwise. Runs before anything is created or read."""
     app = _app(request)
     service = request.path_params["service"]
     if service not in SERVICES:
         raise NotFound(f"no git service {service!r}")
-    token = git_token(request, store)
-    authorize(token, app, service)
+    authorize(git_token(request, store), app, service)
+    return app, service
+
+
+async def rpc(request: Request, app: str, service: str, root: Path, env: dict[str, str],
+              on_done: Callable[[], None], max_bytes: int) -> Response:
+    """One receive-pack / upload-pack exchange (already authorized), streamed both ways."""
     repo = ensure_repo(root, app)
     hook_env = {**os.environ, **env, "FOUNDRY_APP": app}
-    # The whole request is read before git starts: the response streams while git runs,
-    # and only one reader may take the request's messages.
-    body = tempfile.TemporaryFile()
-    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) \
-        if request.headers.get("content-encoding", "") == "gzip" else None
-    size = 0
-    async for chunk in request.stream():
-        data = inflate.decompress(chunk) if inflate else chunk
-        size += len(data)
-        if size > max_bytes:
-            body.close()
-            raise TooLarge(f"push is larger than the {max_bytes} byte limit")
-        body.write(data)
-    body.seek(0)
-    proc = await anyio.open_process(["git", service[4:], "--stateless-rpc", str(repo)],
+    body = await _spool_body(request, max_bytes)
+    # index-pack refuses a pack past the cap too: what git reads is capped by git itself.
+    proc = await anyio.open_process(["git", "-c", f"receive.maxInputSize={max_bytes}",
+                                     service[4:], "--stateless-rpc", str(repo)],
                                     env=hook_env, stdin=body, stderr=subprocess.DEVNULL)
     body.close()
     return StreamingResponse(_pump(proc, on_done), media_type=f"application/x-{service}-result",
                              headers={"cache-control": "no-cache"})
+
+
+async def _spool_body(request: Request, max_bytes: int) -> BinaryIO:
+    """The whole request body (inflated if gzip'd) in a temp file, read before git starts:
+    the response streams while git runs, and only one reader may take the request's
+    messages. Refused (TooLarge) past `max_bytes` as sent or as inflated, never holding
+    more than one chunk's worth of inflated bytes in memory."""
+    check_length(request, max_bytes, "push")
+    body = tempfile.TemporaryFile()
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) \
+        if request.headers.get("content-encoding", "") == "gzip" else None
+    sent = size = 0
+    try:
+        async with contextlib.aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                sent += len(chunk)
+                data = chunk
+                if inflate is not None:
+                    data = inflate.decompress(chunk, max_bytes + 1 - size)
+                    if inflate.unconsumed_tail:
+                        size = max_bytes + 1
+                size += len(data)
+                if sent > max_bytes or size > max_bytes:
+                    raise TooLarge(f"push is larger than the {max_bytes} byte limit")
+                body.write(data)
+    except zlib.error:
+        body.close()
+        raise BadRequest("push body is not valid gzip") from None
+    except BaseException:
+        body.close()
+        raise
+    body.seek(0)
+    return body
 
 
 async def _pump(proc: Process, on_done: Callable[[], None]) -> AsyncIterator[bytes]:

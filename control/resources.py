@@ -13,7 +13,9 @@ Invariants: a file blob is stored only under the sha256 of its bytes (verified a
 is stored); an assembled package obeys the rules of an uploaded one (relative paths
 that stay inside the root, regular files only, permission bits at most 0o777, the
 same count and size limits); a resource list that names a digest the store lacks is
-refused (422, naming the file) and nothing is built.
+refused (422, naming the file) and nothing is built; an upload of files is refused
+whole (422, nothing stored) when a member is bad or the files expand past the package
+size cap, which is checked from each member's header before its bytes are inflated.
 
 Scope: a push may take from the store only files that an app the caller may act on
 uploaded (the API records owners per app and drops files no app owns any more), and
@@ -29,7 +31,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import tarfile
 import tempfile
 import zlib
@@ -141,35 +142,52 @@ def parse_digests(body: Any, limits: ArchiveLimits) -> list[str]:
 
 def store_files(upload: Path, files: BlobStore, limits: ArchiveLimits) -> list[str]:
     """Put each member of an uploaded tar (named by its sha256) into the file store;
-    returns the digests stored. Refuses (422) anything else."""
-    stored: list[str] = []
+    returns the digests stored. Refuses (422) anything else, and an upload whose files
+    add up to more than the expanded-size cap before inflating past it; a refused upload
+    stores nothing (members are staged and committed together at the end)."""
+    staged: list[tuple[Path, str]] = []
+    expanded = 0
     try:
         with tarfile.open(upload, mode="r:gz") as tar:
             for member in tar:
-                if len(stored) >= limits.max_files:
+                if len(staged) >= limits.max_files:
                     raise Unprocessable(f"more than {limits.max_files} files")
                 if not member.isfile() or not _DIGEST.match(member.name):
                     raise Unprocessable(f"member {member.name!r}: only regular files named "
                                         "by their sha256 may be uploaded")
-                _store_member(tar, member, files)
-                stored.append(member.name)
+                expanded += member.size
+                if expanded > limits.max_expanded:
+                    raise Unprocessable(f"files expand past {limits.max_expanded} bytes")
+                staged.append((_stage_member(tar, member, files), member.name))
+        for temp, digest in staged:
+            os.replace(temp, files.path(digest))
     except (tarfile.TarError, zlib.error, EOFError) as e:
         raise Unprocessable(f"upload is not a gzip'd tar archive ({e})") from None
-    return stored
+    finally:
+        for temp, _ in staged:
+            temp.unlink(missing_ok=True)
+    return [d for _, d in staged]
 
 
-def _store_member(tar: tarfile.TarFile, member: tarfile.TarInfo, files: BlobStore) -> None:
+def _stage_member(tar: tarfile.TarFile, member: tarfile.TarInfo, files: BlobStore) -> Path:
+    """Copy a member into a temp file beside the store, checking it hashes to its name."""
     source = tar.extractfile(member)
     assert source is not None
     fd, name = tempfile.mkstemp(dir=files.root, prefix=".incoming-")
+    h = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
-        files.commit(Path(name), expected=member.name)
-    except BadRequest as e:
-        raise Unprocessable(f"member {member.name[:12]}: {e.message}") from None
-    finally:
-        Path(name).unlink(missing_ok=True)
+            for block in iter(lambda: source.read(1 << 20), b""):
+                h.update(block)
+                out.write(block)
+    except BaseException:
+        Path(name).unlink()
+        raise
+    if h.hexdigest() != member.name:
+        Path(name).unlink()
+        raise Unprocessable(f"member {member.name[:12]}: its content does not hash to its "
+                            f"name (it hashes to {h.hexdigest()})")
+    return Path(name)
 
 
 def missing(digests: Iterable[str], present: AbstractSet[str]) -> list[str]:

@@ -320,6 +320,10 @@ class Store:
     def list_apps(self) -> list[dict[str, Any]]:
         return [self.get_app(r["name"]) for r in self._rows("SELECT name FROM apps ORDER BY name")]
 
+    def autoscale_rows(self) -> list[dict[str, Any]]:
+        """Name and autoscale settings of each autoscaled app (no config vars read)."""
+        return self._rows("SELECT name, autoscale FROM apps WHERE autoscale IS NOT NULL")
+
     def create_app(self, name: str, *, memory_mb: int = 256, scale: dict[str, int] | None = None,
                    env: dict[str, str] | None = None) -> None:
         now = self.clock()
@@ -356,8 +360,11 @@ class Store:
     def app_specs(self) -> list[AppSpec]:
         """Every app's desired state, joined with its current release's process types."""
         specs = []
-        for row in self._rows("SELECT a.*, r.processes FROM apps a LEFT JOIN releases r "
-                              "ON r.app = a.name AND r.version = a.release"):
+        # Named columns, never env: the routing table is built from these on every change,
+        # and an app's config must not make that slower.
+        for row in self._rows("SELECT a.name, a.started, a.release, a.scale, a.memory_mb, "
+                              "a.max_in_flight, a.generation, r.processes FROM apps a "
+                              "LEFT JOIN releases r ON r.app = a.name AND r.version = a.release"):
             specs.append(AppSpec(
                 name=row["name"], started=bool(row["started"]), release=row["release"],
                 processes=json.loads(row["processes"] or "{}"),
