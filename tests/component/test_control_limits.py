@@ -156,17 +156,17 @@ async def test_a_resource_upload_that_expands_past_the_cap_stores_nothing(
     good, zeros = b"print('hi')\n", bytes(8 << 20)        # 8 MiB of zeros gzip to ~8 KiB
     bomb = tarball({digest(good): good, digest(zeros): zeros})
     assert len(bomb) < 64 * KIB
-    r = await small.http.post("/v1/resources", content=bomb)
+    r = await small.http.post("/v1/resources?app=limited", content=bomb)
     assert r.status_code == 422 and "expand" in r.json()["error"], r.text
     assert stored_files(small.store.path.parent) == []     # not even the good file
-    r = await small.http.post("/v1/resources/match",
+    r = await small.http.post("/v1/resources/match?app=limited",
                               json={"resources": [{"sha256": digest(good)}]})
     assert r.json()["missing"] == [digest(good)]
 
 
 async def test_a_resource_upload_within_the_cap_is_stored(small: Control) -> None:
     files = {digest(b"a"): b"a", digest(b"b" * 1000): b"b" * 1000}
-    r = await small.http.post("/v1/resources", content=tarball(files))
+    r = await small.http.post("/v1/resources?app=limited", content=tarball(files))
     assert r.status_code == 201 and r.json()["stored"] == 2, r.text
     assert set(stored_files(small.store.path.parent)) == set(files)
 
@@ -182,7 +182,7 @@ async def test_a_source_package_bomb_is_refused_and_creates_nothing(small: Contr
 async def test_a_gzip_resource_list_bomb_is_413(small: Control) -> None:
     entry = {"path": "a", "sha256": "0" * 64, "mode": 420, "size": 1}
     bomb = gzip.compress(json.dumps({"resources": [entry], "pad": " " * (8 << 20)}).encode())
-    r = await small.http.post("/v1/resources/match", content=bomb,
+    r = await small.http.post("/v1/resources/match?app=limited", content=bomb,
                               headers={"content-encoding": "gzip",
                                        "content-type": "application/json"})
     assert r.status_code == 413 and "expands" in r.json()["error"], r.text
@@ -260,7 +260,7 @@ async def test_config_in_the_body_of_a_tarball_push(small: Control) -> None:
 async def test_config_in_the_body_of_a_resource_matched_push(small: Control) -> None:
     await make_app(small, env={"OLD": "1"})
     data = b"web: python3 -m http.server $PORT\n"
-    await small.http.post("/v1/resources", content=tarball({digest(data): data}))
+    await small.http.post("/v1/resources?app=limited", content=tarball({digest(data): data}))
     entry = {"path": "Procfile", "sha256": digest(data), "mode": 0o644, "size": len(data)}
     r = await small.http.post("/v1/apps/app/builds", json={
         "resources": [entry], "env": {"SECRET": "hunter2"}, "replace_env": True})
