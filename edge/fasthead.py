@@ -35,7 +35,7 @@ import re
 from edge import headers as hdr
 from edge.headers import _REQUEST_ID, HOP_BY_HOP, STICKY_COOKIE, Headers
 from edge.http import Framing, Limits, RequestHead
-from edge.routes import PathError, routable_target
+from edge.routes import UNUSUAL_TARGET, PathError, routable_target
 
 # Possessive quantifiers (`*+`, `++`) throughout: no pattern here needs backtracking,
 # and telling the regex engine so makes a match a third cheaper.
@@ -54,8 +54,13 @@ _NOT_REQUEST_NAME = (
     rb"transfer-encoding|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-request-id|"
     rb"forwarded|x-real-ip):)"
 )
+# A target in normal form (`edge.routes`) but perhaps for its escapes: segments that
+# are not empty, do not start with a dot and hold no `\` or `#`; a query without `#`.
+_SEGMENT = rb"[^\x00-\x20\x7f-\xff#./?\\][^\x00-\x20\x7f-\xff#/?\\]*+"
+_NORMAL_TARGET = (rb"(/(?:" + _SEGMENT + rb"(?:/" + _SEGMENT + rb")*+/?)?"
+                  rb"(?:\?[^\x00-\x20\x7f-\xff#]*+)?)")
 _SIMPLE_REQUEST = re.compile(
-    rb"(GET|HEAD|DELETE|OPTIONS) (/[!-~]*+) HTTP/1\.1\r\n"
+    rb"(GET|HEAD|DELETE|OPTIONS) " + _NORMAL_TARGET + rb" HTTP/1\.1\r\n"
     rb"(?:" + _NOT_REQUEST_NAME + _PLAIN_LINE + rb")*+"
     rb"(?i:host):[\t ]*+([!-~]++)[\t ]*+\r\n"
     rb"(?:" + _NOT_REQUEST_NAME + _PLAIN_LINE + rb")*+\r\n"
@@ -152,7 +157,7 @@ def read_request(data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes
             data.find(STICKY_COOKIE, 0, size) < 0
         ):
             method, target, host = head.group(1, 2, 3)
-            if not _normal(target):
+            if b"%" in target and not _unchanged(target):  # (the pattern let escapes by)
                 return None
             upstream = data[: size - 2] + (
                 b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
@@ -227,14 +232,15 @@ def read_request(data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes
 
 def _normal(target: bytes) -> bool:
     """Whether the general path would route and forward `target` unchanged."""
-    if b"%" in target or b"/." in target or b"//" in target or b"\\" in target or (
-        b"#" in target
-    ):
-        try:
-            return routable_target(target)[1] == target
-        except PathError:
-            return False
-    return True
+    return UNUSUAL_TARGET.search(target) is None or _unchanged(target)
+
+
+def _unchanged(target: bytes) -> bool:
+    """Whether `edge.routes.routable_target` forwards `target` as it is."""
+    try:
+        return routable_target(target)[1] == target
+    except PathError:
+        return False
 
 
 def _header_list(lines: bytes) -> Headers:

@@ -28,6 +28,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import functools
 import re
 
 Headers = list[tuple[bytes, bytes]]
@@ -137,11 +138,32 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 def forwarded_element(client_ip: bytes, proto: bytes, host: bytes) -> bytes:
     """This hop's RFC 7239 Forwarded element for a peer at `client_ip`."""
+    hop = _hop if len(host) <= _LONGEST_CACHED_HOST else _hop_uncached
+    return b"%b;%b" % (_for(client_ip), hop(proto, host))
+
+
+# Both halves are cached: an element is built for every request on the hot path, and
+# deciding how to quote costs more than the rest of the fast reader's edits. Peers
+# and Host values repeat; the caches are bounded, and an over-long Host (no DNS name
+# with a port is this long) is never kept.
+_LONGEST_CACHED_HOST = 300
+
+
+@functools.lru_cache(maxsize=4096)
+def _for(client_ip: bytes) -> bytes:
+    """The element's `for=` pair."""
     if b":" in client_ip:
-        node = b'"[%b]"' % client_ip
-    else:  # "unknown": RFC 7239 6.2's name for an address the edge does not have
-        node = _token_or_quoted(client_ip) if client_ip else b"unknown"
-    return b"for=%b;proto=%b;host=%b" % (node, _token_or_quoted(proto), _token_or_quoted(host))
+        return b'for="[%b]"' % client_ip
+    # "unknown": RFC 7239 6.2's name for an address the edge does not have
+    return b"for=%b" % (_token_or_quoted(client_ip) if client_ip else b"unknown")
+
+
+def _hop_uncached(proto: bytes, host: bytes) -> bytes:
+    """The element's `proto=` and `host=` pairs."""
+    return b"proto=%b;host=%b" % (_token_or_quoted(proto), _token_or_quoted(host))
+
+
+_hop = functools.lru_cache(maxsize=1024)(_hop_uncached)
 
 
 def _token_or_quoted(value: bytes) -> bytes:

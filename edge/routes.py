@@ -200,8 +200,15 @@ def normalize_prefix(path: str) -> str:
     return clean.decode("latin-1").rstrip("/") or "/"
 
 
+# What a target holds if `routable_target` may have to change or refuse it: a
+# percent-escape, a backslash, a `#`, a `/.` or a `//` (in its query too, to keep
+# the test one search). A target without any is already in normal form.
+UNUSUAL_TARGET = re.compile(rb"[%\\#]|/[./]")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})?")
+# An escape `_canonical_escape` would change: malformed, lower-case, or unreserved.
+_ESCAPE_TO_CHANGE = re.compile(
+    rb"%(?![0-9A-F]{2})|%(?:[46][1-9A-F]|[57][0-9A]|3[0-9]|2[DE]|5F|7E)")
 _SLASHES = re.compile(rb"//++")
 
 
@@ -218,6 +225,8 @@ def normalize_path(path: bytes) -> bytes:
 def routable_target(target: bytes) -> tuple[bytes, bytes]:
     """(path to route by, target to forward) for an origin-form request `target`; the
     query is kept as sent. PathError if the path is refused."""
+    if UNUSUAL_TARGET.search(target) is None:  # the commonest case: nothing to do
+        return target.partition(b"?")[0], target
     if not target.startswith(b"/"):
         return target, target  # `*` (OPTIONS): nothing to normalise
     path, sep, query = target.partition(b"?")
@@ -229,7 +238,7 @@ def routable_target(target: bytes) -> tuple[bytes, bytes]:
 
 def _clean(path: bytes) -> bytes:
     """`path` with canonical percent-escapes and no runs of `/`."""
-    if b"%" in path:
+    if b"%" in path and _ESCAPE_TO_CHANGE.search(path):
         path = _ESCAPE.sub(_canonical_escape, path)
     if b"//" in path:
         path = _SLASHES.sub(b"/", path)

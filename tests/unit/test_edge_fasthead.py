@@ -84,6 +84,7 @@ VALUES = ["a.localhost", "keep-alive", "close", "Keep-Alive, close", "x-other", 
           "", "a\tb", "text/plain", 'for=10.0.0.1;host="evil:1", for=unknown', "::1"]
 # Targets with everything the general path normalises or refuses (edge.routes).
 TARGET_PARTS = ["p", "api", "", ".", "..", "%2e", "%2E%2e", "%2f", "%41", "%7E", "%c3%a9",
+                "%C3%A9", "%2F", "a%20b", "x/",
                 "%zz", "\\", "x#y", ".well-known", "a..", "p?q=1", "p?next=/../x%2e"]
 targets = st.lists(st.sampled_from(TARGET_PARTS), min_size=1, max_size=5).map(
     lambda parts: b"/" + "/".join(parts).encode())

@@ -138,6 +138,9 @@ def test_several_forwarded_lines_from_a_trusted_proxy_become_one_list() -> None:
         # quotes and backslashes inside a quoted-string are escaped
         (b"10.0.0.1", b"http", b'a"b\\c', b'for=10.0.0.1;proto=http;host="a\\"b\\\\c"'),
         (b"", b"http", b"a", b"for=unknown;proto=http;host=a"),
+        # a Host too long to keep in the cache is quoted the same way
+        (b"10.0.0.1", b"http", b"a" * 400 + b":1", b'for=10.0.0.1;proto=http;host="%b:1"' % (
+            b"a" * 400)),
     ],
 )
 def test_forwarded_element_quotes_what_is_not_a_token(
