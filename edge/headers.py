@@ -138,32 +138,25 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 def forwarded_element(client_ip: bytes, proto: bytes, host: bytes) -> bytes:
     """This hop's RFC 7239 Forwarded element for a peer at `client_ip`."""
-    hop = _hop if len(host) <= _LONGEST_CACHED_HOST else _hop_uncached
-    return b"%b;%b" % (_for(client_ip), hop(proto, host))
+    if len(host) > _LONGEST_CACHED_HOST:
+        return _element(client_ip, proto, host)
+    return _cached_element(client_ip, proto, host)
 
 
-# Both halves are cached: an element is built for every request on the hot path, and
-# deciding how to quote costs more than the rest of the fast reader's edits. Peers
-# and Host values repeat; the caches are bounded, and an over-long Host (no DNS name
-# with a port is this long) is never kept.
-_LONGEST_CACHED_HOST = 300
-
-
-@functools.lru_cache(maxsize=4096)
-def _for(client_ip: bytes) -> bytes:
-    """The element's `for=` pair."""
+def _element(client_ip: bytes, proto: bytes, host: bytes) -> bytes:
     if b":" in client_ip:
-        return b'for="[%b]"' % client_ip
-    # "unknown": RFC 7239 6.2's name for an address the edge does not have
-    return b"for=%b" % (_token_or_quoted(client_ip) if client_ip else b"unknown")
+        node = b'"[%b]"' % client_ip
+    else:  # "unknown": RFC 7239 6.2's name for an address the edge does not have
+        node = _token_or_quoted(client_ip) if client_ip else b"unknown"
+    return b"for=%b;proto=%b;host=%b" % (node, _token_or_quoted(proto), _token_or_quoted(host))
 
 
-def _hop_uncached(proto: bytes, host: bytes) -> bytes:
-    """The element's `proto=` and `host=` pairs."""
-    return b"proto=%b;host=%b" % (_token_or_quoted(proto), _token_or_quoted(host))
-
-
-_hop = functools.lru_cache(maxsize=1024)(_hop_uncached)
+# Elements are cached: one is built for every request on the hot path, and deciding
+# how to quote costs more than the rest of the fast reader's edits, while a client
+# sends the same one request after request. The cache is bounded, and an over-long
+# Host (no DNS name with a port is this long) is never kept.
+_LONGEST_CACHED_HOST = 300
+_cached_element = functools.lru_cache(maxsize=4096)(_element)
 
 
 def _token_or_quoted(value: bytes) -> bytes:
