@@ -8,8 +8,9 @@ Rules kept here:
   * The request body is streamed to the backend while its response is read, so a
     backend may answer early (or send 100 Continue) without a deadlock; nothing is
     buffered whole. A bodiless request (most) skips that second task.
+  * The path is routed and forwarded in normal form (`edge.routes.routable_target`).
   * Statuses the edge makes itself, each with ERROR_HEADER naming the reason:
-    400 malformed / no Host, 404 unknown host, 503 no instance, 502 no backend
+    400 malformed / no Host / a refused path, 404 unknown host, 503 no instance, 502 no backend
     would connect or it broke the protocol, 504 no response within the route's
     timeout, 408 a stalled request body, plus the parser's 413 and 431. Once a
     response has started, a failure can only be reported by closing the connection.
@@ -62,7 +63,7 @@ from edge.http import (
 )
 from edge.netio import Conn
 from edge.peer import Peer
-from edge.routes import Backend, Route
+from edge.routes import Backend, PathError, Route, routable_target
 from edge.tunnel import tunnel
 from edge.upstream import ConnectFailed, connect_first, may_replay
 from edge.wake import QueueFull, Turn
@@ -216,7 +217,7 @@ class Exchange:
 
     def _destination(self) -> tuple[str, str, bytes]:
         """(host, path, origin-form target) of the request; ProtocolError if unroutable."""
-        authority, path, target = origin_form(self.head.target)
+        authority, _, target = origin_form(self.head.target)
         hosts = hdr.get_all(self.head.headers, b"host")
         if len(hosts) > 1:
             raise ProtocolError(400, "more than one Host header")
@@ -225,6 +226,10 @@ class Exchange:
         host = authority if authority is not None else hosts[0]
         if not host.strip() or b" " in host.strip():
             raise ProtocolError(400, "bad Host header")
+        try:
+            path, target = routable_target(target)  # matched and forwarded in normal form
+        except PathError as error:
+            raise ProtocolError(400, str(error)) from None
         return host.decode("latin-1"), path.decode("latin-1"), target
 
     async def _proxy_via(self, backend: Backend, stream: Conn, reused: bool, target: bytes) -> None:

@@ -14,10 +14,13 @@ parser (`edge.http`), which answers or forwards it by the full rules.
     path's), and at most one of each header it edits, Connection naming only
     `close`/`keep-alive`.
   It applies `edge.headers.forward_request`'s rules: hop-by-hop lines (Connection,
-  Keep-Alive, Proxy-Connection, TE, Trailer) are cut, X-Forwarded-* is replaced
-  (appended to and believed only from a trusted proxy), a well-formed X-Request-Id
-  is kept and any other replaced by the caller's fresh one, and the request line
-  becomes HTTP/1.1.
+  Keep-Alive, Proxy-Connection, TE, Trailer) are cut, X-Forwarded-*, Forwarded and
+  X-Real-IP are replaced (appended to, or kept, only from a trusted proxy), a
+  well-formed X-Request-Id is kept and any other replaced by the caller's fresh
+  one, and the request line becomes HTTP/1.1.
+  It takes only a target already in the normal form the general path routes and
+  forwards (`edge.routes.routable_target`); one the general path would rewrite or
+  refuse (dot segments, `//`, escapes to normalise, a backslash, `#`) is the general path's.
 
 `parse_head` takes an HTTP/1.x response head with a reason phrase, status 200-599
 other than 204/304, the same plain lines, exactly one Content-Length line and no
@@ -32,6 +35,7 @@ import re
 from edge import headers as hdr
 from edge.headers import _REQUEST_ID, HOP_BY_HOP, STICKY_COOKIE, Headers
 from edge.http import Framing, Limits, RequestHead
+from edge.routes import UNUSUAL_TARGET, PathError, routable_target
 
 # Possessive quantifiers (`*+`, `++`) throughout: no pattern here needs backtracking,
 # and telling the regex engine so makes a match a third cheaper.
@@ -47,10 +51,16 @@ _RESPONSE_HEAD = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\t\x20-\x7e\x8
 _PLAIN_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[\t\x20-\x7e\x80-\xff]*+\r\n"
 _NOT_REQUEST_NAME = (
     rb"(?!(?i:host|connection|keep-alive|proxy-connection|te|trailer|upgrade|content-length|"
-    rb"transfer-encoding|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-request-id):)"
+    rb"transfer-encoding|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-request-id|"
+    rb"forwarded|x-real-ip):)"
 )
+# A target in normal form (`edge.routes`) but perhaps for its escapes: segments that
+# are not empty, do not start with a dot and hold no `\` or `#`; a query without `#`.
+_SEGMENT = rb"[^\x00-\x20\x7f-\xff#./?\\][^\x00-\x20\x7f-\xff#/?\\]*+"
+_NORMAL_TARGET = (rb"(/(?:" + _SEGMENT + rb"(?:/" + _SEGMENT + rb")*+/?)?"
+                  rb"(?:\?[^\x00-\x20\x7f-\xff#]*+)?)")
 _SIMPLE_REQUEST = re.compile(
-    rb"(GET|HEAD|DELETE|OPTIONS) (/[!-~]*+) HTTP/1\.1\r\n"
+    rb"(GET|HEAD|DELETE|OPTIONS) " + _NORMAL_TARGET + rb" HTTP/1\.1\r\n"
     rb"(?:" + _NOT_REQUEST_NAME + _PLAIN_LINE + rb")*+"
     rb"(?i:host):[\t ]*+([!-~]++)[\t ]*+\r\n"
     rb"(?:" + _NOT_REQUEST_NAME + _PLAIN_LINE + rb")*+\r\n"
@@ -70,7 +80,8 @@ _KEEP_ALIVE_LINES = re.compile(rb"\r\n(?i:connection|keep-alive):[^\r]*")
 # The header names each reader must look at, found in the lower-cased lines.
 _REQUEST_NAMES = re.compile(
     rb"\n(host|connection|keep-alive|proxy-connection|te|trailer|upgrade|content-length|"
-    rb"transfer-encoding|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-request-id):"
+    rb"transfer-encoding|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-request-id|"
+    rb"forwarded|x-real-ip):"
 )
 _RESPONSE_NAMES = re.compile(
     rb"\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
@@ -79,7 +90,8 @@ _RESPONSE_NAMES = re.compile(
 # Left to the general path: framing, a protocol switch, and Proxy-Connection, which
 # llhttp reads as Connection.
 _REFUSED = frozenset({b"upgrade", b"content-length", b"transfer-encoding", b"proxy-connection"})
-_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                        b"forwarded", b"x-real-ip"})
 _CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b""})
 
 # A line found: (lower-cased name, value, start, end); lines[start:end] is the whole
@@ -145,15 +157,19 @@ def read_request(data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes
             data.find(STICKY_COOKIE, 0, size) < 0
         ):
             method, target, host = head.group(1, 2, 3)
+            if b"%" in target and not _unchanged(target):  # (the pattern let escapes by)
+                return None
             upstream = data[: size - 2] + (
                 b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
-                b"X-Request-Id: %b\r\n\r\n" % (client_ip, scheme, host, fresh_id))
+                b"X-Real-IP: %b\r\nForwarded: %b\r\nX-Request-Id: %b\r\n\r\n" % (
+                    client_ip, scheme, host, client_ip,
+                    hdr.forwarded_element(client_ip, scheme, host), fresh_id))
             return PlainRequest(method, target, True, True, host, upstream, fresh_id, None, size)
     head = _REQUEST_HEAD.match(data)
     if head is None:
         return None
     method, target, minor, lines = head.group(1, 2, 3, 4)
-    if lines.count(b"\n") > limits.max_headers:
+    if lines.count(b"\n") > limits.max_headers or not _normal(target):
         return None
     host = request_id = None
     close = keep = False
@@ -189,14 +205,19 @@ def read_request(data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes
     if request_id is None:
         request_id = fresh_id
         added = b"X-Request-Id: %b\r\n" % fresh_id
-    chain, proto, forwarded_host = client_ip, scheme, host
+    chain, proto, forwarded_host, real_ip = client_ip, scheme, host, client_ip
+    hops = hdr.forwarded_element(client_ip, scheme, host)
     if trusted and forwarded:
         given = forwarded.get(b"x-forwarded-for")
         chain = given + b", " + client_ip if given else client_ip
         proto = forwarded.get(b"x-forwarded-proto") or proto
         forwarded_host = forwarded.get(b"x-forwarded-host") or host
-    added = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n%b\r\n" % (
-        chain, proto, forwarded_host, added)
+        real_ip = forwarded.get(b"x-real-ip") or client_ip
+        given = forwarded.get(b"forwarded")
+        hops = given + b", " + hops if given else hops
+    added = (b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
+             b"X-Real-IP: %b\r\nForwarded: %b\r\n%b\r\n") % (
+        chain, proto, forwarded_host, real_ip, hops, added)
     size = head.end()
     if not cuts and http11:
         upstream = data[: size - 2] + added
@@ -207,6 +228,19 @@ def read_request(data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes
         pinned = hdr.cookie(_header_list(lines), STICKY_COOKIE) or None
     return PlainRequest(method, target, http11, not close and (http11 or keep), host,
                         upstream, request_id, pinned, size)
+
+
+def _normal(target: bytes) -> bool:
+    """Whether the general path would route and forward `target` unchanged."""
+    return UNUSUAL_TARGET.search(target) is None or _unchanged(target)
+
+
+def _unchanged(target: bytes) -> bool:
+    """Whether `edge.routes.routable_target` forwards `target` as it is."""
+    try:
+        return routable_target(target)[1] == target
+    except PathError:
+        return False
 
 
 def _header_list(lines: bytes) -> Headers:

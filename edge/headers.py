@@ -10,9 +10,15 @@ Rules kept here:
     header named in Connection are removed before a message is forwarded. The one
     exception is a websocket handshake, whose Upgrade/Connection pair is kept.
     Message framing (Content-Length, chunking) is re-decided by the sender.
-  * X-Forwarded-* is believed only from a trusted proxy: from one, X-Forwarded-For
-    is appended to (the peer's IP goes last) and the client's -Proto/-Host are
-    kept; from anyone else all three are replaced, since only the edge knows.
+  * X-Forwarded-*, Forwarded and X-Real-IP are believed only from a trusted proxy:
+    from one, X-Forwarded-For is appended to (the peer's IP goes last), Forwarded
+    gets this hop's element appended, and the client's -Proto/-Host and X-Real-IP
+    are kept; from anyone else all five are replaced, since only the edge knows.
+    The edge's own Forwarded element (RFC 7239) is `for=<peer>;proto=<scheme the
+    edge was reached by>;host=<Host it received>`, which from an untrusted client
+    says what X-Forwarded-For/-Proto/-Host say; a value that is not a token (an
+    IPv6 address, always bracketed, or a host with a `:port`) is a quoted-string.
+    X-Real-IP is the peer's address (or the trusted proxy's X-Real-IP).
   * Stickiness: when a response sets a session cookie (a name in SESSION_COOKIES,
     or containing "session"), the edge adds STICKY_COOKIE naming the instance;
     a request carrying it is pinned there while that instance is routed.
@@ -22,6 +28,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import functools
 import re
 
 Headers = list[tuple[bytes, bytes]]
@@ -89,24 +96,74 @@ def strip_hop_by_hop(headers: Headers, *, keep_websocket: bool = False) -> Heade
     return kept
 
 
+_FORWARDING = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
+               b"x-real-ip")
+
+
 def add_forwarded(
     headers: Headers, *, client_ip: str, proto: str, host: bytes, trusted: bool = False
 ) -> Headers:
-    """Set X-Forwarded-For/-Proto/-Host, believing the client's only if `trusted`."""
-    chain: list[bytes] = []
+    """Set X-Forwarded-For/-Proto/-Host, Forwarded and X-Real-IP, believing the
+    client's only if `trusted`."""
+    given = {name: get_all(headers, name) for name in _FORWARDING}
+    return remove(headers, *_FORWARDING) + _forwarding(given, client_ip, proto, host, trusted)
+
+
+def _forwarding(
+    given: dict[bytes, list[bytes]], client_ip: str, proto: str, host: bytes, trusted: bool
+) -> Headers:
+    """The forwarding headers to send, from the client's (`given`, by lower-case name)."""
+    peer = client_ip.encode("ascii")
+    scheme = proto.encode("ascii")
+    element = forwarded_element(peer, scheme, host)
+    chain, hops, real_ip, forwarded_proto, forwarded_host = [peer], [element], peer, scheme, host
     if trusted:
-        chain = [v.strip() for v in get_all(headers, b"x-forwarded-for") if v.strip()]
-        proto_bytes = get(headers, b"x-forwarded-proto") or proto.encode("ascii")
-        host = get(headers, b"x-forwarded-host") or host
-    else:
-        proto_bytes = proto.encode("ascii")
-    chain.append(client_ip.encode("ascii"))
-    rewritten = remove(headers, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
-    return rewritten + [
+        chain = [v.strip() for v in given.get(b"x-forwarded-for", ()) if v.strip()] + chain
+        hops = [v.strip() for v in given.get(b"forwarded", ()) if v.strip()] + hops
+        # The first value, unless it is empty.
+        forwarded_proto = (given.get(b"x-forwarded-proto") or [b""])[0] or scheme
+        forwarded_host = (given.get(b"x-forwarded-host") or [b""])[0] or host
+        real_ip = (given.get(b"x-real-ip") or [b""])[0] or peer
+    return [
         (b"X-Forwarded-For", b", ".join(chain)),
-        (b"X-Forwarded-Proto", proto_bytes),
-        (b"X-Forwarded-Host", host),
+        (b"X-Forwarded-Proto", forwarded_proto),
+        (b"X-Forwarded-Host", forwarded_host),
+        (b"X-Real-IP", real_ip),
+        (b"Forwarded", b", ".join(hops)),
     ]
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def forwarded_element(client_ip: bytes, proto: bytes, host: bytes) -> bytes:
+    """This hop's RFC 7239 Forwarded element for a peer at `client_ip`."""
+    if len(host) > _LONGEST_CACHED_HOST:
+        return _element(client_ip, proto, host)
+    return _cached_element(client_ip, proto, host)
+
+
+def _element(client_ip: bytes, proto: bytes, host: bytes) -> bytes:
+    if b":" in client_ip:
+        node = b'"[%b]"' % client_ip
+    else:  # "unknown": RFC 7239 6.2's name for an address the edge does not have
+        node = _token_or_quoted(client_ip) if client_ip else b"unknown"
+    return b"for=%b;proto=%b;host=%b" % (node, _token_or_quoted(proto), _token_or_quoted(host))
+
+
+# Elements are cached: one is built for every request on the hot path, and deciding
+# how to quote costs more than the rest of the fast reader's edits, while a client
+# sends the same one request after request. The cache is bounded, and an over-long
+# Host (no DNS name with a port is this long) is never kept.
+_LONGEST_CACHED_HOST = 300
+_cached_element = functools.lru_cache(maxsize=4096)(_element)
+
+
+def _token_or_quoted(value: bytes) -> bytes:
+    """`value` as an RFC 7230 token if it is one, else as a quoted-string."""
+    if _TOKEN.fullmatch(value):
+        return value
+    return b'"%b"' % value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
 
 
 def cookie(headers: Headers, name: bytes) -> bytes | None:
@@ -154,9 +211,7 @@ def chunked_coding(transfer_encoding: bytes | None) -> bytes:
 
 # The hot path: the rules above, applied in one pass over the headers each way.
 
-_SET_BY_EDGE = frozenset(
-    {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
-)
+_SET_BY_EDGE = frozenset({b"host", b"x-request-id", *_FORWARDING})
 
 
 def forward_request(
@@ -173,7 +228,6 @@ def forward_request(
     pass: the headers to send a backend (framing aside) and the request id."""
     kept: list[tuple[bytes, bytes, bytes]] = []
     named: set[bytes] = set()
-    chain: list[bytes] = []
     given: dict[bytes, list[bytes]] = {}
     upgrade = None
     for name, value in headers:
@@ -194,24 +248,11 @@ def forward_request(
     )
     if websocket and upgrade is not None:
         out += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
-    if trusted:
-        chain = [v.strip() for v in given.get(b"x-forwarded-for", ()) if v.strip()]
-    chain.append(client_ip.encode("ascii"))
-    forwarded_proto = proto.encode("ascii")
-    forwarded_host = host
-    if trusted:
-        # As `add_forwarded`: the first value, unless it is empty.
-        forwarded_proto = (given.get(b"x-forwarded-proto") or [b""])[0] or forwarded_proto
-        forwarded_host = (given.get(b"x-forwarded-host") or [b""])[0] or host
     ids = given.get(b"x-request-id", [])
     request_id = ids[0] if len(ids) == 1 and _REQUEST_ID.fullmatch(ids[0]) else fresh_id
-    out += [
-        (b"Host", host),
-        (b"X-Forwarded-For", b", ".join(chain)),
-        (b"X-Forwarded-Proto", forwarded_proto),
-        (b"X-Forwarded-Host", forwarded_host),
-        (b"X-Request-Id", request_id),
-    ]
+    out.append((b"Host", host))
+    out += _forwarding(given, client_ip, proto, host, trusted)
+    out.append((b"X-Request-Id", request_id))
     return out, request_id
 
 

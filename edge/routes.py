@@ -8,7 +8,27 @@ Rules kept here:
     the Host header are ignored, so `Hello.localhost:8080` finds `hello.localhost`.
   * A route's path is a prefix on segment boundaries: `/a` matches `/a` and `/a/x`
     but never `/ab`. When several prefixes match, the longest wins; `/` (or an empty
-    path) matches everything.
+    path) matches everything. Paths are case-sensitive (RFC 3986 6.2.2.1).
+  * Prefixes are matched against the request path in normal form (`normalize_path`),
+    and that normal form is what the backend is sent (`routable_target`): percent-
+    escapes of unreserved characters decoded (so `%2e` is a dot) and the others
+    upper-cased, runs of `/` merged, then dot segments removed (RFC 3986 5.2.4), so
+    `/api/../admin` and `/api/%2e%2e/admin` both route, and arrive, as `/admin`.
+    Why normalise and forward rather than refuse dot segments with 400: the two are
+    equally safe for routing, but forwarding the matched path also means the
+    backend can never read the path another way than the edge routed it (the normal
+    form is a fixed point of the usual server-side clean-ups: decoding unreserved
+    escapes, merging slashes, resolving dots), and clients that send `./` or `//`
+    (scripts, some crawlers) keep working, as with nginx. `%2F` is never decoded: it
+    is data inside a segment, not a separator. `//` is merged (nginx's default)
+    because a backend that merges it would otherwise read `/api//../x` as `/x` while
+    the edge routed it under `/api`. Refused with 400 (`PathError`): a backslash
+    (no URI contains one, and some servers read it as `/`), a `#` (a fragment is
+    never sent, RFC 9112 3.2) and a malformed escape (`%zz`). `;` parameters are
+    opaque segment text, as RFC 3986 has them.
+  * A route path is brought to the same normal form; one with dot segments (say
+    `/x/%2e%2e`, which would otherwise become `/`) is kept as given and so matches
+    no request, since no normal path holds a dot segment or a `%2E`.
   * A route with no backends is still a known host: the edge answers 503, not 404,
     unless the route is `wakeable` (its app scales to zero): then the edge holds
     the request and asks for a wake (`edge.wake`).
@@ -21,6 +41,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,6 +50,10 @@ from typing import Any, Protocol
 
 class RouteTableError(ValueError):
     """The control plane sent route data this edge cannot understand."""
+
+
+class PathError(ValueError):
+    """A request path the edge refuses to route (answered with 400)."""
 
 
 @dataclass(frozen=True)
@@ -163,9 +188,88 @@ def normalize_host(host: str) -> str:
 
 
 def normalize_prefix(path: str) -> str:
-    """A route path as stored: leading slash, no trailing slash, `/` for the root."""
+    """A route path as stored: in normal form, leading slash, no trailing slash, `/` for
+    the root; as given (matching nothing) if it holds dot segments or is malformed."""
     path = "/" + path.strip("/")
+    try:
+        clean = _clean(path.encode("latin-1"))
+    except (PathError, UnicodeEncodeError):
+        return path
+    if _without_dot_segments(clean) != clean:
+        return path
+    return clean.decode("latin-1").rstrip("/") or "/"
+
+
+# What a target holds if `routable_target` may have to change or refuse it: a
+# percent-escape, a backslash, a `#`, a `/.` or a `//` (in its query too, to keep
+# the test one search). A target without any is already in normal form.
+UNUSUAL_TARGET = re.compile(rb"[%\\#]|/[./]")
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})?")
+# An escape `_canonical_escape` would change: malformed, lower-case, or unreserved.
+_ESCAPE_TO_CHANGE = re.compile(
+    rb"%(?![0-9A-F]{2})|%(?:[46][1-9A-F]|[57][0-9A]|3[0-9]|2[DE]|5F|7E)")
+_SLASHES = re.compile(rb"//++")
+
+
+def normalize_path(path: bytes) -> bytes:
+    """`path` (origin-form, starting with `/`, no query) in the normal form routes
+    match; PathError if it is refused."""
+    if b"\\" in path:
+        raise PathError("backslash in the request path")
+    if b"#" in path:
+        raise PathError("fragment (#) in the request target")
+    return _without_dot_segments(_clean(path))
+
+
+def routable_target(target: bytes) -> tuple[bytes, bytes]:
+    """(path to route by, target to forward) for an origin-form request `target`; the
+    query is kept as sent. PathError if the path is refused."""
+    if UNUSUAL_TARGET.search(target) is None:  # the commonest case: nothing to do
+        return target.partition(b"?")[0], target
+    if not target.startswith(b"/"):
+        return target, target  # `*` (OPTIONS): nothing to normalise
+    path, sep, query = target.partition(b"?")
+    if b"#" in query:
+        raise PathError("fragment (#) in the request target")
+    normal = normalize_path(path)
+    return normal, target if normal == path else normal + sep + query
+
+
+def _clean(path: bytes) -> bytes:
+    """`path` with canonical percent-escapes and no runs of `/`."""
+    if b"%" in path and _ESCAPE_TO_CHANGE.search(path):
+        path = _ESCAPE.sub(_canonical_escape, path)
+    if b"//" in path:
+        path = _SLASHES.sub(b"/", path)
     return path
+
+
+def _canonical_escape(match: re.Match[bytes]) -> bytes:
+    """An unreserved character for its escape, or the escape with upper-case digits."""
+    digits = match.group(1)
+    if digits is None:
+        raise PathError("malformed percent-escape in the request path")
+    byte = int(digits, 16)
+    return bytes((byte,)) if byte in _UNRESERVED else b"%" + digits.upper()
+
+
+def _without_dot_segments(path: bytes) -> bytes:
+    """RFC 3986 5.2.4 on a path without runs of `/`: `.` goes, `..` takes the segment
+    before it (never above the root), a trailing one leaves a trailing `/`."""
+    if b"/." not in path:
+        return path
+    segments = path.split(b"/")[1:]
+    kept: list[bytes] = []
+    for segment in segments:
+        if segment == b"..":
+            if kept:
+                kept.pop()
+        elif segment != b".":
+            kept.append(segment)
+    if segments[-1] in (b".", b".."):
+        kept.append(b"")
+    return b"/" + b"/".join(kept)
 
 
 def path_has_prefix(path: str, prefix: str) -> bool:

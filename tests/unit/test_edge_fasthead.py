@@ -18,6 +18,7 @@ from edge.http import (
     ResponseHead,
     ResponseParser,
 )
+from edge.routes import PathError, routable_target
 
 LIMITS = Limits(64 * 1024, 100, None)
 
@@ -76,10 +77,17 @@ def test_a_head_over_the_header_limit_goes_to_the_general_parser() -> None:
 NAMES = ["Host", "host", "HOST", "Accept", "Cookie", "Connection", "Keep-Alive", "TE",
          "Trailer", "Proxy-Connection", "Upgrade", "Content-Length", "Transfer-Encoding",
          "X-Forwarded-For", "x-forwarded-proto", "X-Forwarded-Host", "X-Request-Id",
+         "Forwarded", "forwarded", "X-Real-IP", "x-real-ip",
          "Set-Cookie", "X-Other", "Bad Name", "Content-Type", "Date"]
 VALUES = ["a.localhost", "keep-alive", "close", "Keep-Alive, close", "x-other", "5", "0",
           "chunked", "10.0.0.1", "https", "abc-123", "bad id!", "JSESSIONID=1", " spaced ",
-          "", "a\tb", "text/plain"]
+          "", "a\tb", "text/plain", 'for=10.0.0.1;host="evil:1", for=unknown', "::1"]
+# Targets with everything the general path normalises or refuses (edge.routes).
+TARGET_PARTS = ["p", "api", "", ".", "..", "%2e", "%2E%2e", "%2f", "%41", "%7E", "%c3%a9",
+                "%C3%A9", "%2F", "a%20b", "x/",
+                "%zz", "\\", "x#y", ".well-known", "a..", "p?q=1", "p?next=/../x%2e"]
+targets = st.lists(st.sampled_from(TARGET_PARTS), min_size=1, max_size=5).map(
+    lambda parts: b"/" + "/".join(parts).encode())
 header_lists = st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=8)
 
 
@@ -113,16 +121,43 @@ def as_set(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return sorted((name.lower(), value.strip(b" \t")) for name, value in headers)
 
 
-@settings(max_examples=400)
-@given(st.sampled_from([b"GET", b"HEAD", b"DELETE", b"POST"]), st.sampled_from([b"1.1", b"1.0"]),
-       with_one("Host", "a.localhost"), st.booleans())
+METHODS = st.sampled_from([b"GET", b"HEAD", b"DELETE", b"POST"])
+VERSIONS = st.sampled_from([b"1.1", b"1.0"])
+CLIENT_IPS = st.sampled_from(["10.9.9.9", "::1"])
+HOSTS = st.sampled_from([b"a.localhost", b"a.localhost:8080", b"[::1]:8080"])
+# Lines the fast reader can take, with the forwarding ones it must rewrite.
+FORWARDING_NAMES = ["Host", "Accept", "X-Other", "Forwarded", "forwarded", "X-Real-IP",
+                    "x-real-ip", "X-Forwarded-For", "x-forwarded-proto", "X-Forwarded-Host"]
+forwarding_lists = st.lists(st.tuples(st.sampled_from(FORWARDING_NAMES),
+                                      st.sampled_from(VALUES)), max_size=5)
+
+
+@settings(max_examples=600)
+@given(METHODS, VERSIONS, with_one("Host", "a.localhost"), st.booleans(), CLIENT_IPS,
+       st.one_of(st.just(b"/p?q=1"), targets), HOSTS)
 def test_a_request_the_fast_reader_takes_is_forwarded_as_the_general_path_would(
-    method: bytes, version: bytes, headers: list[tuple[str, str]], trusted: bool
+    method: bytes, version: bytes, headers: list[tuple[str, str]], trusted: bool,
+    client_ip: str, target: bytes, host: bytes
 ) -> None:
-    lines = wire(headers)
-    raw = b"%b /p?q=1 HTTP/%b\r\n%b\r\n" % (method, version, lines)
-    plain = read_request(raw, LIMITS, client_ip=b"10.9.9.9", scheme=b"http", trusted=trusted,
-                         fresh_id=b"fresh")
+    check_request(method, version, headers, trusted, client_ip, target, host)
+
+
+@settings(max_examples=400)
+@given(VERSIONS, forwarding_lists, st.booleans(), CLIENT_IPS, HOSTS)
+def test_forwarding_headers_are_rewritten_as_the_general_path_would(
+    version: bytes, headers: list[tuple[str, str]], trusted: bool, client_ip: str, host: bytes
+) -> None:
+    check_request(b"GET", version, [("Host", "a.localhost"), *headers], trusted, client_ip,
+                  b"/p", host)
+
+
+def check_request(method: bytes, version: bytes, headers: list[tuple[str, str]], trusted: bool,
+                  client_ip: str, target: bytes, host: bytes) -> None:
+    """If the fast reader takes this head, it sends on what the general path would."""
+    lines = wire(headers).replace(b"a.localhost", host)
+    raw = b"%b %b HTTP/%b\r\n%b\r\n" % (method, target, version, lines)
+    plain = read_request(raw, LIMITS, client_ip=client_ip.encode(), scheme=b"http",
+                         trusted=trusted, fresh_id=b"fresh")
     general = general_request(raw)
     if plain is None:
         return
@@ -130,12 +165,17 @@ def test_a_request_the_fast_reader_takes_is_forwarded_as_the_general_path_would(
     assert general.framing is Framing.NONE and not general.upgrade
     assert (plain.method, plain.target, plain.keep_alive) == (
         general.method, general.target, general.keep_alive)
+    # the general path would route by the same path and forward the same target
+    try:
+        assert routable_target(general.target) == (plain.path, plain.target)
+    except PathError:
+        raise AssertionError("the fast reader took a target the general path refuses") from None
     assert plain.size == len(raw)
     hosts = [v.strip(b" \t") for n, v in general.headers if n.lower() == b"host"]
     assert hosts == [plain.host]
     expected, request_id = hdr.forward_request(
         [(n, v.strip(b" \t")) for n, v in general.headers], host=plain.host,
-        client_ip="10.9.9.9", proto="http", trusted=trusted, fresh_id=b"fresh", websocket=False)
+        client_ip=client_ip, proto="http", trusted=trusted, fresh_id=b"fresh", websocket=False)
     assert plain.request_id == request_id
     sent = general_request(plain.upstream)
     assert sent is not None and sent.version == b"1.1"

@@ -75,7 +75,9 @@ SPOOFED = [
     (b"X-Forwarded-For", b"10.0.0.1"),
     (b"x-forwarded-proto", b"https"),
     (b"X-Forwarded-Host", b"evil"),
+    (b"Forwarded", b"for=10.0.0.1;host=evil"),
     (b"Accept", b"*/*"),
+    (b"x-real-ip", b"10.0.0.1"),
 ]
 
 
@@ -86,6 +88,8 @@ def test_add_forwarded_replaces_what_an_untrusted_peer_claims() -> None:
         (b"X-Forwarded-For", b"192.0.2.7"),
         (b"X-Forwarded-Proto", b"http"),
         (b"X-Forwarded-Host", b"a.localhost"),
+        (b"X-Real-IP", b"192.0.2.7"),
+        (b"Forwarded", b"for=192.0.2.7;proto=http;host=a.localhost"),
     ]
 
 
@@ -98,7 +102,65 @@ def test_add_forwarded_appends_to_a_trusted_proxy_chain() -> None:
         (b"X-Forwarded-For", b"10.0.0.1, 192.0.2.7"),
         (b"X-Forwarded-Proto", b"https"),
         (b"X-Forwarded-Host", b"evil"),
+        (b"X-Real-IP", b"10.0.0.1"),
+        (b"Forwarded", b"for=10.0.0.1;host=evil, for=192.0.2.7;proto=http;host=a.localhost"),
     ]
+
+
+def test_a_trusted_proxy_without_forwarded_or_x_real_ip_gets_the_edges_own() -> None:
+    out = hdr.add_forwarded(
+        [(b"Forwarded", b" "), (b"X-Real-IP", b"")], client_ip="192.0.2.7", proto="https",
+        host=b"a.localhost", trusted=True,
+    )
+    assert hdr.get_all(out, b"x-real-ip") == [b"192.0.2.7"]
+    assert hdr.get_all(out, b"forwarded") == [b"for=192.0.2.7;proto=https;host=a.localhost"]
+
+
+def test_several_forwarded_lines_from_a_trusted_proxy_become_one_list() -> None:
+    given = [(b"Forwarded", b"for=1.1.1.1"), (b"forwarded", b"for=2.2.2.2, for=3.3.3.3")]
+    out = hdr.add_forwarded(given, client_ip="10.0.0.9", proto="http", host=b"h", trusted=True)
+    assert hdr.get_all(out, b"forwarded") == [
+        b"for=1.1.1.1, for=2.2.2.2, for=3.3.3.3, for=10.0.0.9;proto=http;host=h"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("client_ip", "proto", "host", "expected"),
+    [
+        (b"192.0.2.7", b"http", b"a.localhost", b"for=192.0.2.7;proto=http;host=a.localhost"),
+        # a port makes the host a quoted-string (":" is not a token character)
+        (b"192.0.2.7", b"https", b"a.localhost:8443",
+         b'for=192.0.2.7;proto=https;host="a.localhost:8443"'),
+        # IPv6 is bracketed and quoted (RFC 7239 section 6)
+        (b"::1", b"http", b"a", b'for="[::1]";proto=http;host=a'),
+        (b"2001:db8::7", b"http", b"[2001:db8::1]:80",
+         b'for="[2001:db8::7]";proto=http;host="[2001:db8::1]:80"'),
+        # quotes and backslashes inside a quoted-string are escaped
+        (b"10.0.0.1", b"http", b'a"b\\c', b'for=10.0.0.1;proto=http;host="a\\"b\\\\c"'),
+        (b"", b"http", b"a", b"for=unknown;proto=http;host=a"),
+        # a Host too long to keep in the cache is quoted the same way
+        (b"10.0.0.1", b"http", b"a" * 400 + b":1", b'for=10.0.0.1;proto=http;host="%b:1"' % (
+            b"a" * 400)),
+    ],
+)
+def test_forwarded_element_quotes_what_is_not_a_token(
+    client_ip: bytes, proto: bytes, host: bytes, expected: bytes
+) -> None:
+    assert hdr.forwarded_element(client_ip, proto, host) == expected
+
+
+def test_forward_request_sets_the_same_forwarding_headers_as_add_forwarded() -> None:
+    for trusted in (False, True):
+        out, _ = hdr.forward_request(
+            SPOOFED, host=b"a.localhost:8080", client_ip="::1", proto="http", trusted=trusted,
+            fresh_id=b"id", websocket=False,
+        )
+        expected = hdr.add_forwarded(
+            SPOOFED, client_ip="::1", proto="http", host=b"a.localhost:8080", trusted=trusted
+        )
+        for name in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                     b"x-real-ip", b"forwarded"):
+            assert hdr.get_all(out, name) == hdr.get_all(expected, name), (trusted, name)
 
 
 @pytest.mark.parametrize(
