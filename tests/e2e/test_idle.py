@@ -10,6 +10,10 @@ push nothing at all is asked of any of them for longer than any thread-cache tim
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +21,7 @@ from typing import Any
 import pytest
 
 from node.jail import FULL, TIERS, choose_tier, probe
-from tests.e2e.conftest import EXAMPLES, Platform, eventually
+from tests.e2e.conftest import EXAMPLES, ROOT, Platform, eventually
 
 pytestmark = pytest.mark.slow
 IDLE_SECONDS = 60          # trio retires worker threads after 10 s; anyio's pool similar
@@ -40,13 +44,14 @@ def platforms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pl
             started[tier] = p
         yield started
     finally:
-        for p in started.values():
-            if p.proc is not None and p.proc.poll() is None:
-                p.stop()
+        running = [p.proc for p in started.values() if p.proc is not None and p.proc.poll() is None]
+        for proc in running:                  # stop them together, as Ctrl-C would
+            proc.send_signal(signal.SIGINT)
+        for proc in running:
+            proc.wait(30)
 
 
 def test_full_tier_is_among_the_idle_platforms_in_ci(platforms: dict[str, Platform]) -> None:
-    import os
     if os.environ.get("CI"):
         assert FULL in platforms, "CI runs as root with bubblewrap: the full tier must be tested"
     for tier, p in platforms.items():
@@ -78,7 +83,11 @@ def test_idle_instances_are_never_restarted(platforms: dict[str, Platform]) -> N
 
 def test_a_task_started_on_an_idle_node_runs_to_its_end(platforms: dict[str, Platform]) -> None:
     """One-off tasks come from the same spawner: one outliving the thread timeout finishes."""
-    for tier, p in platforms.items():
-        done = p.cli("run", "quiet", "--", "python3", "-c",
-                     "import time; time.sleep(14); print('task-finished')", timeout=120)
-        assert "task-finished" in done.stdout + done.stderr, tier
+    tasks = {tier: subprocess.Popen(
+        [sys.executable, "-m", "foundry", "run", "quiet", "--", "python3", "-c",
+         "import time; time.sleep(14); print('task-finished')"], env=p.env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for tier, p in platforms.items()}       # all at once: each node idles on its own
+    for tier, task in tasks.items():
+        out, _ = task.communicate(timeout=120)
+        assert task.returncode == 0 and "task-finished" in out, (tier, out)
