@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import httpx
 import typer
 
@@ -1498,25 +1497,50 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def usage_errors() -> tuple[type[Exception], type[Exception], tuple[type[Exception], ...]]:
+    """(UsageError, ClickException, NoArgsIsHelpError or ()) as the installed typer raises them.
+
+    typer 0.29 vendors click as `typer._click` and raises its own copies of click's
+    exceptions, which `click.UsageError` does not catch; older typer raises click's own.
+    Its public `BadParameter` is a UsageError either way, so the classes are taken from its
+    ancestry instead of from a module path that changes between versions.
+    """
+    ancestry = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+    usage, base = ancestry["UsageError"], ancestry["ClickException"]
+    no_args = getattr(sys.modules[usage.__module__], "NoArgsIsHelpError", None)
+    return usage, base, (no_args,) if no_args else ()
+
+
+def one_line(error: Exception) -> str:
+    """A click error's message as one stderr line: its hints may span lines ("Choose from:")."""
+    return " ".join(getattr(error, "format_message", error.__str__)().split())
+
+
 def main() -> None:
     """Entry point: run a command; report any failure as one line on stderr."""
     from control.errors import FoundryError
 
+    usage_error, click_error, no_args_error = usage_errors()
     try:
         code = app(standalone_mode=False)
     except (CLIError, FoundryError) as e:
         typer.echo(f"foundry: {e}", err=True)
         sys.exit(1)
-    except click.UsageError as e:
-        typer.echo(f"foundry: {e.format_message()}", err=True)
+    except no_args_error as e:
+        # `foundry` or `foundry node` alone: the help is what was asked for, on stdout;
+        # the missing command is still a usage error (click's own exit code for it)
+        typer.echo(getattr(e, "format_message", e.__str__)())
+        typer.echo("foundry: missing command (listed above)", err=True)
         sys.exit(2)
-    except click.ClickException as e:
-        typer.echo(f"foundry: {e.format_message()}", err=True)
-        sys.exit(e.exit_code)
-    except (click.Abort, KeyboardInterrupt):
+    except usage_error as e:
+        typer.echo(f"foundry: {one_line(e)}", err=True)
+        sys.exit(2)
+    except click_error as e:
+        typer.echo(f"foundry: {one_line(e)}", err=True)
+        sys.exit(getattr(e, "exit_code", 1))
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
-
 
 if __name__ == "__main__":
     main()
