@@ -1105,6 +1105,7 @@ def edge(listen: str = typer.Option("127.0.0.1:8080"),
     _die_with_up()
     import ipaddress
 
+    from edge.listen import PortInUse
     from edge.main import WorkerDied, run
     from edge.proxy import EdgeConfig
 
@@ -1119,7 +1120,7 @@ def edge(listen: str = typer.Option("127.0.0.1:8080"),
         run(EdgeConfig(host=host, port=port, control_url=control_url.rstrip("/"), token=token,
                        workers=workers, admin_host=admin_host, admin_port=admin_port,
                        trusted_proxies=tuple(trusted_proxy), ship_access_logs=access_logs))
-    except WorkerDied as e:
+    except (WorkerDied, PortInUse) as e:
         raise CLIError(str(e)) from None
 
 
@@ -1421,13 +1422,16 @@ class Up:
             if check():
                 return
             time.sleep(0.05)
-        raise CLIError(f"{role} did not start; see {self.home / 'logs' / (role + '.log')}")
+        log = self.home / "logs" / (role + ".log")
+        reason = _last_line(log) if self.procs[role].poll() is not None else ""
+        raise CLIError(f"{role} did not start{': ' + reason if reason else ''}; see {log}")
 
     def run(self) -> None:
         self.prepare()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: setattr(self, "stopping", True))
         try:
+            self.check_ports()
             self.spawn("control")
             self.wait_ready("control", lambda: _http_ok(self.api_url + "/v1/health"))
             self.spawn("node")
@@ -1437,6 +1441,20 @@ class Up:
             self.supervise()
         finally:
             self.shutdown()
+
+    def check_ports(self) -> None:
+        """Refuse to start beside another program on our ports. The roles refuse too, but
+        the readiness checks would take the other program's answers for theirs (another
+        platform's health, another edge's open port) and report a platform that is not ours.
+        """
+        from edge.listen import PortInUse, check_port_free
+
+        for host, port, option in (("127.0.0.1", self.api_port, "--api-port"),
+                                   ("0.0.0.0", self.http_port, "--http-port")):
+            try:
+                check_port_free(host, port)
+            except PortInUse as e:
+                raise CLIError(f"{e} (pick another with {option})") from None
 
     def banner(self) -> None:
         typer.echo(f"Foundry is up (home {self.home})")
@@ -1480,6 +1498,18 @@ class Up:
         self.pid_file.unlink(missing_ok=True)
         with contextlib.suppress(OSError):   # after SIGHUP the terminal may be gone
             typer.echo("Foundry stopped.")
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a role's log: why it exited, when it said so."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return last.removeprefix("foundry: ")
 
 
 def _http_ok(url: str) -> bool:
