@@ -1370,6 +1370,11 @@ class Up:
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.home, 0o700)
         self.claim_home()
+        try:
+            self.check_ports()   # after claim_home: a crashed run of this home held them
+        except CLIError:
+            self.pid_file.unlink(missing_ok=True)
+            raise
         tightened = secure_home(self.home / "control")
         if tightened:
             typer.echo(f"tightened {tightened} path(s) under {self.home / 'control'}: "
@@ -1431,7 +1436,6 @@ class Up:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: setattr(self, "stopping", True))
         try:
-            self.check_ports()
             self.spawn("control")
             self.wait_ready("control", lambda: _http_ok(self.api_url + "/v1/health"))
             self.spawn("node")
@@ -1443,10 +1447,10 @@ class Up:
             self.shutdown()
 
     def check_ports(self) -> None:
-        """Refuse to start beside another program on our ports. The roles refuse too, but
-        the readiness checks would take the other program's answers for theirs (another
-        platform's health, another edge's open port) and report a platform that is not ours.
-        """
+        """Refuse to start beside another program on our ports, before writing anything
+        but the pid file. The roles refuse too, but the readiness checks would take the
+        other program's answers for theirs (another platform's health, another edge's open
+        port) and report a platform that is not ours."""
         from edge.listen import PortInUse, check_port_free
 
         for host, port, option in (("127.0.0.1", self.api_port, "--api-port"),
