@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import httpx
 import typer
 
@@ -1106,6 +1105,7 @@ def edge(listen: str = typer.Option("127.0.0.1:8080"),
     _die_with_up()
     import ipaddress
 
+    from edge.listen import PortInUse
     from edge.main import WorkerDied, run
     from edge.proxy import EdgeConfig
 
@@ -1120,7 +1120,7 @@ def edge(listen: str = typer.Option("127.0.0.1:8080"),
         run(EdgeConfig(host=host, port=port, control_url=control_url.rstrip("/"), token=token,
                        workers=workers, admin_host=admin_host, admin_port=admin_port,
                        trusted_proxies=tuple(trusted_proxy), ship_access_logs=access_logs))
-    except WorkerDied as e:
+    except (WorkerDied, PortInUse) as e:
         raise CLIError(str(e)) from None
 
 
@@ -1370,6 +1370,11 @@ class Up:
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.home, 0o700)
         self.claim_home()
+        try:
+            self.check_ports()   # after claim_home: a crashed run of this home held them
+        except CLIError:
+            self.pid_file.unlink(missing_ok=True)
+            raise
         tightened = secure_home(self.home / "control")
         if tightened:
             typer.echo(f"tightened {tightened} path(s) under {self.home / 'control'}: "
@@ -1422,7 +1427,9 @@ class Up:
             if check():
                 return
             time.sleep(0.05)
-        raise CLIError(f"{role} did not start; see {self.home / 'logs' / (role + '.log')}")
+        log = self.home / "logs" / (role + ".log")
+        reason = _last_line(log) if self.procs[role].poll() is not None else ""
+        raise CLIError(f"{role} did not start{': ' + reason if reason else ''}; see {log}")
 
     def run(self) -> None:
         self.prepare()
@@ -1438,6 +1445,20 @@ class Up:
             self.supervise()
         finally:
             self.shutdown()
+
+    def check_ports(self) -> None:
+        """Refuse to start beside another program on our ports, before writing anything
+        but the pid file. The roles refuse too, but the readiness checks would take the
+        other program's answers for theirs (another platform's health, another edge's open
+        port) and report a platform that is not ours."""
+        from edge.listen import PortInUse, check_port_free
+
+        for host, port, option in (("127.0.0.1", self.api_port, "--api-port"),
+                                   ("0.0.0.0", self.http_port, "--http-port")):
+            try:
+                check_port_free(host, port)
+            except PortInUse as e:
+                raise CLIError(f"{e} (pick another with {option})") from None
 
     def banner(self) -> None:
         typer.echo(f"Foundry is up (home {self.home})")
@@ -1483,6 +1504,18 @@ class Up:
             typer.echo("Foundry stopped.")
 
 
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a role's log: why it exited, when it said so."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return last.removeprefix("foundry: ")
+
+
 def _http_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1).status_code == 200
@@ -1498,25 +1531,50 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def usage_errors() -> tuple[type[Exception], type[Exception], tuple[type[Exception], ...]]:
+    """(UsageError, ClickException, NoArgsIsHelpError or ()) as the installed typer raises them.
+
+    typer 0.29 vendors click as `typer._click` and raises its own copies of click's
+    exceptions, which `click.UsageError` does not catch; older typer raises click's own.
+    Its public `BadParameter` is a UsageError either way, so the classes are taken from its
+    ancestry instead of from a module path that changes between versions.
+    """
+    ancestry = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+    usage, base = ancestry["UsageError"], ancestry["ClickException"]
+    no_args = getattr(sys.modules[usage.__module__], "NoArgsIsHelpError", None)
+    return usage, base, (no_args,) if no_args else ()
+
+
+def one_line(error: Exception) -> str:
+    """A click error's message as one stderr line: its hints may span lines ("Choose from:")."""
+    return " ".join(getattr(error, "format_message", error.__str__)().split())
+
+
 def main() -> None:
     """Entry point: run a command; report any failure as one line on stderr."""
     from control.errors import FoundryError
 
+    usage_error, click_error, no_args_error = usage_errors()
     try:
         code = app(standalone_mode=False)
     except (CLIError, FoundryError) as e:
         typer.echo(f"foundry: {e}", err=True)
         sys.exit(1)
-    except click.UsageError as e:
-        typer.echo(f"foundry: {e.format_message()}", err=True)
+    except no_args_error as e:
+        # `foundry` or `foundry node` alone: the help is what was asked for, on stdout;
+        # the missing command is still a usage error (click's own exit code for it)
+        typer.echo(getattr(e, "format_message", e.__str__)())
+        typer.echo("foundry: missing command (listed above)", err=True)
         sys.exit(2)
-    except click.ClickException as e:
-        typer.echo(f"foundry: {e.format_message()}", err=True)
-        sys.exit(e.exit_code)
-    except (click.Abort, KeyboardInterrupt):
+    except usage_error as e:
+        typer.echo(f"foundry: {one_line(e)}", err=True)
+        sys.exit(2)
+    except click_error as e:
+        typer.echo(f"foundry: {one_line(e)}", err=True)
+        sys.exit(getattr(e, "exit_code", 1))
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
-
 
 if __name__ == "__main__":
     main()

@@ -5,9 +5,13 @@ Rules kept here:
     proxy, optional admin listener and log shipper — in one trio nursery, on their
     own SO_REUSEPORT socket bound to the same port. They share nothing; each polls
     the control plane and keeps its own pool and balancer.
+  * Before any worker binds, `run` claims the port (and the admin port) with
+    `edge.listen.claim_port`: if another process has it, the edge refuses to start
+    (PortInUse, "port 8080 is in use by another process") instead of sharing it
+    through SO_REUSEPORT. The claim is held until the edge exits; it also resolves
+    port 0 once for all workers.
   * With more than one worker the parent forks them before it starts trio (a fork
-    inside a trio run would copy its state), holds the port (bound, not
-    listening) so port 0 resolves once for all, logs `edge-started` when every
+    inside a trio run would copy its state), logs `edge-started` when every
     worker listens, and passes SIGTERM/SIGINT on. If a worker dies on its own the
     parent stops the rest and `run` raises WorkerDied, for a supervisor to restart.
   * SIGTERM and SIGINT are a graceful stop: stop accepting, let in-flight requests
@@ -24,7 +28,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 from dataclasses import replace
 from functools import partial
@@ -37,6 +40,7 @@ import trio
 from edge.accesslog import LogShipper
 from edge.admin import serve_admin
 from edge.config import EdgeConfig
+from edge.listen import claim_port
 from edge.metrics import report
 from edge.proxy import Edge, serve
 from edge.routes import RouteSource, RouteTable
@@ -49,13 +53,24 @@ PR_SET_PDEATHSIG = 1
 
 
 def run(config: EdgeConfig) -> None:
-    """Run the edge described by `config` until SIGTERM or SIGINT."""
+    """Run the edge described by `config` until SIGTERM or SIGINT.
+
+    Raises PortInUse, before anything starts, if another process has one of its ports.
+    """
     workers = config.workers or os.cpu_count() or 1
-    if workers == 1:
-        trio.run(_worker_main, config, None)
-        return
-    if _run_workers(config, workers):
-        raise WorkerDied("an edge worker exited on its own; the others were stopped")
+    holders = [claim_port(config.host, config.port)]
+    try:
+        config = replace(config, port=holders[0].getsockname()[1])
+        if config.admin_port is not None:
+            holders.append(claim_port(config.admin_host, config.admin_port))
+            config = replace(config, admin_port=holders[1].getsockname()[1])
+        if workers == 1:
+            trio.run(_worker_main, config, None)
+        elif _run_workers(config, workers):
+            raise WorkerDied("an edge worker exited on its own; the others were stopped")
+    finally:
+        for holder in holders:
+            holder.close()
 
 
 class WorkerDied(RuntimeError):
@@ -63,12 +78,8 @@ class WorkerDied(RuntimeError):
 
 
 def _run_workers(config: EdgeConfig, workers: int) -> int:
-    """Fork `workers` edge processes on one port and supervise them; the exit status."""
-    holders = [_hold_port(config.host, config.port)]
-    config = replace(config, port=holders[0].getsockname()[1])
-    if config.admin_port is not None:
-        holders.append(_hold_port(config.admin_host, config.admin_port))
-        config = replace(config, admin_port=holders[1].getsockname()[1])
+    """Fork `workers` edge processes on the claimed port and supervise them; the exit
+    status."""
     context = multiprocessing.get_context("fork")
     procs: list[BaseProcess] = []
     ready: list[Connection] = []
@@ -79,21 +90,7 @@ def _run_workers(config: EdgeConfig, workers: int) -> int:
         sender.close()
         procs.append(proc)
         ready.append(receiver)
-    try:
-        return trio.run(_supervise, config, procs, ready)
-    finally:
-        for holder in holders:
-            holder.close()
-
-
-def _hold_port(host: str, port: int) -> socket.socket:
-    """A bound, non-listening SO_REUSEPORT socket: fixes the port, takes no connections."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    holder = socket.socket(family, socket.SOCK_STREAM)
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    holder.bind((host, port))
-    return holder
+    return trio.run(_supervise, config, procs, ready)
 
 
 async def _supervise(config: EdgeConfig, procs: list[BaseProcess], ready: list[Connection]) -> int:
