@@ -1367,7 +1367,7 @@ class Up:
         from control.vault import secure_home
 
         for sub in ("control", "node", "logs"):
-            (self.home / sub).mkdir(parents=True, exist_ok=True)
+            (self.home / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.home, 0o700)
         self.claim_home()
         try:
