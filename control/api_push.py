@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
 import tempfile
@@ -41,6 +40,7 @@ from control.context import (
     env_pairs,
     int_between,
     json_body,
+    json_object,
 )
 from control.errors import (
     BadRequest,
@@ -132,7 +132,8 @@ async def _config_prefix(ctl: Control, request: Request, name: str
     try:
         while len(head) < length:
             head += await anext(stream)
-        config = ({}, False) if not length else _push_config(_json_object(head[:length]))
+        config = (({}, False) if not length
+                  else _push_config(json_object(head[:length], "push config")))
         _check_push_config(ctl, name, *config)
     except StopAsyncIteration:
         await stream.aclose()
@@ -149,16 +150,6 @@ async def _config_prefix(ctl: Control, request: Request, name: str
                 yield chunk
 
     return config, length, rest()
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise BadRequest("push config is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("push config must be a JSON object")
-    return body
 
 
 async def _receive_source(ctl: Control, request: Request,

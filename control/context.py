@@ -133,12 +133,17 @@ async def json_body(request: Request, limit: int | None = None,
     raw = await read_body(request, cap)
     if request.headers.get("content-encoding", "") == "gzip":
         raw = gunzip(raw, expanded if expanded is not None else cap)
+    return json_object(raw, "request body")
+
+
+def json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """`raw` parsed as a JSON object; BadRequest naming `what` otherwise."""
     try:
         body = json.loads(raw)
     except ValueError:
-        raise BadRequest("request body is not valid JSON") from None
+        raise BadRequest(f"{what} is not valid JSON") from None
     if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
+        raise BadRequest(f"{what} must be a JSON object")
     return body
 
 

@@ -3,6 +3,8 @@ httpx's ASGI transport (no sockets), with a clock the test moves."""
 
 from __future__ import annotations
 
+import io
+import tarfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,3 +49,14 @@ async def control(tmp_path: Path) -> AsyncIterator[Control]:
                                  headers={"authorization": f"Bearer {admin}"}) as http:
         yield Control(store, clock, http, admin)
     store.close()
+
+
+def tarball(files: dict[str, bytes]) -> bytes:
+    """A gzip'd tar of `files` (name -> bytes), as the CLI uploads files for matching."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

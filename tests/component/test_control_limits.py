@@ -8,11 +8,9 @@ import base64
 import functools
 import gzip
 import hashlib
-import io
 import json
 import sqlite3
 import subprocess
-import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from control.config import ControlConfig
 from control.limits import RequestLimits
 from control.store import Store
 from control.uploads import ArchiveLimits
-from tests.component.conftest import Clock, Control
+from tests.component.conftest import Clock, Control, tarball
 
 KIB = 1024
 LIMITS = RequestLimits(json=64 * KIB, node_report=64 * KIB, resource_list=64 * KIB,
@@ -46,16 +44,6 @@ async def small(tmp_path: Path) -> AsyncIterator[Control]:
                                  headers={"authorization": f"Bearer {admin}"}) as http:
         yield Control(store, clock, http, admin)
     store.close()
-
-
-def tarball(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 SOURCE = tarball({"Procfile": b"web: python3 -m http.server $PORT\n"})

@@ -6,14 +6,12 @@ what does not exist."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
 from typing import Any
 
 import httpx
 
-from tests.component.conftest import Control
+from tests.component.conftest import Control, tarball
 
 BIG = b"SECRET_KEY=alice-only\n" + b"#" * (70 * 1024)          # over the 64 KiB pool minimum
 SMALL = b"print('hello')\n"
@@ -21,16 +19,6 @@ SMALL = b"print('hello')\n"
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def tarball(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def entry(path: str, data: bytes) -> dict[str, Any]:
