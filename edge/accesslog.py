@@ -2,7 +2,8 @@
 
 Rules kept here:
   * Every finished request logs one `edge-request` line on the `edge.access` logger
-    with its request id, app, instance, status, bytes sent and duration.
+    with its request id, app, instance, status, bytes sent, duration and the request
+    path that served it (`via`, see `edge.record`), all read from its `RequestRecord`.
   * Shipping never blocks or slows a request: `record` only appends to a bounded
     queue; when the queue is full the line is dropped and counted
     (`dropped`), and the drop count is logged with the next batch that goes out.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from edge.routes import Backend
+from edge.record import RequestRecord
 
 log = logging.getLogger("edge.access")
 ship_log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class AccessRecord:
     status: int
     bytes_sent: int
     ms: float
+    via: str = "-"
 
 
 def access_line(record: AccessRecord) -> str:
@@ -49,7 +51,7 @@ def access_line(record: AccessRecord) -> str:
         f"edge-request id={record.request_id} method={record.method} host={record.host} "
         f"path={record.path[:200]} app={record.app} instance={record.instance} "
         f"backend={record.backend} status={record.status} bytes={record.bytes_sent} "
-        f"ms={record.ms:.1f}"
+        f"ms={record.ms:.1f} via={record.via}"
     )
 
 
@@ -67,22 +69,22 @@ def access_wanted(shipper: LogShipper | None) -> bool:
     return shipper is not None or log.isEnabledFor(logging.INFO)
 
 
-def log_request(shipper: LogShipper | None, backend: Backend | None, *, request_id: bytes,
-                method: bytes, host: str, path: str, app: str, status: int,
-                bytes_sent: int, ms: float) -> None:
+def log_request(shipper: LogShipper | None, record: RequestRecord, now: float) -> None:
     """Log one finished request (and queue it for shipping); builds nothing when neither
     the log nor a shipper wants it."""
     if shipper is None and not log.isEnabledFor(logging.INFO):
         return
-    record = AccessRecord(
-        request_id=request_id.decode("latin-1"), method=method.decode("latin-1"),
-        host=host, path=path, app=app,
+    backend = record.backend
+    line = AccessRecord(
+        request_id=record.request_id.decode("latin-1"), method=record.method.decode("latin-1"),
+        host=record.host, path=record.path, app=record.app,
         instance=backend.instance if backend else "-",
         backend=backend.address if backend else "-",
-        status=status, bytes_sent=bytes_sent, ms=ms)
-    log.info("%s", access_line(record))
+        status=record.status, bytes_sent=record.bytes_sent, ms=(now - record.started) * 1000,
+        via=record.via)
+    log.info("%s", access_line(line))
     if shipper is not None:
-        shipper.record(record)
+        shipper.record(line)
 
 
 class LogShipper:

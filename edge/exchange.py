@@ -24,6 +24,11 @@ Rules kept here:
     it keeps its turn in the app's queue until its head is on the way upstream.
   * Every routed request counts as in flight for its app (held ones too) until it
     ends or becomes a tunnel, which counts as a tunnel instead (`edge.metrics`).
+  * What happened is kept in the request's `RequestRecord` (`edge.record`), which the
+    access log and metrics read. An Exchange the fast path made to finish one of its
+    requests (`Exchange(..., record=...)`) fills that record but leaves counting
+    and logging to the lane; the lane uses only the public methods (`fail`, `relay`,
+    `goes_on`).
 """
 
 from __future__ import annotations
@@ -32,13 +37,10 @@ import itertools
 import logging
 import math
 import os
-from typing import TYPE_CHECKING
 
 import trio
 
 from edge import headers as hdr
-from edge.accesslog import log_request
-from edge.balance import BALANCE
 from edge.encode import (
     encode_body,
     encode_request_head,
@@ -63,13 +65,12 @@ from edge.http import (
 )
 from edge.netio import Conn
 from edge.peer import Peer
+from edge.record import GENERAL, RequestRecord
 from edge.routes import Backend, PathError, Route, routable_target
+from edge.session import Session
 from edge.tunnel import tunnel
-from edge.upstream import ConnectFailed, connect_first, may_replay
+from edge.upstream import ConnectFailed, acquire, may_replay, release
 from edge.wake import QueueFull, Turn
-
-if TYPE_CHECKING:
-    from edge.proxy import Session
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ class _StaleConnection(Exception):
 class Exchange:
     """One request on a client connection."""
 
-    def __init__(self, session: Session, head: RequestHead, *, end_queued: bool = True) -> None:
+    def __init__(
+        self, session: Session, head: RequestHead, *, record: RequestRecord | None = None
+    ) -> None:
         self.session = session
         self.edge = session.edge
         self.config = session.config
@@ -103,23 +106,23 @@ class Exchange:
         self.client_http11 = head.version == b"1.1"
         self.keep_alive = head.keep_alive
         self.bodiless = self.request_done = head.framing is Framing.NONE
-        if self.bodiless and end_queued:
-            # A bodiless request's end is queued together with its head (unless the
-            # head came from the fast path, which keeps the parser out of it).
-            end = self.client.parser.next_event()
-            assert isinstance(end, EndOfMessage), end
-        self.response_started = self.response_done = self.backend_keep_alive = False
-        self.status = self.bytes_sent = 0
-        self.route: Route | None = None
-        self.backend: Backend | None = None
-        self.host = self.path = "-"
         self.timeout = self.config.response_timeout
+        # Whether this exchange counts and logs its request (not when it finishes one
+        # the fast path read: the lane does that for its own record).
+        self.owned = record is None
+        if record is None:
+            record = RequestRecord(GENERAL, head.method, trio.current_time())
+            if self.bodiless:
+                # A bodiless request's end is queued together with its head (a head
+                # from the fast path never went through the parser).
+                end = self.client.parser.next_event()
+                assert isinstance(end, EndOfMessage), end
+        elif record.route is not None:
+            self.timeout = min(record.route.options.timeout, self.timeout)
+        self.record = record
+        self.response_started = self.response_done = self.backend_keep_alive = False
         self.request_error: ProtocolError | None = None
-        self.request_id = b"-"
-        self.pinned: str | None = None
-        self.started = trio.current_time()
         self.timer = trio.CancelScope()
-        self.counted: str | None = None  # the app this request counts as in flight for
         self.turn: Turn | None = None  # held for a wake: the next held one waits for this
         self.cold_ms: int | None = None  # how long it was held for a wake
 
@@ -141,58 +144,67 @@ class Exchange:
                 await self._reply(504, f"{self.app}: backend timed out", "backend-timeout")
         finally:
             self._pass_turn()
-            if self.counted is not None:
-                self.edge.concurrency.finished(self.counted, trio.current_time())
-            self._log()
+            if self.owned:
+                self.edge.end_request(self.record, trio.current_time())
+        return self.goes_on()
+
+    def goes_on(self) -> bool:
+        """Whether the client connection may carry another request after this one."""
         return self.keep_alive and self.request_done and not self.edge.draining
 
+    async def fail(self, status: int, message: str, code: str) -> None:
+        """Answer an edge error about the routed app, unless a response is underway."""
+        await self._reply(status, f"{self.app}: {message}", code)
+
+    async def relay(self, upstream: Peer) -> bool:
+        """Relay the response `upstream` is sending (a 504 if it stalls before its head);
+        whether the backend connection may be pooled again."""
+        with trio.CancelScope() as self.timer:
+            await self._relay_response(upstream, False)
+        if self.timer.cancelled_caught:
+            await self.fail(504, "backend timed out", "backend-timeout")
+        return self._reusable(upstream)
+
     async def _route_and_proxy(self) -> None:
+        record = self.record
         try:
             host, path, target = self._destination()
         except ProtocolError as error:
             self.keep_alive = False  # a client this confused is not worth a second request
             return await self._reply(error.status, error.reason, error.code)
-        self.host, self.path = host, path
-        route = self.route = self.edge.route(host, path)
+        record.host, record.path = host, path
+        route = self.edge.route(host, path)
         if route is None:
             return await self._reply(404, f"no app is routed at {host}", "unknown-route")
-        self.counted = route.app
-        self.edge.concurrency.started(route.app, self.started)
+        self.edge.begin_request(record, route)
         if route.wakeable and (not route.backends or self.edge.wakes.queued(route.app)):
-            route = self.route = await self._hold(route)
-            if route is None:
+            found = await self._hold(route)
+            if found is None:
                 return
+            route = record.route = found
         if not route.backends:
             return await self._reply(503, f"{route.app} has no running instance", "no-instance")
         self.timeout = min(route.options.timeout, self.config.response_timeout)
-        balancer, now = self.edge.balancer, trio.current_time()
         pinned = hdr.cookie(self.head.headers, hdr.STICKY_COOKIE) if route.options.sticky else None
-        self.pinned = pinned.decode("latin-1") if pinned else None
-        candidates = balancer.candidates(
-            route, self.config.max_attempts, now=now, pinned=self.pinned
+        record.pinned = pinned.decode("latin-1") if pinned else None
+        replayable = may_replay(
+            reused=True, response_bytes=0, method=self.head.method, has_body=not self.bodiless
         )
+        edge = self.edge
         try:
-            stream, backend, reused, failed = await connect_first(self.edge.connector, candidates)
-        except ConnectFailed as error:
-            for backend, _ in error.failures:
-                balancer.failed(backend, now)
-            return await self._reply(502, f"{route.app}: backend failed", "backend-unavailable")
-        for backend_ in failed:
-            balancer.failed(backend_, now)
-        self.backend = backend
-        counted = route.options.balance != BALANCE  # round-robin needs no in-flight counts
-        if counted:
-            balancer.started(backend)
-        try:
-            await self._proxy_via(backend, stream, reused, target)
-        finally:
-            if counted:
-                balancer.finished(backend)
+            stream, backend, reused = await acquire(
+                edge.connector, edge.balancer, route, limit=self.config.max_attempts,
+                now=trio.current_time(), pinned=record.pinned, replayable=replayable,
+            )
+        except ConnectFailed:
+            return await self.fail(502, "backend failed", "backend-unavailable")
+        record.backend = backend
+        await self._proxy_via(route, backend, stream, reused and replayable, target)
 
     async def _hold(self, route: Route) -> Route | None:
         """Wait for the app to wake (and for the requests held before this one); the
         route to use, or None once an error has been answered."""
-        app, host, path = route.app, self.host, self.path
+        app, host, path = route.app, self.record.host, self.record.path
         try:
             found, self.turn = await self.edge.wakes.hold(app, lambda: self.edge.route(host, path))
         except QueueFull:
@@ -205,7 +217,7 @@ class Exchange:
                 503, f"{app}: no instance came up within {waited:g} s of a wake", "wake-timeout"
             )
             return None
-        self.cold_ms = round((trio.current_time() - self.started) * 1000)
+        self.cold_ms = round((trio.current_time() - self.record.started) * 1000)
         if found is None:
             await self._reply(404, f"no app is routed at {host}", "unknown-route")
         return found
@@ -232,23 +244,26 @@ class Exchange:
             raise ProtocolError(400, str(error)) from None
         return host.decode("latin-1"), path.decode("latin-1"), target
 
-    async def _proxy_via(self, backend: Backend, stream: Conn, reused: bool, target: bytes) -> None:
+    async def _proxy_via(
+        self, route: Route, backend: Backend, stream: Conn, replayable: bool, target: bytes
+    ) -> None:
         connector = self.edge.connector
         upstream = Peer(stream, ResponseParser(self.config.limits, request_method=self.head.method))
         try:
-            await self._proxy(upstream, target, replayable=reused)
+            await self._proxy(upstream, target, replayable=replayable)
         except _StaleConnection:
             connector.release(backend, stream, reusable=False)
             try:
                 stream = await connector.fresh(backend)
             except (OSError, trio.TooSlowError):
-                return await self._reply(502, f"{self.app}: backend failed", "backend-unavailable")
+                return await self.fail(502, "backend failed", "backend-unavailable")
             upstream = Peer(
                 stream, ResponseParser(self.config.limits, request_method=self.head.method)
             )
             await self._proxy(upstream, target, replayable=False)
         finally:
-            connector.release(backend, upstream.stream, reusable=self._reusable(upstream))
+            release(self.edge.connector, self.edge.balancer, route, backend, upstream.stream,
+                    reusable=self._reusable(upstream))
 
     def _reusable(self, upstream: Peer) -> bool:
         return (
@@ -260,9 +275,8 @@ class Exchange:
         )
 
     async def _proxy(self, upstream: Peer, target: bytes, *, replayable: bool) -> None:
-        replayable = replayable and may_replay(
-            reused=True, response_bytes=0, method=self.head.method, has_body=not self.bodiless
-        )
+        """Send the request and relay the answer; `_StaleConnection` if `replayable` and the
+        connection proved closed before any answer byte."""
         try:
             await upstream.send(self._upstream_head(target))
             self._pass_turn()
@@ -281,9 +295,9 @@ class Exchange:
             await self._reply(error.status, error.reason, error.code)
 
     def _upstream_head(self, target: bytes) -> bytes:
-        headers, self.request_id = hdr.forward_request(
+        headers, self.record.request_id = hdr.forward_request(
             self.head.headers,
-            host=self.host.encode("latin-1"),
+            host=self.record.host.encode("latin-1"),
             client_ip=self.session.client_ip,
             proto=self.config.scheme,
             trusted=self.session.trusted,
@@ -387,10 +401,11 @@ class Exchange:
         raise trio.TooSlowError
 
     def _with_stickiness(self, headers: hdr.Headers, session: bool) -> hdr.Headers:
-        route, backend = self.route, self.backend
+        route, backend = self.record.route, self.record.backend
         if route is None or backend is None or not route.options.sticky or not backend.instance:
             return headers
-        repin = self.pinned is not None and self.pinned != backend.instance
+        pinned = self.record.pinned
+        repin = pinned is not None and pinned != backend.instance
         if repin or session:
             return [*headers, hdr.sticky_cookie(backend.instance)]
         return headers
@@ -406,12 +421,13 @@ class Exchange:
         await self._send(self._head_bytes(101, head.reason, headers))
         from_client = self.client.parser.detach()
         from_backend = upstream.parser.detach()
-        assert self.backend is not None and self.counted is not None
-        scopes = self.edge.tunnels.setdefault(self.backend, set())
-        concurrency, app = self.edge.concurrency, self.counted
+        record, backend = self.record, self.record.backend
+        assert backend is not None and record.counted
+        scopes = self.edge.tunnels.setdefault(backend, set())
+        concurrency, app = self.edge.concurrency, record.app
         concurrency.finished(app, trio.current_time())
         concurrency.tunnel_opened(app, trio.current_time())
-        self.counted = None
+        record.counted = False
         with trio.CancelScope() as scope:
             scopes.add(scope)
             try:
@@ -420,7 +436,7 @@ class Exchange:
                 concurrency.tunnel_closed(app)
                 scopes.discard(scope)
                 if not scopes:
-                    self.edge.tunnels.pop(self.backend, None)
+                    self.edge.tunnels.pop(backend, None)
 
     def _head_bytes(self, status: int, reason: bytes, headers: hdr.Headers) -> bytes:
         if self.edge.draining:
@@ -431,11 +447,11 @@ class Exchange:
             headers = [*headers, (b"Connection", b"close")]
         if self.cold_ms is not None:
             headers = [*headers, (COLD_START_HEADER, b"%dms" % self.cold_ms)]
-        self.status, self.response_started = status, True
+        self.record.status, self.response_started = status, True
         return encode_response_head(status, reason, headers)
 
     async def _send(self, data: bytes) -> None:
-        self.bytes_sent += len(data)
+        self.record.bytes_sent += len(data)
         await self.client.send(data)
 
     async def _reply(self, status: int, message: str, code: str) -> None:
@@ -444,16 +460,11 @@ class Exchange:
             self.keep_alive = False
             return
         self.keep_alive = self.keep_alive and self.request_done and not self.edge.draining
-        self.status, self.response_started = status, True
+        self.record.status, self.response_started = status, True
         log.info("edge-error status=%d code=%s app=%s reason=%r", status, code, self.app, message)
         await self._send(error_response(status, message, close=not self.keep_alive, code=code))
 
     @property
     def app(self) -> str:
-        return self.route.app if self.route is not None else "-"
-
-    def _log(self) -> None:
-        log_request(self.edge.shipper, self.backend, request_id=self.request_id,
-                    method=self.head.method, host=self.host, path=self.path, app=self.app,
-                    status=self.status, bytes_sent=self.bytes_sent,
-                    ms=(trio.current_time() - self.started) * 1000)
+        """The routed app's name, or "-"."""
+        return self.record.app

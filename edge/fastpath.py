@@ -15,47 +15,47 @@ lets it read the connection until it is at rest between requests, then reads the
 bytes itself again. An unusual answer (no length, chunked, 1xx, 101, 204/304,
 anything llhttp might read another way) is handed over with the bytes already read,
 fed to the general response parser. Edge errors (502, 504) are answered through an
-Exchange too, so their replies, log lines and statuses are the general path's.
-Access lines and in-flight counts are kept per request exactly as `Exchange` keeps them.
+Exchange too, so their replies and statuses are the general path's; the lane drives
+it only through its public methods (`fail`, `relay`, `goes_on`).
+
+Both paths fill one `RequestRecord` per request (`edge.record`), count and log it
+through `Edge.begin_request`/`end_request` and get backend connections through
+`edge.upstream.acquire`/`release`; the access line says which path served it (`via`).
+A lane's modes and what its waits' deadlines mean are the tables of `edge.lanestate`.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
-from typing import TYPE_CHECKING
 
 import trio
 
 from edge import headers as hdr
-from edge.accesslog import access_wanted, log_request
-from edge.balance import BALANCE
+from edge.accesslog import access_wanted
 from edge.exchange import Exchange, new_request_id
 from edge.fasthead import Parsed, PlainRequest, parse_head, read_request, request_head
 from edge.fastio import receive, send_now
 from edge.http import NEED_DATA, PAUSED, ProtocolError, RequestHead, ResponseParser
+from edge.lanestate import (
+    ON_EXPIRY,
+    PHASES_IN,
+    Expiry,
+    LaneStateError,
+    Mode,
+    Phase,
+    next_mode,
+)
+from edge.netio import Conn
 from edge.peer import CHUNK, Peer
-from edge.routes import Backend, Route
-from edge.upstream import ConnectFailed, connect_first
-
-if TYPE_CHECKING:
-    from edge.netio import Conn
-    from edge.proxy import Session
+from edge.record import FAST, HANDED, RequestRecord
+from edge.routes import Route
+from edge.session import Session
+from edge.upstream import ConnectFailed, acquire, may_replay, release
 
 log = logging.getLogger(__name__)
 
 FAST_HEAD_LIMIT = 16 * 1024  # a head not complete by then goes to the general parser
-
-
-class Phase(enum.Enum):
-    """Which wait of its own a lane is in, and so what its deadline passing means."""
-
-    IDLE = "idle"  # between requests: a timeout closes silently
-    HEAD = "head"  # a request head is arriving: a timeout is a 408
-    OTHER = "other"  # no bounded wait of ours
-    BACKEND = "backend"  # waiting for a response head: a timeout is a 504
-    BODY = "body"  # relaying a response body: a timeout aborts the connection
 
 
 class _Expired(Exception):
@@ -82,23 +82,19 @@ class Lane:
         self.deadline = math.inf  # of the bounded wait in progress
         self.fired: Phase | None = None  # the phase whose deadline the watchdog enforced
         self.idle_from = trio.current_time()  # when the connection last went idle
-        self.buffer = b""  # received client bytes the lane holds (none while `general`)
-        self.general = False  # the general parser holds the client's bytes
+        self.buffer = b""  # received client bytes the lane holds (none in general modes)
+        self.mode = Mode.FAST_READ  # moved only by `next_mode` (`edge.lanestate`)
         self.head_deadline: float | None = None  # the head arriving in `buffer` is due then
         self.head_limit = min(FAST_HEAD_LIMIT, config.max_header_bytes)
         self.limits = config.limits
         self.logged = access_wanted(self.edge.shipper)  # whether requests are logged at all
         self.client_ip = session.client_ip.encode("ascii")
         self.scheme = config.scheme.encode("ascii")
-        # The fast exchange in progress (`request` is None between them).
+        # The fast exchange in progress (`record` and `request` are None between them).
+        self.record: RequestRecord | None = None
         self.request: PlainRequest | None = None
         self.received = b""  # the bytes that held its head
-        self.route: Route | None = None
-        self.backend: Backend | None = None
-        self.stream: Conn | None = None
-        self.started = 0.0
-        self.status = self.bytes_sent = 0
-        self.pinned: str | None = None
+        self.stream: Conn | None = None  # its backend connection, while the lane holds one
 
     def expire(self) -> None:
         """End the bounded wait in progress (the watchdog's call, or a drain's on an idle lane)."""
@@ -119,29 +115,34 @@ class Lane:
                         pass
                     finally:
                         self.phase, self.deadline = Phase.OTHER, math.inf
-                        if self.request is not None and self.fired is None:
+                        if self.record is not None and self.fired is None:
                             self._finish(reusable=False)  # an error (or outer cancel) ended it
                 if self.fired is None or not await self._timed_out():
                     return
         finally:
+            self.mode = Mode.CLOSED
             lanes.discard(self)
 
     async def _timed_out(self) -> bool:
         """The deadline of a wait in phase `fired` passed; whether to go on."""
         phase, self.fired = self.fired, None
-        if phase is Phase.HEAD:
-            await self.session._refuse(ProtocolError(408, "request head timed out"))
+        assert phase is not None
+        if phase not in PHASES_IN[self.mode]:
+            raise LaneStateError(f"a lane in {self.mode.value} waited in phase {phase.value}")
+        expiry = ON_EXPIRY[phase]
+        if expiry is Expiry.REFUSE_408:
+            await self.session.refuse(ProtocolError(408, "request head timed out"))
             return False
-        if phase is Phase.IDLE or self.request is None:
+        record = self.record
+        if expiry is Expiry.CLOSE or record is None:
             return False  # idle keep-alive (or draining): just close
         try:
-            if phase is Phase.BACKEND:
-                exchange = self._exchange()
-                await exchange._reply(504, f"{exchange.app}: backend timed out", "backend-timeout")
-                self.status, self.bytes_sent = exchange.status, exchange.bytes_sent
-                return exchange.keep_alive and not self.edge.draining
+            if expiry is Expiry.ANSWER_504:
+                exchange = self._exchange(record)
+                await exchange.fail(504, "backend timed out", "backend-timeout")
+                return exchange.goes_on()
             error = trio.TooSlowError()
-            log.warning("edge-response-aborted app=%s error=%r", self._app, error)
+            log.warning("edge-response-aborted app=%s error=%r", record.app, error)
             return False
         finally:
             self._finish(reusable=False)
@@ -163,13 +164,15 @@ class Lane:
         session, edge, limits = self.session, self.edge, self.limits
         parser = session.client.parser
         while not edge.draining:
-            if self.general:
+            if self.mode is Mode.GENERAL_READ:
                 head = await self._next_head()
                 if head is None:
                     return
+                self.mode = next_mode(self.mode, Mode.GENERAL_EXCHANGE)
                 if not await Exchange(session, head).run():
                     return
-                self.general = not parser.at_rest()
+                at_rest = parser.at_rest()
+                self.mode = next_mode(self.mode, Mode.FAST_READ if at_rest else Mode.GENERAL_READ)
                 self.idle_from = trio.current_time()
                 continue
             buffer = self.buffer
@@ -222,7 +225,7 @@ class Lane:
         if self.buffer:
             self.session.client.parser.feed(self.buffer)
             self.buffer = b""
-        self.general = True
+        self.mode = next_mode(self.mode, Mode.GENERAL_READ)
 
     async def _next_head(self) -> RequestHead | None:
         """The general parser's next request head, its waits bounded like the lane's."""
@@ -233,7 +236,7 @@ class Lane:
             try:
                 event = parser.next_event()
             except ProtocolError as error:
-                await self.session._refuse(error)
+                await self.session.refuse(error)
                 return None
             if isinstance(event, RequestHead):
                 return event
@@ -256,35 +259,30 @@ class Lane:
     async def _proxy(self, request: PlainRequest, route: Route) -> bool:
         """Run one fast exchange; whether the client connection may carry another."""
         edge, config = self.edge, self.config
-        self.request, self.route, self.backend, self.stream = request, route, None, None
-        self.started = now = trio.current_time()
-        self.status = self.bytes_sent = 0
-        edge.concurrency.started(route.app, now)
-        pinned = self.pinned = None
+        self.mode = next_mode(self.mode, Mode.FAST_EXCHANGE)
+        now = trio.current_time()
+        record = self.record = RequestRecord(FAST, request.method, now)
+        self.request, self.stream, record.request_id = request, None, request.request_id
+        edge.begin_request(record, route)
         if request.pinned is not None and route.options.sticky:
-            pinned = self.pinned = request.pinned.decode("latin-1")
-        candidates = edge.balancer.candidates(route, config.max_attempts, now=now, pinned=pinned)
-        stream = edge.connector.take_recent(candidates[0], now)
-        if stream is not None:
-            backend, reused = candidates[0], True
-        else:
-            try:
-                stream, backend, reused, failed = await connect_first(edge.connector, candidates)
-            except ConnectFailed as error:
-                for failed_backend, _ in error.failures:
-                    edge.balancer.failed(failed_backend, now)
-                return await self._fail(502, "backend failed", "backend-unavailable")
-            for failed_backend in failed:
-                edge.balancer.failed(failed_backend, now)
-        self.backend, self.stream = backend, stream
-        if route.options.balance != BALANCE:  # round-robin needs no in-flight counts
-            edge.balancer.started(backend)
+            record.pinned = request.pinned.decode("latin-1")
+        # (True: the fast reader takes only bodiless requests of idempotent methods.)
+        replayable = may_replay(reused=True, response_bytes=0, method=request.method,
+                                has_body=False)
+        try:
+            stream, backend, reused = await acquire(
+                edge.connector, edge.balancer, route, limit=config.max_attempts, now=now,
+                pinned=record.pinned, replayable=replayable)
+        except ConnectFailed:
+            return await self._fail(502, "backend failed", "backend-unavailable")
+        record.backend, self.stream = backend, stream
         timeout = route.options.timeout
         if timeout > config.response_timeout:
             timeout = config.response_timeout
         buffer, eof = await self._ask(stream, request.upstream, now + timeout)
-        if eof and not buffer and reused:  # a pooled connection that had closed
-            edge.connector.release(backend, stream, reusable=False)
+        if eof and may_replay(reused=reused and replayable, response_bytes=len(buffer or b""),
+                              method=request.method, has_body=False):
+            edge.connector.release(backend, stream, reusable=False)  # a pooled one had closed
             self.stream = None
             try:
                 stream = self.stream = await edge.connector.fresh(backend)
@@ -330,21 +328,23 @@ class Lane:
 
     async def _relay(self, parsed: Parsed, buffer: bytes, stream: Conn, timeout: float) -> bool:
         status, head_bytes, length, backend_keep_alive, end, session = parsed
-        request, route, backend = self.request, self.route, self.backend
-        assert request is not None and route is not None and backend is not None
-        if (session or self.pinned is not None) and route.options.sticky and backend.instance:
-            if session or self.pinned != backend.instance:
+        request, record = self.request, self.record
+        assert request is not None and record is not None
+        route, backend, pinned = record.route, record.backend, record.pinned
+        assert route is not None and backend is not None
+        if (session or pinned is not None) and route.options.sticky and backend.instance:
+            if session or pinned != backend.instance:
                 head_bytes += b"%b: %b\r\n" % hdr.sticky_cookie(backend.instance)
         keep_alive = request.keep_alive and not self.edge.draining
         if not keep_alive:
             head_bytes += b"Connection: close\r\n"
         elif not request.http11:
             head_bytes += b"Connection: keep-alive\r\n"
-        self.status = status
+        record.status = status
         total = end + length
         if len(buffer) >= total:  # the whole body came with the head: the commonest case
             pending = head_bytes + b"\r\n" + buffer[end:total]
-            self.bytes_sent = len(pending)
+            record.bytes_sent = len(pending)
             sent = send_now(self.conn, pending)
             if sent < len(pending):
                 await self._send_last(pending, sent)
@@ -354,18 +354,18 @@ class Lane:
         left = total - len(buffer)
         extra = False
         while left:
-            self.bytes_sent += len(pending)
+            record.bytes_sent += len(pending)
             await self.conn.send_all(pending)
             data = await self._read(stream, Phase.BODY, trio.current_time() + timeout)
             if not data:
                 error = ProtocolError(502, "backend closed the connection mid-response")
-                log.warning("edge-response-aborted app=%s error=%r", self._app, error)
+                log.warning("edge-response-aborted app=%s error=%r", record.app, error)
                 self._finish(reusable=False)
                 return False
             extra = len(data) > left
             pending = data[:left]
             left -= len(pending)
-        self.bytes_sent += len(pending)
+        record.bytes_sent += len(pending)
         await self._send_last(pending)
         self._finish(reusable=backend_keep_alive and not extra)
         return keep_alive
@@ -379,34 +379,30 @@ class Lane:
         if sent < len(data):
             await conn.send_all(memoryview(data)[sent:])
 
-    def _exchange(self) -> Exchange:
-        """A general `Exchange` standing in for the fast one, to end it the general way."""
-        request, route = self.request, self.route
-        assert request is not None and route is not None
-        exchange = Exchange(self.session, request_head(self.received, request), end_queued=False)
-        exchange.route, exchange.backend = route, self.backend
-        exchange.host = request.host.decode("latin-1")
-        exchange.path = request.path.decode("latin-1")
-        exchange.timeout = min(route.options.timeout, self.config.response_timeout)
-        exchange.request_id, exchange.pinned = request.request_id, self.pinned
-        exchange.started = self.started
-        return exchange  # not counted in flight: this lane counts (and logs) the request
+    def _exchange(self, record: RequestRecord) -> Exchange:
+        """A general `Exchange` to end the fast exchange of `record` the general way; it
+        fills `record`, and this lane still counts and logs it."""
+        request = self.request
+        assert request is not None
+        record.via = HANDED
+        return Exchange(self.session, request_head(self.received, request), record=record)
 
     async def _fail(self, status: int, message: str, code: str) -> bool:
         """Answer an edge error before any response byte went out."""
-        exchange = self._exchange()
+        record = self.record
+        assert record is not None
+        exchange = self._exchange(record)
         try:
-            await exchange._reply(status, f"{exchange.app}: {message}", code)
-            self.status, self.bytes_sent = exchange.status, exchange.bytes_sent
+            await exchange.fail(status, message, code)
         finally:
             self._finish(reusable=False)
-        return exchange.keep_alive and not self.edge.draining
+        return exchange.goes_on()
 
     async def _general(self, received: bytes, *, closed: bool) -> bool:
         """Relay an answer this lane does not read itself, from the bytes read so far."""
-        request, stream = self.request, self.stream
-        assert request is not None and stream is not None
-        exchange = self._exchange()
+        request, stream, record = self.request, self.stream, self.record
+        assert request is not None and stream is not None and record is not None
+        exchange = self._exchange(record)
         upstream = Peer(stream, ResponseParser(self.config.limits, request_method=request.method))
         upstream.received = len(received)
         upstream.parser.feed(received)
@@ -414,37 +410,25 @@ class Lane:
             upstream.parser.feed(b"")
         reusable = False
         try:
-            with trio.CancelScope() as exchange.timer:
-                await exchange._relay_response(upstream, False)
-            if exchange.timer.cancelled_caught:
-                await exchange._reply(504, f"{exchange.app}: backend timed out", "backend-timeout")
-            reusable = exchange._reusable(upstream)
+            reusable = await exchange.relay(upstream)
         finally:
-            self.status, self.bytes_sent = exchange.status, exchange.bytes_sent
             self._finish(reusable=reusable)
-        return exchange.keep_alive and not self.edge.draining
-
-    @property
-    def _app(self) -> str:
-        return self.route.app if self.route is not None else "-"
+        return exchange.goes_on()
 
     def _finish(self, *, reusable: bool) -> None:
         """End the fast exchange: give the backend connection back, uncount, log."""
-        edge, request, route = self.edge, self.request, self.route
-        if request is None or route is None:
+        edge, record, request = self.edge, self.record, self.request
+        if record is None or request is None:
             return
-        self.request = None
+        self.record = self.request = None
+        self.mode = next_mode(self.mode, Mode.FAST_READ)
         self.idle_from = now = trio.current_time()
-        if self.backend is not None:
-            if self.stream is not None:
-                edge.connector.release(self.backend, self.stream, reusable=reusable, now=now)
-            if route.options.balance != BALANCE:
-                edge.balancer.finished(self.backend)
+        route, backend = record.route, record.backend
+        if backend is not None and route is not None:
+            release(edge.connector, edge.balancer, route, backend, self.stream,
+                    reusable=reusable, now=now)
         self.stream = None
-        edge.concurrency.finished(route.app, now)
-        if self.logged:
-            log_request(edge.shipper, self.backend, request_id=request.request_id,
-                        method=request.method, host=request.host.decode("latin-1"),
-                        path=request.path.decode("latin-1"), app=route.app,
-                        status=self.status, bytes_sent=self.bytes_sent,
-                        ms=(now - self.started) * 1000)
+        if self.logged:  # (decoded only for the log line)
+            record.host = request.host.decode("latin-1")
+            record.path = request.path.decode("latin-1")
+        edge.end_request(record, now)

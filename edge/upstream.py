@@ -1,7 +1,9 @@
 """Connections from the edge to backends: a keep-alive pool, and when a failure may be retried.
 
-Owns `Connector` (a pool of idle keep-alive connections per backend) and
-`connect_first` (walk the balancer's candidates until one accepts).
+Owns `Connector` (a pool of idle keep-alive connections per backend), `connect_first`
+(walk the balancer's candidates until one accepts), and `acquire`/`release`, the one
+way both request paths get a backend connection and give it back, with the
+balancer told about each failure, start and finish.
 
 Rules kept here:
   * Only a failure that happened before any request byte was sent is retried on
@@ -11,6 +13,9 @@ Rules kept here:
     closed, for a bodiless idempotent request, is retried once on a fresh one.
   * Each attempt is bounded by the connect timeout; a backend that neither accepts
     nor refuses counts as a connect failure.
+  * Only a request `may_replay` allows takes a just-used pooled connection without
+    the liveness peek (`Connector.take_recent`): if it turns out stale, the request
+    is sent again on a fresh one.
   * A connection goes back to the pool only when its exchange ended cleanly at a
     message boundary (the caller decides `reusable`). The pool keeps at most
     `max_idle` per backend, newest reused first, and closes connections idle for
@@ -27,8 +32,9 @@ from collections.abc import Sequence
 
 import trio
 
+from edge.balance import BALANCE, Balancer
 from edge.netio import Conn, connect
-from edge.routes import Backend
+from edge.routes import Backend, Route
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +164,50 @@ async def connect_first(
             )
             failures.append((backend, error))
     raise ConnectFailed(failures)
+
+
+async def acquire(
+    connector: Connector,
+    balancer: Balancer,
+    route: Route,
+    *,
+    limit: int,
+    now: float,
+    pinned: str | None,
+    replayable: bool,
+) -> tuple[Conn, Backend, bool]:
+    """A connection for a request on `route`: (stream, backend, reused); ConnectFailed if
+    no candidate accepted. Failed candidates are ejected; the backend counts as started."""
+    candidates = balancer.candidates(route, limit, now=now, pinned=pinned)
+    stream = connector.take_recent(candidates[0], now) if replayable else None
+    if stream is not None:
+        backend, reused = candidates[0], True
+    else:
+        try:
+            stream, backend, reused, failed = await connect_first(connector, candidates)
+        except ConnectFailed as error:
+            for failed_backend, _ in error.failures:
+                balancer.failed(failed_backend, now)
+            raise
+        for failed_backend in failed:
+            balancer.failed(failed_backend, now)
+    if route.options.balance != BALANCE:  # round-robin needs no in-flight counts
+        balancer.started(backend)
+    return stream, backend, reused
+
+
+def release(
+    connector: Connector,
+    balancer: Balancer,
+    route: Route,
+    backend: Backend,
+    stream: Conn | None,
+    *,
+    reusable: bool,
+    now: float | None = None,
+) -> None:
+    """End what `acquire` began: the stream (if still held) back to the pool or closed."""
+    if stream is not None:
+        connector.release(backend, stream, reusable=reusable, now=now)
+    if route.options.balance != BALANCE:
+        balancer.finished(backend)

@@ -1,0 +1,45 @@
+"""What the edge knows about one request: the record both request paths fill.
+
+Rules kept here:
+  * One `RequestRecord` per request, made when its head has been read, by whichever
+    path serves it (`via`); that path fills route, backend, request id, pinned
+    instance, status and bytes as they become known. The access log and the
+    in-flight metrics read the record (`Edge.begin_request`, `Edge.end_request`),
+    never the paths' own fields.
+  * A request counts as in flight for its app from `begin_request` until it ends or
+    becomes a websocket tunnel (`counted` says which).
+  * `via` names the path: FAST (the lane's own reader and relay), HANDED (read by the
+    lane, its answer relayed or its error made by the general path) or GENERAL.
+"""
+
+from __future__ import annotations
+
+from edge.routes import Backend, Route
+
+FAST = "fast"
+HANDED = "fast-handed"
+GENERAL = "general"
+
+
+class RequestRecord:
+    """One request as the log and the metrics see it."""
+
+    __slots__ = ("via", "method", "host", "path", "route", "backend", "request_id", "pinned",
+                 "started", "status", "bytes_sent", "counted")
+
+    def __init__(self, via: str, method: bytes, started: float) -> None:
+        self.via = via
+        self.method = method
+        self.started = started  # the trio clock when its head had been read
+        self.host = self.path = "-"
+        self.route: Route | None = None
+        self.backend: Backend | None = None
+        self.request_id = b"-"
+        self.pinned: str | None = None  # the instance its sticky cookie named
+        self.status = self.bytes_sent = 0
+        self.counted = False  # in flight for `route.app` now
+
+    @property
+    def app(self) -> str:
+        """The routed app's name, or "-"."""
+        return self.route.app if self.route is not None else "-"
