@@ -534,6 +534,42 @@ async def test_each_request_is_logged(
     assert "path=/x " in lines[0] and "secret" not in lines[0]
 
 
+async def test_the_access_line_names_the_path_that_served_each_request(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The fast path declines silently (the general one answers the same), so only the
+    # access line's `via` shows that a plain GET still takes it.
+    def backend(chunked: bool) -> Handler:
+        async def handler(stream: trio.SocketStream) -> None:
+            conn = h11.Connection(h11.SERVER)
+            _, body = await read_request(stream, conn)
+            # A reason phrase and a Content-Length: the answer the fast relay reads itself.
+            length = [] if chunked else [("Content-Length", str(len(body)))]
+            response = h11.Response(status_code=200, headers=length, reason=b"OK")
+            await stream.send_all(conn.send(response))
+            await stream.send_all(conn.send(h11.Data(data=body)))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+
+        return handler
+
+    caplog.set_level(logging.INFO, logger="edge")
+    plain = await start_server(nursery, backend(chunked=False))
+    unusual = await start_server(nursery, backend(chunked=True))
+    routes = RouteTable(routes=(
+        Route("hello.localhost", "/", "hello", (Backend(f"127.0.0.1:{plain}", "i-0"),)),
+        Route("chunky.localhost", "/", "chunky", (Backend(f"127.0.0.1:{unusual}", "i-1"),)),
+    ), etag="t")
+    edge = await start_edge(nursery, routes)
+    async with client(edge) as http:
+        assert (await http.get("/plain")).status_code == 200
+        assert (await http.post("/post", content=b"body")).text == "body"
+    async with client(edge, host="chunky.localhost") as http:
+        assert (await http.get("/chunked")).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("edge-request")]
+    via = {line.split(" path=")[1].split()[0]: line.rsplit(" via=", 1)[1] for line in lines}
+    assert via == {"/plain": "fast", "/post": "general", "/chunked": "fast-handed"}
+
+
 async def test_expect_100_continue_is_relayed_before_the_body(nursery: trio.Nursery) -> None:
     async def backend(stream: trio.SocketStream) -> None:
         data = b""
