@@ -178,10 +178,10 @@ class Exchange:
             return await self._reply(404, f"no app is routed at {host}", "unknown-route")
         self.edge.begin_request(record, route)
         if route.wakeable and (not route.backends or self.edge.wakes.queued(route.app)):
-            found = await self._hold(route)
+            found = record.route = await self._hold(route)
             if found is None:
                 return
-            route = record.route = found
+            route = found
         if not route.backends:
             return await self._reply(503, f"{route.app} has no running instance", "no-instance")
         self.timeout = min(route.options.timeout, self.config.response_timeout)
@@ -422,12 +422,13 @@ class Exchange:
         from_client = self.client.parser.detach()
         from_backend = upstream.parser.detach()
         record, backend = self.record, self.record.backend
-        assert backend is not None and record.counted
+        app = record.counted
+        assert backend is not None and app is not None
         scopes = self.edge.tunnels.setdefault(backend, set())
-        concurrency, app = self.edge.concurrency, record.app
+        concurrency = self.edge.concurrency
         concurrency.finished(app, trio.current_time())
         concurrency.tunnel_opened(app, trio.current_time())
-        record.counted = False
+        record.counted = None
         with trio.CancelScope() as scope:
             scopes.add(scope)
             try:

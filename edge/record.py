@@ -6,8 +6,9 @@ Rules kept here:
     instance, status and bytes as they become known. The access log and the
     in-flight metrics read the record (`Edge.begin_request`, `Edge.end_request`),
     never the paths' own fields.
-  * A request counts as in flight for its app from `begin_request` until it ends or
-    becomes a websocket tunnel (`counted` says which).
+  * A request counts as in flight for the app it was routed to first, from
+    `begin_request` until it ends or becomes a websocket tunnel (`counted` names that
+    app, or is None); a wake may re-route it meanwhile.
   * `via` names the path: FAST (the lane's own reader and relay), HANDED (read by the
     lane, its answer relayed or its error made by the general path) or GENERAL.
 """
@@ -37,7 +38,7 @@ class RequestRecord:
         self.request_id = b"-"
         self.pinned: str | None = None  # the instance its sticky cookie named
         self.status = self.bytes_sent = 0
-        self.counted = False  # in flight for `route.app` now
+        self.counted: str | None = None  # the app it counts as in flight for now
 
     @property
     def app(self) -> str:

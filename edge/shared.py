@@ -82,14 +82,14 @@ class Edge:
 
     def begin_request(self, record: RequestRecord, route: Route) -> None:
         """`record` is routed to `route` and counts as in flight for its app from now."""
-        record.route, record.counted = route, True
+        record.route, record.counted = route, route.app
         self.concurrency.started(route.app, record.started)
 
     def end_request(self, record: RequestRecord, now: float) -> None:
         """`record`'s request is over: uncount it and write its access line."""
-        if record.counted:
-            record.counted = False
-            self.concurrency.finished(record.app, now)
+        if record.counted is not None:
+            self.concurrency.finished(record.counted, now)
+            record.counted = None
         log_request(self.shipper, record, now)
 
     async def housekeeping(self) -> None:
