@@ -70,7 +70,8 @@ class Lane:
     `deadline`, and the edge's watchdog (`Edge.watchdog`) calls `expire` on a lane
     whose deadline has passed, which cancels the lane's scope. A wait that completed
     in the same scheduler batch as its expiry is treated as expired too (`_Expired`),
-    so a deadline is never seen late in the middle of later work."""
+    so a deadline is never seen late in the middle of later work. Its modes and what
+    each phase's expiry means are the tables of `edge.lanestate`."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -120,7 +121,7 @@ class Lane:
                 if self.fired is None or not await self._timed_out():
                     return
         finally:
-            self.mode = Mode.CLOSED
+            self.mode = next_mode(self.mode, Mode.CLOSED)
             lanes.discard(self)
 
     async def _timed_out(self) -> bool:
