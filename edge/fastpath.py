@@ -129,7 +129,7 @@ class Lane:
         phase, self.fired = self.fired, None
         assert phase is not None
         if phase not in PHASES_IN[self.mode]:
-            raise LaneStateError(f"a lane in {self.mode.value} waited in phase {phase.value}")
+            raise LaneStateError(f"a lane in {self.mode.name} waited in phase {phase.value}")
         expiry = ON_EXPIRY[phase]
         if expiry is Expiry.REFUSE_408:
             await self.session.refuse(ProtocolError(408, "request head timed out"))
