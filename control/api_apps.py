@@ -136,22 +136,20 @@ AUTOSCALE_KEYS = ("min", "max", "concurrency", "idle", "window")
 def process_to_scale(app: str, requested: str | None, types: list[str], autoscaling: bool
                      ) -> str:
     """The process type a scale request means: the one named, else `web` when the app has
-    it, else its only type. Refused (with the known types) when the type is unknown, when
-    several types leave it ambiguous, and before the first release, when no type is known
-    yet (the release says which types the build made)."""
+    it, else its only type. Refused (with the known types) when the type is unknown or
+    several types leave it ambiguous. Before the first release no type is known yet (the
+    release says which types the build made): the scale is recorded as asked (default
+    `web`), and a type the build does not make runs no instances."""
     types = [t for t in types if t != "release"]     # the release phase is never scaled
-    if not types:
-        raise Conflict(f"{app} has no release yet, so it has no process types to scale; "
-                       "scale it once its first build has finished")
     known = ", ".join(sorted(types))
     if requested is None:
-        if "web" in types or autoscaling:
+        if not types or "web" in types or autoscaling:
             requested = "web"
         elif len(types) == 1:
             requested = types[0]
         else:
             raise BadRequest(f"{app} has no web process; name one with -p ({known})")
-    if requested not in types:
+    if types and requested not in types:
         raise Unprocessable(f"{app} has no process type {requested!r} (it has {known})")
     if autoscaling and requested != "web":
         raise BadRequest("only the web process type is autoscaled")

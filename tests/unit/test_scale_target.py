@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from control.api_apps import process_to_scale, unchanged_keys
-from control.errors import BadRequest, Conflict, FoundryError, Unprocessable
+from control.errors import BadRequest, FoundryError, Unprocessable
 
 
 @pytest.mark.parametrize(("requested", "types", "autoscaling", "expected"), [
@@ -16,6 +16,9 @@ from control.errors import BadRequest, Conflict, FoundryError, Unprocessable
     (None, ["web", "worker"], False, "web"),
     ("worker", ["web", "worker"], False, "worker"),
     (None, ["web", "worker"], True, "web"),
+    (None, [], False, "web"),                            # no release yet: types unknown,
+    ("worker", [], False, "worker"),                     # so the scale is kept as asked
+    (None, [], True, "web"),
 ])
 def test_the_type_a_scale_means(requested: str | None, types: list[str], autoscaling: bool,
                                 expected: str) -> None:
@@ -27,8 +30,7 @@ def test_the_type_a_scale_means(requested: str | None, types: list[str], autosca
      "a has no process type 'nosuchtype' (it has worker)"),
     (None, ["worker", "clock"], False, BadRequest,
      "a has no web process; name one with -p (clock, worker)"),
-    (None, [], False, Conflict, "a has no release yet"),
-    ("web", [], False, Conflict, "a has no release yet"),
+    ("worker", [], True, BadRequest, "only the web process type"),
     (None, ["worker"], True, Unprocessable, "a has no process type 'web' (it has worker)"),
     ("worker", ["web", "worker"], True, BadRequest, "only the web process type"),
     ("release", ["web", "release"], False, Unprocessable, "a has no process type 'release'"),
