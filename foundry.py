@@ -178,6 +178,11 @@ def default_app_name(directory: Path) -> str:
     return directory.resolve().name.lower().replace("_", "-").replace(".", "-")
 
 
+# The stager's closing line of a failed build: its reason is the push's error line, so
+# the CLI shows it there, once, instead of in the log as well.
+BUILD_FAILED_LINE = "-----> Build failed: "
+
+
 def follow_build(api: Api, name: str, build: str) -> dict[str, Any]:
     """Print the build log live until the build ends; returns the final build."""
     after: int | None = 0
@@ -187,7 +192,8 @@ def follow_build(api: Api, name: str, build: str) -> dict[str, Any]:
         page = api.get(f"/v1/apps/{name}/logs", params={
             "build": build, "after": after, "wait": 0 if done else 5}, timeout=40)
         for line in page["lines"]:
-            typer.echo(f"  {line['line']}")
+            if not line["line"].startswith(BUILD_FAILED_LINE):
+                typer.echo(f"  {line['line']}")
         after = page["next"]
         if done and not page["lines"]:
             return dict(state)
@@ -375,6 +381,7 @@ class PushJob:
     manifest: Any = None          # control.manifest.AppManifest when pushed from one
     strict: bool = False
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # sent in the body
+    yes: bool = False             # --yes: apply --strict's changes without asking
     replace_env: bool = False     # --strict: the app's config vars become exactly `env`
 
     def config(self) -> dict[str, Any]:
@@ -388,17 +395,29 @@ def push_app(api: Api, job: PushJob, wait: bool, timeout: float) -> None:
         job.params.append(("buildpack", resolve_buildpack(api, job.name, job.buildpack)))
     diff = show_strict_diff(api, job) if job.strict else None
     started = start_build(api, job)
-    typer.echo(f"{'Created' if started['created'] else 'Updating'} {job.name}; "
+    # "Created" is not said before the first build succeeds: a failed one keeps no app.
+    typer.echo(f"Building {job.name}{' (a new app)' if started['created'] else ''}, "
                f"build {started['build']}:", err=True)
     build = follow_build(api, job.name, started["build"])
     if build["state"] == "FAILED":
-        if started["created"]:
-            # The push created the app and nothing came of it: leave no husk behind.
-            api.request("DELETE", f"/v1/apps/{job.name}")
-        raise CLIError(f"build failed: {build['error']}")
+        raise CLIError(f"build failed: {build['error']}"
+                       + (forget_new_app(api, job.name) if started["created"] else ""))
     if job.manifest is not None:
         apply_manifest(api, job, diff)
+    if build["release"] == started.get("current_release"):
+        typer.echo(f"{job.name}: no change: release v{build['release']} is current")
+        return
     finish(api, job.name, build["release"], wait, timeout)
+
+
+def forget_new_app(api: Api, name: str) -> str:
+    """Delete an app whose first build failed (nothing came of the push, so no husk is
+    left behind); returns what to add to the error line."""
+    try:
+        api.request("DELETE", f"/v1/apps/{name}")
+    except CLIError as e:
+        return f"; the new app {name} stays, with no release ({e})"
+    return f"; the new app {name} is not kept"
 
 
 def manifest_params(app_: Any) -> list[tuple[str, str | int]]:
@@ -427,9 +446,11 @@ def current_routes(api: Api, name: str) -> list[str]:
 
 
 def show_strict_diff(api: Api, job: PushJob) -> Any:
-    """Print what --strict will remove from an existing app, before changing anything."""
-    from control.manifest import StrictDiff, strict_diff
+    """Print every difference --strict makes to an existing app (config values never
+    shown) and have the user agree, on a terminal or with --yes, before changing anything."""
+    from control.manifest import AppNow, StrictDiff, strict_changes, strict_diff
 
+    job.replace_env = True
     if not any(a["name"] == job.name for a in api.get("/v1/apps")["apps"]):
         return StrictDiff()
     view = api.get(f"/v1/apps/{job.name}")
@@ -438,9 +459,22 @@ def show_strict_diff(api: Api, job: PushJob) -> Any:
     if job.manifest.random_route:
         routes = [r for r in routes if not r.startswith(f"{job.name}-")]
     diff = strict_diff(job.manifest, env, routes, view["scale"], list(view["processes"]))
-    typer.echo(f"--strict: {job.name} will lose " + (", ".join(diff.lines()) or "nothing"),
-               err=True)
-    job.replace_env = True
+    changes = strict_changes(job.manifest, AppNow(
+        env=env, routes=tuple(routes), scale=view["scale"], processes=view["processes"],
+        memory_mb=view["memory_mb"], health_check=view["health_check"]), diff)
+    if not changes:
+        typer.echo(f"--strict: {job.name} already is what the manifest says", err=True)
+        return diff
+    typer.echo(f"--strict: {job.name} changes:")
+    for line in changes:
+        typer.echo(f"  {line}")
+    if job.yes:
+        return diff
+    if not sys.stdin.isatty():
+        raise CLIError(f"--strict would change {job.name} as shown; pass --yes to apply "
+                       "that without a terminal")
+    if not typer.confirm(f"Apply these changes to {job.name}?", err=True):
+        raise CLIError(f"nothing changed: {job.name} is left as it was")
     return diff
 
 
@@ -524,7 +558,9 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
                                             help="manifest (default DIR/manifest.yml)"),
          no_manifest: bool = typer.Option(False, "--no-manifest", help="ignore manifest.yml"),
          strict: bool = typer.Option(False, "--strict", help="make each app exactly what the "
-                                     "manifest says (shows what goes first)"),
+                                     "manifest says (shows every change and asks first)"),
+         yes: bool = typer.Option(False, "--yes", "-y", help="apply --strict's changes "
+                                  "without asking"),
          wait: bool = WAIT,
          timeout: float = typer.Option(180, help="seconds to wait for the rollout"),
          watch: bool = typer.Option(False, "--watch", help="stay running and push again "
@@ -566,6 +602,7 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
         job.params += flags
         job.env = {**job.env, **env_flags}
         job.buildpack = buildpack or job.buildpack
+        job.yes = yes
         if len(jobs) > 1:
             typer.echo(f"==> {job.name} ({number} of {len(jobs)})", err=True)
         push_app(api, dataclasses.replace(job, params=list(job.params)), wait, timeout)
@@ -655,7 +692,8 @@ def show_app(name: str, as_json: bool = JSON) -> None:
 @app.command()
 def scale(name: str,
           instances: int = typer.Option(None, "--instances", "-i", min=0, max=100),
-          process: str = typer.Option("web", "--process", "-p"),
+          process: str = typer.Option(None, "--process", "-p", help="process type (default: "
+                                      "web, or the app's only type)"),
           memory: str = typer.Option(None, "--memory", "-m"),
           min_: int = typer.Option(None, "--min", min=0, max=100, help="autoscale: fewest "
                                    "instances (0 scales to zero when idle)"),
@@ -682,7 +720,7 @@ def scale(name: str,
         typer.echo(f"{name}: web autoscales between {a['min']} and {a['max']} at "
                    f"{a['concurrency']} in flight per instance (idle {a['idle']:.0f} s)")
     else:
-        typer.echo(f"{name}: {process} scaled to {instances}")
+        typer.echo(f"{name}: {view.get('scaled', process)} scaled to {instances}")
 
 
 def _action(name: str, action: str) -> None:
@@ -757,7 +795,7 @@ def show_env(name: str, as_json: bool = JSON) -> None:
 @app.command("set-env")
 def set_env(name: str, pairs: list[str] = typer.Argument(..., help="KEY=VALUE ..."),
             wait: bool = WAIT) -> None:
-    """Set config vars (a new release; instances are replaced)."""
+    """Set config vars (a new release, instances replaced; values already set change nothing)."""
     values = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -766,17 +804,30 @@ def set_env(name: str, pairs: list[str] = typer.Argument(..., help="KEY=VALUE ..
         values[key] = value
     api = Api.load()
     answer = api.request("PATCH", f"/v1/apps/{name}/env", json={"set": values})
-    typer.echo(f"{name}: set {', '.join(values)}")
+    typer.echo(env_change_line(name, "set", list(values), answer.get("unchanged", []),
+                               "already has that value", "already have those values"))
     finish(api, name, answer["release"], wait, 180)
 
 
 @app.command("unset-env")
 def unset_env(name: str, keys: list[str] = typer.Argument(...), wait: bool = WAIT) -> None:
-    """Remove config vars (a new release; instances are replaced)."""
+    """Remove config vars (a new release, instances replaced; unset ones change nothing)."""
     api = Api.load()
     answer = api.request("PATCH", f"/v1/apps/{name}/env", json={"unset": keys})
-    typer.echo(f"{name}: unset {', '.join(keys)}")
+    typer.echo(env_change_line(name, "unset", keys, answer.get("unchanged", []),
+                               "is not set", "are not set"))
     finish(api, name, answer["release"], wait, 180)
+
+
+def env_change_line(name: str, verb: str, keys: list[str], unchanged: list[str],
+                    why_one: str, why_many: str) -> str:
+    """What a config change did: the keys it changed, and those it left as they were."""
+    idle = [k for k in dict.fromkeys(keys) if k in unchanged]
+    changed = [k for k in dict.fromkeys(keys) if k not in unchanged]
+    why = f"{', '.join(idle)} {why_one if len(idle) == 1 else why_many}"
+    if not changed:
+        return f"{name}: {why}; nothing changed"
+    return f"{name}: {verb} {', '.join(changed)}" + (f" ({why})" if idle else "")
 
 
 @app.command()

@@ -27,6 +27,7 @@ from control.errors import (
     BadRequest,
     Conflict,
     NotFound,
+    Unprocessable,
 )
 from control.names import (
     env_name_problem,
@@ -97,15 +98,17 @@ async def scale(request: Request) -> Response:
     idle} (min 0 scales to zero when idle)."""
     ctl, name, token = app_call(request, APP_KINDS)
     body = await json_body(request)
-    process = str(body.get("process", "web"))
-    problem = process_name_problem(process)
-    if problem:
-        raise BadRequest(problem)
+    requested = body.get("process")
+    if requested is not None:
+        problem = process_name_problem(str(requested))
+        if problem:
+            raise BadRequest(problem)
     app = ctl.store.get_app(name)
+    autoscaling = any(body.get(k) is not None for k in AUTOSCALE_KEYS)
+    process = process_to_scale(name, None if requested is None else str(requested),
+                               list(_processes(ctl, app)), autoscaling)
     changes: dict[str, Any] = {}
-    if any(body.get(k) is not None for k in ("min", "max", "concurrency", "idle", "window")):
-        if process != "web":
-            raise BadRequest("only the web process type is autoscaled")
+    if autoscaling:
         auto = _autoscale_settings(body, settings_of(app))
         changes["autoscale"] = json.dumps(auto)
         count = max(auto["min"], min(auto["max"], app["scale"].get("web", 1)))
@@ -124,7 +127,33 @@ async def scale(request: Request) -> Response:
             raise BadRequest(str(e)) from None
     ctl.store.update_app(name, **changes)
     ctl.store.add_event(name, "scale", what, token.id)
-    return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
+    return JSONResponse({**app_view(ctl, ctl.store.get_app(name)), "scaled": process})
+
+
+AUTOSCALE_KEYS = ("min", "max", "concurrency", "idle", "window")
+
+
+def process_to_scale(app: str, requested: str | None, types: list[str], autoscaling: bool
+                     ) -> str:
+    """The process type a scale request means: the one named, else `web` when the app has
+    it, else its only type. Refused (with the known types) when the type is unknown or
+    several types leave it ambiguous. Before the first release no type is known yet (the
+    release says which types the build made): the scale is recorded as asked (default
+    `web`), and a type the build does not make runs no instances."""
+    types = [t for t in types if t != "release"]     # the release phase is never scaled
+    known = ", ".join(sorted(types))
+    if requested is None:
+        if not types or "web" in types or autoscaling:
+            requested = "web"
+        elif len(types) == 1:
+            requested = types[0]
+        else:
+            raise BadRequest(f"{app} has no web process; name one with -p ({known})")
+    if types and requested not in types:
+        raise Unprocessable(f"{app} has no process type {requested!r} (it has {known})")
+    if autoscaling and requested != "web":
+        raise BadRequest("only the web process type is autoscaled")
+    return requested
 
 
 def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[str, Any]:
@@ -184,16 +213,27 @@ async def patch_env(request: Request) -> Response:
     app = ctl.store.get_app(name)
     env = {k: v for k, v in {**app["env"], **env_changes}.items() if k not in unsets}
     check_config(ctl, app["env"], env)
+    idle = unchanged_keys(app["env"], env_changes, [str(k) for k in unsets])
+    if env == app["env"]:               # nothing to change: no release, no restarts
+        return JSONResponse({"env": env, "release": None, "unchanged": idle})
     ctl.store.update_app(name, env=env)
     version = None
     if app["release"]:
         current = ctl.store.get_release(name, app["release"])
-        summary = ", ".join([*(f"set {k}" for k in env_changes), *(f"unset {k}" for k in unsets)])
+        summary = ", ".join([*(f"set {k}" for k in env_changes if k not in idle),
+                             *(f"unset {k}" for k in unsets if k not in idle)])
         version = releases.make_release(
             ctl.store, ctl.blobs, name, droplet=current["droplet"], env=env,
             processes=current["processes"], pack=current["pack"],
             description=summary or "config unchanged", actor=token.id, kind="config")
-    return JSONResponse({"env": env, "release": version})
+    return JSONResponse({"env": env, "release": version, "unchanged": idle})
+
+
+def unchanged_keys(env: dict[str, str], sets: dict[str, str], unsets: list[str]) -> list[str]:
+    """The keys of a config change that change nothing: set to the value they have, or
+    unset while not set."""
+    return [*(k for k, v in sets.items() if env.get(k) == v and k not in unsets),
+            *(k for k in unsets if k not in env and k not in sets)]
 
 
 async def list_releases(request: Request) -> Response:

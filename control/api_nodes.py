@@ -131,6 +131,14 @@ async def build_result(request: Request) -> Response:
     if not ctl.store.app_exists(build["app"]):
         raise NotFound(f"app {build['app']!r} was deleted while it was being built")
     env = ctl.store.get_app(build["app"])["env"]
+    same = releases.current_if_same(ctl.store, build["app"], droplet=droplet, env=env,
+                                    processes=processes)
+    if same is not None:
+        ctl.store.set_build(build["id"], "STAGED", droplet=droplet, pack=body.get("pack"),
+                            processes=processes, release=same)
+        ctl.store.add_event(build["app"], "build-unchanged",
+                            f"build {build['id']}: no change, v{same} stays current")
+        return JSONResponse({"state": "STAGED", "release": same})
     if processes.get("release"):
         # Release phase first: the release is made only if the command succeeds.
         current = ctl.store.get_app(build["app"])["release"]
