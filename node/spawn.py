@@ -87,7 +87,7 @@ def reap_orphans() -> int:
         if not entry.isdigit() or int(entry) in _WAITED:
             continue
         try:
-            text = open(f"/proc/{entry}/stat").read()
+            text = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
         name = text[text.find("(") + 1:text.rfind(")")]
