@@ -651,6 +651,12 @@ def buildpacks(as_json: bool = typer.Option(False, "--json", help="machine-reada
 JSON = typer.Option(False, "--json", help="machine-readable output")
 
 
+def shown_url(view: dict[str, Any]) -> str:
+    """An app's URL as listings show it: "-" for an app the edge has no route for (a
+    release without a web process, as control/routing.py decides)."""
+    return view["url"] if view["release"] == 0 or "web" in view["processes"] else "-"
+
+
 @app.command("apps")
 def list_apps(as_json: bool = JSON) -> None:
     """List apps."""
@@ -662,7 +668,7 @@ def list_apps(as_json: bool = JSON) -> None:
         running = sum(1 for i in a["instances"] if i["state"] == "RUNNING")
         wanted = sum(a["scale"].get(p, 1) for p in a["processes"] if p != "release")
         rows.append([a["name"], a["state"], f"v{a['release']}" if a["release"] else "-",
-                     f"{running}/{wanted}", a["url"]])
+                     f"{running}/{wanted}", shown_url(a)])
     table(rows, ["NAME", "STATE", "RELEASE", "RUNNING", "URL"])
 
 
@@ -674,7 +680,8 @@ def show_app(name: str, as_json: bool = JSON) -> None:
         return emit_json(view)
     typer.echo(f"{view['name']}  {view['state']}  release "
                f"{'v' + str(view['release']) if view['release'] else 'none'}  "
-               f"memory {view['memory_mb']}M  {view['url']}")
+               f"memory {view['memory_mb']}M  "
+               + (shown_url(view) if shown_url(view) != "-" else "no route (no web process)"))
     typer.echo("scale: " + (", ".join(f"{p}={view['scale'].get(p, 1)}"
                                        for p in view["processes"]) or "no processes"))
     if view.get("autoscale"):
@@ -1240,6 +1247,18 @@ def node_ready(name: str) -> None:
     """Let a drained node receive instances again."""
     Api.load().request("POST", f"/v1/nodes/{name}/state", json={"state": "ready"})
     typer.echo(f"node {name} is ready")
+
+
+@node_app.command("remove")
+def node_remove(name: str, force: bool = typer.Option(
+        False, "--force", help="remove a node that is not lost or drained; what still runs "
+        "on it is placed elsewhere and that node can no longer reach the control plane")
+                ) -> None:
+    """Forget a lost or drained node; it must join again with a join token to come back."""
+    done = Api.load().request("DELETE", f"/v1/nodes/{name}",
+                              params={"force": "1"} if force else None)
+    typer.echo(f"node {name} removed" + (f"; {done['instances']} instance(s) on it are placed "
+                                         "elsewhere" if done["instances"] else ""))
 
 
 # --- up -----------------------------------------------------------------------------

@@ -67,8 +67,7 @@ def report_unplaced(store: Store, plan: Plan, known: set[tuple[str, str, int]]) 
     for app, process, index in sorted(now - known):
         want = next(p for p in plan.unplaced if (p.app, p.process, p.index) ==
                     (app, process, index))
-        store.add_event(app, "unplaced", f"{process}.{index} needs {want.memory_mb} MiB and "
-                        "no live node has that much free")
+        store.add_event(app, "unplaced", f"{process}.{index} cannot be placed: {want.reason}")
     known.clear()
     known.update(now)
 

@@ -493,6 +493,17 @@ class Store:
         self._update("nodes", nid, {"state": state})
         self.changed()
 
+    def remove_node(self, nid: str) -> None:
+        """Forget a node in one transaction: its row, instance rows and queued work go,
+        and its tokens are revoked so it cannot heartbeat its way back in."""
+        with self._tx():
+            self.db.execute("UPDATE tokens SET revoked = 1 WHERE kind = 'node' AND node = ?",
+                            [nid])
+            self.db.execute("DELETE FROM work WHERE node = ?", [nid])
+            self.db.execute("DELETE FROM instances WHERE node = ?", [nid])
+            self.db.execute("DELETE FROM nodes WHERE id = ?", [nid])
+        self.changed()
+
     # --- instances --------------------------------------------------------------
     def add_instance(self, *, app: str, process: str, index: int, release: int, node: str,
                      memory_mb: int, restarts: int, work_seq: int, iid: str,

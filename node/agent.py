@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import trio
 
+from node import spawn
 from node.client import ControlClient, ControlError
 from node.droplets import DropletCache
 from node.instances import Supervisor
@@ -129,6 +130,7 @@ class Agent:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         await self.identify()
+        spawn.adopt_orphans()    # jails' orphaned bwrap processes come to us to be reaped
         self.reap_leftovers()
         try:
             async with trio.open_nursery() as nursery:
@@ -140,6 +142,7 @@ class Agent:
         finally:
             with trio.CancelScope(shield=True):
                 await self.shutdown()
+                await trio.to_thread.run_sync(self.jail.close)
 
     async def shutdown(self) -> None:
         """Stop every instance gracefully (SIGTERM, grace, kill) and report it, before the
