@@ -28,14 +28,18 @@ def test_a_route_less_worker_shows_no_url(platform: Platform) -> None:
 
 
 def test_removing_the_busy_only_node_is_refused(platform: Platform) -> None:
-    node = json.loads(platform.cli("nodes", "--json").stdout)[0]["name"]
+    # The shared platform may also list nodes other tests joined and lost; "local" is the
+    # one `foundry up` runs, ready and busy.
+    node = "local"
+    before = [n["name"] for n in json.loads(platform.cli("nodes", "--json").stdout)]
+    assert node in before
     out = platform.cli("node", "remove", node, check=False)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"foundry: node {node} is ready"), lines
     assert lines[0].endswith(f"drain it first (`foundry node drain {node}`) or remove it "
                              "with --force"), lines
-    assert [n["name"] for n in json.loads(platform.cli("nodes", "--json").stdout)] == [node]
+    assert [n["name"] for n in json.loads(platform.cli("nodes", "--json").stdout)] == before
 
 
 def proc_stat(pid: str) -> tuple[str, int, str]:
