@@ -9,7 +9,8 @@ Rules kept here:
 - a work item on the wire is its payload plus `seq` and `kind` (the store adds them).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Python 3.11 loses NotRequired from a
+# TypedDict's postponed annotations, and the contract test reads the required keys.
 
 from typing import Literal, NotRequired, TypedDict
 

@@ -8,7 +8,8 @@ Rules kept here:
   only fails a test.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Python 3.11 loses NotRequired from a
+# TypedDict's postponed annotations, and the contract test reads the required keys.
 
 from typing import NotRequired, TypedDict
 

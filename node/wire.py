@@ -11,7 +11,8 @@ Rules kept here:
 - a work item arrives as its payload plus `seq` and `kind`.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Python 3.11 loses NotRequired from a
+# TypedDict's postponed annotations, and the contract test reads the required keys.
 
 from typing import Literal, NotRequired, TypedDict
 
