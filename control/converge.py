@@ -23,6 +23,7 @@ from control.scaling import Scaling
 from control.scheduler import pick_stager
 from control.store import Store
 from control.tasks import fail_lost_tasks
+from control.wire_node import StagePayload, StartPayload, StopPayload
 
 log = logging.getLogger("foundry.control")
 DRAIN_SECONDS = 1.0
@@ -39,10 +40,23 @@ def assign_builds(store: Store, policy: Policy) -> None:
     for build in queued:
         app = store.get_app(build["app"])
         store.set_build(build["id"], "STAGING", node=node)
-        store.enqueue(node, "stage", {"build": build["id"], "app": build["app"],
-                                      "source": build["source"], "env": app["env"],
-                                      **store.build_options(build["id"])})
+        store.enqueue(node, "stage", dict(stage_payload(build, app["env"],
+                                                        store.build_options(build["id"]))))
         log.info("build-assigned build=%s app=%s node=%s", build["id"], build["app"], node)
+
+
+def stage_payload(build: dict[str, Any], env: dict[str, str], options: dict[str, Any]
+                  ) -> StagePayload:
+    """The `stage` work item: the build, its source and the options the push named."""
+    payload: StagePayload = {"build": build["id"], "app": build["app"],
+                             "source": build["source"], "env": env}
+    if options.get("buildpack"):
+        payload["buildpack"] = str(options["buildpack"])
+    if options.get("no_cache"):
+        payload["no_cache"] = True
+    if options.get("processes"):
+        payload["processes"] = dict(options["processes"])
+    return payload
 
 
 def fail_lost_builds(store: Store, lost: list[str]) -> None:
@@ -51,7 +65,7 @@ def fail_lost_builds(store: Store, lost: list[str]) -> None:
             store.set_build(build["id"], "FAILED", error="the staging node was lost")
 
 
-def start_payload(store: Store, iid: str, p: Placement) -> dict[str, Any]:
+def start_payload(store: Store, iid: str, p: Placement) -> StartPayload:
     release = store.get_release(p.app, p.release)
     app = store.get_app(p.app)
     return {"instance": iid, "app": p.app, "process": p.process, "index": p.index,
@@ -87,7 +101,8 @@ def apply(store: Store, plan: Plan) -> None:
             # A routed instance is out of the routing table from now on; the node waits
             # `drain` seconds before SIGTERM so requests already on their way finish.
             drain = DRAIN_SECONDS if row["state"] == "RUNNING" and row["process"] == "web" else 0
-            store.enqueue(row["node"], "stop", {"instance": iid, "drain": drain})
+            stop: StopPayload = {"instance": iid, "drain": drain}
+            store.enqueue(row["node"], "stop", dict(stop))
     for iid in plan.reset_restarts:
         store.update_instance(iid, restarts=0)
     for iid in plan.forget:
@@ -98,7 +113,7 @@ def apply(store: Store, plan: Plan) -> None:
     for p in plan.start:
         assert p.node is not None
         iid = f"{p.app}-{p.process}-{p.index}-{uuid.uuid4().hex[:8]}"
-        seq = store.enqueue(p.node, "start", start_payload(store, iid, p))
+        seq = store.enqueue(p.node, "start", dict(start_payload(store, iid, p)))
         store.add_instance(app=p.app, process=p.process, index=p.index, release=p.release,
                            node=p.node, memory_mb=p.memory_mb, restarts=p.restarts,
                            work_seq=seq, iid=iid, generation=p.generation)

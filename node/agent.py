@@ -17,7 +17,6 @@ import signal
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import trio
@@ -31,6 +30,7 @@ from node.logship import LogShipper
 from node.proctree import signal_instance
 from node.stager import Stager
 from node.tasks import TaskRunner
+from node.wire import Heartbeat, JoinAnswer, JoinRequest, WorkItem
 
 log = logging.getLogger("foundry.node")
 
@@ -99,10 +99,10 @@ class Agent:
                        "control": self.config.control_url}, f)
         log.info("node-joined id=%s", self.node_id)
 
-    async def _join(self, token: str) -> dict[str, Any]:
+    async def _join(self, token: str) -> JoinAnswer:
         """Exchange the join token, waiting (capped backoff) while the control plane is
         unreachable; a refused token is final."""
-        body = {"name": self.config.name, "address": self.config.address,
+        body: JoinRequest = {"name": self.config.name, "address": self.config.address,
                 "memory_mb": self.config.memory_mb, "tier": self.jail.tier,
                 "seccomp": self.jail.seccomp.summary}
         delay = 0.2
@@ -157,11 +157,12 @@ class Agent:
 
     async def heartbeat_once(self) -> None:
         instances = self.supervisor.report()
-        await self.client.heartbeat(self.node_id, {
+        body: Heartbeat = {
             "boot": self.boot, "address": self.config.address, "tier": self.jail.tier,
             "seccomp": self.jail.seccomp.summary,
             "memory_mb": self.config.memory_mb, "work_seq": self.work_seq,
-            "instances": instances})
+            "instances": instances}
+        await self.client.heartbeat(self.node_id, body)
         self.supervisor.prune(instances)
 
     async def heartbeat_loop(self) -> None:
@@ -195,17 +196,16 @@ class Agent:
                 (self.config.home / "work_seq").write_text(str(self.work_seq))
                 self.changed.set()
 
-    def take(self, item: dict[str, Any], nursery: trio.Nursery) -> None:
+    def take(self, item: WorkItem, nursery: trio.Nursery) -> None:
         """Hand one work item to whoever does it."""
-        kind = item["kind"]
-        log.info("work-received seq=%s kind=%s", item["seq"], kind)
-        if kind == "start":
+        log.info("work-received seq=%s kind=%s", item["seq"], item["kind"])
+        if item["kind"] == "start":
             self.supervisor.start(item, nursery)
-        elif kind == "stop":
+        elif item["kind"] == "stop":
             self.supervisor.stop(item["instance"], float(item.get("drain") or 0))
-        elif kind == "stage":
+        elif item["kind"] == "stage":
             nursery.start_soon(self.stager.stage, item)
-        elif kind == "task":
+        elif item["kind"] == "task":
             nursery.start_soon(self.tasks.run, item)
-        else:
-            log.warning("work-unknown kind=%s", kind)
+        else:   # a newer control plane's kind: say so, never crash the loop
+            log.warning("work-unknown kind=%s", item["kind"])
