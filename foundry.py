@@ -39,6 +39,33 @@ app.add_typer(node_app, name="node")
 tokens_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API tokens.")
 app.add_typer(tokens_app, name="tokens")
 
+def foundry_version() -> str:
+    """This checkout's version (its pyproject.toml), else the installed distribution's."""
+    import importlib.metadata
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parent / "pyproject.toml"
+    with contextlib.suppress(OSError, tomllib.TOMLDecodeError, KeyError):
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+    try:
+        return importlib.metadata.version("foundry-paas")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"foundry {foundry_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(version: bool = typer.Option(False, "--version", callback=_show_version,
+                                         is_eager=True, help="print the version and exit")
+            ) -> None:
+    """Foundry: push source, get a running app at a URL."""
+
+
 DEFAULT_IGNORES = (".git", ".hg", ".svn", ".DS_Store", "__pycache__", ".venv", "*.pyc")
 
 
@@ -691,6 +718,28 @@ def _action(name: str, action: str) -> None:
     typer.echo(f"{name}: {action} requested")
 
 
+@app.command("open")
+def open_app(name: str) -> None:
+    """Print an app's URL, and open it in a browser when there is a display."""
+    view = Api.load().get(f"/v1/apps/{name}")
+    if "web" not in view["processes"]:
+        raise CLIError(f"{name} has no web process, so no URL")
+    typer.echo(view["url"])
+    if _has_display():
+        import webbrowser
+
+        webbrowser.open(view["url"])
+
+
+def _has_display() -> bool:
+    """A graphical session to open a browser in (never under FOUNDRY_NO_BROWSER)."""
+    if os.environ.get("FOUNDRY_NO_BROWSER"):
+        return False
+    if sys.platform in ("darwin", "win32"):
+        return sys.stdout.isatty()
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 @app.command()
 def stop(name: str) -> None:
     """Stop every instance of an app (its route answers 503)."""
@@ -704,9 +753,18 @@ def start(name: str) -> None:
 
 
 @app.command()
-def restart(name: str, wait: bool = WAIT) -> None:
-    """Replace every instance of an app, one at a time."""
+def restart(name: str, wait: bool = WAIT,
+            instance: int = typer.Option(None, "--instance", "-i", min=0,
+                                         help="restart only this instance index"),
+            process: str = typer.Option("web", "--process", "-p",
+                                        help="with -i: the instance's process type")) -> None:
+    """Replace every instance of an app, one at a time (or, with -i N, just instance N)."""
     api = Api.load()
+    if instance is not None:
+        api.request("POST", f"/v1/apps/{name}/actions/restart",
+                    json={"process": process, "index": instance})
+        typer.echo(f"{name}: {process}.{instance} restarting (stopped, then started again)")
+        return
     view = api.request("POST", f"/v1/apps/{name}/actions/restart")
     typer.echo(f"{name}: restarting")
     if wait and view["release"]:
@@ -715,9 +773,17 @@ def restart(name: str, wait: bool = WAIT) -> None:
 
 
 @app.command()
-def delete(name: str) -> None:
-    """Delete an app, its releases and its logs."""
-    Api.load().request("DELETE", f"/v1/apps/{name}")
+def delete(name: str, force: bool = typer.Option(False, "--force", "-f",
+                                                 help="do not ask for confirmation")) -> None:
+    """Delete an app, its releases and its logs (asks first unless -f)."""
+    api = Api.load()
+    api.get(f"/v1/apps/{name}")             # a missing app is an error before any question
+    if not force:
+        if not sys.stdin.isatty():
+            raise CLIError(f"not deleting {name}: no terminal to confirm on; pass -f")
+        if not typer.confirm(f"Delete {name}, its releases and its logs?", err=True):
+            raise CLIError(f"{name} not deleted")
+    api.request("DELETE", f"/v1/apps/{name}")
     typer.echo(f"{name} deleted")
 
 
@@ -726,22 +792,29 @@ def _print_line(line: dict[str, Any]) -> None:
     typer.echo(f"{stamp} [{line['source']}] {line['line']}")
 
 
+def _print_json_line(line: dict[str, Any]) -> None:
+    typer.echo(json.dumps(line, sort_keys=True))
+
+
 @app.command()
-def logs(name: str, follow: bool = typer.Option(False, "--follow", "-f"),
+def logs(name: str, follow: bool = typer.Option(False, "--follow", "-f", "--tail",
+                                                help="keep printing new lines"),
          recent: bool = typer.Option(False, "--recent", help="print recent lines and exit"),
          lines: int = typer.Option(100, "--lines", "-n", min=1, max=5000),
-         as_json: bool = JSON) -> None:
-    """Show an app's build and app log lines; -f follows with no gap."""
+         as_json: bool = typer.Option(False, "--json", help="one JSON object per line")
+         ) -> None:
+    """Show an app's build and app log lines; -f (or --tail) follows with no gap."""
     del recent  # recent lines are what is shown without --follow
+    show = _print_json_line if as_json else _print_line
     api = Api.load()
     page = api.get(f"/v1/apps/{name}/logs", params={"limit": lines})
     for line in page["lines"]:
-        emit_json(line) if as_json else _print_line(line)
+        show(line)
     after = page["next"] or 0
     while follow:
         page = api.get(f"/v1/apps/{name}/logs", params={"after": after, "wait": 25}, timeout=40)
         for line in page["lines"]:
-            emit_json(line) if as_json else _print_line(line)
+            show(line)
         after = page["next"] if page["next"] is not None else after
 
 
@@ -827,9 +900,11 @@ def releases(name: str, as_json: bool = JSON) -> None:
 
 
 @app.command()
-def events(name: str, as_json: bool = JSON) -> None:
-    """List what happened to an app."""
-    rows = Api.load().get(f"/v1/apps/{name}/events")["events"]
+def events(name: str, as_json: bool = JSON,
+           limit: int = typer.Option(100, "--limit", "-n", min=1, max=10000,
+                                     help="show the newest N")) -> None:
+    """List what happened to an app (the newest 100 unless --limit), oldest first."""
+    rows = Api.load().get(f"/v1/apps/{name}/events", params={"limit": limit})["events"]
     if as_json:
         return emit_json(rows)
     table([[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r["kind"], r["actor"],
@@ -918,7 +993,10 @@ def run(name: str, command: list[str] = typer.Argument(..., help="the command, a
 def git_remote(name: str, remote: str = typer.Option("foundry", help="remote name"),
                directory: Path = typer.Option(Path("."), "--dir", help="the git work tree")
                ) -> None:
-    """Add (or update) a git remote that deploys NAME on `git push REMOTE main`."""
+    """Add (or update) a git remote that deploys NAME on `git push REMOTE main`, with a
+    deploy token limited to NAME (re-running replaces it and revokes the old one)."""
+    import socket
+
     from control.names import app_name_problem
 
     problem = app_name_problem(name)
@@ -935,13 +1013,30 @@ def git_remote(name: str, remote: str = typer.Option("foundry", help="remote nam
         return result
 
     git("rev-parse", "--git-dir")
+    # The remote gets a deploy token of its own, limited to this app (revocable, listed by
+    # `foundry tokens list`), never the caller's token, which may be the admin's.
+    label = f"git-remote {name} ({socket.gethostname()})"[:80]
+    try:
+        minted = api.request("POST", "/v1/tokens", json={"kind": "deploy", "apps": [name],
+                                                          "label": label})
+    except CLIError as e:
+        raise CLIError(f"cannot mint a deploy token for the remote ({e}); an admin can run "
+                       "`foundry git-remote`, or add the header with a deploy token by hand"
+                       ) from None
+    previous = git("config", "--get", f"remote.{remote}.foundryTokenId", check=False).stdout
     if git("remote", "get-url", remote, check=False).returncode == 0:
         git("remote", "set-url", remote, url)
     else:
         git("remote", "add", remote, url)
     # The token goes in a header scoped to this URL, not in the remote's URL.
-    git("config", f"http.{url}.extraHeader", f"Authorization: Bearer {api.token}")
+    git("config", f"http.{url}.extraHeader", f"Authorization: Bearer {minted['token']}")
+    git("config", f"remote.{remote}.foundryTokenId", minted["id"])
+    if previous.strip() and previous.strip() != minted["id"]:
+        with contextlib.suppress(CLIError):    # already revoked, or not ours to revoke
+            api.request("DELETE", f"/v1/tokens/{previous.strip()}")
     typer.echo(f"remote {remote} -> {url}; deploy with: git push {remote} main")
+    typer.echo(f"the remote uses deploy token {minted['id']} ({label}); "
+               f"`foundry tokens revoke {minted['id']}` withdraws it", err=True)
 
 
 # --- tokens -------------------------------------------------------------------------
@@ -1124,10 +1219,34 @@ def edge(listen: str = typer.Option("127.0.0.1:8080"),
         raise CLIError(str(e)) from None
 
 
+def join_token(flag: str | None, file: str | None, env: str | None) -> str | None:
+    """The join token from --token-file (a path, or - for stdin), FOUNDRY_JOIN_TOKEN or
+    --token, in that order; --token is shown by `ps` to every user, so it draws a warning."""
+    given = [what for what, v in (("--token", flag), ("--token-file", file)) if v]
+    if len(given) > 1:
+        raise CLIError("give the join token once: --token or --token-file")
+    if file is not None:
+        try:
+            text = sys.stdin.read() if file == "-" else Path(file).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CLIError(f"--token-file {file}: {e}") from None
+        if not text.strip():
+            raise CLIError(f"--token-file {file}: no token in it")
+        return text.strip()
+    if flag is not None:
+        typer.echo("warning: --token is visible to every user in `ps`; use --token-file FILE, "
+                   "--token-file - (stdin) or FOUNDRY_JOIN_TOKEN", err=True)
+        return flag
+    return env or None
+
+
 @node_app.command("join")
 def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
-              token: str = typer.Option(None, envvar="FOUNDRY_JOIN_TOKEN",
-                                        help="join token (only needed the first time)"),
+              token: str = typer.Option(None, help="join token (only needed the first "
+                                        "time; visible in `ps`: prefer --token-file or "
+                                        "FOUNDRY_JOIN_TOKEN)"),
+              token_file: str = typer.Option(None, help="read the join token from this file, "
+                                             "or from stdin with -"),
               home: Path = typer.Option(None), name: str = typer.Option(None),
               advertise: str = typer.Option("127.0.0.1", help="address instances are reached at"),
               memory: str = typer.Option("auto", help="memory offered to instances, e.g. "
@@ -1156,6 +1275,7 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
     from node.staging import BASE, ENV_FILE, StagingEnvError, load_staging_env
     from packs import PACKS_DIR
 
+    token = join_token(token, token_file, os.environ.get("FOUNDRY_JOIN_TOKEN"))
     try:
         memory_mb = machine_memory_mb() * 9 // 10 if memory == "auto" else parse_memory(memory)
     except ValueError as e:
