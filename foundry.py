@@ -99,6 +99,11 @@ class Api:
         if not token and saved.get("token_file") and Path(saved["token_file"]).exists():
             token = Path(saved["token_file"]).read_text().strip()
         if not url or not token:
+            others = sorted(_running_homes() - {str(home)})
+            if others:
+                raise CLIError(f"no control plane configured in {home}, but `foundry up` runs "
+                               f"with home {' and '.join(others)}: export FOUNDRY_HOME="
+                               + (others[0] if len(others) == 1 else "(one of them)"))
             raise CLIError(f"no control plane configured: run `foundry up` (home {home}) or set "
                            "FOUNDRY_API and FOUNDRY_TOKEN")
         return cls(url.rstrip("/"), token, saved.get("apps_url", "http://{app}.localhost"))
@@ -121,6 +126,14 @@ class Api:
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
+
+
+def _running_homes() -> set[str]:
+    """Homes of the `foundry up` platforms running on this machine (their roles say so in
+    their environment), to point a CLI without settings at one."""
+    if not sys.platform.startswith("linux"):
+        return set()
+    return {p.up_home for p in _processes() if p.up_home}
 
 
 def _verify() -> ssl.SSLContext | bool:
@@ -1110,7 +1123,10 @@ def control(home: Path = typer.Option(None, help="state directory"),
             listen: str = typer.Option("127.0.0.1:7070"),
             domain: str = typer.Option("localhost"),
             api_address: str = typer.Option(None, help="HOST:PORT the edge routes api.<domain> to"),
-            apps_url: str = typer.Option(None, help="URL pattern of apps, with {app}"),
+            apps_url: str = typer.Option(None, help="URL pattern of apps, with {app} "
+                                         "(default http://{app}.DOMAIN:EDGE_PORT)"),
+            edge_port: int = typer.Option(8080, min=1, max=65535, help="the port the edge "
+                                          "listens on, for app URLs (80: none shown)"),
             tls: bool = typer.Option(False, "--tls", help="serve HTTPS with a self-signed "
                                      "certificate made on first start"),
             tls_cert: Path = typer.Option(None, help="serve HTTPS with this certificate"),
@@ -1125,8 +1141,10 @@ def control(home: Path = typer.Option(None, help="state directory"),
             healthy_reset: float = typer.Option(300.0, min=1, help="seconds of healthy "
                                                 "running that reset the crash count"),
             keyring: Path = KEYRING) -> None:
-    """Run the control plane."""
+    """Run the control plane; its first start writes an admin token into its home."""
     _die_with_up()
+    import socket
+
     from control.config import ControlConfig
     from control.main import run
     from control.reconciler import Policy
@@ -1142,14 +1160,36 @@ def control(home: Path = typer.Option(None, help="state directory"),
         cert = TLS(tls_cert, tls_key)
     elif tls:
         cert = self_signed(home / "tls", default_names(host))
+    scheme = "https" if cert else "http"
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+
+    def announce(created: Path | None) -> None:
+        typer.echo(f"Foundry control plane (home {home})")
+        typer.echo(f"  API:         {scheme}://{shown}:{port}  (listening on {host}:{port})")
+        typer.echo(f"  Apps:        {apps_url or default_apps_url(domain, edge_port)}")
+        if cert:
+            typer.echo(f"  Certificate: {cert.cert}  fingerprint {cert.fingerprint}")
+        if created:
+            typer.echo(f"  Admin token: {created}  (made now, readable only by you; "
+                       "mint other tokens with it, then keep it safe)")
+        elif (home / "admin-token").exists():
+            typer.echo(f"  Admin token: {home / 'admin-token'}")
+        sys.stdout.flush()
+
     run(ControlConfig(home=home, domain=domain, host=host, port=port,
                       api_address=api_address or f"{host}:{port}",
-                      apps_url=apps_url or f"http://{{app}}.{domain}",
+                      apps_url=apps_url or default_apps_url(domain, edge_port),
                       tls_cert=cert.cert if cert else None, tls_key=cert.key if cert else None,
                       tls_fingerprint=cert.fingerprint if cert else None, keyring=keyring,
                       policy=Policy(immediate_restarts=immediate_restarts, backoff_base=backoff,
                                     backoff_max=backoff_max, give_up_after=give_up_after,
-                                    reset_after=healthy_reset, node_ttl=node_ttl)))
+                                    reset_after=healthy_reset, node_ttl=node_ttl)),
+        announce)
+
+
+def default_apps_url(domain: str, edge_port: int) -> str:
+    """Where users reach apps: the edge's port in the URL unless it is HTTP's own."""
+    return f"http://{{app}}.{domain}" + ("" if edge_port == 80 else f":{edge_port}")
 
 
 @app.command("rotate-key")
@@ -1242,7 +1282,7 @@ def join_token(flag: str | None, file: str | None, env: str | None) -> str | Non
 
 @node_app.command("join")
 def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
-              token: str = typer.Option(None, help="join token (only needed the first "
+              token: str | None = typer.Option(None, help="join token (only needed the first "
                                         "time; visible in `ps`: prefer --token-file or "
                                         "FOUNDRY_JOIN_TOKEN)"),
               token_file: str = typer.Option(None, help="read the join token from this file, "
@@ -1566,6 +1606,8 @@ class Up:
         typer.echo(f"  Admin token: {self.home / 'admin-token'}")
         typer.echo(f"  Logs:       {self.home / 'logs'}")
         typer.echo(f"  Isolation:  {_isolation()}")
+        if self.home != Path.home() / ".foundry":
+            typer.echo(f"In another terminal, first: export FOUNDRY_HOME={self.home.resolve()}")
         typer.echo("Press Ctrl-C to stop.", err=False)
         sys.stdout.flush()
 
