@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import shutil
 import socket
 import stat
@@ -87,7 +88,10 @@ class Control:
         assert self.proc.stdout is not None
         self.banner: list[str] = []
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:       # a banner that never comes fails, not hangs
+            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
+            if not ready:
+                break
             line = self.proc.stdout.readline()
             if not line:
                 break
