@@ -84,20 +84,19 @@ class Control:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "foundry", "control", "--home", str(home), "--listen",
              f"127.0.0.1:{self.port}", *args], cwd=ROOT, env=clean_env(),
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self.proc.stdout is not None
-        self.banner: list[str] = []
+        fd = self.proc.stdout.fileno()
+        seen = b""
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:       # a banner that never comes fails, not hangs
-            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
-            if not ready:
+        while b"Admin token" not in seen and time.monotonic() < deadline:
+            # a banner that never comes fails the test, it does not hang it
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(fd, 4096) if ready else b""
+            if not chunk:
                 break
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.banner.append(line.rstrip("\n"))
-            if line.startswith("  Admin token") or len(self.banner) > 8:
-                break
+            seen += chunk
+        self.banner = seen.decode().splitlines()
 
     @property
     def text(self) -> str:
