@@ -38,6 +38,33 @@ app.add_typer(node_app, name="node")
 tokens_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API tokens.")
 app.add_typer(tokens_app, name="tokens")
 
+def foundry_version() -> str:
+    """This checkout's version (its pyproject.toml), else the installed distribution's."""
+    import importlib.metadata
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parent / "pyproject.toml"
+    with contextlib.suppress(OSError, tomllib.TOMLDecodeError, KeyError):
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+    try:
+        return importlib.metadata.version("foundry-paas")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"foundry {foundry_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(version: bool = typer.Option(False, "--version", callback=_show_version,
+                                         is_eager=True, help="print the version and exit")
+            ) -> None:
+    """Foundry: push source, get a running app at a URL."""
+
+
 DEFAULT_IGNORES = (".git", ".hg", ".svn", ".DS_Store", "__pycache__", ".venv", "*.pyc")
 
 
@@ -71,6 +98,11 @@ class Api:
         if not token and saved.get("token_file") and Path(saved["token_file"]).exists():
             token = Path(saved["token_file"]).read_text().strip()
         if not url or not token:
+            others = sorted(_running_homes() - {str(home)})
+            if others:
+                raise CLIError(f"no control plane configured in {home}, but `foundry up` runs "
+                               f"with home {' and '.join(others)}: export FOUNDRY_HOME="
+                               + (others[0] if len(others) == 1 else "(one of them)"))
             raise CLIError(f"no control plane configured: run `foundry up` (home {home}) or set "
                            "FOUNDRY_API and FOUNDRY_TOKEN")
         return cls(url.rstrip("/"), token, saved.get("apps_url", "http://{app}.localhost"))
@@ -93,6 +125,14 @@ class Api:
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
+
+
+def _running_homes() -> set[str]:
+    """Homes of the `foundry up` platforms running on this machine (their roles say so in
+    their environment), to point a CLI without settings at one."""
+    if not sys.platform.startswith("linux"):
+        return set()
+    return {p.up_home for p in _processes() if p.up_home}
 
 
 def _verify() -> ssl.SSLContext | bool:
@@ -735,6 +775,28 @@ def _action(name: str, action: str) -> None:
     typer.echo(f"{name}: {action} requested")
 
 
+@app.command("open")
+def open_app(name: str) -> None:
+    """Print an app's URL, and open it in a browser when there is a display."""
+    view = Api.load().get(f"/v1/apps/{name}")
+    if "web" not in view["processes"]:
+        raise CLIError(f"{name} has no web process, so no URL")
+    typer.echo(view["url"])
+    if _has_display():
+        import webbrowser
+
+        webbrowser.open(view["url"])
+
+
+def _has_display() -> bool:
+    """A graphical session to open a browser in (never under FOUNDRY_NO_BROWSER)."""
+    if os.environ.get("FOUNDRY_NO_BROWSER"):
+        return False
+    if sys.platform in ("darwin", "win32"):
+        return sys.stdout.isatty()
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 @app.command()
 def stop(name: str) -> None:
     """Stop every instance of an app (its route answers 503)."""
@@ -748,9 +810,18 @@ def start(name: str) -> None:
 
 
 @app.command()
-def restart(name: str, wait: bool = WAIT) -> None:
-    """Replace every instance of an app, one at a time."""
+def restart(name: str, wait: bool = WAIT,
+            instance: int = typer.Option(None, "--instance", "-i", min=0,
+                                         help="restart only this instance index"),
+            process: str = typer.Option("web", "--process", "-p",
+                                        help="with -i: the instance's process type")) -> None:
+    """Replace every instance of an app, one at a time (or, with -i N, just instance N)."""
     api = Api.load()
+    if instance is not None:
+        api.request("POST", f"/v1/apps/{name}/actions/restart",
+                    json={"process": process, "index": instance})
+        typer.echo(f"{name}: {process}.{instance} restarting (stopped, then started again)")
+        return
     view = api.request("POST", f"/v1/apps/{name}/actions/restart")
     typer.echo(f"{name}: restarting")
     if wait and view["release"]:
@@ -759,9 +830,17 @@ def restart(name: str, wait: bool = WAIT) -> None:
 
 
 @app.command()
-def delete(name: str) -> None:
-    """Delete an app, its releases and its logs."""
-    Api.load().request("DELETE", f"/v1/apps/{name}")
+def delete(name: str, force: bool = typer.Option(False, "--force", "-f",
+                                                 help="do not ask for confirmation")) -> None:
+    """Delete an app, its releases and its logs (asks first unless -f)."""
+    api = Api.load()
+    api.get(f"/v1/apps/{name}")             # a missing app is an error before any question
+    if not force:
+        if not sys.stdin.isatty():
+            raise CLIError(f"not deleting {name}: no terminal to confirm on; pass -f")
+        if not typer.confirm(f"Delete {name}, its releases and its logs?", err=True):
+            raise CLIError(f"{name} not deleted")
+    api.request("DELETE", f"/v1/apps/{name}")
     typer.echo(f"{name} deleted")
 
 
@@ -770,22 +849,29 @@ def _print_line(line: dict[str, Any]) -> None:
     typer.echo(f"{stamp} [{line['source']}] {line['line']}")
 
 
+def _print_json_line(line: dict[str, Any]) -> None:
+    typer.echo(json.dumps(line, sort_keys=True))
+
+
 @app.command()
-def logs(name: str, follow: bool = typer.Option(False, "--follow", "-f"),
+def logs(name: str, follow: bool = typer.Option(False, "--follow", "-f", "--tail",
+                                                help="keep printing new lines"),
          recent: bool = typer.Option(False, "--recent", help="print recent lines and exit"),
          lines: int = typer.Option(100, "--lines", "-n", min=1, max=5000),
-         as_json: bool = JSON) -> None:
-    """Show an app's build and app log lines; -f follows with no gap."""
+         as_json: bool = typer.Option(False, "--json", help="one JSON object per line")
+         ) -> None:
+    """Show an app's build and app log lines; -f (or --tail) follows with no gap."""
     del recent  # recent lines are what is shown without --follow
+    show = _print_json_line if as_json else _print_line
     api = Api.load()
     page = api.get(f"/v1/apps/{name}/logs", params={"limit": lines})
     for line in page["lines"]:
-        emit_json(line) if as_json else _print_line(line)
+        show(line)
     after = page["next"] or 0
     while follow:
         page = api.get(f"/v1/apps/{name}/logs", params={"after": after, "wait": 25}, timeout=40)
         for line in page["lines"]:
-            emit_json(line) if as_json else _print_line(line)
+            show(line)
         after = page["next"] if page["next"] is not None else after
 
 
@@ -884,9 +970,11 @@ def releases(name: str, as_json: bool = JSON) -> None:
 
 
 @app.command()
-def events(name: str, as_json: bool = JSON) -> None:
-    """List what happened to an app."""
-    rows = Api.load().get(f"/v1/apps/{name}/events")["events"]
+def events(name: str, as_json: bool = JSON,
+           limit: int = typer.Option(100, "--limit", "-n", min=1, max=10000,
+                                     help="show the newest N")) -> None:
+    """List what happened to an app (the newest 100 unless --limit), oldest first."""
+    rows = Api.load().get(f"/v1/apps/{name}/events", params={"limit": limit})["events"]
     if as_json:
         return emit_json(rows)
     table([[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r["kind"], r["actor"],
@@ -975,7 +1063,10 @@ def run(name: str, command: list[str] = typer.Argument(..., help="the command, a
 def git_remote(name: str, remote: str = typer.Option("foundry", help="remote name"),
                directory: Path = typer.Option(Path("."), "--dir", help="the git work tree")
                ) -> None:
-    """Add (or update) a git remote that deploys NAME on `git push REMOTE main`."""
+    """Add (or update) a git remote that deploys NAME on `git push REMOTE main`, with a
+    deploy token limited to NAME (re-running replaces it and revokes the old one)."""
+    import socket
+
     from control.names import app_name_problem
 
     problem = app_name_problem(name)
@@ -992,13 +1083,30 @@ def git_remote(name: str, remote: str = typer.Option("foundry", help="remote nam
         return result
 
     git("rev-parse", "--git-dir")
+    # The remote gets a deploy token of its own, limited to this app (revocable, listed by
+    # `foundry tokens list`), never the caller's token, which may be the admin's.
+    label = f"git-remote {name} ({socket.gethostname()})"[:80]
+    try:
+        minted = api.request("POST", "/v1/tokens", json={"kind": "deploy", "apps": [name],
+                                                          "label": label})
+    except CLIError as e:
+        raise CLIError(f"cannot mint a deploy token for the remote ({e}); an admin can run "
+                       "`foundry git-remote`, or add the header with a deploy token by hand"
+                       ) from None
+    previous = git("config", "--get", f"remote.{remote}.foundryTokenId", check=False).stdout
     if git("remote", "get-url", remote, check=False).returncode == 0:
         git("remote", "set-url", remote, url)
     else:
         git("remote", "add", remote, url)
     # The token goes in a header scoped to this URL, not in the remote's URL.
-    git("config", f"http.{url}.extraHeader", f"Authorization: Bearer {api.token}")
+    git("config", f"http.{url}.extraHeader", f"Authorization: Bearer {minted['token']}")
+    git("config", f"remote.{remote}.foundryTokenId", minted["id"])
+    if previous.strip() and previous.strip() != minted["id"]:
+        with contextlib.suppress(CLIError):    # already revoked, or not ours to revoke
+            api.request("DELETE", f"/v1/tokens/{previous.strip()}")
     typer.echo(f"remote {remote} -> {url}; deploy with: git push {remote} main")
+    typer.echo(f"the remote uses deploy token {minted['id']} ({label}); "
+               f"`foundry tokens revoke {minted['id']}` withdraws it", err=True)
 
 
 # --- tokens -------------------------------------------------------------------------
@@ -1072,7 +1180,10 @@ def control(home: Path = typer.Option(None, help="state directory"),
             listen: str = typer.Option("127.0.0.1:7070"),
             domain: str = typer.Option("localhost"),
             api_address: str = typer.Option(None, help="HOST:PORT the edge routes api.<domain> to"),
-            apps_url: str = typer.Option(None, help="URL pattern of apps, with {app}"),
+            apps_url: str = typer.Option(None, help="URL pattern of apps, with {app} "
+                                         "(default http://{app}.DOMAIN:EDGE_PORT)"),
+            edge_port: int = typer.Option(8080, min=1, max=65535, help="the port the edge "
+                                          "listens on, for app URLs (80: none shown)"),
             tls: bool = typer.Option(False, "--tls", help="serve HTTPS with a self-signed "
                                      "certificate made on first start"),
             tls_cert: Path = typer.Option(None, help="serve HTTPS with this certificate"),
@@ -1087,8 +1198,10 @@ def control(home: Path = typer.Option(None, help="state directory"),
             healthy_reset: float = typer.Option(300.0, min=1, help="seconds of healthy "
                                                 "running that reset the crash count"),
             keyring: Path = KEYRING) -> None:
-    """Run the control plane."""
+    """Run the control plane; its first start writes an admin token into its home."""
     _die_with_up()
+    import socket
+
     from control.config import ControlConfig
     from control.main import run
     from control.reconciler import Policy
@@ -1104,14 +1217,36 @@ def control(home: Path = typer.Option(None, help="state directory"),
         cert = TLS(tls_cert, tls_key)
     elif tls:
         cert = self_signed(home / "tls", default_names(host))
+    scheme = "https" if cert else "http"
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+
+    def announce(created: Path | None) -> None:
+        typer.echo(f"Foundry control plane (home {home})")
+        typer.echo(f"  API:         {scheme}://{shown}:{port}  (listening on {host}:{port})")
+        typer.echo(f"  Apps:        {apps_url or default_apps_url(domain, edge_port)}")
+        if cert:
+            typer.echo(f"  Certificate: {cert.cert}  fingerprint {cert.fingerprint}")
+        if created:
+            typer.echo(f"  Admin token: {created}  (made now, readable only by you; "
+                       "mint other tokens with it, then keep it safe)")
+        elif (home / "admin-token").exists():
+            typer.echo(f"  Admin token: {home / 'admin-token'}")
+        sys.stdout.flush()
+
     run(ControlConfig(home=home, domain=domain, host=host, port=port,
                       api_address=api_address or f"{host}:{port}",
-                      apps_url=apps_url or f"http://{{app}}.{domain}",
+                      apps_url=apps_url or default_apps_url(domain, edge_port),
                       tls_cert=cert.cert if cert else None, tls_key=cert.key if cert else None,
                       tls_fingerprint=cert.fingerprint if cert else None, keyring=keyring,
                       policy=Policy(immediate_restarts=immediate_restarts, backoff_base=backoff,
                                     backoff_max=backoff_max, give_up_after=give_up_after,
-                                    reset_after=healthy_reset, node_ttl=node_ttl)))
+                                    reset_after=healthy_reset, node_ttl=node_ttl)),
+        announce)
+
+
+def default_apps_url(domain: str, edge_port: int) -> str:
+    """Where users reach apps: the edge's port in the URL unless it is HTTP's own."""
+    return f"http://{{app}}.{domain}" + ("" if edge_port == 80 else f":{edge_port}")
 
 
 @app.command("rotate-key")
@@ -1182,10 +1317,34 @@ def edge(listen: str = typer.Option("127.0.0.1:8080"),
         raise CLIError(str(e)) from None
 
 
+def join_token(flag: str | None, file: str | None, env: str | None) -> str | None:
+    """The join token from --token-file (a path, or - for stdin), FOUNDRY_JOIN_TOKEN or
+    --token, in that order; --token is shown by `ps` to every user, so it draws a warning."""
+    given = [what for what, v in (("--token", flag), ("--token-file", file)) if v]
+    if len(given) > 1:
+        raise CLIError("give the join token once: --token or --token-file")
+    if file is not None:
+        try:
+            text = sys.stdin.read() if file == "-" else Path(file).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CLIError(f"--token-file {file}: {e}") from None
+        if not text.strip():
+            raise CLIError(f"--token-file {file}: no token in it")
+        return text.strip()
+    if flag is not None:
+        typer.echo("warning: --token is visible to every user in `ps`; use --token-file FILE, "
+                   "--token-file - (stdin) or FOUNDRY_JOIN_TOKEN", err=True)
+        return flag
+    return env or None
+
+
 @node_app.command("join")
 def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
-              token: str = typer.Option(None, envvar="FOUNDRY_JOIN_TOKEN",
-                                        help="join token (only needed the first time)"),
+              token: str | None = typer.Option(None, help="join token (only needed the first "
+                                        "time; visible in `ps`: prefer --token-file or "
+                                        "FOUNDRY_JOIN_TOKEN)"),
+              token_file: str = typer.Option(None, help="read the join token from this file, "
+                                             "or from stdin with -"),
               home: Path = typer.Option(None), name: str = typer.Option(None),
               advertise: str = typer.Option("127.0.0.1", help="address instances are reached at"),
               memory: str = typer.Option("auto", help="memory offered to instances, e.g. "
@@ -1214,6 +1373,7 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
     from node.staging import BASE, ENV_FILE, StagingEnvError, load_staging_env
     from packs import PACKS_DIR
 
+    token = join_token(token, token_file, os.environ.get("FOUNDRY_JOIN_TOKEN"))
     try:
         memory_mb = machine_memory_mb() * 9 // 10 if memory == "auto" else parse_memory(memory)
     except ValueError as e:
@@ -1537,6 +1697,8 @@ class Up:
         typer.echo(f"  Admin token: {self.home / 'admin-token'}")
         typer.echo(f"  Logs:       {self.home / 'logs'}")
         typer.echo(f"  Isolation:  {_isolation()}")
+        if self.home != Path.home() / ".foundry":
+            typer.echo(f"In another terminal, first: export FOUNDRY_HOME={self.home.resolve()}")
         typer.echo("Press Ctrl-C to stop.", err=False)
         sys.stdout.flush()
 

@@ -23,12 +23,14 @@ from control.context import (
     json_body,
     parse_duration,
 )
+from control.converge import stop_instance
 from control.errors import (
     BadRequest,
     Conflict,
     NotFound,
     Unprocessable,
 )
+from control.model import LIVE_STATES
 from control.names import (
     env_name_problem,
     parse_memory,
@@ -176,20 +178,43 @@ def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[s
 
 
 async def app_action(request: Request) -> Response:
-    """stop / start / restart an app."""
+    """stop / start / restart an app; restart with {process, index} replaces just that
+    instance (stopped, then started afresh by the reconciler)."""
     ctl, name, token = app_call(request, APP_KINDS)
     action = request.path_params["action"]
     ctl.store.get_app(name)
+    sent = request.headers.get("content-length", "0") != "0" \
+        or "transfer-encoding" in request.headers
+    body = await json_body(request) if action == "restart" and sent else {}
     if action == "stop":
         ctl.store.update_app(name, started=0)
     elif action == "start":
         ctl.store.update_app(name, started=1)
+    elif action == "restart" and "index" in body:
+        what = _restart_instance(ctl, name, body)
+        ctl.store.add_event(name, action, f"{what} restarted", token.id)
+        return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
     elif action == "restart":
         releases.restart(ctl.store, name, token.id)
     else:
         raise NotFound(f"no action {action!r} (stop, start, restart)")
     ctl.store.add_event(name, action, f"app {action}", token.id)
     return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
+
+
+def _restart_instance(ctl: Control, name: str, body: dict[str, Any]) -> str:
+    """Stop the live instance of slot (process, index); returns its name, e.g. web.1."""
+    process = str(body.get("process", "web"))
+    index = int_between(body.get("index"), "index", 0, 100)
+    live = [r for r in ctl.store.instance_rows(app=name)
+            if r["process"] == process and r["idx"] == index and not r["stopping"]
+            and r["state"] in LIVE_STATES]
+    if not live:
+        raise NotFound(f"{name} has no running instance {process}.{index} "
+                       f"(see `foundry app {name}`)")
+    for row in live:
+        stop_instance(ctl.store, row)
+    return f"{process}.{index}"
 
 
 async def get_env(request: Request) -> Response:
@@ -279,9 +304,10 @@ async def cancel_deploy(request: Request) -> Response:
 
 
 async def list_events(request: Request) -> Response:
-    """List an app's events, oldest first."""
+    """List an app's newest events (?limit=N, default 100), oldest first."""
     ctl, name, _ = app_call(request, READ_KINDS, exists=True)
-    return JSONResponse({"events": ctl.store.list_events(name)})
+    limit = int_between(request.query_params.get("limit", "100"), "limit", 1, 10000)
+    return JSONResponse({"events": ctl.store.list_events(name, limit)})
 
 
 async def read_logs(request: Request) -> Response:

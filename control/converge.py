@@ -97,12 +97,7 @@ def apply(store: Store, plan: Plan) -> None:
     for iid in plan.stop:
         row = rows.get(iid)
         if row is not None:
-            store.update_instance(iid, stopping=1)
-            # A routed instance is out of the routing table from now on; the node waits
-            # `drain` seconds before SIGTERM so requests already on their way finish.
-            drain = DRAIN_SECONDS if row["state"] == "RUNNING" and row["process"] == "web" else 0
-            stop: StopPayload = {"instance": iid, "drain": drain}
-            store.enqueue(row["node"], "stop", dict(stop))
+            stop_instance(store, row)
     for iid in plan.reset_restarts:
         store.update_instance(iid, restarts=0)
     for iid in plan.forget:
@@ -120,6 +115,16 @@ def apply(store: Store, plan: Plan) -> None:
         if p.restarts:
             store.add_event(p.app, "restart", f"{p.process}.{p.index} restarted "
                             f"(restart {p.restarts})")
+
+
+def stop_instance(store: Store, row: dict[str, Any]) -> None:
+    """Ask the instance's node to stop it; the reconciler then starts its slot afresh."""
+    store.update_instance(row["id"], stopping=1)
+    # A routed instance is out of the routing table from now on; the node waits
+    # `drain` seconds before SIGTERM so requests already on their way finish.
+    drain = DRAIN_SECONDS if row["state"] == "RUNNING" and row["process"] == "web" else 0
+    stop: StopPayload = {"instance": row["id"], "drain": drain}
+    store.enqueue(row["node"], "stop", dict(stop))
 
 
 def finish_deployments(store: Store) -> None:
