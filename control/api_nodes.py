@@ -167,8 +167,8 @@ async def build_result(request: Request) -> Response:
     if not ctl.store.app_exists(build["app"]):
         raise NotFound(f"app {build['app']!r} was deleted while it was being built")
     env = ctl.store.get_app(build["app"])["env"]
-    same = releases.current_if_same(ctl.store, build["app"], droplet=droplet, env=env,
-                                    processes=processes)
+    same = releases.current_if_same(ctl.store, build["app"], build=build["id"],
+                                    droplet=droplet, env=env, processes=processes)
     if same is not None:
         ctl.store.set_build(build["id"], "STAGED", droplet=droplet, pack=body.get("pack"),
                             processes=processes, release=same)

@@ -32,17 +32,28 @@ def make_release(store: Store, blobs: BlobStore, app: str, *, droplet: str,
     return version
 
 
-def current_if_same(store: Store, app: str, *, droplet: str, env: dict[str, str],
+def current_if_same(store: Store, app: str, *, build: str, droplet: str, env: dict[str, str],
                     processes: dict[str, str]) -> int | None:
-    """The current release's version when it already runs exactly this droplet, config
-    and process types (an unchanged re-push): a new release would replace every instance
-    for nothing. None when anything differs or there is no release yet."""
+    """The current release's version when `build` changes nothing it runs (an unchanged
+    re-push): the same config and process types, and either the same droplet or the same
+    source package built with the same options as the build behind the current release
+    (a pack whose output holds build times, like a virtualenv, never makes the same droplet
+    twice). A new release would replace every instance for nothing. None when anything
+    differs or there is no release yet."""
     version = store.get_app(app)["release"]
     if not version:
         return None
     current = store.get_release(app, version)
-    same = (current["droplet"], current["env"], current["processes"]) == (droplet, env, processes)
-    return int(version) if same else None
+    if (current["env"], current["processes"]) != (env, processes):
+        return None
+    if current["droplet"] == droplet:
+        return int(version)
+    this = store.get_build(build)
+    options = store.build_options(build)
+    for earlier in store.builds_of_release(app, int(version)):
+        if earlier["source"] == this["source"] and store.build_options(earlier["id"]) == options:
+            return int(version)
+    return None
 
 
 def rollback(store: Store, blobs: BlobStore, app: str, version: int, actor: str | None,

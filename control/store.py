@@ -430,6 +430,11 @@ class Store:
         row["processes"] = json.loads(row["processes"]) if row["processes"] else None
         return row
 
+    def builds_of_release(self, app: str, version: int) -> list[dict[str, Any]]:
+        """The staged builds whose outcome was release `version` of `app`."""
+        return self._rows("SELECT * FROM builds WHERE app = ? AND release = ? AND state = ?",
+                          [app, version, "STAGED"])
+
     def builds_in(self, state: str) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM builds WHERE state = ? ORDER BY created_at", [state])
 

@@ -97,6 +97,22 @@ def test_an_unchanged_repush_keeps_the_release_and_its_instances(platform: Platf
     assert instance_ids(platform, "again") == ids
 
 
+def test_an_unchanged_python_repush_keeps_the_release(platform: Platform,
+                                                     tmp_path: Path) -> None:
+    """The python pack's virtualenv holds build times, so its droplet differs every build:
+    the same source built with the same options is what says nothing changed."""
+    app = tmp_path / "snake"
+    shutil.copytree(EXAMPLES / "hello-python", app)
+    platform.cli("push", str(app))
+    release, ids = release_of(platform, "snake"), instance_ids(platform, "snake")
+    repushed = platform.cli("push", str(app))
+    assert f"snake: no change: release v{release} is current" in repushed.stdout
+    assert (release_of(platform, "snake"), instance_ids(platform, "snake")) == (release, ids)
+    (app / "app.py").write_text((app / "app.py").read_text() + "\n# changed\n")
+    platform.cli("push", str(app))
+    assert release_of(platform, "snake") == release + 1
+
+
 def test_strict_shows_every_change_and_asks_first(platform: Platform, tmp_path: Path) -> None:
     app = tmp_path / "web"
     shutil.copytree(TINY, app)
