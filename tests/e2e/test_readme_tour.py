@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Platform
+from tests.e2e.conftest import ROOT, Platform, started
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")]
@@ -43,13 +43,8 @@ def test_the_tour_is_a_sh_block_of_foundry_and_curl_lines() -> None:
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    p = Platform(tmp_path_factory.mktemp("tour") / "home")
-    p.start()
-    try:
+    with started(Platform(tmp_path_factory.mktemp("tour") / "home")) as p:
         yield p
-    finally:
-        if p.proc is not None and p.proc.poll() is None:
-            p.stop()
 
 
 def run_on_a_terminal(argv: list[str], env: dict[str, str], answer: bytes
