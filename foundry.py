@@ -38,6 +38,33 @@ app.add_typer(node_app, name="node")
 tokens_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API tokens.")
 app.add_typer(tokens_app, name="tokens")
 
+def foundry_version() -> str:
+    """This checkout's version (its pyproject.toml), else the installed distribution's."""
+    import importlib.metadata
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parent / "pyproject.toml"
+    with contextlib.suppress(OSError, tomllib.TOMLDecodeError, KeyError):
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+    try:
+        return importlib.metadata.version("foundry-paas")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"foundry {foundry_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(version: bool = typer.Option(False, "--version", callback=_show_version,
+                                         is_eager=True, help="print the version and exit")
+            ) -> None:
+    """Foundry: push source, get a running app at a URL."""
+
+
 DEFAULT_IGNORES = (".git", ".hg", ".svn", ".DS_Store", "__pycache__", ".venv", "*.pyc")
 
 
@@ -71,6 +98,11 @@ class Api:
         if not token and saved.get("token_file") and Path(saved["token_file"]).exists():
             token = Path(saved["token_file"]).read_text().strip()
         if not url or not token:
+            others = sorted(_running_homes() - {str(home)})
+            if others:
+                raise CLIError(f"no control plane configured in {home}, but `foundry up` runs "
+                               f"with home {' and '.join(others)}: export FOUNDRY_HOME="
+                               + (others[0] if len(others) == 1 else "(one of them)"))
             raise CLIError(f"no control plane configured: run `foundry up` (home {home}) or set "
                            "FOUNDRY_API and FOUNDRY_TOKEN")
         return cls(url.rstrip("/"), token, saved.get("apps_url", "http://{app}.localhost"))
@@ -93,6 +125,14 @@ class Api:
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
+
+
+def _running_homes() -> set[str]:
+    """Homes of the `foundry up` platforms running on this machine (their roles say so in
+    their environment), to point a CLI without settings at one."""
+    if not sys.platform.startswith("linux"):
+        return set()
+    return {p.up_home for p in _processes() if p.up_home}
 
 
 def _verify() -> ssl.SSLContext | bool:
@@ -178,6 +218,11 @@ def default_app_name(directory: Path) -> str:
     return directory.resolve().name.lower().replace("_", "-").replace(".", "-")
 
 
+# The stager's closing line of a failed build: its reason is the push's error line, so
+# the CLI shows it there, once, instead of in the log as well.
+BUILD_FAILED_LINE = "-----> Build failed: "
+
+
 def follow_build(api: Api, name: str, build: str) -> dict[str, Any]:
     """Print the build log live until the build ends; returns the final build."""
     after: int | None = 0
@@ -187,7 +232,8 @@ def follow_build(api: Api, name: str, build: str) -> dict[str, Any]:
         page = api.get(f"/v1/apps/{name}/logs", params={
             "build": build, "after": after, "wait": 0 if done else 5}, timeout=40)
         for line in page["lines"]:
-            typer.echo(f"  {line['line']}")
+            if not line["line"].startswith(BUILD_FAILED_LINE):
+                typer.echo(f"  {line['line']}")
         after = page["next"]
         if done and not page["lines"]:
             return dict(state)
@@ -375,6 +421,7 @@ class PushJob:
     manifest: Any = None          # control.manifest.AppManifest when pushed from one
     strict: bool = False
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # sent in the body
+    yes: bool = False             # --yes: apply --strict's changes without asking
     replace_env: bool = False     # --strict: the app's config vars become exactly `env`
 
     def config(self) -> dict[str, Any]:
@@ -388,17 +435,29 @@ def push_app(api: Api, job: PushJob, wait: bool, timeout: float) -> None:
         job.params.append(("buildpack", resolve_buildpack(api, job.name, job.buildpack)))
     diff = show_strict_diff(api, job) if job.strict else None
     started = start_build(api, job)
-    typer.echo(f"{'Created' if started['created'] else 'Updating'} {job.name}; "
+    # "Created" is not said before the first build succeeds: a failed one keeps no app.
+    typer.echo(f"Building {job.name}{' (a new app)' if started['created'] else ''}, "
                f"build {started['build']}:", err=True)
     build = follow_build(api, job.name, started["build"])
     if build["state"] == "FAILED":
-        if started["created"]:
-            # The push created the app and nothing came of it: leave no husk behind.
-            api.request("DELETE", f"/v1/apps/{job.name}")
-        raise CLIError(f"build failed: {build['error']}")
+        raise CLIError(f"build failed: {build['error']}"
+                       + (forget_new_app(api, job.name) if started["created"] else ""))
     if job.manifest is not None:
         apply_manifest(api, job, diff)
+    if build["release"] == started.get("current_release"):
+        typer.echo(f"{job.name}: no change: release v{build['release']} is current")
+        return
     finish(api, job.name, build["release"], wait, timeout)
+
+
+def forget_new_app(api: Api, name: str) -> str:
+    """Delete an app whose first build failed (nothing came of the push, so no husk is
+    left behind); returns what to add to the error line."""
+    try:
+        api.request("DELETE", f"/v1/apps/{name}")
+    except CLIError as e:
+        return f"; the new app {name} stays, with no release ({e})"
+    return f"; the new app {name} is not kept"
 
 
 def manifest_params(app_: Any) -> list[tuple[str, str | int]]:
@@ -427,9 +486,11 @@ def current_routes(api: Api, name: str) -> list[str]:
 
 
 def show_strict_diff(api: Api, job: PushJob) -> Any:
-    """Print what --strict will remove from an existing app, before changing anything."""
-    from control.manifest import StrictDiff, strict_diff
+    """Print every difference --strict makes to an existing app (config values never
+    shown) and have the user agree, on a terminal or with --yes, before changing anything."""
+    from control.manifest import AppNow, StrictDiff, strict_changes, strict_diff
 
+    job.replace_env = True
     if not any(a["name"] == job.name for a in api.get("/v1/apps")["apps"]):
         return StrictDiff()
     view = api.get(f"/v1/apps/{job.name}")
@@ -438,9 +499,22 @@ def show_strict_diff(api: Api, job: PushJob) -> Any:
     if job.manifest.random_route:
         routes = [r for r in routes if not r.startswith(f"{job.name}-")]
     diff = strict_diff(job.manifest, env, routes, view["scale"], list(view["processes"]))
-    typer.echo(f"--strict: {job.name} will lose " + (", ".join(diff.lines()) or "nothing"),
-               err=True)
-    job.replace_env = True
+    changes = strict_changes(job.manifest, AppNow(
+        env=env, routes=tuple(routes), scale=view["scale"], processes=view["processes"],
+        memory_mb=view["memory_mb"], health_check=view["health_check"]), diff)
+    if not changes:
+        typer.echo(f"--strict: {job.name} already is what the manifest says", err=True)
+        return diff
+    typer.echo(f"--strict: {job.name} changes:")
+    for line in changes:
+        typer.echo(f"  {line}")
+    if job.yes:
+        return diff
+    if not sys.stdin.isatty():
+        raise CLIError(f"--strict would change {job.name} as shown; pass --yes to apply "
+                       "that without a terminal")
+    if not typer.confirm(f"Apply these changes to {job.name}?", err=True):
+        raise CLIError(f"nothing changed: {job.name} is left as it was")
     return diff
 
 
@@ -524,7 +598,9 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
                                             help="manifest (default DIR/manifest.yml)"),
          no_manifest: bool = typer.Option(False, "--no-manifest", help="ignore manifest.yml"),
          strict: bool = typer.Option(False, "--strict", help="make each app exactly what the "
-                                     "manifest says (shows what goes first)"),
+                                     "manifest says (shows every change and asks first)"),
+         yes: bool = typer.Option(False, "--yes", "-y", help="apply --strict's changes "
+                                  "without asking"),
          wait: bool = WAIT,
          timeout: float = typer.Option(180, help="seconds to wait for the rollout"),
          watch: bool = typer.Option(False, "--watch", help="stay running and push again "
@@ -566,6 +642,7 @@ def push(path: Path = typer.Argument(Path("."), help="app directory"),
         job.params += flags
         job.env = {**job.env, **env_flags}
         job.buildpack = buildpack or job.buildpack
+        job.yes = yes
         if len(jobs) > 1:
             typer.echo(f"==> {job.name} ({number} of {len(jobs)})", err=True)
         push_app(api, dataclasses.replace(job, params=list(job.params)), wait, timeout)
@@ -614,6 +691,12 @@ def buildpacks(as_json: bool = typer.Option(False, "--json", help="machine-reada
 JSON = typer.Option(False, "--json", help="machine-readable output")
 
 
+def shown_url(view: dict[str, Any]) -> str:
+    """An app's URL as listings show it: "-" for an app the edge has no route for (a
+    release without a web process, as control/routing.py decides)."""
+    return view["url"] if view["release"] == 0 or "web" in view["processes"] else "-"
+
+
 @app.command("apps")
 def list_apps(as_json: bool = JSON) -> None:
     """List apps."""
@@ -625,7 +708,7 @@ def list_apps(as_json: bool = JSON) -> None:
         running = sum(1 for i in a["instances"] if i["state"] == "RUNNING")
         wanted = sum(a["scale"].get(p, 1) for p in a["processes"] if p != "release")
         rows.append([a["name"], a["state"], f"v{a['release']}" if a["release"] else "-",
-                     f"{running}/{wanted}", a["url"]])
+                     f"{running}/{wanted}", shown_url(a)])
     table(rows, ["NAME", "STATE", "RELEASE", "RUNNING", "URL"])
 
 
@@ -637,7 +720,8 @@ def show_app(name: str, as_json: bool = JSON) -> None:
         return emit_json(view)
     typer.echo(f"{view['name']}  {view['state']}  release "
                f"{'v' + str(view['release']) if view['release'] else 'none'}  "
-               f"memory {view['memory_mb']}M  {view['url']}")
+               f"memory {view['memory_mb']}M  "
+               + (shown_url(view) if shown_url(view) != "-" else "no route (no web process)"))
     typer.echo("scale: " + (", ".join(f"{p}={view['scale'].get(p, 1)}"
                                        for p in view["processes"]) or "no processes"))
     if view.get("autoscale"):
@@ -655,7 +739,8 @@ def show_app(name: str, as_json: bool = JSON) -> None:
 @app.command()
 def scale(name: str,
           instances: int = typer.Option(None, "--instances", "-i", min=0, max=100),
-          process: str = typer.Option("web", "--process", "-p"),
+          process: str = typer.Option(None, "--process", "-p", help="process type (default: "
+                                      "web, or the app's only type)"),
           memory: str = typer.Option(None, "--memory", "-m"),
           min_: int = typer.Option(None, "--min", min=0, max=100, help="autoscale: fewest "
                                    "instances (0 scales to zero when idle)"),
@@ -682,12 +767,34 @@ def scale(name: str,
         typer.echo(f"{name}: web autoscales between {a['min']} and {a['max']} at "
                    f"{a['concurrency']} in flight per instance (idle {a['idle']:.0f} s)")
     else:
-        typer.echo(f"{name}: {process} scaled to {instances}")
+        typer.echo(f"{name}: {view.get('scaled', process)} scaled to {instances}")
 
 
 def _action(name: str, action: str) -> None:
     Api.load().request("POST", f"/v1/apps/{name}/actions/{action}")
     typer.echo(f"{name}: {action} requested")
+
+
+@app.command("open")
+def open_app(name: str) -> None:
+    """Print an app's URL, and open it in a browser when there is a display."""
+    view = Api.load().get(f"/v1/apps/{name}")
+    if "web" not in view["processes"]:
+        raise CLIError(f"{name} has no web process, so no URL")
+    typer.echo(view["url"])
+    if _has_display():
+        import webbrowser
+
+        webbrowser.open(view["url"])
+
+
+def _has_display() -> bool:
+    """A graphical session to open a browser in (never under FOUNDRY_NO_BROWSER)."""
+    if os.environ.get("FOUNDRY_NO_BROWSER"):
+        return False
+    if sys.platform in ("darwin", "win32"):
+        return sys.stdout.isatty()
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 @app.command()
@@ -703,9 +810,18 @@ def start(name: str) -> None:
 
 
 @app.command()
-def restart(name: str, wait: bool = WAIT) -> None:
-    """Replace every instance of an app, one at a time."""
+def restart(name: str, wait: bool = WAIT,
+            instance: int = typer.Option(None, "--instance", "-i", min=0,
+                                         help="restart only this instance index"),
+            process: str = typer.Option("web", "--process", "-p",
+                                        help="with -i: the instance's process type")) -> None:
+    """Replace every instance of an app, one at a time (or, with -i N, just instance N)."""
     api = Api.load()
+    if instance is not None:
+        api.request("POST", f"/v1/apps/{name}/actions/restart",
+                    json={"process": process, "index": instance})
+        typer.echo(f"{name}: {process}.{instance} restarting (stopped, then started again)")
+        return
     view = api.request("POST", f"/v1/apps/{name}/actions/restart")
     typer.echo(f"{name}: restarting")
     if wait and view["release"]:
@@ -714,9 +830,17 @@ def restart(name: str, wait: bool = WAIT) -> None:
 
 
 @app.command()
-def delete(name: str) -> None:
-    """Delete an app, its releases and its logs."""
-    Api.load().request("DELETE", f"/v1/apps/{name}")
+def delete(name: str, force: bool = typer.Option(False, "--force", "-f",
+                                                 help="do not ask for confirmation")) -> None:
+    """Delete an app, its releases and its logs (asks first unless -f)."""
+    api = Api.load()
+    api.get(f"/v1/apps/{name}")             # a missing app is an error before any question
+    if not force:
+        if not sys.stdin.isatty():
+            raise CLIError(f"not deleting {name}: no terminal to confirm on; pass -f")
+        if not typer.confirm(f"Delete {name}, its releases and its logs?", err=True):
+            raise CLIError(f"{name} not deleted")
+    api.request("DELETE", f"/v1/apps/{name}")
     typer.echo(f"{name} deleted")
 
 
@@ -725,22 +849,29 @@ def _print_line(line: dict[str, Any]) -> None:
     typer.echo(f"{stamp} [{line['source']}] {line['line']}")
 
 
+def _print_json_line(line: dict[str, Any]) -> None:
+    typer.echo(json.dumps(line, sort_keys=True))
+
+
 @app.command()
-def logs(name: str, follow: bool = typer.Option(False, "--follow", "-f"),
+def logs(name: str, follow: bool = typer.Option(False, "--follow", "-f", "--tail",
+                                                help="keep printing new lines"),
          recent: bool = typer.Option(False, "--recent", help="print recent lines and exit"),
          lines: int = typer.Option(100, "--lines", "-n", min=1, max=5000),
-         as_json: bool = JSON) -> None:
-    """Show an app's build and app log lines; -f follows with no gap."""
+         as_json: bool = typer.Option(False, "--json", help="one JSON object per line")
+         ) -> None:
+    """Show an app's build and app log lines; -f (or --tail) follows with no gap."""
     del recent  # recent lines are what is shown without --follow
+    show = _print_json_line if as_json else _print_line
     api = Api.load()
     page = api.get(f"/v1/apps/{name}/logs", params={"limit": lines})
     for line in page["lines"]:
-        emit_json(line) if as_json else _print_line(line)
+        show(line)
     after = page["next"] or 0
     while follow:
         page = api.get(f"/v1/apps/{name}/logs", params={"after": after, "wait": 25}, timeout=40)
         for line in page["lines"]:
-            emit_json(line) if as_json else _print_line(line)
+            show(line)
         after = page["next"] if page["next"] is not None else after
 
 
@@ -757,7 +888,7 @@ def show_env(name: str, as_json: bool = JSON) -> None:
 @app.command("set-env")
 def set_env(name: str, pairs: list[str] = typer.Argument(..., help="KEY=VALUE ..."),
             wait: bool = WAIT) -> None:
-    """Set config vars (a new release; instances are replaced)."""
+    """Set config vars (a new release, instances replaced; values already set change nothing)."""
     values = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -766,17 +897,30 @@ def set_env(name: str, pairs: list[str] = typer.Argument(..., help="KEY=VALUE ..
         values[key] = value
     api = Api.load()
     answer = api.request("PATCH", f"/v1/apps/{name}/env", json={"set": values})
-    typer.echo(f"{name}: set {', '.join(values)}")
+    typer.echo(env_change_line(name, "set", list(values), answer.get("unchanged", []),
+                               "already has that value", "already have those values"))
     finish(api, name, answer["release"], wait, 180)
 
 
 @app.command("unset-env")
 def unset_env(name: str, keys: list[str] = typer.Argument(...), wait: bool = WAIT) -> None:
-    """Remove config vars (a new release; instances are replaced)."""
+    """Remove config vars (a new release, instances replaced; unset ones change nothing)."""
     api = Api.load()
     answer = api.request("PATCH", f"/v1/apps/{name}/env", json={"unset": keys})
-    typer.echo(f"{name}: unset {', '.join(keys)}")
+    typer.echo(env_change_line(name, "unset", keys, answer.get("unchanged", []),
+                               "is not set", "are not set"))
     finish(api, name, answer["release"], wait, 180)
+
+
+def env_change_line(name: str, verb: str, keys: list[str], unchanged: list[str],
+                    why_one: str, why_many: str) -> str:
+    """What a config change did: the keys it changed, and those it left as they were."""
+    idle = [k for k in dict.fromkeys(keys) if k in unchanged]
+    changed = [k for k in dict.fromkeys(keys) if k not in unchanged]
+    why = f"{', '.join(idle)} {why_one if len(idle) == 1 else why_many}"
+    if not changed:
+        return f"{name}: {why}; nothing changed"
+    return f"{name}: {verb} {', '.join(changed)}" + (f" ({why})" if idle else "")
 
 
 @app.command()
@@ -826,9 +970,11 @@ def releases(name: str, as_json: bool = JSON) -> None:
 
 
 @app.command()
-def events(name: str, as_json: bool = JSON) -> None:
-    """List what happened to an app."""
-    rows = Api.load().get(f"/v1/apps/{name}/events")["events"]
+def events(name: str, as_json: bool = JSON,
+           limit: int = typer.Option(100, "--limit", "-n", min=1, max=10000,
+                                     help="show the newest N")) -> None:
+    """List what happened to an app (the newest 100 unless --limit), oldest first."""
+    rows = Api.load().get(f"/v1/apps/{name}/events", params={"limit": limit})["events"]
     if as_json:
         return emit_json(rows)
     table([[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r["kind"], r["actor"],
@@ -917,7 +1063,10 @@ def run(name: str, command: list[str] = typer.Argument(..., help="the command, a
 def git_remote(name: str, remote: str = typer.Option("foundry", help="remote name"),
                directory: Path = typer.Option(Path("."), "--dir", help="the git work tree")
                ) -> None:
-    """Add (or update) a git remote that deploys NAME on `git push REMOTE main`."""
+    """Add (or update) a git remote that deploys NAME on `git push REMOTE main`, with a
+    deploy token limited to NAME (re-running replaces it and revokes the old one)."""
+    import socket
+
     from control.names import app_name_problem
 
     problem = app_name_problem(name)
@@ -934,13 +1083,30 @@ def git_remote(name: str, remote: str = typer.Option("foundry", help="remote nam
         return result
 
     git("rev-parse", "--git-dir")
+    # The remote gets a deploy token of its own, limited to this app (revocable, listed by
+    # `foundry tokens list`), never the caller's token, which may be the admin's.
+    label = f"git-remote {name} ({socket.gethostname()})"[:80]
+    try:
+        minted = api.request("POST", "/v1/tokens", json={"kind": "deploy", "apps": [name],
+                                                          "label": label})
+    except CLIError as e:
+        raise CLIError(f"cannot mint a deploy token for the remote ({e}); an admin can run "
+                       "`foundry git-remote`, or add the header with a deploy token by hand"
+                       ) from None
+    previous = git("config", "--get", f"remote.{remote}.foundryTokenId", check=False).stdout
     if git("remote", "get-url", remote, check=False).returncode == 0:
         git("remote", "set-url", remote, url)
     else:
         git("remote", "add", remote, url)
     # The token goes in a header scoped to this URL, not in the remote's URL.
-    git("config", f"http.{url}.extraHeader", f"Authorization: Bearer {api.token}")
+    git("config", f"http.{url}.extraHeader", f"Authorization: Bearer {minted['token']}")
+    git("config", f"remote.{remote}.foundryTokenId", minted["id"])
+    if previous.strip() and previous.strip() != minted["id"]:
+        with contextlib.suppress(CLIError):    # already revoked, or not ours to revoke
+            api.request("DELETE", f"/v1/tokens/{previous.strip()}")
     typer.echo(f"remote {remote} -> {url}; deploy with: git push {remote} main")
+    typer.echo(f"the remote uses deploy token {minted['id']} ({label}); "
+               f"`foundry tokens revoke {minted['id']}` withdraws it", err=True)
 
 
 # --- tokens -------------------------------------------------------------------------
@@ -1014,7 +1180,10 @@ def control(home: Path = typer.Option(None, help="state directory"),
             listen: str = typer.Option("127.0.0.1:7070"),
             domain: str = typer.Option("localhost"),
             api_address: str = typer.Option(None, help="HOST:PORT the edge routes api.<domain> to"),
-            apps_url: str = typer.Option(None, help="URL pattern of apps, with {app}"),
+            apps_url: str = typer.Option(None, help="URL pattern of apps, with {app} "
+                                         "(default http://{app}.DOMAIN:EDGE_PORT)"),
+            edge_port: int = typer.Option(8080, min=1, max=65535, help="the port the edge "
+                                          "listens on, for app URLs (80: none shown)"),
             tls: bool = typer.Option(False, "--tls", help="serve HTTPS with a self-signed "
                                      "certificate made on first start"),
             tls_cert: Path = typer.Option(None, help="serve HTTPS with this certificate"),
@@ -1029,8 +1198,10 @@ def control(home: Path = typer.Option(None, help="state directory"),
             healthy_reset: float = typer.Option(300.0, min=1, help="seconds of healthy "
                                                 "running that reset the crash count"),
             keyring: Path = KEYRING) -> None:
-    """Run the control plane."""
+    """Run the control plane; its first start writes an admin token into its home."""
     _die_with_up()
+    import socket
+
     from control.config import ControlConfig
     from control.main import run
     from control.reconciler import Policy
@@ -1046,14 +1217,36 @@ def control(home: Path = typer.Option(None, help="state directory"),
         cert = TLS(tls_cert, tls_key)
     elif tls:
         cert = self_signed(home / "tls", default_names(host))
+    scheme = "https" if cert else "http"
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+
+    def announce(created: Path | None) -> None:
+        typer.echo(f"Foundry control plane (home {home})")
+        typer.echo(f"  API:         {scheme}://{shown}:{port}  (listening on {host}:{port})")
+        typer.echo(f"  Apps:        {apps_url or default_apps_url(domain, edge_port)}")
+        if cert:
+            typer.echo(f"  Certificate: {cert.cert}  fingerprint {cert.fingerprint}")
+        if created:
+            typer.echo(f"  Admin token: {created}  (made now, readable only by you; "
+                       "mint other tokens with it, then keep it safe)")
+        elif (home / "admin-token").exists():
+            typer.echo(f"  Admin token: {home / 'admin-token'}")
+        sys.stdout.flush()
+
     run(ControlConfig(home=home, domain=domain, host=host, port=port,
                       api_address=api_address or f"{host}:{port}",
-                      apps_url=apps_url or f"http://{{app}}.{domain}",
+                      apps_url=apps_url or default_apps_url(domain, edge_port),
                       tls_cert=cert.cert if cert else None, tls_key=cert.key if cert else None,
                       tls_fingerprint=cert.fingerprint if cert else None, keyring=keyring,
                       policy=Policy(immediate_restarts=immediate_restarts, backoff_base=backoff,
                                     backoff_max=backoff_max, give_up_after=give_up_after,
-                                    reset_after=healthy_reset, node_ttl=node_ttl)))
+                                    reset_after=healthy_reset, node_ttl=node_ttl)),
+        announce)
+
+
+def default_apps_url(domain: str, edge_port: int) -> str:
+    """Where users reach apps: the edge's port in the URL unless it is HTTP's own."""
+    return f"http://{{app}}.{domain}" + ("" if edge_port == 80 else f":{edge_port}")
 
 
 @app.command("rotate-key")
@@ -1124,10 +1317,34 @@ def edge(listen: str = typer.Option("127.0.0.1:8080"),
         raise CLIError(str(e)) from None
 
 
+def join_token(flag: str | None, file: str | None, env: str | None) -> str | None:
+    """The join token from --token-file (a path, or - for stdin), FOUNDRY_JOIN_TOKEN or
+    --token, in that order; --token is shown by `ps` to every user, so it draws a warning."""
+    given = [what for what, v in (("--token", flag), ("--token-file", file)) if v]
+    if len(given) > 1:
+        raise CLIError("give the join token once: --token or --token-file")
+    if file is not None:
+        try:
+            text = sys.stdin.read() if file == "-" else Path(file).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CLIError(f"--token-file {file}: {e}") from None
+        if not text.strip():
+            raise CLIError(f"--token-file {file}: no token in it")
+        return text.strip()
+    if flag is not None:
+        typer.echo("warning: --token is visible to every user in `ps`; use --token-file FILE, "
+                   "--token-file - (stdin) or FOUNDRY_JOIN_TOKEN", err=True)
+        return flag
+    return env or None
+
+
 @node_app.command("join")
 def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
-              token: str = typer.Option(None, envvar="FOUNDRY_JOIN_TOKEN",
-                                        help="join token (only needed the first time)"),
+              token: str | None = typer.Option(None, help="join token (only needed the first "
+                                        "time; visible in `ps`: prefer --token-file or "
+                                        "FOUNDRY_JOIN_TOKEN)"),
+              token_file: str = typer.Option(None, help="read the join token from this file, "
+                                             "or from stdin with -"),
               home: Path = typer.Option(None), name: str = typer.Option(None),
               advertise: str = typer.Option("127.0.0.1", help="address instances are reached at"),
               memory: str = typer.Option("auto", help="memory offered to instances, e.g. "
@@ -1156,6 +1373,7 @@ def node_join(control_url: str = typer.Argument(..., help="control plane URL"),
     from node.staging import BASE, ENV_FILE, StagingEnvError, load_staging_env
     from packs import PACKS_DIR
 
+    token = join_token(token, token_file, os.environ.get("FOUNDRY_JOIN_TOKEN"))
     try:
         memory_mb = machine_memory_mb() * 9 // 10 if memory == "auto" else parse_memory(memory)
     except ValueError as e:
@@ -1189,6 +1407,18 @@ def node_ready(name: str) -> None:
     """Let a drained node receive instances again."""
     Api.load().request("POST", f"/v1/nodes/{name}/state", json={"state": "ready"})
     typer.echo(f"node {name} is ready")
+
+
+@node_app.command("remove")
+def node_remove(name: str, force: bool = typer.Option(
+        False, "--force", help="remove a node that is not lost or drained; what still runs "
+        "on it is placed elsewhere and that node can no longer reach the control plane")
+                ) -> None:
+    """Forget a lost or drained node; it must join again with a join token to come back."""
+    done = Api.load().request("DELETE", f"/v1/nodes/{name}",
+                              params={"force": "1"} if force else None)
+    typer.echo(f"node {name} removed" + (f"; {done['instances']} instance(s) on it are placed "
+                                         "elsewhere" if done["instances"] else ""))
 
 
 # --- up -----------------------------------------------------------------------------
@@ -1467,6 +1697,8 @@ class Up:
         typer.echo(f"  Admin token: {self.home / 'admin-token'}")
         typer.echo(f"  Logs:       {self.home / 'logs'}")
         typer.echo(f"  Isolation:  {_isolation()}")
+        if self.home != Path.home() / ".foundry":
+            typer.echo(f"In another terminal, first: export FOUNDRY_HOME={self.home.resolve()}")
         typer.echo("Press Ctrl-C to stop.", err=False)
         sys.stdout.flush()
 

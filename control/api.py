@@ -97,6 +97,7 @@ ROUTES = [
     Route("/v1/nodes/join", api_nodes.join, methods=["POST"]),
     Route("/v1/nodes/{node}/heartbeat", api_nodes.heartbeat, methods=["POST"]),
     Route("/v1/nodes/{node}/state", api_nodes.node_state, methods=["POST"]),
+    Route("/v1/nodes/{node}", api_nodes.remove_node, methods=["DELETE"]),
     Route("/v1/nodes/{node}/work", api_nodes.work),
     Route("/v1/logs", api_nodes.post_logs, methods=["POST"]),
     Route("/v1/blobs/{digest}", api_nodes.get_blob),

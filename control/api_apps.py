@@ -23,11 +23,14 @@ from control.context import (
     json_body,
     parse_duration,
 )
+from control.converge import stop_instance
 from control.errors import (
     BadRequest,
     Conflict,
     NotFound,
+    Unprocessable,
 )
+from control.model import LIVE_STATES
 from control.names import (
     env_name_problem,
     parse_memory,
@@ -97,15 +100,17 @@ async def scale(request: Request) -> Response:
     idle} (min 0 scales to zero when idle)."""
     ctl, name, token = app_call(request, APP_KINDS)
     body = await json_body(request)
-    process = str(body.get("process", "web"))
-    problem = process_name_problem(process)
-    if problem:
-        raise BadRequest(problem)
+    requested = body.get("process")
+    if requested is not None:
+        problem = process_name_problem(str(requested))
+        if problem:
+            raise BadRequest(problem)
     app = ctl.store.get_app(name)
+    autoscaling = any(body.get(k) is not None for k in AUTOSCALE_KEYS)
+    process = process_to_scale(name, None if requested is None else str(requested),
+                               list(_processes(ctl, app)), autoscaling)
     changes: dict[str, Any] = {}
-    if any(body.get(k) is not None for k in ("min", "max", "concurrency", "idle", "window")):
-        if process != "web":
-            raise BadRequest("only the web process type is autoscaled")
+    if autoscaling:
         auto = _autoscale_settings(body, settings_of(app))
         changes["autoscale"] = json.dumps(auto)
         count = max(auto["min"], min(auto["max"], app["scale"].get("web", 1)))
@@ -124,7 +129,33 @@ async def scale(request: Request) -> Response:
             raise BadRequest(str(e)) from None
     ctl.store.update_app(name, **changes)
     ctl.store.add_event(name, "scale", what, token.id)
-    return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
+    return JSONResponse({**app_view(ctl, ctl.store.get_app(name)), "scaled": process})
+
+
+AUTOSCALE_KEYS = ("min", "max", "concurrency", "idle", "window")
+
+
+def process_to_scale(app: str, requested: str | None, types: list[str], autoscaling: bool
+                     ) -> str:
+    """The process type a scale request means: the one named, else `web` when the app has
+    it, else its only type. Refused (with the known types) when the type is unknown or
+    several types leave it ambiguous. Before the first release no type is known yet (the
+    release says which types the build made): the scale is recorded as asked (default
+    `web`), and a type the build does not make runs no instances."""
+    types = [t for t in types if t != "release"]     # the release phase is never scaled
+    known = ", ".join(sorted(types))
+    if requested is None:
+        if not types or "web" in types or autoscaling:
+            requested = "web"
+        elif len(types) == 1:
+            requested = types[0]
+        else:
+            raise BadRequest(f"{app} has no web process; name one with -p ({known})")
+    if types and requested not in types:
+        raise Unprocessable(f"{app} has no process type {requested!r} (it has {known})")
+    if autoscaling and requested != "web":
+        raise BadRequest("only the web process type is autoscaled")
+    return requested
 
 
 def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[str, Any]:
@@ -147,20 +178,43 @@ def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[s
 
 
 async def app_action(request: Request) -> Response:
-    """stop / start / restart an app."""
+    """stop / start / restart an app; restart with {process, index} replaces just that
+    instance (stopped, then started afresh by the reconciler)."""
     ctl, name, token = app_call(request, APP_KINDS)
     action = request.path_params["action"]
     ctl.store.get_app(name)
+    sent = request.headers.get("content-length", "0") != "0" \
+        or "transfer-encoding" in request.headers
+    body = await json_body(request) if action == "restart" and sent else {}
     if action == "stop":
         ctl.store.update_app(name, started=0)
     elif action == "start":
         ctl.store.update_app(name, started=1)
+    elif action == "restart" and "index" in body:
+        what = _restart_instance(ctl, name, body)
+        ctl.store.add_event(name, action, f"{what} restarted", token.id)
+        return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
     elif action == "restart":
         releases.restart(ctl.store, name, token.id)
     else:
         raise NotFound(f"no action {action!r} (stop, start, restart)")
     ctl.store.add_event(name, action, f"app {action}", token.id)
     return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
+
+
+def _restart_instance(ctl: Control, name: str, body: dict[str, Any]) -> str:
+    """Stop the live instance of slot (process, index); returns its name, e.g. web.1."""
+    process = str(body.get("process", "web"))
+    index = int_between(body.get("index"), "index", 0, 100)
+    live = [r for r in ctl.store.instance_rows(app=name)
+            if r["process"] == process and r["idx"] == index and not r["stopping"]
+            and r["state"] in LIVE_STATES]
+    if not live:
+        raise NotFound(f"{name} has no running instance {process}.{index} "
+                       f"(see `foundry app {name}`)")
+    for row in live:
+        stop_instance(ctl.store, row)
+    return f"{process}.{index}"
 
 
 async def get_env(request: Request) -> Response:
@@ -184,16 +238,27 @@ async def patch_env(request: Request) -> Response:
     app = ctl.store.get_app(name)
     env = {k: v for k, v in {**app["env"], **env_changes}.items() if k not in unsets}
     check_config(ctl, app["env"], env)
+    idle = unchanged_keys(app["env"], env_changes, [str(k) for k in unsets])
+    if env == app["env"]:               # nothing to change: no release, no restarts
+        return JSONResponse({"env": env, "release": None, "unchanged": idle})
     ctl.store.update_app(name, env=env)
     version = None
     if app["release"]:
         current = ctl.store.get_release(name, app["release"])
-        summary = ", ".join([*(f"set {k}" for k in env_changes), *(f"unset {k}" for k in unsets)])
+        summary = ", ".join([*(f"set {k}" for k in env_changes if k not in idle),
+                             *(f"unset {k}" for k in unsets if k not in idle)])
         version = releases.make_release(
             ctl.store, ctl.blobs, name, droplet=current["droplet"], env=env,
             processes=current["processes"], pack=current["pack"],
             description=summary or "config unchanged", actor=token.id, kind="config")
-    return JSONResponse({"env": env, "release": version})
+    return JSONResponse({"env": env, "release": version, "unchanged": idle})
+
+
+def unchanged_keys(env: dict[str, str], sets: dict[str, str], unsets: list[str]) -> list[str]:
+    """The keys of a config change that change nothing: set to the value they have, or
+    unset while not set."""
+    return [*(k for k, v in sets.items() if env.get(k) == v and k not in unsets),
+            *(k for k in unsets if k not in env and k not in sets)]
 
 
 async def list_releases(request: Request) -> Response:
@@ -239,9 +304,10 @@ async def cancel_deploy(request: Request) -> Response:
 
 
 async def list_events(request: Request) -> Response:
-    """List an app's events, oldest first."""
+    """List an app's newest events (?limit=N, default 100), oldest first."""
     ctl, name, _ = app_call(request, READ_KINDS, exists=True)
-    return JSONResponse({"events": ctl.store.list_events(name)})
+    limit = int_between(request.query_params.get("limit", "100"), "limit", 1, 10000)
+    return JSONResponse({"events": ctl.store.list_events(name, limit)})
 
 
 async def read_logs(request: Request) -> Response:

@@ -16,6 +16,7 @@ from control.context import (
     int_between,
     json_body,
 )
+from control.converge import fail_lost_builds
 from control.errors import (
     BadRequest,
     Conflict,
@@ -23,6 +24,7 @@ from control.errors import (
     NotFound,
 )
 from control.heartbeats import apply_heartbeat, node_text
+from control.model import NODE_DRAINING, NODE_LOST
 from control.names import (
     process_name_problem,
 )
@@ -78,10 +80,44 @@ async def node_state(request: Request) -> Response:
     if state not in ("draining", "ready"):
         raise BadRequest("state must be draining or ready")
     if node["state"] == "lost":
-        raise Conflict(f"node {node['name']} is lost; it becomes ready when it is heard from")
+        raise Conflict(f"node {node['name']} is lost; it becomes ready when it is heard from "
+                       "(or `foundry node remove` forgets it)")
     ctl.store.set_node_state(node["id"], state)
     ctl.store.add_event(None, f"node-{state}", f"node {node['name']} is {state}", caller.id)
     return JSONResponse({"id": node["id"], "state": state})
+
+
+def removal_problem(name: str, state: str, instances: int, force: bool) -> str | None:
+    """Why node `name` may not be removed now, or None. A lost node, or a drained one with
+    nothing left on it, goes at once; anything else only with `force`, because its
+    instances would be cut off from the control plane while they still run."""
+    if force or state == NODE_LOST or (state == NODE_DRAINING and instances == 0):
+        return None
+    if instances:
+        return (f"node {name} is {state} and still has {instances} instance(s): drain it "
+                f"first (`foundry node drain {name}`) or remove it with --force")
+    return (f"node {name} is {state}: drain it first (`foundry node drain {name}`) or "
+            "remove it with --force")
+
+
+async def remove_node(request: Request) -> Response:
+    """Forget a node: lost or drained-empty, or any with ?force=1. Its token is revoked;
+    to come back it must join again with a join token."""
+    ctl = control_of(request)
+    caller = require(request, ctl.store, ("admin",))
+    node = ctl.store.get_node(request.path_params["node"])
+    force = request.query_params.get("force", "") in ("1", "true")
+    mine = ctl.store.instance_rows(node=node["id"])
+    problem = removal_problem(node["name"], node["state"], len(mine), force)
+    if problem:
+        raise Conflict(problem)
+    ctl.store.remove_node(node["id"])
+    fail_lost_builds(ctl.store, [node["id"]])
+    tasks.fail_lost_tasks(ctl.store, ctl.blobs, [node["id"]])
+    ctl.store.add_event(None, "node-removed", f"node {node['name']} ({node['id']}) was removed"
+                        + (f" with {len(mine)} instance(s) on it" if mine else ""), caller.id)
+    log.info("node-removed node=%s name=%s instances=%d", node["id"], node["name"], len(mine))
+    return JSONResponse({"id": node["id"], "removed": True, "instances": len(mine)})
 
 
 async def heartbeat(request: Request) -> Response:
@@ -131,6 +167,14 @@ async def build_result(request: Request) -> Response:
     if not ctl.store.app_exists(build["app"]):
         raise NotFound(f"app {build['app']!r} was deleted while it was being built")
     env = ctl.store.get_app(build["app"])["env"]
+    same = releases.current_if_same(ctl.store, build["app"], build=build["id"],
+                                    droplet=droplet, env=env, processes=processes)
+    if same is not None:
+        ctl.store.set_build(build["id"], "STAGED", droplet=droplet, pack=body.get("pack"),
+                            processes=processes, release=same)
+        ctl.store.add_event(build["app"], "build-unchanged",
+                            f"build {build['id']}: no change, v{same} stays current")
+        return JSONResponse({"state": "STAGED", "release": same})
     if processes.get("release"):
         # Release phase first: the release is made only if the command succeeds.
         current = ctl.store.get_app(build["app"])["release"]

@@ -164,8 +164,9 @@ async def routes(request: Request) -> Response:
 def _table(ctl: Control) -> dict[str, Any]:
     wakeable = frozenset(a["name"] for a in ctl.store.autoscale_rows()
                          if (s := settings_of(a)) is not None and s.min == 0)
-    return routing_table(ctl.store.app_specs(), ctl.store.instance_rows(), ctl.config.domain,
-                         ctl.config.api_address, ctl.store.mapped_routes(), wakeable)
+    return dict(routing_table(ctl.store.app_specs(), ctl.store.instance_rows(),
+                              ctl.config.domain, ctl.config.api_address,
+                              ctl.store.mapped_routes(), wakeable))
 
 
 async def wake(request: Request) -> Response:

@@ -96,9 +96,12 @@ async def push(request: Request) -> Response:
         digest = await _receive_source(ctl, request, chunks, prefix)
     release_files(ctl, name, referenced)       # this push supersedes the app's older files
     created = _save_push_settings(ctl, name, settings, env, replace)
+    # A build that ends on this release changed nothing: it made no new release.
+    current = ctl.store.get_app(name)["release"]
     build = ctl.store.create_build(name, digest, options)
     ctl.store.add_event(name, "build-queued", f"build {build} queued", token.id)
-    return JSONResponse({"app": name, "build": build, "created": created}, status_code=201)
+    return JSONResponse({"app": name, "build": build, "created": created,
+                         "current_release": current}, status_code=201)
 
 
 def _push_config(body: dict[str, Any]) -> tuple[dict[str, str], bool]:

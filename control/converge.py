@@ -23,6 +23,7 @@ from control.scaling import Scaling
 from control.scheduler import pick_stager
 from control.store import Store
 from control.tasks import fail_lost_tasks
+from control.wire_node import StagePayload, StartPayload, StopPayload
 
 log = logging.getLogger("foundry.control")
 DRAIN_SECONDS = 1.0
@@ -39,10 +40,23 @@ def assign_builds(store: Store, policy: Policy) -> None:
     for build in queued:
         app = store.get_app(build["app"])
         store.set_build(build["id"], "STAGING", node=node)
-        store.enqueue(node, "stage", {"build": build["id"], "app": build["app"],
-                                      "source": build["source"], "env": app["env"],
-                                      **store.build_options(build["id"])})
+        store.enqueue(node, "stage", dict(stage_payload(build, app["env"],
+                                                        store.build_options(build["id"]))))
         log.info("build-assigned build=%s app=%s node=%s", build["id"], build["app"], node)
+
+
+def stage_payload(build: dict[str, Any], env: dict[str, str], options: dict[str, Any]
+                  ) -> StagePayload:
+    """The `stage` work item: the build, its source and the options the push named."""
+    payload: StagePayload = {"build": build["id"], "app": build["app"],
+                             "source": build["source"], "env": env}
+    if options.get("buildpack"):
+        payload["buildpack"] = str(options["buildpack"])
+    if options.get("no_cache"):
+        payload["no_cache"] = True
+    if options.get("processes"):
+        payload["processes"] = dict(options["processes"])
+    return payload
 
 
 def fail_lost_builds(store: Store, lost: list[str]) -> None:
@@ -51,7 +65,7 @@ def fail_lost_builds(store: Store, lost: list[str]) -> None:
             store.set_build(build["id"], "FAILED", error="the staging node was lost")
 
 
-def start_payload(store: Store, iid: str, p: Placement) -> dict[str, Any]:
+def start_payload(store: Store, iid: str, p: Placement) -> StartPayload:
     release = store.get_release(p.app, p.release)
     app = store.get_app(p.app)
     return {"instance": iid, "app": p.app, "process": p.process, "index": p.index,
@@ -67,8 +81,7 @@ def report_unplaced(store: Store, plan: Plan, known: set[tuple[str, str, int]]) 
     for app, process, index in sorted(now - known):
         want = next(p for p in plan.unplaced if (p.app, p.process, p.index) ==
                     (app, process, index))
-        store.add_event(app, "unplaced", f"{process}.{index} needs {want.memory_mb} MiB and "
-                        "no live node has that much free")
+        store.add_event(app, "unplaced", f"{process}.{index} cannot be placed: {want.reason}")
     known.clear()
     known.update(now)
 
@@ -84,11 +97,7 @@ def apply(store: Store, plan: Plan) -> None:
     for iid in plan.stop:
         row = rows.get(iid)
         if row is not None:
-            store.update_instance(iid, stopping=1)
-            # A routed instance is out of the routing table from now on; the node waits
-            # `drain` seconds before SIGTERM so requests already on their way finish.
-            drain = DRAIN_SECONDS if row["state"] == "RUNNING" and row["process"] == "web" else 0
-            store.enqueue(row["node"], "stop", {"instance": iid, "drain": drain})
+            stop_instance(store, row)
     for iid in plan.reset_restarts:
         store.update_instance(iid, restarts=0)
     for iid in plan.forget:
@@ -99,13 +108,23 @@ def apply(store: Store, plan: Plan) -> None:
     for p in plan.start:
         assert p.node is not None
         iid = f"{p.app}-{p.process}-{p.index}-{uuid.uuid4().hex[:8]}"
-        seq = store.enqueue(p.node, "start", start_payload(store, iid, p))
+        seq = store.enqueue(p.node, "start", dict(start_payload(store, iid, p)))
         store.add_instance(app=p.app, process=p.process, index=p.index, release=p.release,
                            node=p.node, memory_mb=p.memory_mb, restarts=p.restarts,
                            work_seq=seq, iid=iid, generation=p.generation)
         if p.restarts:
             store.add_event(p.app, "restart", f"{p.process}.{p.index} restarted "
                             f"(restart {p.restarts})")
+
+
+def stop_instance(store: Store, row: dict[str, Any]) -> None:
+    """Ask the instance's node to stop it; the reconciler then starts its slot afresh."""
+    store.update_instance(row["id"], stopping=1)
+    # A routed instance is out of the routing table from now on; the node waits
+    # `drain` seconds before SIGTERM so requests already on their way finish.
+    drain = DRAIN_SECONDS if row["state"] == "RUNNING" and row["process"] == "web" else 0
+    stop: StopPayload = {"instance": row["id"], "drain": drain}
+    store.enqueue(row["node"], "stop", dict(stop))
 
 
 def finish_deployments(store: Store) -> None:

@@ -24,6 +24,8 @@ import httpx
 
 DEPLOY_BRANCHES = ("refs/heads/main", "refs/heads/master")
 ZERO = "0" * 40
+# The stager's closing line of a failed build: the hook's refusal says the same, once.
+BUILD_FAILED_LINE = "-----> Build failed: "
 
 
 class HookError(Exception):
@@ -81,7 +83,8 @@ def follow(api: Api, build: str) -> dict[str, Any]:
         page = api.call("GET", f"/v1/apps/{api.app}/logs",
                         params={"build": build, "after": after, "wait": 0 if done else 5})
         for line in page["lines"]:
-            say(line["line"])
+            if not line["line"].startswith(BUILD_FAILED_LINE):
+                say(line["line"])
         after = page["next"] or after
         if done and not page["lines"]:
             return state
@@ -103,6 +106,16 @@ def wait_rollout(api: Api, release: int, timeout: float = 180) -> dict[str, Any]
     raise HookError(f"v{release} did not start within {timeout:.0f} s")
 
 
+def forget_new_app(api: Api) -> str:
+    """Delete the app this push created, whose first build failed (nothing came of the
+    push, so no husk is left behind); says what became of it."""
+    try:
+        api.call("DELETE", f"/v1/apps/{api.app}")
+    except (HookError, httpx.HTTPError) as e:
+        return f"the new app {api.app} stays, with no release ({e})"
+    return f"the new app {api.app} is not kept"
+
+
 def deploy(api: Api, commit: str, max_expanded: int) -> None:
     check_size(commit, max_expanded)
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,8 +126,12 @@ def deploy(api: Api, commit: str, max_expanded: int) -> None:
     say(f"-----> Building {api.app} from {commit[:10]} (build {started['build']})")
     build = follow(api, started["build"])
     if build["state"] == "FAILED":
-        raise HookError(f"build failed: {build['error']}; the push is refused and the "
-                        "running release keeps serving")
+        after = forget_new_app(api) if started["created"] else \
+            "the running release keeps serving"
+        raise HookError(f"build failed: {build['error']}; the push is refused and {after}")
+    if build["release"] == started.get("current_release"):
+        say(f"-----> {api.app}: no change: release v{build['release']} is current")
+        return
     view = wait_rollout(api, build["release"])
     where = view["url"] if "web" in view["processes"] else "no web process, so no route"
     say(f"-----> {api.app} v{build['release']} is running: {where}")

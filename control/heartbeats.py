@@ -16,6 +16,7 @@ from typing import Any
 
 from control.model import CRASHED, LIVE_STATES, STOPPED, STOPPING
 from control.store import Store
+from control.wire_node import StopPayload
 
 
 def node_text(value: Any) -> str | None:
@@ -40,7 +41,8 @@ def apply_heartbeat(store: Store, node_id: str, report: dict[str, Any],
         if row is None:
             if rep["state"] in LIVE_STATES and iid not in asked_to_stop:
                 asked_to_stop.add(iid)
-                store.enqueue(node_id, "stop", {"instance": iid})
+                stop: StopPayload = {"instance": iid}
+                store.enqueue(node_id, "stop", dict(stop))
             continue
         _fold(store, row, rep, report["address"])
     asked_to_stop.intersection_update(reported)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -27,11 +30,38 @@ def bootstrap(config: ControlConfig) -> Store:
     return store
 
 
-def run(config: ControlConfig) -> None:
-    """Serve the control API until SIGINT/SIGTERM."""
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def needs_first_admin(tokens: list[dict[str, Any]], now: float) -> bool:
+    """No admin token can be used (none made yet, or every one revoked or expired): the
+    control plane makes one at start, or nobody could ever mint a token."""
+    return not any(t["kind"] == "admin" and not t["revoked"]
+                   and (t["expires_at"] is None or t["expires_at"] > now) for t in tokens)
+
+
+def first_admin(store: Store, home: Path) -> Path | None:
+    """Mint the first admin token into `home`/admin-token (0600) when there is no usable
+    admin token; returns the file when it wrote one."""
+    if not needs_first_admin(store.list_tokens(), store.clock()):
+        return None
+    path = home / ADMIN_TOKEN_FILE
+    _, secret = store.create_token("admin", label="first admin (control plane start)")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return path
+
+
+def run(config: ControlConfig, announce: Callable[[Path | None], None] | None = None) -> None:
+    """Serve the control API until SIGINT/SIGTERM; `announce` is told, once the store is
+    open, which admin token file this start wrote (None: there was a usable one)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s control %(message)s")
     os.umask(0o077)     # everything this process creates in its home is private
     store = bootstrap(config)
+    created = first_admin(store, config.home)
+    if announce is not None:
+        announce(created)
     app = create_app(store, config)
     tls = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)} \
         if config.tls_cert and config.tls_key else {}

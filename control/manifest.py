@@ -1,5 +1,6 @@
 """Cloud Foundry `manifest.yml` files: a pure parser into frozen dataclasses, and the
-`--strict` diff between what a manifest says and what an app has.
+`--strict` diff between what a manifest says and what an app has (every change it makes,
+shown before anything is changed; config values never shown, they may be secrets).
 
 Rules kept here:
 * `applications[]` lists the apps; every other top-level app attribute is inherited
@@ -310,3 +311,55 @@ def strict_diff(app: AppManifest, env: dict[str, str], routes: list[str],
         unset_env=tuple(sorted(k for k in env if k not in app.env)),
         unmap_routes=tuple(sorted(r for r in routes if r not in app.routes)),
         scale_to_zero=extra)
+
+
+@dataclass(frozen=True)
+class AppNow:
+    """What an app has now, as `strict_changes` compares a manifest with it."""
+
+    env: dict[str, str]
+    routes: tuple[str, ...]
+    scale: dict[str, int]
+    processes: dict[str, str]          # the current release's process types and commands
+    memory_mb: int
+    health_check: str
+
+
+def _wanted(app: AppManifest) -> dict[str, tuple[int | None, str | None, str | None]]:
+    """(instances, command, health check) the manifest sets per process type (None: unset);
+    the app's own attributes are its `web` process's, which a `web` entry overrides."""
+    web = app.process("web") or ProcessManifest(type="web")
+    wanted = {"web": (web.instances if web.instances is not None else app.instances,
+                      app.command or web.command, web.health_check or app.health_check)}
+    for p in app.processes or ():
+        if p.type != "web":
+            wanted[p.type] = (p.instances, p.command, None)
+    return wanted
+
+
+def strict_changes(app: AppManifest, now: AppNow, removals: StrictDiff) -> list[str]:
+    """Every difference a `--strict` push of `app` makes to an app that has `now`, one line
+    each: settings set to a new value, config vars added, changed or removed (names only),
+    routes mapped or unmapped, and process types scaled to 0 (`removals`)."""
+    lines = []
+    for kind, (instances, command, health) in _wanted(app).items():
+        before = now.scale.get(kind, 1)
+        if instances is not None and instances != before:
+            lines.append(f"instances ({kind}): {before} -> {instances}")
+        if command is not None and kind not in now.processes:
+            lines.append(f"process {kind}: added, running {command!r}")
+        elif command is not None and command != now.processes[kind]:
+            lines.append(f"command ({kind}): {now.processes[kind]!r} -> {command!r}")
+        if health is not None and health != now.health_check:
+            lines.append(f"health check: {now.health_check} -> {health}")
+    if app.memory_mb is not None and app.memory_mb != now.memory_mb:
+        lines.append(f"memory: {now.memory_mb}M -> {app.memory_mb}M")
+    lines += [f"env {k}: added" if k not in now.env else f"env {k}: changed"
+              for k in sorted(app.env) if now.env.get(k) != app.env[k]]
+    lines += [f"env {k}: removed" for k in removals.unset_env]
+    lines += [f"route {r}: mapped" for r in app.routes
+              if r not in now.routes and not r.startswith(f"{app.name}.")]
+    lines += [f"route {r}: unmapped" for r in removals.unmap_routes]
+    lines += [f"instances ({p}): {now.scale.get(p, 1)} -> 0 (the manifest does not name it)"
+              for p in removals.scale_to_zero]
+    return lines

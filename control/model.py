@@ -89,6 +89,7 @@ class Placement:
     restarts: int = 0
     node: str | None = None
     generation: int = 0
+    reason: str = ""                  # why the scheduler could not place it, for users
 
 
 @dataclass(frozen=True)

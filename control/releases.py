@@ -1,5 +1,6 @@
 """Making releases: every change of droplet, config vars or processes is a numbered
-release (v1, v2, ...) and starts a deployment that the reconciler rolls out.
+release (v1, v2, ...) and starts a deployment that the reconciler rolls out. A build
+that changes none of them makes no release: the current one goes on running.
 
 Only the newest `KEEP_DROPLETS` releases of each app keep their droplet blob; older
 blobs are deleted unless a kept release (of any app) shares them. A rollback to a
@@ -29,6 +30,30 @@ def make_release(store: Store, blobs: BlobStore, app: str, *, droplet: str,
     store.start_deployment(app, before, version, kind, actor)
     prune_droplets(store, blobs)
     return version
+
+
+def current_if_same(store: Store, app: str, *, build: str, droplet: str, env: dict[str, str],
+                    processes: dict[str, str]) -> int | None:
+    """The current release's version when `build` changes nothing it runs (an unchanged
+    re-push): the same config and process types, and either the same droplet or the same
+    source package built with the same options as the build behind the current release
+    (a pack whose output holds build times, like a virtualenv, never makes the same droplet
+    twice). A new release would replace every instance for nothing. None when anything
+    differs or there is no release yet."""
+    version = store.get_app(app)["release"]
+    if not version:
+        return None
+    current = store.get_release(app, version)
+    if (current["env"], current["processes"]) != (env, processes):
+        return None
+    if current["droplet"] == droplet:
+        return int(version)
+    this = store.get_build(build)
+    options = store.build_options(build)
+    for earlier in store.builds_of_release(app, int(version)):
+        if earlier["source"] == this["source"] and store.build_options(earlier["id"]) == options:
+            return int(version)
+    return None
 
 
 def rollback(store: Store, blobs: BlobStore, app: str, version: int, actor: str | None,

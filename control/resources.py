@@ -26,6 +26,7 @@ answers exactly as one the store lacks.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -227,7 +228,11 @@ def assemble(resources: list[Resource], files: BlobStore, dest: Path,
     paths = [r.path for r in resources]
     if len(set(paths)) != len(paths):
         raise BadRequest("a path appears twice in the resource list")
-    with tarfile.open(dest, "w:gz", compresslevel=1) as tar:
+    # No time or file name in the gzip header (members carry mtime 0, sorted): the same
+    # resource list always makes the same package, so an unchanged re-push is seen as one.
+    with open(dest, "wb") as out, gzip.GzipFile(filename="", mode="wb", fileobj=out,
+                                                 compresslevel=1, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:
         for r in sorted(resources, key=lambda r: r.path):
             blob = files.path(r.sha256)
             info = tarfile.TarInfo(r.path)

@@ -15,40 +15,49 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, cast
 
 from control.model import RUNNING, AppSpec
+from control.wire_edge import Backend, Route, RouteOptions, RouteTable
 
 
 def routing_table(apps: list[AppSpec], instances: list[dict[str, Any]], domain: str,
                   api_address: str | None, mapped: list[dict[str, Any]] | None = None,
-                  wakeable: frozenset[str] = frozenset()) -> dict[str, Any]:
+                  wakeable: frozenset[str] = frozenset()) -> RouteTable:
     """Build the table and its etag from desired apps and instance rows."""
-    backends: dict[str, list[dict[str, str]]] = {}
+    backends: dict[str, list[Backend]] = {}
     for row in instances:
         if row["process"] == "web" and row["state"] == RUNNING and not row["stopping"] \
                 and row["port"]:
             backends.setdefault(row["app"], []).append(
                 {"address": f"{row['address']}:{row['port']}", "instance": row["id"]})
-    routes: list[dict[str, Any]] = []
+    routes: list[Route] = []
     if api_address:
         routes.append({"host": f"api.{domain}", "path": "/", "app": "api",
                        "backends": [{"address": api_address, "instance": "control"}]})
     for app in sorted(apps, key=lambda a: a.name):
         if "web" in app.processes or app.release == 0:
-            route: dict[str, Any] = {"host": f"{app.name}.{domain}", "path": "/", "app": app.name,
-                     "backends": sorted(backends.get(app.name, []),
-                                        key=lambda b: b["instance"])}
+            route: Route = {"host": f"{app.name}.{domain}", "path": "/", "app": app.name,
+                           "backends": sorted(backends.get(app.name, []),
+                                              key=lambda b: b["instance"])}
             if app.name in wakeable:
                 route["wakeable"] = True
             routes.append(route)
     web = {a.name for a in apps if "web" in a.processes or a.release == 0}
-    for route in mapped or []:
-        if route["app"] in web:
-            routes.append({"host": route["host"], "path": route["path"], "app": route["app"],
-                           "options": route["options"],
-                           **({"wakeable": True} if route["app"] in wakeable else {}),
-                           "backends": sorted(backends.get(route["app"], []),
-                                              key=lambda b: b["instance"])})
+    for mapped_route in mapped or []:
+        if mapped_route["app"] in web:
+            app_name = mapped_route["app"]
+            extra: Route = {"host": mapped_route["host"], "path": mapped_route["path"],
+                            "app": app_name, "options": _options(mapped_route["options"]),
+                            "backends": sorted(backends.get(app_name, []),
+                                               key=lambda b: b["instance"])}
+            if app_name in wakeable:
+                extra["wakeable"] = True
+            routes.append(extra)
     body = json.dumps(routes, sort_keys=True).encode()
     return {"etag": hashlib.sha256(body).hexdigest()[:16], "routes": routes}
+
+
+def _options(stored: dict[str, Any]) -> RouteOptions:
+    # Stored only by `map-route`, which accepts exactly these keys (api_platform._route_options).
+    return cast(RouteOptions, stored)

@@ -430,6 +430,11 @@ class Store:
         row["processes"] = json.loads(row["processes"]) if row["processes"] else None
         return row
 
+    def builds_of_release(self, app: str, version: int) -> list[dict[str, Any]]:
+        """The staged builds whose outcome was release `version` of `app`."""
+        return self._rows("SELECT * FROM builds WHERE app = ? AND release = ? AND state = ?",
+                          [app, version, "STAGED"])
+
     def builds_in(self, state: str) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM builds WHERE state = ? ORDER BY created_at", [state])
 
@@ -491,6 +496,17 @@ class Store:
 
     def set_node_state(self, nid: str, state: str) -> None:
         self._update("nodes", nid, {"state": state})
+        self.changed()
+
+    def remove_node(self, nid: str) -> None:
+        """Forget a node in one transaction: its row, instance rows and queued work go,
+        and its tokens are revoked so it cannot heartbeat its way back in."""
+        with self._tx():
+            self.db.execute("UPDATE tokens SET revoked = 1 WHERE kind = 'node' AND node = ?",
+                            [nid])
+            self.db.execute("DELETE FROM work WHERE node = ?", [nid])
+            self.db.execute("DELETE FROM instances WHERE node = ?", [nid])
+            self.db.execute("DELETE FROM nodes WHERE id = ?", [nid])
         self.changed()
 
     # --- instances --------------------------------------------------------------

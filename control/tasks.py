@@ -18,6 +18,7 @@ from control.errors import Unavailable
 from control.reconciler import Policy
 from control.scheduler import pick_stager
 from control.store import Store
+from control.wire_node import TaskPayload
 
 RUN_TIMEOUT = 3600.0
 RELEASE_TIMEOUT = 900.0
@@ -32,11 +33,12 @@ def start_task(store: Store, policy: Policy, app: str, command: str, *, kind: st
         raise Unavailable("no node is available to run the task")
     tid = store.create_task(app, kind, command, node, build=build, payload=payload)
     row = store.get_app(app)
-    store.enqueue(node, "task", {
+    work: TaskPayload = {
         "task": tid, "app": app, "droplet": droplet, "command": command, "env": env,
         "memory_mb": row["memory_mb"], "release": release,
         "timeout": RELEASE_TIMEOUT if kind == "release" else RUN_TIMEOUT,
-        "tag": build or tid, "source": "release" if kind == "release" else f"task/{tid}"})
+        "tag": build or tid, "source": "release" if kind == "release" else f"task/{tid}"}
+    store.enqueue(node, "task", dict(work))
     return tid
 
 

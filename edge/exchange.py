@@ -77,14 +77,37 @@ log = logging.getLogger(__name__)
 
 COLD_START_HEADER = b"X-Foundry-Cold-Start"
 
-# Request ids: a random per-process prefix and a counter, unique without a syscall each.
-_ID_PREFIX = os.urandom(6).hex().encode()
-_ID_COUNTER = itertools.count()
+class RequestIds:
+    """X-Request-Id values: 48 random bits drawn when the generator is made, then a
+    counter, so each id costs no syscall. Two generators (two workers, or an edge before
+    and after a restart) share a prefix with odds of 2^-48."""
+
+    def __init__(self) -> None:
+        self.prefix = os.urandom(6).hex().encode()
+        self.counter = itertools.count()
+
+    def next(self) -> bytes:
+        """A fresh id (24 hex digits)."""
+        return b"%b%012x" % (self.prefix, next(self.counter))
+
+
+_IDS = RequestIds()
+
+
+def _reseed_request_ids() -> None:
+    # Edge workers are forked from the parent after this module is imported: without a
+    # fresh generator every worker would repeat the parent's prefix and count from 0,
+    # handing out the same ids as its siblings.
+    global _IDS
+    _IDS = RequestIds()
+
+
+os.register_at_fork(after_in_child=_reseed_request_ids)
 
 
 def new_request_id() -> bytes:
-    """A fresh X-Request-Id value (24 hex digits)."""
-    return b"%b%012x" % (_ID_PREFIX, next(_ID_COUNTER))
+    """A fresh X-Request-Id value (24 hex digits), unique across workers and restarts."""
+    return _IDS.next()
 
 
 class _StaleConnection(Exception):

@@ -17,11 +17,11 @@ import signal
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import trio
 
+from node import spawn
 from node.client import ControlClient, ControlError
 from node.droplets import DropletCache
 from node.instances import Supervisor
@@ -30,6 +30,7 @@ from node.logship import LogShipper
 from node.proctree import signal_instance
 from node.stager import Stager
 from node.tasks import TaskRunner
+from node.wire import Heartbeat, JoinAnswer, JoinRequest, WorkItem
 
 log = logging.getLogger("foundry.node")
 
@@ -98,10 +99,10 @@ class Agent:
                        "control": self.config.control_url}, f)
         log.info("node-joined id=%s", self.node_id)
 
-    async def _join(self, token: str) -> dict[str, Any]:
+    async def _join(self, token: str) -> JoinAnswer:
         """Exchange the join token, waiting (capped backoff) while the control plane is
         unreachable; a refused token is final."""
-        body = {"name": self.config.name, "address": self.config.address,
+        body: JoinRequest = {"name": self.config.name, "address": self.config.address,
                 "memory_mb": self.config.memory_mb, "tier": self.jail.tier,
                 "seccomp": self.jail.seccomp.summary}
         delay = 0.2
@@ -129,6 +130,7 @@ class Agent:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         await self.identify()
+        spawn.adopt_orphans()    # jails' orphaned bwrap processes come to us to be reaped
         self.reap_leftovers()
         try:
             async with trio.open_nursery() as nursery:
@@ -140,6 +142,7 @@ class Agent:
         finally:
             with trio.CancelScope(shield=True):
                 await self.shutdown()
+                await trio.to_thread.run_sync(self.jail.close)
 
     async def shutdown(self) -> None:
         """Stop every instance gracefully (SIGTERM, grace, kill) and report it, before the
@@ -154,11 +157,12 @@ class Agent:
 
     async def heartbeat_once(self) -> None:
         instances = self.supervisor.report()
-        await self.client.heartbeat(self.node_id, {
+        body: Heartbeat = {
             "boot": self.boot, "address": self.config.address, "tier": self.jail.tier,
             "seccomp": self.jail.seccomp.summary,
             "memory_mb": self.config.memory_mb, "work_seq": self.work_seq,
-            "instances": instances})
+            "instances": instances}
+        await self.client.heartbeat(self.node_id, body)
         self.supervisor.prune(instances)
 
     async def heartbeat_loop(self) -> None:
@@ -192,17 +196,16 @@ class Agent:
                 (self.config.home / "work_seq").write_text(str(self.work_seq))
                 self.changed.set()
 
-    def take(self, item: dict[str, Any], nursery: trio.Nursery) -> None:
+    def take(self, item: WorkItem, nursery: trio.Nursery) -> None:
         """Hand one work item to whoever does it."""
-        kind = item["kind"]
-        log.info("work-received seq=%s kind=%s", item["seq"], kind)
-        if kind == "start":
+        log.info("work-received seq=%s kind=%s", item["seq"], item["kind"])
+        if item["kind"] == "start":
             self.supervisor.start(item, nursery)
-        elif kind == "stop":
+        elif item["kind"] == "stop":
             self.supervisor.stop(item["instance"], float(item.get("drain") or 0))
-        elif kind == "stage":
+        elif item["kind"] == "stage":
             nursery.start_soon(self.stager.stage, item)
-        elif kind == "task":
+        elif item["kind"] == "task":
             nursery.start_soon(self.tasks.run, item)
-        else:
-            log.warning("work-unknown kind=%s", kind)
+        else:   # a newer control plane's kind: say so, never crash the loop
+            log.warning("work-unknown kind=%s", item["kind"])

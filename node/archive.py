@@ -9,6 +9,7 @@ plane checks uploads the same way; the node does not trust that it did.)
 
 from __future__ import annotations
 
+import gzip
 import posixpath
 import shutil
 import tarfile
@@ -82,6 +83,12 @@ def _droplet_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
     if problem:
         raise ArchiveError(f"the build left {member.name!r}, which a droplet may not hold: "
                            f"{problem}")
+    # Which throwaway uid built it, and when the build made a folder, say nothing about
+    # the app (nodes unpack without owners) and would make every droplet differ.
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    if member.isdir():
+        member.mtime = 0
     return member
 
 
@@ -90,7 +97,13 @@ def create(source: Path, archive: Path) -> None:
     rebuilt often), refusing what `extract(..., absolute_symlinks=True)` would refuse on
     the nodes that unpack it (FIFOs, devices, setuid bits, relative links leaving it).
     Links are stored as links, never followed; call it only once every process of the
-    build is gone, so nothing can swap a checked path for a link while it is read."""
-    with tarfile.open(archive, mode="w:gz", compresslevel=1) as tar:
+    build is gone, so nothing can swap a checked path for a link while it is read.
+
+    The same build output gives the same bytes (no gzip timestamp or name, no owners,
+    folders undated; files keep their times, which Python's bytecode checks compare),
+    so an unchanged re-push yields the droplet digest of the release it already runs."""
+    with open(archive, "wb") as raw, \
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:
         for child in sorted(source.iterdir()):
             tar.add(child, arcname=child.name, filter=_droplet_member)

@@ -10,9 +10,11 @@ Two drivers, chosen once at node start by `detect()`:
 
 Invariants: a group's directories are named `foundry/<node scope>/<name>`, so a
 restarted node can find and sweep what a crashed one left behind without touching
-another node's groups on the same machine; a process joins a group before it
-execs anything of the app (the launcher writes its own pid into every
-`cgroup.procs` file listed by `Cgroup.procs_files`); memory limits never allow swap.
+another node's groups on the same machine; a clean stop removes the node's scope
+directories in every hierarchy, and a start removes empty scopes others left; a
+process joins a group before it execs anything of the app (the launcher writes its
+own pid into every `cgroup.procs` file listed by `Cgroup.procs_files`); memory limits
+never allow swap.
 """
 
 from __future__ import annotations
@@ -188,6 +190,32 @@ class Driver:
         for name in names:
             self.group(name).remove()
         return len(names)
+
+    def close(self) -> int:
+        """A clean stop: kill and remove what is left in this node's scope, then the scope's
+        own directory in every hierarchy; returns how many groups were still there."""
+        left = self.sweep()
+        for parent in self.parents:
+            with contextlib.suppress(FileNotFoundError):
+                parent.rmdir()
+        return left
+
+    def sweep_empty_scopes(self) -> int:
+        """Remove empty `node-*` scope directories beside this node's own (left by nodes
+        that stopped without removing them). The kernel refuses to remove a cgroup that
+        has members or children, so a scope in use is never touched, and a running node
+        whose empty scope goes recreates it with its next group (`create` makes parents)."""
+        removed = 0
+        for parent in self.parents:
+            for scope in parent.parent.glob("node-*"):
+                if scope != parent and scope.is_dir() and not any(
+                        c.is_dir() for c in scope.iterdir()):
+                    try:
+                        scope.rmdir()
+                        removed += 1
+                    except OSError:
+                        pass   # busy, or gone already: either way not ours to force
+        return removed
 
 
 def _v2_mount() -> Path | None:

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from node.wire import BuildResult, Heartbeat, JoinAnswer, JoinRequest, LogLine, TaskResult, WorkItem
+
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -69,29 +71,29 @@ class ControlClient:
             raise ControlError(f"{method} {path}: {resp.status_code} {reason}", resp.status_code)
         return resp.json()
 
-    async def join(self, join_token: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def join(self, join_token: str, body: JoinRequest) -> JoinAnswer:
         self.token = join_token
-        answer: dict[str, Any] = await self._call("POST", "/v1/nodes/join", json=body)
+        answer: JoinAnswer = await self._call("POST", "/v1/nodes/join", json=body)
         self.token = answer["token"]
         return answer
 
-    async def heartbeat(self, node: str, body: dict[str, Any]) -> None:
+    async def heartbeat(self, node: str, body: Heartbeat) -> None:
         await self._call("POST", f"/v1/nodes/{node}/heartbeat", json=body)
 
-    async def work(self, node: str, after: int, wait: float) -> list[dict[str, Any]]:
+    async def work(self, node: str, after: int, wait: float) -> list[WorkItem]:
         answer = await self._call("GET", f"/v1/nodes/{node}/work",
                                   params={"after": after, "wait": wait},
                                   timeout=wait + 10)
-        items: list[dict[str, Any]] = answer["work"]
+        items: list[WorkItem] = answer["work"]
         return items
 
-    async def post_logs(self, lines: list[dict[str, Any]]) -> None:
+    async def post_logs(self, lines: list[LogLine]) -> None:
         await self._call("POST", "/v1/logs", json={"lines": lines})
 
-    async def task_result(self, task: str, body: dict[str, Any]) -> None:
+    async def task_result(self, task: str, body: TaskResult) -> None:
         await self._call("POST", f"/v1/tasks/{task}/result", json=body)
 
-    async def build_result(self, build: str, body: dict[str, Any]) -> None:
+    async def build_result(self, build: str, body: BuildResult) -> None:
         await self._call("POST", f"/v1/builds/{build}/result", json=body)
 
     async def download(self, digest: str, dest: Path) -> None:

@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -35,6 +34,7 @@ from node import health, spawn
 from node.droplets import DropletCache
 from node.jail import PLAIN, Jailed, Jailer, JailSpec, TierChoice
 from node.logship import LogShipper
+from node.wire import InstanceReport, StartWork
 
 log = logging.getLogger("foundry.node")
 
@@ -57,7 +57,7 @@ class InvalidTransition(RuntimeError):
 
 @dataclass
 class Instance:
-    spec: dict[str, Any]
+    spec: StartWork
     state: str = STARTING
     port: int | None = None
     pid: int | None = None
@@ -84,7 +84,7 @@ class Instance:
         if state == RUNNING:
             self.started_at = time.time()
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> InstanceReport:
         return {"id": self.id, "app": self.spec["app"], "state": self.state, "port": self.port,
                 "reason": self.reason, "pid": self.pid}
 
@@ -120,7 +120,7 @@ class Supervisor:
     instances: dict[str, Instance] = field(default_factory=dict)
     jail: Jailer = field(default_factory=lambda: Jailer(TierChoice(PLAIN, "not configured")))
 
-    def start(self, spec: dict[str, Any], nursery: trio.Nursery) -> None:
+    def start(self, spec: StartWork, nursery: trio.Nursery) -> None:
         """Begin starting an instance (idempotent by instance id)."""
         if spec["instance"] in self.instances:
             return
@@ -141,10 +141,10 @@ class Supervisor:
         for inst in list(self.instances.values()):
             await inst.done.wait()
 
-    def report(self) -> list[dict[str, Any]]:
+    def report(self) -> list[InstanceReport]:
         return [i.report() for i in self.instances.values()]
 
-    def prune(self, reported: list[dict[str, Any]]) -> None:
+    def prune(self, reported: list[InstanceReport]) -> None:
         """Forget final instances once a heartbeat has carried their final state."""
         for rep in reported:
             inst = self.instances.get(rep["id"])

@@ -321,6 +321,12 @@ class Jailer:
     def release(self, uid: int) -> None:
         self._uids.discard(uid)
 
+    def close(self) -> None:
+        """A clean stop of the node: no cgroup directory of its scope is left behind."""
+        if self.driver is not None:
+            left = self.driver.close()
+            log.info("jail-scope-removed groups-left=%d", left)
+
 
 def _rss(pid: int) -> int:
     try:
@@ -423,6 +429,7 @@ class Jailed:
                     self.kill()
         if self.jailer.drops_uid:
             self.jailer.release(self.uid)
+        spawn.reap_orphans()    # the jail's inner bwrap, orphaned when the outer one exited
         log.info("jail-closed name=%s", self.name)
 
 
@@ -443,6 +450,9 @@ def make_jailer(forced: str | None = None, home: str = "") -> Jailer:
         cleaned = driver.sweep()
         if cleaned:
             log.warning("jail-sweep removed=%d (cgroups left by an earlier run)", cleaned)
+        empty = driver.sweep_empty_scopes()
+        if empty:
+            log.info("jail-sweep empty-scopes=%d", empty)
     if choice.tier == PLAIN:
         log.warning("jail-tier tier=plain reason=%r: apps run as plain child processes; "
                     "this is NOT a security boundary", choice.reason)

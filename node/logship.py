@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any
 
 import trio
 
 from node.client import ControlClient, ControlError
+from node.wire import LogLine
 
 log = logging.getLogger("foundry.node")
 
@@ -27,7 +27,7 @@ class LogShipper:
         self.client = client
         self.limit = limit
         self.interval = interval
-        self.queue: deque[dict[str, Any]] = deque()
+        self.queue: deque[LogLine] = deque()
         self.emitted = 0
         self.delivered = 0
         self.dropped = 0
@@ -35,7 +35,7 @@ class LogShipper:
         self._progress = trio.Event()
 
     def emit(self, app: str, source: str, line: str, build: str | None = None) -> None:
-        record: dict[str, Any] = {"app": app, "source": source, "line": line[:8192],
+        record: LogLine = {"app": app, "source": source, "line": line[:8192],
                                   "ts": time.time()}
         if build:
             record["build"] = build

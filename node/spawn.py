@@ -11,18 +11,30 @@ the node agent", which is the promise the jails need.
 Rules: `open_process` is the only way the node starts a long-lived child; the fork itself
 is synchronous (Popen uses vfork, well under a millisecond); waiting for the exit is async
 (a pidfd the event loop watches, or a short poll where pidfds do not exist).
+
+Orphans: bubblewrap's outer process exits as soon as the app does, before its inner
+process (the jail's pid 1) has finished, so that inner `bwrap` is orphaned and left a
+zombie for whatever init the machine has (in a container, often one that never reaps).
+The agent therefore makes itself the child subreaper (`adopt_orphans`) and reaps those
+orphans itself (`reap_orphans`): only zombie children named `bwrap` that no `Child` of
+ours still waits for, so no exit status Popen or trio waits for is ever taken.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import trio
 
 POLL_INTERVAL = 0.05  # only without pidfds (not Linux >= 5.3)
+PR_SET_CHILD_SUBREAPER = 36
+_WAITED: set[int] = set()  # pids of our Children whose exit status Popen has not taken yet
 
 
 class Child:
@@ -32,10 +44,14 @@ class Child:
         self._popen = popen
         self.stdout = stdout
         self.pid = popen.pid
+        _WAITED.add(self.pid)
 
     @property
     def returncode(self) -> int | None:
-        return self._popen.poll()
+        code = self._popen.poll()
+        if code is not None:
+            _WAITED.discard(self.pid)
+        return code
 
     async def wait(self) -> int:
         """Wait for the exit without a thread; returns Popen's code (negative = signal)."""
@@ -52,7 +68,35 @@ class Child:
             if pidfd is not None:
                 trio.lowlevel.notify_closing(pidfd)
                 os.close(pidfd)
+        _WAITED.discard(self.pid)
         return self._popen.returncode
+
+
+def adopt_orphans() -> bool:
+    """Become the reaper of this process's orphaned descendants (Linux; False elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def reap_orphans() -> int:
+    """Reap adopted jail orphans: zombie children named `bwrap` that no Child waits for."""
+    me, reaped = os.getpid(), 0
+    for entry in os.listdir("/proc") if sys.platform.startswith("linux") else ():
+        if not entry.isdigit() or int(entry) in _WAITED:
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name = text[text.find("(") + 1:text.rfind(")")]
+        state, ppid = text[text.rfind(")") + 2:].split()[:2]
+        if state == "Z" and int(ppid) == me and name == "bwrap":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry), os.WNOHANG)
+                reaped += 1
+    return reaped
 
 
 def _pidfd(pid: int) -> int | None:

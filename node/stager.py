@@ -26,7 +26,6 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -37,6 +36,7 @@ from node.jail import PLAIN, Bind, Jailed, Jailer, JailError, JailSpec, TierChoi
 from node.logship import LogShipper
 from node.packs import Pack, PackError, detect, fetch_pack, installed_packs, redact_urls
 from node.procfile import ProcfileError, process_types
+from node.wire import BuildResult, StageWork
 
 COMPILE_TIMEOUT = 15 * 60
 STAGING_MEMORY_MB = 1024   # at least this much for a build, whatever the app's size
@@ -60,7 +60,7 @@ class Stager:
     base_env: dict[str, str]
     jail: Jailer = field(default_factory=lambda: Jailer(TierChoice(PLAIN, "not configured")))
 
-    async def stage(self, item: dict[str, Any]) -> None:
+    async def stage(self, item: StageWork) -> None:
         """Run one `stage` work item to completion and report its result."""
         build, app = item["build"], item["app"]
         work = self.home / "builds" / build
@@ -68,6 +68,7 @@ class Stager:
         def say(line: str) -> None:
             self.logs.emit(app, "build", line, build)
 
+        result: BuildResult
         try:
             result = await self._stage(item, work, say)
         except (BuildFailed, ControlError, ArchiveError, ProcfileError, JailError, PackError,
@@ -82,7 +83,7 @@ class Stager:
         except ControlError as e:
             say(f"-----> Could not report the build result: {e}")
 
-    async def _stage(self, item: dict[str, Any], work: Path, say: Say) -> dict[str, Any]:
+    async def _stage(self, item: StageWork, work: Path, say: Say) -> BuildResult:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         source = work / "source.tgz"
@@ -106,7 +107,7 @@ class Stager:
             app_dir.rename(cached)
         return {"ok": True, "droplet": digest, "processes": processes, "pack": pack.name}
 
-    async def _pack(self, item: dict[str, Any], app_dir: Path, say: Say) -> Pack:
+    async def _pack(self, item: StageWork, app_dir: Path, say: Say) -> Pack:
         """The pack the push named (no detection), else the first installed one that
         claims the app."""
         if item.get("buildpack"):
@@ -121,7 +122,7 @@ class Stager:
         say(f"-----> {pack.name} app detected")
         return pack
 
-    async def _compile(self, pack: Pack, item: dict[str, Any], app_dir: Path, work: Path,
+    async def _compile(self, pack: Pack, item: StageWork, app_dir: Path, work: Path,
                        say: Say) -> None:
         last: list[str] = []
 
@@ -141,7 +142,7 @@ class Stager:
             why = f": {last[0][:300]}" if last and not jailed.limit_reason(code) else ""
             raise BuildFailed(f"{pack.name} pack compile failed ({reason}){why}")
 
-    def _compile_spec(self, pack: Pack, item: dict[str, Any], app_dir: Path,
+    def _compile_spec(self, pack: Pack, item: StageWork, app_dir: Path,
                       work: Path, say: Say) -> JailSpec:
         """`bin/compile BUILD_DIR CACHE_DIR ENV_DIR`, in the jail's paths."""
         env_dir = work / "env"
@@ -167,10 +168,10 @@ class Stager:
             return self.jail.inside(str(path), app_dir, binds)
 
         env.update({var: inside(env[var]) for var in TOOL_VARS if var in env})
-        argv = [inside(a) for a in [*pack.script("compile"), app_dir, cache, env_dir]]
-        memory = max(STAGING_MEMORY_MB, int(item.get("memory_mb") or 0))
+        parts: list[Path | str] = [*pack.script("compile"), app_dir, cache, env_dir]
+        argv = [inside(a) for a in parts]
         return JailSpec(f"build-{item['build']}", tuple(argv), {**env, "HOME": inside(app_dir)},
-                        app_dir, memory, tuple(binds))
+                        app_dir, STAGING_MEMORY_MB, tuple(binds))
 
     async def _process_types(self, pack: Pack, app_dir: Path, work: Path) -> dict[str, str]:
         # Even a built-in pack's release reads what the build wrote: it runs jailed.

@@ -15,7 +15,6 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -25,6 +24,7 @@ from node.droplets import DropletCache
 from node.instances import LAUNCHER, exit_reason
 from node.jail import Jailer, JailSpec
 from node.logship import LogShipper
+from node.wire import TaskResult, TaskWork
 
 log = logging.getLogger("foundry.node")
 
@@ -38,13 +38,13 @@ class TaskRunner:
     jail: Jailer
     base_env: dict[str, str]
 
-    async def run(self, item: dict[str, Any]) -> None:
+    async def run(self, item: TaskWork) -> None:
         """Run one `task` work item and report how it ended (never raises)."""
         task, app = item["task"], item["app"]
         workdir = self.home / "tasks" / task
         tag = item.get("tag") or task
         source = item.get("source") or f"task/{task}"
-        result: dict[str, Any]
+        result: TaskResult
         try:
             result = await self._run(item, workdir, source, tag)
         except Exception as e:  # top of a task: report it, never vanish
@@ -59,8 +59,8 @@ class TaskRunner:
         except ControlError as e:
             log.warning("task-result-failed id=%s error=%s", task, e)
 
-    async def _run(self, item: dict[str, Any], workdir: Path, source: str, tag: str
-                   ) -> dict[str, Any]:
+    async def _run(self, item: TaskWork, workdir: Path, source: str, tag: str
+                   ) -> TaskResult:
         app_dir = await self.droplets.checkout(item["droplet"], workdir / "app")
         home = self.jail.inside(str(app_dir), app_dir)
         env = {**self.base_env, **{str(k): str(v) for k, v in item.get("env", {}).items()},
@@ -104,7 +104,7 @@ class TaskRunner:
             self.logs.emit(app, source, buf.decode(errors="replace"), tag)
 
 
-def describe(result: dict[str, Any]) -> str:
+def describe(result: TaskResult) -> str:
     if result.get("exit_code") is not None:
         return f"task exited with code {result['exit_code']}"
     return f"task failed: {result.get('reason')}"

@@ -3,6 +3,7 @@ the end-to-end tests, on random loopback ports in a temporary home."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -106,13 +107,18 @@ class Platform:
                              headers=headers, timeout=30, **kw)
 
 
-@pytest.fixture(scope="session")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    home = tmp_path_factory.mktemp("foundry") / "home"
-    p = Platform(home)
+@contextlib.contextmanager
+def started(p: Platform) -> Iterator[Platform]:
+    """`p` running for the block; stopped as Ctrl-C would stop it, however the block ends."""
     p.start()
     try:
         yield p
     finally:
         if p.proc is not None and p.proc.poll() is None:
             p.stop()
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    with started(Platform(tmp_path_factory.mktemp("foundry") / "home")) as p:
+        yield p

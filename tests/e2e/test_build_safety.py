@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Platform, eventually
+from tests.e2e.conftest import ROOT, Platform, eventually, started
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +44,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     (home / "node" / "staging.env").write_text(STAGING_ENV)
     p = Platform(home)
     p.env.update(OPERATOR_ENV)
-    p.start()
-    try:
+    with started(p):
         yield p
-    finally:
-        if p.proc is not None and p.proc.poll() is None:
-            p.stop()
 
 
 def make_pack(root: Path, compile_sh: str) -> Path:

@@ -88,8 +88,8 @@ def test_strict_removes_an_env_var_the_manifest_no_longer_names(platform: Platfo
     plain = platform.cli("push", str(tmp_path), "-f", str(manifest))   # a manifest only adds
     assert "ADDED" in platform.api("GET", "/v1/apps/mf-strict/env").json()["env"]
     assert "--strict" not in plain.stderr
-    strict = platform.cli("push", str(tmp_path), "-f", str(manifest), "--strict")
-    assert "--strict: mf-strict will lose - env ADDED, - env DROPPED" in strict.stderr
+    strict = platform.cli("push", str(tmp_path), "-f", str(manifest), "--strict", "--yes")
+    assert "env ADDED: removed" in strict.stdout and "env DROPPED: removed" in strict.stdout
     assert platform.api("GET", "/v1/apps/mf-strict/env").json()["env"] == {"GREETING": "kept"}
     assert platform.get("mf-strict").text == "kept"
 

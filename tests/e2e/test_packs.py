@@ -83,11 +83,17 @@ def test_third_party_buildpack_from_a_local_directory_and_no_cache(platform: Pla
     assert "Using buildpack blob:" in first.stdout
     assert platform.get("third-party", "/index.txt").text == \
         "built by a third-party pack, cache run 1\n"
-    platform.cli("push", str(source), "--name", "third-party", "--buildpack", str(pack))
-    assert platform.get("third-party", "/index.txt").text.endswith("cache run 2\n")
+    # The same source and options again: the build runs with the kept cache, and since
+    # nothing the app runs from changed, release v1 stays (an unchanged re-push is a no-op).
+    again = platform.cli("push", str(source), "--name", "third-party", "--buildpack", str(pack))
+    assert "counter pack run 2" in again.stdout
+    assert "no change: release v1 is current" in again.stdout
     fresh = platform.cli("push", str(source), "--name", "third-party", "--buildpack", str(pack),
                          "--no-cache")
     assert "--no-cache: starting from an empty build cache" in fresh.stdout
+    assert "counter pack run 1" in fresh.stdout and "no change" not in fresh.stdout
+    view = json.loads(platform.cli("app", "third-party", "--json").stdout)
+    assert view["release"] == 2
     assert platform.get("third-party", "/index.txt").text.endswith("cache run 1\n")
 
 

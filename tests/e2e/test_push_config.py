@@ -137,8 +137,9 @@ def test_a_manifest_secret_reaches_the_app_but_no_url_or_log(
     assert builds, lines                     # the push went through the relay and the edge
     assert not [line for line in lines if secret in line or "env=" in line], lines
 
-    logs = platform.cli("logs", app, "--lines", "2000").stdout
-    assert "GET" in logs                     # router lines are shipped to `foundry logs`
+    # Router lines reach `foundry logs` in batches: wait for the app's GETs to arrive.
+    logs = eventually(lambda: (lambda out: out if "GET" in out else "")(
+        platform.cli("logs", app, "--lines", "2000").stdout), 20, "router lines in the logs")
     assert secret not in logs
     files = [*sorted((platform.home / "logs").glob("*.log")), platform.home.parent / "up.out"]
     for f in files:                          # control, node, edge and `foundry up` itself

@@ -105,7 +105,7 @@ def test_unknown_host_is_404_and_api_is_routed(platform: Platform) -> None:
 
 def test_delete_removes_the_route(platform: Platform) -> None:
     platform.cli("push", str(EXAMPLES / "hello-python"), "--name", "doomed")
-    platform.cli("delete", "doomed")
+    platform.cli("delete", "doomed", "-f")
     assert platform.get("doomed").status_code == 404
     result = platform.cli("app", "doomed", check=False)
     assert result.returncode == 1 and result.stderr == "foundry: no app named 'doomed'\n"

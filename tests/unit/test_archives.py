@@ -167,3 +167,18 @@ def test_a_droplet_refuses_what_no_node_would_unpack(tmp_path: Path, leave: str)
         os.symlink("../../../etc/shadow", build / ".venv" / "escape")
     with pytest.raises(ArchiveError, match="the build left .*which a droplet may not hold"):
         create(build, tmp_path / "droplet.tgz")
+
+
+def test_the_same_build_output_makes_the_same_droplet(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    (app / "lib").mkdir(parents=True)
+    (app / "lib" / "mod.py").write_text("x = 1\n")
+    (app / "Procfile").write_text("web: python3 -m http.server\n")
+    create(app, tmp_path / "one.tgz")
+    os.utime(app / "lib", (12345, 12345))        # another build made the folder at another time
+    if os.geteuid() == 0:
+        os.chown(app / "lib" / "mod.py", 3666004, 3666004)     # as another throwaway uid
+    create(app, tmp_path / "two.tgz")
+    one = (tmp_path / "one.tgz").read_bytes()
+    assert one[4:8] == b"\0\0\0\0"               # no gzip timestamp
+    assert one == (tmp_path / "two.tgz").read_bytes()

@@ -9,9 +9,11 @@ import pytest
 
 from control.manifest import (
     AppManifest,
+    AppNow,
     ManifestError,
     ProcessManifest,
     parse_manifest,
+    strict_changes,
     strict_diff,
 )
 
@@ -195,3 +197,38 @@ def test_strict_diff_leaves_process_types_alone_when_the_manifest_names_none() -
     app = one("applications:\n- name: a\n")
     diff = strict_diff(app, {}, [], {"worker": 1}, ["web", "worker"])
     assert diff.lines() == []
+
+
+NOW = AppNow(env={"KEEP": "1", "SECRET": "old-secret", "DROP": "x"}, routes=("old.x.com",),
+             scale={"web": 2, "worker": 1, "clock": 1},
+             processes={"web": "python3 server.py", "worker": "python3 w.py",
+                        "clock": "python3 c.py"},
+             memory_mb=256, health_check="port")
+
+
+@pytest.mark.parametrize(("manifest", "expected"), [
+    ("applications:\n- name: a\n  instances: 2\n  memory: 256M\n"
+     "  env: {KEEP: '1', SECRET: old-secret, DROP: x}\n  routes: [{route: old.x.com}]\n",
+     []),
+    ("applications:\n- name: a\n  instances: 1\n"
+     "  env: {KEEP: '1', SECRET: old-secret, DROP: x}\n  routes: [{route: old.x.com}]\n",
+     ["instances (web): 2 -> 1"]),
+    ("applications:\n- name: a\n  memory: 1G\n  health-check-type: process\n"
+     "  env: {KEEP: '1', SECRET: new-secret, NEW: y}\n"
+     "  routes: [{route: old.x.com}, {route: a.localhost}, {route: new.x.com}]\n",
+     ["health check: port -> process", "memory: 256M -> 1024M", "env NEW: added",
+      "env SECRET: changed", "env DROP: removed", "route new.x.com: mapped"]),
+    ("applications:\n- name: a\n  command: gunicorn app\n  no-route: true\n"
+     "  env: {KEEP: '1', SECRET: old-secret, DROP: x}\n"
+     "  processes: [{type: worker, instances: 3}, {type: mailer, command: python3 m.py}]\n",
+     ["command (web): 'python3 server.py' -> 'gunicorn app'", "instances (worker): 1 -> 3",
+      "process mailer: added, running 'python3 m.py'", "route old.x.com: unmapped",
+      "instances (clock): 1 -> 0 (the manifest does not name it)"]),
+])
+def test_strict_changes_lists_every_difference_and_never_a_value(manifest: str,
+                                                                 expected: list[str]) -> None:
+    app = one(manifest)
+    removals = strict_diff(app, NOW.env, list(NOW.routes), NOW.scale, list(NOW.processes))
+    lines = strict_changes(app, NOW, removals)
+    assert lines == expected
+    assert not any("secret" in line for line in lines)     # config values are never shown

@@ -245,12 +245,12 @@ def test_an_instance_no_node_has_room_for_is_reported_once(tmp_path) -> None:  #
     store = Store(tmp_path / "db")
     store.create_app("a")
     known: set[tuple[str, str, int]] = set()
-    stuck = Plan(unplaced=[Placement("a", "web", 0, 1, 512)])
+    stuck = Plan(unplaced=[Placement("a", "web", 0, 1, 512, reason="no node has joined")])
     report_unplaced(store, stuck, known)
     report_unplaced(store, stuck, known)          # still stuck: not said again
     events = [e for e in store.list_events("a") if e["kind"] == "unplaced"]
     assert [e["detail"] for e in events] == [
-        "web.0 needs 512 MiB and no live node has that much free"]
+        "web.0 cannot be placed: no node has joined"]
     report_unplaced(store, Plan(), known)         # placed at last; stuck again later:
     report_unplaced(store, stuck, known)          # said again
     assert len([e for e in store.list_events("a") if e["kind"] == "unplaced"]) == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,17 @@ def test_files_round_trip_into_a_safe_source_package(tmp_path: Path) -> None:
         assert sorted(tar.getnames()) == ["a.py", "b.py", "bin/run"]
         assert tar.getmember("bin/run").mode == 0o755
         assert tar.extractfile("b.py").read() == b"b"  # type: ignore[union-attr]
+
+
+def test_the_same_resource_list_makes_the_same_package(tmp_path: Path) -> None:
+    """An unchanged re-push must be recognisable by its source digest."""
+    files = BlobStore(tmp_path / "files")
+    store_files(tar_of({A.sha256: b"a", B.sha256: b"b"}, tmp_path / "up.tgz"), files,
+                ArchiveLimits())
+    assemble([A, B], files, tmp_path / "one.tgz", {A.sha256, B.sha256})
+    time.sleep(1.1)                                   # gzip headers carry whole seconds
+    assemble([B, A], files, tmp_path / "two.tgz", {A.sha256, B.sha256})
+    assert (tmp_path / "one.tgz").read_bytes() == (tmp_path / "two.tgz").read_bytes()
 
 
 def test_only_stored_files_of_the_pool_minimum_size_are_matchable(tmp_path: Path) -> None:

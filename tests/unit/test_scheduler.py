@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from control.model import NODE_LOST, Instance, Node, Placement
+from control.model import NODE_DRAINING, NODE_LOST, AppSpec, Instance, Node, Placement
+from control.reconciler import reconcile
 from control.scheduler import pick_stager, place
 
 NOW = 100.0
@@ -53,3 +55,55 @@ def test_placements_fit_and_avoid_dead_nodes(specs: list[tuple[int, int, bool]],
     for node_id in {p.node for p in done}:
         assert node_id in live
         assert sum(p.memory_mb for p in done if p.node == node_id) <= live[node_id].memory_mb
+
+
+A, B = Node("n1", "a", 1024, NOW), Node("n2", "b", 2048, NOW)
+
+
+def on(node: Node, app: str = "other", mem: int = 256, index: int = 0) -> Instance:
+    return Instance(f"{app}-{node.id}-{index}", app, "web", index, 1, node.id, memory_mb=mem)
+
+
+@pytest.mark.parametrize(("nodes", "placed", "mem", "reason"), [
+    ([], [], 256, "no node has joined (start one with `foundry node join`)"),
+    ([Node("n1", "a", 1024, NOW, NODE_LOST)], [], 256,
+     "no ready node: the only node (a) is lost"),
+    ([Node("n1", "a", 1024, NOW - 20)], [], 256,
+     "no ready node: the only node (a) is silent (no heartbeat for 20 s)"),
+    ([Node("n1", "a", 1024, NOW, NODE_LOST), Node("n2", "b", 1024, NOW, NODE_LOST)], [], 256,
+     "no ready node: all 2 nodes are out: 2 lost"),
+    # The case: the only node drains with 768 MiB free; memory is not the reason.
+    ([Node("n1", "a", 1024, NOW, NODE_DRAINING)], [on(A)], 256,
+     "no ready node: the only node (a) is draining"),
+    ([Node("n1", "a", 1024, NOW, NODE_DRAINING), Node("n2", "b", 1024, NOW, NODE_DRAINING),
+      Node("n3", "c", 1024, NOW, NODE_LOST)], [], 256,
+     "no ready node: all 3 nodes are out: 2 draining, 1 lost"),
+    ([A], [on(A, mem=768)], 512,
+     "it needs 512 MiB and the most any ready node has free is 256 MiB (node a, 1024 MiB in all)"),
+    ([A, B, Node("n3", "c", 8192, NOW, NODE_DRAINING)], [on(A, mem=768), on(B, mem=1536)], 1000,
+     "it needs 1000 MiB and the most any ready node has free is 512 MiB (node b, 2048 MiB in all)"),
+])
+def test_an_unplaced_instance_says_why(nodes: list[Node], placed: list[Instance], mem: int,
+                                       reason: str) -> None:
+    done, failed = place(nodes, placed, want(1, mem=mem), NOW, 15)
+    assert not done and [p.reason for p in failed] == [reason]
+
+
+@pytest.mark.parametrize(("nodes", "placed", "where"), [
+    # Spreading is a preference: an app already on the only node still gets a third there.
+    ([A], [on(A, "a", index=1), on(A, "a", index=2)], "n1"),
+    # ... and a node holding the app but with room wins over a node with none free.
+    ([A, B], [on(A, "a", index=1), on(B, mem=2048)], "n1"),
+])
+def test_spreading_never_leaves_an_instance_unplaced(nodes: list[Node],
+                                                     placed: list[Instance], where: str) -> None:
+    done, failed = place(nodes, placed, want(1), NOW, 15)
+    assert not failed and [p.node for p in done] == [where]
+
+
+def test_draining_the_only_node_reports_draining_through_the_reconciler() -> None:
+    app = AppSpec("a", True, 1, {"web": "run"}, {"web": 1}, 256)
+    node = Node("n1", "a", 1024, NOW, NODE_DRAINING)
+    plan = reconcile([app], [Instance("i0", "a", "web", 0, 1, "n1", "RUNNING")], [node], NOW)
+    assert not plan.start and not plan.stop
+    assert [p.reason for p in plan.unplaced] == ["no ready node: the only node (a) is draining"]
