@@ -69,7 +69,7 @@ from edge.record import GENERAL, RequestRecord
 from edge.routes import Backend, PathError, Route, routable_target
 from edge.session import Session
 from edge.tunnel import tunnel
-from edge.upstream import ConnectFailed, acquire, may_replay, release
+from edge.upstream import ConnectFailed, may_replay
 from edge.wake import QueueFull, Turn
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class Exchange:
         finally:
             self._pass_turn()
             if self.owned:
-                self.edge.end_request(self.record, trio.current_time())
+                self.edge.end_request(self.record, trio.current_time(), self.session.logged)
         return self.goes_on()
 
     def goes_on(self) -> bool:
@@ -210,19 +210,23 @@ class Exchange:
         self.timeout = min(route.options.timeout, self.config.response_timeout)
         pinned = hdr.cookie(self.head.headers, hdr.STICKY_COOKIE) if route.options.sticky else None
         record.pinned = pinned.decode("latin-1") if pinned else None
-        replayable = may_replay(
-            reused=True, response_bytes=0, method=self.head.method, has_body=not self.bodiless
+        edge, now = self.edge, trio.current_time()
+        candidates = edge.balancer.candidates(
+            route, self.config.max_attempts, now=now, pinned=record.pinned
         )
-        edge = self.edge
         try:
-            stream, backend, reused = await acquire(
-                edge.connector, edge.balancer, route, limit=self.config.max_attempts,
-                now=trio.current_time(), pinned=record.pinned, replayable=replayable,
+            stream, backend, reused = await edge.connector.acquire(
+                route, candidates, now, replayable=self._may_replay(reused=True, response_bytes=0)
             )
         except ConnectFailed:
             return await self.fail(502, "backend failed", "backend-unavailable")
         record.backend = backend
-        await self._proxy_via(route, backend, stream, reused and replayable, target)
+        await self._proxy_via(route, backend, stream, reused, target)
+
+    def _may_replay(self, *, reused: bool, response_bytes: int) -> bool:
+        """Whether this request may be sent again on a fresh connection (`may_replay`)."""
+        return may_replay(reused=reused, response_bytes=response_bytes,
+                          method=self.head.method, has_body=not self.bodiless)
 
     async def _hold(self, route: Route) -> Route | None:
         """Wait for the app to wake (and for the requests held before this one); the
@@ -268,25 +272,22 @@ class Exchange:
         return host.decode("latin-1"), path.decode("latin-1"), target
 
     async def _proxy_via(
-        self, route: Route, backend: Backend, stream: Conn, replayable: bool, target: bytes
+        self, route: Route, backend: Backend, stream: Conn, reused: bool, target: bytes
     ) -> None:
-        connector = self.edge.connector
         upstream = Peer(stream, ResponseParser(self.config.limits, request_method=self.head.method))
         try:
-            await self._proxy(upstream, target, replayable=replayable)
+            await self._proxy(upstream, target, reused=reused)
         except _StaleConnection:
-            connector.release(backend, stream, reusable=False)
             try:
-                stream = await connector.fresh(backend)
+                stream = await self.edge.connector.fresh(backend, stream)
             except (OSError, trio.TooSlowError):
                 return await self.fail(502, "backend failed", "backend-unavailable")
             upstream = Peer(
                 stream, ResponseParser(self.config.limits, request_method=self.head.method)
             )
-            await self._proxy(upstream, target, replayable=False)
+            await self._proxy(upstream, target, reused=False)
         finally:
-            release(self.edge.connector, self.edge.balancer, route, backend, upstream.stream,
-                    reusable=self._reusable(upstream))
+            self.edge.connector.release(route, backend, upstream.stream, self._reusable(upstream))
 
     def _reusable(self, upstream: Peer) -> bool:
         return (
@@ -297,18 +298,18 @@ class Exchange:
             and upstream.parser.at_rest()
         )
 
-    async def _proxy(self, upstream: Peer, target: bytes, *, replayable: bool) -> None:
-        """Send the request and relay the answer; `_StaleConnection` if `replayable` and the
-        connection proved closed before any answer byte."""
+    async def _proxy(self, upstream: Peer, target: bytes, *, reused: bool) -> None:
+        """Send the request and relay the answer; `_StaleConnection` if the connection
+        proved closed before any answer byte and `may_replay` allows another try."""
         try:
             await upstream.send(self._upstream_head(target))
             self._pass_turn()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            if replayable:
+            if self._may_replay(reused=reused, response_bytes=0):
                 raise _StaleConnection() from None
             return await self._reply(502, f"{self.app}: backend failed", "backend-failed")
         if self.bodiless:
-            return await self._relay_response(upstream, replayable)
+            return await self._relay_response(upstream, reused)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump_body, upstream, nursery.cancel_scope)
             await self._relay_response(upstream, False)
@@ -355,13 +356,13 @@ class Exchange:
             self.request_error = error  # answered once the relay has stopped
             exchange.cancel()
 
-    async def _relay_response(self, upstream: Peer, replayable: bool) -> None:
+    async def _relay_response(self, upstream: Peer, reused: bool) -> None:
         try:
             head = await self._response_head(upstream)
         except trio.TooSlowError:
             return await self._reply(504, f"{self.app}: backend timed out", "backend-timeout")
         except ProtocolError as error:
-            if replayable and upstream.received == 0:
+            if self._may_replay(reused=reused, response_bytes=upstream.received):
                 raise _StaleConnection() from None
             log.warning("edge-bad-response app=%s reason=%r", self.app, error.reason)
             return await self._reply(502, f"{self.app}: backend failed", "backend-failed")

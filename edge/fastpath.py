@@ -20,8 +20,13 @@ it only through its public methods (`fail`, `relay`, `goes_on`).
 
 Both paths fill one `RequestRecord` per request (`edge.record`), count and log it
 through `Edge.begin_request`/`end_request` and get backend connections through
-`edge.upstream.acquire`/`release`; the access line says which path served it (`via`).
+`edge.upstream.Connector` (`take_pooled` then, only if that found none, `connect_first`: the two
+steps of `acquire`) and `release`; the access line says which path served it (`via`).
 A lane's modes and what its waits' deadlines mean are the tables of `edge.lanestate`.
+
+Cost is the point of this module: the edge spends most of its CPU here. Hot code
+keeps to plain calls (no coroutine that never waits), module constants instead of
+enum members (`edge.lanestate` says why), and locals for what it reads twice.
 """
 
 from __future__ import annotations
@@ -32,17 +37,33 @@ import math
 import trio
 
 from edge import headers as hdr
-from edge.accesslog import access_wanted
 from edge.exchange import Exchange, new_request_id
-from edge.fasthead import Parsed, PlainRequest, parse_head, read_request, request_head
+from edge.fasthead import (
+    FAST_METHODS,
+    Parsed,
+    PlainRequest,
+    parse_head,
+    read_request,
+    request_head,
+)
 from edge.fastio import receive, send_now
 from edge.http import NEED_DATA, PAUSED, ProtocolError, RequestHead, ResponseParser
 from edge.lanestate import (
+    BACKEND,
+    BODY,
+    CLOSED,
+    FAST_READ,
+    GENERAL_EXCHANGE,
+    GENERAL_READ,
+    HEAD,
+    IDLE,
     ON_EXPIRY,
+    OTHER,
     PHASES_IN,
+    TO_FAST_EXCHANGE,
+    TO_FAST_READ,
     Expiry,
     LaneStateError,
-    Mode,
     Phase,
     next_mode,
 )
@@ -51,11 +72,18 @@ from edge.peer import CHUNK, Peer
 from edge.record import FAST, HANDED, RequestRecord
 from edge.routes import Route
 from edge.session import Session
-from edge.upstream import ConnectFailed, acquire, may_replay, release
+from edge.upstream import ConnectFailed, may_replay
 
 log = logging.getLogger(__name__)
 
 FAST_HEAD_LIMIT = 16 * 1024  # a head not complete by then goes to the general parser
+
+# Whether a request the fast reader took may take a just-used pooled connection
+# unchecked: `may_replay`'s answer for each method it takes, asked once.
+_TAKES_RECENT = {
+    method: may_replay(reused=True, response_bytes=0, method=method, has_body=False)
+    for method in FAST_METHODS
+}
 
 
 class _Expired(Exception):
@@ -79,16 +107,16 @@ class Lane:
         self.config = config = session.config
         self.conn = session.client.stream
         self.scope = trio.CancelScope()
-        self.phase = Phase.OTHER
+        self.phase = OTHER
         self.deadline = math.inf  # of the bounded wait in progress
         self.fired: Phase | None = None  # the phase whose deadline the watchdog enforced
         self.idle_from = trio.current_time()  # when the connection last went idle
         self.buffer = b""  # received client bytes the lane holds (none in general modes)
-        self.mode = Mode.FAST_READ  # moved only by `next_mode` (`edge.lanestate`)
+        self.mode = FAST_READ  # moved only through `edge.lanestate`'s tables
         self.head_deadline: float | None = None  # the head arriving in `buffer` is due then
         self.head_limit = min(FAST_HEAD_LIMIT, config.max_header_bytes)
         self.limits = config.limits
-        self.logged = access_wanted(self.edge.shipper)  # whether requests are logged at all
+        self.logged = session.logged
         self.client_ip = session.client_ip.encode("ascii")
         self.scheme = config.scheme.encode("ascii")
         # The fast exchange in progress (`record` and `request` are None between them).
@@ -115,13 +143,13 @@ class Lane:
                     except _Expired:
                         pass
                     finally:
-                        self.phase, self.deadline = Phase.OTHER, math.inf
+                        self.phase, self.deadline = OTHER, math.inf
                         if self.record is not None and self.fired is None:
                             self._finish(reusable=False)  # an error (or outer cancel) ended it
                 if self.fired is None or not await self._timed_out():
                     return
         finally:
-            self.mode = next_mode(self.mode, Mode.CLOSED)
+            self.mode = next_mode(self.mode, CLOSED)
             lanes.discard(self)
 
     async def _timed_out(self) -> bool:
@@ -157,7 +185,7 @@ class Lane:
 
     def _unbound(self) -> None:
         """A bounded wait is over; `_Expired` if the watchdog ended it meanwhile."""
-        self.phase, self.deadline = Phase.OTHER, math.inf
+        self.phase, self.deadline = OTHER, math.inf
         if self.fired is not None:
             raise _Expired
 
@@ -165,15 +193,15 @@ class Lane:
         session, edge, limits = self.session, self.edge, self.limits
         parser = session.client.parser
         while not edge.draining:
-            if self.mode is Mode.GENERAL_READ:
+            if self.mode is GENERAL_READ:
                 head = await self._next_head()
                 if head is None:
                     return
-                self.mode = next_mode(self.mode, Mode.GENERAL_EXCHANGE)
+                self.mode = next_mode(self.mode, GENERAL_EXCHANGE)
                 if not await Exchange(session, head).run():
                     return
                 at_rest = parser.at_rest()
-                self.mode = next_mode(self.mode, Mode.FAST_READ if at_rest else Mode.GENERAL_READ)
+                self.mode = next_mode(self.mode, FAST_READ if at_rest else GENERAL_READ)
                 self.idle_from = trio.current_time()
                 continue
             buffer = self.buffer
@@ -205,11 +233,11 @@ class Lane:
                 return True
             if self.head_deadline is None:
                 self.head_deadline = trio.current_time() + config.header_timeout
-            data = await self._read(self.conn, Phase.HEAD, self.head_deadline)
+            data = await self._read(self.conn, HEAD, self.head_deadline)
         elif self.edge.draining:
             return False
         else:
-            self.phase, self.deadline = Phase.IDLE, self.idle_from + config.idle_timeout
+            self.phase, self.deadline = IDLE, self.idle_from + config.idle_timeout
             data = await receive(self.conn, CHUNK)  # (`_read` inlined: the commonest wait)
             self._unbound()
         if not data:
@@ -226,7 +254,7 @@ class Lane:
         if self.buffer:
             self.session.client.parser.feed(self.buffer)
             self.buffer = b""
-        self.mode = next_mode(self.mode, Mode.GENERAL_READ)
+        self.mode = next_mode(self.mode, GENERAL_READ)
 
     async def _next_head(self) -> RequestHead | None:
         """The general parser's next request head, its waits bounded like the lane's."""
@@ -249,44 +277,42 @@ class Lane:
             if parser.in_head:
                 if head_deadline is None:
                     head_deadline = trio.current_time() + config.header_timeout
-                self.phase, self.deadline = Phase.HEAD, head_deadline
+                self.phase, self.deadline = HEAD, head_deadline
             elif self.edge.draining:
                 return None
             else:
-                self.phase, self.deadline = Phase.IDLE, self.idle_from + config.idle_timeout
+                self.phase, self.deadline = IDLE, self.idle_from + config.idle_timeout
             await client.receive()
             self._unbound()
 
     async def _proxy(self, request: PlainRequest, route: Route) -> bool:
         """Run one fast exchange; whether the client connection may carry another."""
-        edge, config = self.edge, self.config
-        self.mode = next_mode(self.mode, Mode.FAST_EXCHANGE)
-        now = trio.current_time()
-        record = self.record = RequestRecord(FAST, request.method, now)
-        self.request, self.stream, record.request_id = request, None, request.request_id
-        edge.begin_request(record, route)
-        if request.pinned is not None and route.options.sticky:
-            record.pinned = request.pinned.decode("latin-1")
-        # (True: the fast reader takes only bodiless requests of idempotent methods.)
-        replayable = may_replay(reused=True, response_bytes=0, method=request.method,
-                                has_body=False)
-        try:
-            stream, backend, reused = await acquire(
-                edge.connector, edge.balancer, route, limit=config.max_attempts, now=now,
-                pinned=record.pinned, replayable=replayable)
-        except ConnectFailed:
-            return await self._fail(502, "backend failed", "backend-unavailable")
+        edge = self.edge
+        record = self._begin(request, route)
+        now = record.started
+        candidates = edge.balancer.candidates(
+            route, self.config.max_attempts, now=now, pinned=record.pinned
+        )
+        connector = edge.connector
+        stream = None
+        if _TAKES_RECENT[request.method]:  # the common case: no coroutine, no syscall
+            stream = connector.take_pooled(route, candidates, now)
+        if stream is not None:
+            backend, reused = candidates[0], True
+        else:
+            try:
+                stream, backend, reused = await connector.connect_first(route, candidates, now)
+            except ConnectFailed:
+                return await self._fail(502, "backend failed", "backend-unavailable")
         record.backend, self.stream = backend, stream
         timeout = route.options.timeout
-        if timeout > config.response_timeout:
-            timeout = config.response_timeout
+        if timeout > self.config.response_timeout:
+            timeout = self.config.response_timeout
         buffer, eof = await self._ask(stream, request.upstream, now + timeout)
-        if eof and may_replay(reused=reused and replayable, response_bytes=len(buffer or b""),
+        if eof and may_replay(reused=reused, response_bytes=len(buffer or b""),
                               method=request.method, has_body=False):
-            edge.connector.release(backend, stream, reusable=False)  # a pooled one had closed
-            self.stream = None
-            try:
-                stream = self.stream = await edge.connector.fresh(backend)
+            try:  # a pooled connection that had closed: once more on a new one
+                stream = self.stream = await connector.fresh(backend, stream)
             except (OSError, trio.TooSlowError):
                 return await self._fail(502, "backend failed", "backend-unavailable")
             buffer, eof = await self._ask(stream, request.upstream, now + timeout)
@@ -299,6 +325,18 @@ class Lane:
             return await self._general(buffer, closed=False)
         return await self._relay(parsed, buffer, stream, timeout)
 
+    def _begin(self, request: PlainRequest, route: Route) -> RequestRecord:
+        """Start the fast exchange of `request`: its record, counted in flight."""
+        self.mode = TO_FAST_EXCHANGE[self.mode]
+        pinned = request.pinned
+        record = self.record = RequestRecord(
+            FAST, request.method, self.edge.now(), route, request.request_id,
+            pinned.decode("latin-1") if pinned is not None and route.options.sticky else None,
+        )
+        self.request, self.stream = request, None
+        self.edge.begin_request(record, route)
+        return record
+
     async def _ask(
         self, stream: Conn, request: bytes, deadline: float
     ) -> tuple[bytes | None, bool]:
@@ -309,7 +347,7 @@ class Lane:
         limit = self.config.max_header_bytes + 4
         sent = send_now(stream, request)
         if sent < len(request):
-            self.phase, self.deadline = Phase.BACKEND, deadline
+            self.phase, self.deadline = BACKEND, deadline
             try:
                 await stream.send_all(memoryview(request)[sent:])
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -318,7 +356,7 @@ class Lane:
             self._unbound()
         buffer = b""
         while True:
-            self.phase, self.deadline = Phase.BACKEND, deadline
+            self.phase, self.deadline = BACKEND, deadline
             data = await receive(stream, CHUNK)  # (`_read` inlined: the commonest wait)
             self._unbound()
             if not data:
@@ -357,7 +395,7 @@ class Lane:
         while left:
             record.bytes_sent += len(pending)
             await self.conn.send_all(pending)
-            data = await self._read(stream, Phase.BODY, trio.current_time() + timeout)
+            data = await self._read(stream, BODY, trio.current_time() + timeout)
             if not data:
                 error = ProtocolError(502, "backend closed the connection mid-response")
                 log.warning("edge-response-aborted app=%s error=%r", record.app, error)
@@ -422,14 +460,16 @@ class Lane:
         if record is None or request is None:
             return
         self.record = self.request = None
-        self.mode = next_mode(self.mode, Mode.FAST_READ)
-        self.idle_from = now = trio.current_time()
-        route, backend = record.route, record.backend
-        if backend is not None and route is not None:
-            release(edge.connector, edge.balancer, route, backend, self.stream,
-                    reusable=reusable, now=now)
+        self.mode = TO_FAST_READ[self.mode]
+        self.idle_from = now = edge.now()
+        backend = record.backend
+        if backend is not None:
+            route = record.route
+            assert route is not None
+            edge.connector.release(route, backend, self.stream, reusable, now)
         self.stream = None
-        if self.logged:  # (decoded only for the log line)
+        logged = self.logged
+        if logged:  # (decoded only for the log line)
             record.host = request.host.decode("latin-1")
             record.path = request.path.decode("latin-1")
-        edge.end_request(record, now)
+        edge.end_request(record, now, logged)

@@ -11,6 +11,8 @@ Rules kept here:
     app, or is None); a wake may re-route it meanwhile.
   * `via` names the path: FAST (the lane's own reader and relay), HANDED (read by the
     lane, its answer relayed or its error made by the general path) or GENERAL.
+  * `host` and `path` are decoded only for a request that is logged (the fast path
+    reads them as bytes and decodes them when it ends).
 """
 
 from __future__ import annotations
@@ -23,20 +25,29 @@ GENERAL = "general"
 
 
 class RequestRecord:
-    """One request as the log and the metrics see it."""
+    """One request as the log and the metrics see it (made once per request: slots, and
+    everything known at its start passed at once)."""
 
     __slots__ = ("via", "method", "host", "path", "route", "backend", "request_id", "pinned",
                  "started", "status", "bytes_sent", "counted")
 
-    def __init__(self, via: str, method: bytes, started: float) -> None:
+    def __init__(
+        self,
+        via: str,
+        method: bytes,
+        started: float,
+        route: Route | None = None,
+        request_id: bytes = b"-",
+        pinned: str | None = None,
+    ) -> None:
         self.via = via
         self.method = method
         self.started = started  # the trio clock when its head had been read
         self.host = self.path = "-"
-        self.route: Route | None = None
+        self.route = route
         self.backend: Backend | None = None
-        self.request_id = b"-"
-        self.pinned: str | None = None  # the instance its sticky cookie named
+        self.request_id = request_id
+        self.pinned = pinned  # the instance its sticky cookie named
         self.status = self.bytes_sent = 0
         self.counted: str | None = None  # the app it counts as in flight for now
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from edge.accesslog import access_wanted
 from edge.encode import error_response
 from edge.http import ProtocolError, RequestParser
 from edge.netio import Conn
@@ -30,6 +31,7 @@ class Session:
         self.client = Peer(stream, RequestParser(edge.config.limits))
         self.client_ip = stream.peer_ip()
         self.trusted = self.config.is_trusted(self.client_ip)
+        self.logged = access_wanted(edge.shipper)  # whether its requests are logged at all
 
     async def refuse(self, error: ProtocolError) -> None:
         """Answer a malformed request with the status its error implies, and close."""

@@ -44,14 +44,18 @@ class Edge:
         self, config: EdgeConfig, source: RouteSource, shipper: LogShipper | None = None
     ) -> None:
         self.config = config
-        self.connector = Connector(config.connect_timeout, idle_timeout=config.pool_idle_timeout)
         self.balancer = Balancer(eject_seconds=config.eject_seconds)
+        self.connector = Connector(
+            config.connect_timeout, self.balancer, idle_timeout=config.pool_idle_timeout
+        )
         self.shipper = shipper
         self.draining = False
         self.lanes: set[Bounded] = set()  # every client connection's request loop
         self.tunnels: dict[Backend, set[trio.CancelScope]] = {}
         self.wakes = Wakes(timeout=config.wake_timeout, max_held=config.max_held)
         self.concurrency = Concurrency(trio.current_time())
+        # `trio.current_time`, one call instead of three (the lane reads it twice a request).
+        self.now = trio.lowlevel.current_clock().current_time
         self._source = source
         self._table: RouteTable | None = None
         # Raw Host header -> that host's routes as (prefix, prefix + "/", route), longest
@@ -66,7 +70,8 @@ class Edge:
     def fast_route(self, host: bytes, path: bytes) -> Route | None:
         """`route` for the raw Host value and path of a plain request, with the host's
         routes remembered per raw Host value until the table changes."""
-        self._notice_table()
+        if self._source.table is not self._table:
+            self._notice_table()
         routes = self._by_raw_host.get(host)
         if routes is None:
             if len(self._by_raw_host) >= MAX_CACHED_HOSTS:
@@ -82,15 +87,19 @@ class Edge:
 
     def begin_request(self, record: RequestRecord, route: Route) -> None:
         """`record` is routed to `route` and counts as in flight for its app from now."""
-        record.route, record.counted = route, route.app
-        self.concurrency.started(route.app, record.started)
+        record.route = route
+        app = record.counted = route.app
+        self.concurrency.started(app, record.started)
 
-    def end_request(self, record: RequestRecord, now: float) -> None:
-        """`record`'s request is over: uncount it and write its access line."""
-        if record.counted is not None:
-            self.concurrency.finished(record.counted, now)
+    def end_request(self, record: RequestRecord, now: float, logged: bool) -> None:
+        """`record`'s request is over: uncount it and, if `logged` (`access_wanted`, asked
+        once per connection), write its access line."""
+        app = record.counted
+        if app is not None:
+            self.concurrency.finished(app, now)
             record.counted = None
-        log_request(self.shipper, record, now)
+        if logged:
+            log_request(self.shipper, record, now)
 
     async def housekeeping(self) -> None:
         """Close expired idle upstream connections and orphaned tunnels, forever."""

@@ -1,9 +1,12 @@
 """Connections from the edge to backends: a keep-alive pool, and when a failure may be retried.
 
-Owns `Connector` (a pool of idle keep-alive connections per backend), `connect_first`
-(walk the balancer's candidates until one accepts), and `acquire`/`release`, the one
-way both request paths get a backend connection and give it back, with the
-balancer told about each failure, start and finish.
+Owns `Connector`: a pool of idle keep-alive connections per backend, and
+`acquire`/`release`, the one way both request paths get a backend connection and
+give it back, with the worker's balancer told about each failure, start and finish.
+`acquire` is two steps, also callable apart: `take_pooled`, a plain call that hands
+out a just-used connection (the common case under load), and `connect_first`, the
+coroutine for when it must open one or peek at an older one; the fast path calls
+them apart so that its common case makes no coroutine.
 
 Rules kept here:
   * Only a failure that happened before any request byte was sent is retried on
@@ -14,11 +17,11 @@ Rules kept here:
   * Each attempt is bounded by the connect timeout; a backend that neither accepts
     nor refuses counts as a connect failure.
   * Only a request `may_replay` allows takes a just-used pooled connection without
-    the liveness peek (`Connector.take_recent`): if it turns out stale, the request
+    the liveness peek (`Connector.take_pooled`): if it turns out stale, the request
     is sent again on a fresh one.
   * A connection goes back to the pool only when its exchange ended cleanly at a
     message boundary (the caller decides `reusable`). The pool keeps at most
-    `max_idle` per backend, newest reused first, and closes connections idle for
+    `max_idle` per backend address, newest reused first, and closes connections idle for
     longer than `idle_timeout` (backends time idle connections out too; gunicorn
     after 2 s) or found readable while idle (closed, or speaking out of turn).
 """
@@ -60,52 +63,110 @@ def may_replay(*, reused: bool, response_bytes: int, method: bytes, has_body: bo
 
 
 class Connector:
-    """Hands out connections to backends, reusing idle keep-alive ones first."""
+    """Hands out connections to backends, reusing idle keep-alive ones first, and tells
+    `balancer` what became of each."""
 
     def __init__(
-        self, connect_timeout: float, *, max_idle: int = 256, idle_timeout: float = 4.0
+        self,
+        connect_timeout: float,
+        balancer: Balancer,
+        *,
+        max_idle: int = 256,
+        idle_timeout: float = 4.0,
+        recent: float = 0.005,
     ) -> None:
+        self.balancer = balancer
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
-        self._idle: dict[Backend, deque[tuple[float, Conn]]] = {}
+        self._recent = recent  # pooled this recently: taken without the liveness peek
+        # Keyed by address: a str's hash is cached, a Backend's is a Python call.
+        self._idle: dict[str, deque[tuple[float, Conn]]] = {}
 
-    async def acquire(self, backend: Backend) -> tuple[Conn, bool]:
-        """A stream to `backend` and whether it was reused; OSError/TooSlowError if none."""
-        stream = self._take_idle(backend, trio.current_time())
+    async def acquire(
+        self, route: Route, candidates: Sequence[Backend], now: float, *, replayable: bool
+    ) -> tuple[Conn, Backend, bool]:
+        """A connection for a request on `route` to one of `candidates` (the balancer's,
+        in order): (stream, backend, reused); ConnectFailed if none accepted. A
+        `replayable` request (`may_replay`) may take a just-used one (`take_pooled`)."""
+        stream = self.take_pooled(route, candidates, now) if replayable else None
         if stream is not None:
-            return stream, True
-        with trio.fail_after(self._connect_timeout):
-            return await _connect(backend), False
+            return stream, candidates[0], True
+        return await self.connect_first(route, candidates, now)
 
-    async def fresh(self, backend: Backend) -> Conn:
-        """A newly opened stream to `backend`, never a pooled one."""
+    def take_pooled(self, route: Route, candidates: Sequence[Backend], now: float) -> Conn | None:
+        """The first candidate's newest idle connection if it was pooled within `recent`
+        seconds, counted as started; else None. It is not peeked at: only for a request
+        `may_replay` allows, which is sent again on a fresh one if it proves stale."""
+        backend = candidates[0]
+        idle = self._idle.get(backend.address)
+        if not idle or now - idle[-1][0] > self._recent:
+            return None
+        if route.options.balance != BALANCE:  # (round-robin needs no in-flight counts)
+            self.balancer.started(backend)
+        return idle.pop()[1]
+
+    async def connect_first(
+        self, route: Route, candidates: Sequence[Backend], now: float
+    ) -> tuple[Conn, Backend, bool]:
+        """A checked idle or a new connection to the first candidate that accepts:
+        (stream, backend, reused); ConnectFailed if none did. Candidates that failed are
+        ejected; the backend counts as started."""
+        failures: list[tuple[Backend, BaseException]] = []
+        try:
+            for backend in candidates:
+                try:
+                    stream, reused = await self._open(backend)
+                except (OSError, trio.TooSlowError) as error:
+                    if not is_retriable(error, bytes_sent=0):
+                        raise
+                    log.warning("edge-connect-failed backend=%s instance=%s error=%r",
+                                backend.address, backend.instance, error)
+                    failures.append((backend, error))
+                    continue
+                if route.options.balance != BALANCE:
+                    self.balancer.started(backend)
+                return stream, backend, reused
+            raise ConnectFailed(failures)
+        finally:
+            for failed, _ in failures:
+                self.balancer.failed(failed, now)
+
+    async def fresh(self, backend: Backend, stale: Conn) -> Conn:
+        """Close `stale` (a pooled stream found closed) and open a new one to `backend`;
+        OSError/TooSlowError if it cannot be opened."""
+        stale.close()
         with trio.fail_after(self._connect_timeout):
             return await _connect(backend)
 
     def release(
-        self, backend: Backend, stream: Conn, *, reusable: bool, now: float | None = None
+        self,
+        route: Route,
+        backend: Backend,
+        stream: Conn | None,
+        reusable: bool,
+        now: float | None = None,
     ) -> None:
-        """Give a stream back once its exchange is over: pooled if `reusable`, else closed."""
-        idle = self._idle.get(backend)
-        if idle is None:
-            idle = self._idle[backend] = deque()
-        if reusable and len(idle) < self._max_idle:
-            idle.append((trio.current_time() if now is None else now, stream))
-        else:
-            stream.close()
-
-    def idle_count(self, backend: Backend) -> int:
-        """How many idle connections to `backend` are pooled."""
-        return len(self._idle.get(backend, ()))
+        """End what `acquire` began: the stream (if still held) back to the pool if
+        `reusable`, else closed."""
+        if stream is not None:
+            idle = self._idle.get(backend.address)
+            if idle is None:
+                idle = self._idle[backend.address] = deque()
+            if reusable and len(idle) < self._max_idle:
+                idle.append((trio.current_time() if now is None else now, stream))
+            else:
+                stream.close()
+        if route.options.balance != BALANCE:
+            self.balancer.finished(backend)
 
     def sweep(self, now: float) -> None:
         """Close idle connections past their idle timeout."""
-        for backend, idle in list(self._idle.items()):
+        for address, idle in list(self._idle.items()):
             while idle and now - idle[0][0] > self._idle_timeout:
                 idle.popleft()[1].close()
             if not idle:
-                del self._idle[backend]
+                del self._idle[address]
 
     def close_all(self) -> None:
         """Close every idle connection (the edge is stopping)."""
@@ -114,16 +175,17 @@ class Connector:
                 stream.close()
         self._idle.clear()
 
-    def take_recent(self, backend: Backend, now: float, within: float = 0.005) -> Conn | None:
-        """The newest idle connection to `backend` if it was used within `within` seconds,
-        without the liveness peek (a stale one is replayed by the caller), else None."""
-        idle = self._idle.get(backend)
-        if idle and now - idle[-1][0] <= within:
-            return idle.pop()[1]
-        return None
+    async def _open(self, backend: Backend) -> tuple[Conn, bool]:
+        """A live idle stream to `backend` or a new one, and whether it was reused;
+        OSError/TooSlowError if none."""
+        stream = self._take_idle(backend, trio.current_time())
+        if stream is not None:
+            return stream, True
+        with trio.fail_after(self._connect_timeout):
+            return await _connect(backend), False
 
     def _take_idle(self, backend: Backend, now: float) -> Conn | None:
-        idle = self._idle.get(backend)
+        idle = self._idle.get(backend.address)
         while idle:
             since, stream = idle.pop()
             if now - since <= self._idle_timeout and not stream.readable_now():
@@ -142,72 +204,3 @@ async def _connect(backend: Backend) -> Conn:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         host = str(infos[0][4][0])
     return await connect(host, port)
-
-
-async def connect_first(
-    connector: Connector, candidates: Sequence[Backend]
-) -> tuple[Conn, Backend, bool, list[Backend]]:
-    """Connect to the first candidate that accepts: (stream, backend, reused, failed)."""
-    failures: list[tuple[Backend, BaseException]] = []
-    for backend in candidates:
-        try:
-            stream, reused = await connector.acquire(backend)
-            return stream, backend, reused, [b for b, _ in failures]
-        except (OSError, trio.TooSlowError) as error:
-            if not is_retriable(error, bytes_sent=0):
-                raise
-            log.warning(
-                "edge-connect-failed backend=%s instance=%s error=%r",
-                backend.address,
-                backend.instance,
-                error,
-            )
-            failures.append((backend, error))
-    raise ConnectFailed(failures)
-
-
-async def acquire(
-    connector: Connector,
-    balancer: Balancer,
-    route: Route,
-    *,
-    limit: int,
-    now: float,
-    pinned: str | None,
-    replayable: bool,
-) -> tuple[Conn, Backend, bool]:
-    """A connection for a request on `route`: (stream, backend, reused); ConnectFailed if
-    no candidate accepted. Failed candidates are ejected; the backend counts as started."""
-    candidates = balancer.candidates(route, limit, now=now, pinned=pinned)
-    stream = connector.take_recent(candidates[0], now) if replayable else None
-    if stream is not None:
-        backend, reused = candidates[0], True
-    else:
-        try:
-            stream, backend, reused, failed = await connect_first(connector, candidates)
-        except ConnectFailed as error:
-            for failed_backend, _ in error.failures:
-                balancer.failed(failed_backend, now)
-            raise
-        for failed_backend in failed:
-            balancer.failed(failed_backend, now)
-    if route.options.balance != BALANCE:  # round-robin needs no in-flight counts
-        balancer.started(backend)
-    return stream, backend, reused
-
-
-def release(
-    connector: Connector,
-    balancer: Balancer,
-    route: Route,
-    backend: Backend,
-    stream: Conn | None,
-    *,
-    reusable: bool,
-    now: float | None = None,
-) -> None:
-    """End what `acquire` began: the stream (if still held) back to the pool or closed."""
-    if stream is not None:
-        connector.release(backend, stream, reusable=reusable, now=now)
-    if route.options.balance != BALANCE:
-        balancer.finished(backend)
