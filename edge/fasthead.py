@@ -161,75 +161,97 @@ def read_request(data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes
             method, target, host = head.group(1, 2, 3)
             if b"%" in target and not _unchanged(target):  # (the pattern let escapes by)
                 return None
+            # (`_forwarding_lines` for an untrusted peer, inline: the commonest head)
             upstream = data[: size - 2] + (
                 b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
                 b"X-Real-IP: %b\r\nForwarded: %b\r\nX-Request-Id: %b\r\n\r\n" % (
                     client_ip, scheme, host, client_ip,
                     hdr.forwarded_element(client_ip, scheme, host), fresh_id))
             return PlainRequest(method, target, True, True, host, upstream, fresh_id, None, size)
+    return _read_other(data, limits, client_ip, scheme, trusted, fresh_id)
+
+
+def _read_other(data: bytes, limits: Limits, client_ip: bytes, scheme: bytes, trusted: bool,
+                fresh_id: bytes) -> PlainRequest | None:
+    """`read_request` for a head the one-regex reading did not take."""
     head = _REQUEST_HEAD.match(data)
     if head is None:
         return None
     method, target, minor, lines = head.group(1, 2, 3, 4)
     if lines.count(b"\n") > limits.max_headers or not _normal(target):
         return None
-    host = request_id = None
-    close = keep = False
-    cuts: list[tuple[int, int]] = []
-    forwarded: dict[bytes, bytes] = {}
-    seen: set[bytes] = set()
-    for name, value, start, end in _find(lines, _REQUEST_NAMES):
-        if name in seen or name in _REFUSED:
-            return None  # a repeat, a body's framing or a protocol switch
-        seen.add(name)
-        if name == b"host":
-            host = value
-            continue
-        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-            request_id = value
-            continue  # kept as it came
-        if name == b"connection":
-            for token in value.lower().split(b","):
-                token = token.strip()
-                if token == b"close":
-                    close = True
-                elif token == b"keep-alive":
-                    keep = True
-                elif token:
-                    return None  # names headers to drop: the general path does that
-        elif name in _FORWARDED:
-            forwarded[name] = value
-        cuts.append((start, end))
-    if not host or b" " in host or b"\t" in host or (close and keep):
-        return None  # blank or odd Host; or both close and keep-alive, which llhttp reads its way
-    http11 = minor == b"1"
-    added = b""
+    read = _request_lines(lines)
+    if read is None:
+        return None
+    found, close, keep = read
+    host = found[b"host"][1]
+    request_id, cuts, given = _request_edits(found, trusted)
+    added = _forwarding_lines(client_ip, scheme, host, given)
     if request_id is None:
         request_id = fresh_id
-        added = b"X-Request-Id: %b\r\n" % fresh_id
-    chain, proto, forwarded_host, real_ip = client_ip, scheme, host, client_ip
-    hops = hdr.forwarded_element(client_ip, scheme, host)
-    if trusted and forwarded:
-        given = forwarded.get(b"x-forwarded-for")
-        chain = given + b", " + client_ip if given else client_ip
-        proto = forwarded.get(b"x-forwarded-proto") or proto
-        forwarded_host = forwarded.get(b"x-forwarded-host") or host
-        real_ip = forwarded.get(b"x-real-ip") or client_ip
-        given = forwarded.get(b"forwarded")
-        hops = given + b", " + hops if given else hops
-    added = (b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
-             b"X-Real-IP: %b\r\nForwarded: %b\r\n%b\r\n") % (
-        chain, proto, forwarded_host, real_ip, hops, added)
-    size = head.end()
+        added += b"X-Request-Id: %b\r\n" % fresh_id
+    size, http11 = head.end(), minor == b"1"
     if not cuts and http11:
-        upstream = data[: size - 2] + added
+        upstream = data[: size - 2] + added + b"\r\n"
     else:
-        upstream = b"%b %b HTTP/1.1\r\n%b%b" % (method, target, _cut(lines, cuts), added)
+        upstream = b"%b %b HTTP/1.1\r\n%b%b\r\n" % (method, target, _cut(lines, cuts), added)
     pinned = None
     if STICKY_COOKIE in lines:
         pinned = hdr.cookie(_header_list(lines), STICKY_COOKIE) or None
     return PlainRequest(method, target, http11, not close and (http11 or keep), host,
                         upstream, request_id, pinned, size)
+
+
+def _request_lines(lines: bytes) -> tuple[dict[bytes, _Line], bool, bool] | None:
+    """The lines `read_request` must look at, by name, and whether Connection says close
+    and keep-alive; None if they are not plain: a repeat, a body's framing or a protocol
+    switch, a blank or odd Host, or a Connection naming other headers (the general path
+    drops those) or both close and keep-alive (which llhttp reads its own way)."""
+    found: dict[bytes, _Line] = {}
+    for line in _find(lines, _REQUEST_NAMES):
+        name = line[0]
+        if name in found or name in _REFUSED:
+            return None
+        found[name] = line
+    host = found.get(b"host")
+    if host is None or not host[1] or b" " in host[1] or b"\t" in host[1]:
+        return None
+    connection = found.get(b"connection")
+    tokens = {t.strip() for t in connection[1].lower().split(b",")} if connection else set()
+    close, keep = b"close" in tokens, b"keep-alive" in tokens
+    if not tokens <= _CONNECTION_TOKENS or (close and keep):
+        return None
+    return found, close, keep
+
+
+def _request_edits(
+    found: dict[bytes, _Line], trusted: bool
+) -> tuple[bytes | None, list[tuple[int, int]], dict[bytes, bytes]]:
+    """What becomes of the lines `_request_lines` found: (the client's X-Request-Id if it
+    is kept, the spans to cut, the X-Forwarded-* values to extend: a trusted proxy's)."""
+    request_id: bytes | None = None
+    given = found.get(b"x-request-id")
+    if given is not None and _REQUEST_ID.fullmatch(given[1]):
+        request_id = given[1]
+    cuts = [(start, end) for name, _, start, end in found.values()
+            if name != b"host" and (name != b"x-request-id" or request_id is None)]
+    forwarded = {name: found[name][1] for name in _FORWARDED if name in found} if trusted else {}
+    return request_id, cuts, forwarded
+
+
+def _forwarding_lines(client_ip: bytes, scheme: bytes, host: bytes,
+                      given: dict[bytes, bytes]) -> bytes:
+    """The X-Forwarded-*, X-Real-IP and Forwarded lines for this hop, extending those a
+    trusted proxy sent (`given`, by lower-cased name; empty for anyone else)."""
+    chain, prior = given.get(b"x-forwarded-for"), given.get(b"forwarded")
+    hops = hdr.forwarded_element(client_ip, scheme, host)
+    return (b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
+            b"X-Real-IP: %b\r\nForwarded: %b\r\n") % (
+        chain + b", " + client_ip if chain else client_ip,
+        given.get(b"x-forwarded-proto") or scheme,
+        given.get(b"x-forwarded-host") or host,
+        given.get(b"x-real-ip") or client_ip,
+        prior + b", " + hops if prior else hops)
 
 
 def _normal(target: bytes) -> bool:
@@ -287,6 +309,11 @@ def parse_head(data: bytes, head_request: bool, limits: Limits) -> Parsed | None
             out = b"HTTP/1.1 %b %b%b" % (status_bytes, reason,
                                            _KEEP_ALIVE_LINES.sub(b"", b"\r\n" + lines))
             return status, out, 0 if head_request else int(digits), True, size, False
+    return _parse_other(data, head_request, limits)
+
+
+def _parse_other(data: bytes, head_request: bool, limits: Limits) -> Parsed | None:
+    """`parse_head` for a head the one-regex reading did not take."""
     head = _RESPONSE_HEAD.match(data)
     if head is None or head.end() - 4 > limits.max_header_bytes:
         return None
@@ -294,13 +321,34 @@ def parse_head(data: bytes, head_request: bool, limits: Limits) -> Parsed | None
     status = int(status_bytes)
     if status in (204, 304) or lines.count(b"\n") > limits.max_headers:
         return None
+    read = _response_lines(lines)
+    if read is None:
+        return None
+    length, named, cuts = read
+    keep_alive = b"close" not in named and (minor == b"1" or b"keep-alive" in named)
+    if named <= _CONNECTION_TOKENS:
+        kept = _cut(lines, cuts)
+    elif b"content-length" in named:
+        return None
+    else:
+        kept = _without(lines, named)
+    session = b"set-cookie:" in lines.lower() and hdr.sets_session_cookie(_header_list(lines))
+    out = b"HTTP/1.1 %b %b\r\n%b" % (status_bytes, reason, kept)
+    return status, out, 0 if head_request else int(length), keep_alive, head.end(), session
+
+
+def _response_lines(lines: bytes) -> tuple[bytes, set[bytes], list[tuple[int, int]]] | None:
+    """(Content-Length, the tokens Connection names, the hop-by-hop spans to cut) of
+    response header `lines`; None if they are not plain: no Content-Length, a repeated
+    one (llhttp refuses even a repeat of the same value), Transfer-Encoding,
+    Proxy-Connection, or Connection naming both close and keep-alive."""
     length: bytes | None = None
     named: set[bytes] = set()
     cuts: list[tuple[int, int]] = []
     for name, value, start, end in _find(lines, _RESPONSE_NAMES):
         if name == b"content-length":
             if length is not None:
-                return None  # llhttp refuses a repeat, even of the same value
+                return None
             length = value
         elif name in (b"transfer-encoding", b"proxy-connection"):
             return None
@@ -312,19 +360,7 @@ def parse_head(data: bytes, head_request: bool, limits: Limits) -> Parsed | None
         return None
     if b"close" in named and b"keep-alive" in named:
         return None  # llhttp reads this its own way
-    if minor == b"1":
-        keep_alive = b"close" not in named
-    else:
-        keep_alive = b"keep-alive" in named and b"close" not in named
-    if named <= _CONNECTION_TOKENS:
-        kept = _cut(lines, cuts)
-    elif b"content-length" in named:
-        return None
-    else:
-        kept = _without(lines, named)
-    session = b"set-cookie:" in lines.lower() and hdr.sets_session_cookie(_header_list(lines))
-    out = b"HTTP/1.1 %b %b\r\n%b" % (status_bytes, reason, kept)
-    return status, out, 0 if head_request else int(length), keep_alive, head.end(), session
+    return length, named, cuts
 
 
 def _without(lines: bytes, named: set[bytes]) -> bytes:
