@@ -100,15 +100,6 @@ _FORWARDING = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"
                b"x-real-ip")
 
 
-def add_forwarded(
-    headers: Headers, *, client_ip: str, proto: str, host: bytes, trusted: bool = False
-) -> Headers:
-    """Set X-Forwarded-For/-Proto/-Host, Forwarded and X-Real-IP, believing the
-    client's only if `trusted`."""
-    given = {name: get_all(headers, name) for name in _FORWARDING}
-    return remove(headers, *_FORWARDING) + _forwarding(given, client_ip, proto, host, trusted)
-
-
 def _forwarding(
     given: dict[bytes, list[bytes]], client_ip: str, proto: str, host: bytes, trusted: bool
 ) -> Headers:
@@ -191,14 +182,6 @@ def sticky_cookie(instance: str) -> tuple[bytes, bytes]:
     return (b"Set-Cookie", value)
 
 
-def with_request_id(headers: Headers, fresh: bytes) -> tuple[Headers, bytes]:
-    """Keep a well-formed client X-Request-Id, else use `fresh`; returns (headers, id)."""
-    given = get_all(headers, b"x-request-id")
-    if len(given) == 1 and _REQUEST_ID.fullmatch(given[0]):
-        return headers, given[0]
-    return remove(headers, b"x-request-id") + [(b"X-Request-Id", fresh)], fresh
-
-
 def chunked_coding(transfer_encoding: bytes | None) -> bytes:
     """The Transfer-Encoding to send when re-chunking a body that had `transfer_encoding`."""
     if not transfer_encoding:
@@ -224,8 +207,9 @@ def forward_request(
     fresh_id: bytes,
     websocket: bool,
 ) -> tuple[Headers, bytes]:
-    """What `strip_hop_by_hop`, Host, `add_forwarded` and `with_request_id` do, in one
-    pass: the headers to send a backend (framing aside) and the request id."""
+    """The request's headers as a backend gets them, in one pass: hop-by-hop ones
+    stripped (`strip_hop_by_hop`), then Host, the forwarding headers and one
+    X-Request-Id set by the rules above (framing aside); and the request id."""
     kept: list[tuple[bytes, bytes, bytes]] = []
     named: set[bytes] = set()
     given: dict[bytes, list[bytes]] = {}

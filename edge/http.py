@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import httptools
 
-from edge import headers as hdr
 from edge.headers import Headers
 
 
@@ -387,13 +386,6 @@ class ResponseParser(_Parser):
             framing=framing,
             keep_alive=framing is not Framing.CLOSE and self._parser.should_keep_alive(),
         )
-
-
-def message_framing(headers: Headers) -> tuple[Framing, int | None]:
-    """How a message with `headers` frames its body, and its Content-Length if any."""
-    return framing_of(
-        hdr.get_all(headers, b"content-length"), hdr.get_all(headers, b"transfer-encoding")
-    )
 
 
 def _tokens(values: list[bytes]) -> list[bytes]:

@@ -87,10 +87,6 @@ class Wakes:
         queue = self._queues.get(app)
         return queue.waiting if queue is not None else 0
 
-    def held_total(self) -> dict[str, int]:
-        """Waiting requests per app (for in-flight reports)."""
-        return {app: q.waiting for app, q in self._queues.items() if q.waiting}
-
     def table_changed(self) -> None:
         """The routing table was replaced: held requests look again."""
         self._replaced.set()
