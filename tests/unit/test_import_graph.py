@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("control", "node", "edge", "packs")
 ROLES = ("control", "node", "edge")
@@ -101,10 +99,6 @@ def test_the_checks_catch_what_they_name() -> None:
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-# The one cycle today is issue 13 item 1's: edge.exchange and edge.fastpath type against
-# `Session` in edge.proxy (under TYPE_CHECKING); moving Session to its own module removes
-# it. Strict: once it is gone this test fails until the mark is dropped.
-@pytest.mark.xfail(strict=True, reason="Session still lives in edge/proxy.py (issue 13 item 1)")
 def test_no_import_cycle() -> None:
     assert cycles(graph()) == []
 
