@@ -4,6 +4,7 @@ server standing in for the control plane, and a raw websocket echo backend."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -87,8 +88,6 @@ def start_nginx(
     prefix: Path, *, backend: int = 0, proxy: int = 0, upstream: int = 0, ws_upstream: int = 0
 ) -> subprocess.Popen[bytes]:
     """nginx as the one-worker backend (`backend=`) or as a proxy with workers = cores."""
-    import os
-
     prefix.mkdir(parents=True)
     if backend:
         server, workers = NGINX_BACKEND.format(port=backend), 1
@@ -112,12 +111,42 @@ run(EdgeConfig(host="127.0.0.1", port=int(sys.argv[1]), control_url=sys.argv[2],
 
 
 def start_edge(
-    port: int, control_url: str, workers: int, log: Path, *, access_log: bool
+    port: int, control_url: str, workers: int, log: Path, *, access_log: bool, root: Path = ROOT
 ) -> subprocess.Popen[bytes]:
-    """Foundry's edge with `workers` processes, its log in `log`."""
+    """Foundry's edge from the tree at `root` with `workers` processes, its log in `log`."""
     command = [sys.executable, "-c", EDGE_SCRIPT, str(port), control_url, str(log),
                "1" if access_log else "0", str(workers)]
-    return subprocess.Popen(command, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
+    return subprocess.Popen(command, cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin"})
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants now (an edge and its worker processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes `pids` have used so far (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
 
 
 class RouteServer(ThreadingHTTPServer):
