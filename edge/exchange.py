@@ -107,7 +107,8 @@ os.register_at_fork(after_in_child=_reseed_request_ids)
 
 def new_request_id() -> bytes:
     """A fresh X-Request-Id value (24 hex digits), unique across workers and restarts."""
-    return _IDS.next()
+    ids = _IDS  # (`RequestIds.next`, inline: one is drawn for every request)
+    return b"%b%012x" % (ids.prefix, next(ids.counter))
 
 
 class _StaleConnection(Exception):
@@ -451,7 +452,7 @@ class Exchange:
         scopes = self.edge.tunnels.setdefault(backend, set())
         concurrency = self.edge.concurrency
         concurrency.finished(app, trio.current_time())
-        concurrency.tunnel_opened(app, trio.current_time())
+        concurrency.tunnel_opened(app)
         record.counted = None
         with trio.CancelScope() as scope:
             scopes.add(scope)

@@ -57,8 +57,25 @@ def test_samples(steps: list[tuple[float, str, str, Samples | None]]) -> None:
         elif action == "end":
             concurrency.finished(app, now)
         elif action == "open":
-            concurrency.tunnel_opened(app, now)
+            concurrency.tunnel_opened(app)
         elif action == "close":
             concurrency.tunnel_closed(app)
         else:
             assert concurrency.snapshot(now) == expected, now
+
+
+def test_a_clock_far_from_zero_loses_nothing() -> None:
+    # trio's clock starts at a random offset of up to days; starts and ends are summed
+    # as times, so the averages must not drift with it.
+    start = 200_000.123
+    concurrency = Concurrency(start)
+    for i in range(1000):
+        concurrency.started("a", start + i * 0.001)
+        concurrency.finished("a", start + i * 0.001 + 0.0005)
+    concurrency.started("b", start + 0.25)
+    assert concurrency.snapshot(start + 1.0) == {
+        "a": {"in_flight": 0.5, "tunnels": 0}, "b": {"in_flight": 0.75, "tunnels": 0}
+    }
+    assert concurrency.snapshot(start + 2.0) == {
+        "a": {"in_flight": 0.0, "tunnels": 0}, "b": {"in_flight": 1.0, "tunnels": 0}
+    }
