@@ -28,8 +28,20 @@ class RequestRecord:
     """One request as the log and the metrics see it (made once per request: slots, and
     everything known at its start passed at once)."""
 
-    __slots__ = ("via", "method", "host", "path", "route", "backend", "request_id", "pinned",
-                 "started", "status", "bytes_sent", "counted")
+    __slots__ = (
+        "via",
+        "method",
+        "host",
+        "path",
+        "route",
+        "backend",
+        "request_id",
+        "pinned",
+        "started",
+        "status",
+        "bytes_sent",
+        "counted",
+    )
 
     def __init__(
         self,

@@ -7,20 +7,24 @@ import pytest
 from edge.lanestate import MODE_MOVES, ON_EXPIRY, PHASES_IN, LaneStateError, Mode, Phase, next_mode
 
 
-@pytest.mark.parametrize(("current", "wanted"), [
-    (current, wanted) for current in Mode for wanted in Mode if wanted in MODE_MOVES[current]
-])
+@pytest.mark.parametrize(
+    ("current", "wanted"),
+    [(current, wanted) for current in Mode for wanted in Mode if wanted in MODE_MOVES[current]],
+)
 def test_a_listed_move_is_taken(current: Mode, wanted: Mode) -> None:
     assert next_mode(current, wanted) is wanted
 
 
-@pytest.mark.parametrize(("current", "wanted"), [
-    (Mode.FAST_EXCHANGE, Mode.GENERAL_READ),  # a fast exchange ends in the lane's own reader
-    (Mode.GENERAL_READ, Mode.FAST_EXCHANGE),  # bytes the parser holds never go back
-    (Mode.FAST_READ, Mode.GENERAL_EXCHANGE),  # the general path runs only on a parsed head
-    (Mode.CLOSED, Mode.FAST_READ),
-    (Mode.FAST_READ, Mode.FAST_READ),
-])
+@pytest.mark.parametrize(
+    ("current", "wanted"),
+    [
+        (Mode.FAST_EXCHANGE, Mode.GENERAL_READ),  # a fast exchange ends in the lane's own reader
+        (Mode.GENERAL_READ, Mode.FAST_EXCHANGE),  # bytes the parser holds never go back
+        (Mode.FAST_READ, Mode.GENERAL_EXCHANGE),  # the general path runs only on a parsed head
+        (Mode.CLOSED, Mode.FAST_READ),
+        (Mode.FAST_READ, Mode.FAST_READ),
+    ],
+)
 def test_any_other_move_is_refused(current: Mode, wanted: Mode) -> None:
     with pytest.raises(LaneStateError):
         next_mode(current, wanted)
