@@ -33,7 +33,7 @@ class Foundry:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Foundry:
-        out = open(Path(self.tmp.name) / "up.out", "wb")  # noqa: SIM115
+        out = open(Path(self.tmp.name) / "up.out", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "foundry", "up", "--http-port", str(self.http_port),
              "--api-port", str(self.api_port)], env=self.env, cwd=ROOT, stdout=out,
@@ -72,7 +72,7 @@ class Foundry:
                 cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "-m foundry" in cmd and str(self.home) in cmd or (
+            if ("-m foundry" in cmd and str(self.home) in cmd) or (
                     "-m foundry edge" in cmd and f":{self.http_port}" in cmd):
                 for role, needle in (("control", "foundry control"), ("node", "node join"),
                                      ("edge", "foundry edge")):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.edge_support.servers import (  # noqa: E402
+from benchmarks.edge_support.servers import (
     free_port,
     start_bare_trio,
     start_edge,

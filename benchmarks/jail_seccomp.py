@@ -26,8 +26,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node import seccomp  # noqa: E402
-from node.jail import PLAIN, Jailer, JailSpec, choose_tier, make_jailer, probe  # noqa: E402
+from node import seccomp
+from node.jail import PLAIN, Jailer, JailSpec, choose_tier, make_jailer, probe
 
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 CALLS = 200_000

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, Foundry, rss_mib  # noqa: E402
+from benchmarks.common import ROOT, Foundry, rss_mib
 
 EXAMPLE = str(ROOT / "examples" / "hello-python")
 

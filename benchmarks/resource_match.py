@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, Foundry  # noqa: E402
-from foundry import (  # noqa: E402
+from benchmarks.common import ROOT, Foundry
+from foundry import (
     Api,
     follow_build,
     pack_source,
@@ -44,7 +44,7 @@ def push_counted(api: Api, name: str, directory: Path) -> dict[str, int]:
     found = scan_resources(directory)
     assert found is not None
     listing, missing, listing_bytes = send_listing(api, name, found)
-    files_bytes = upload_files(api, directory, found, missing)
+    files_bytes = upload_files(api, name, directory, found, missing)
     build_body = {"listing": listing}
     started = api.request("POST", f"/v1/apps/{name}/builds", json=build_body, timeout=600)
     assert follow_build(api, name, started["build"])["state"] == "STAGED"

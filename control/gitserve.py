@@ -147,7 +147,7 @@ async def _spool_body(request: Request, max_bytes: int) -> BinaryIO:
     messages. Refused (TooLarge) past `max_bytes` as sent or as inflated, never holding
     more than one chunk's worth of inflated bytes in memory."""
     check_length(request, max_bytes, "push")
-    body = tempfile.TemporaryFile()
+    body = tempfile.TemporaryFile()  # noqa: SIM115 -- returned open; the caller closes it
     inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) \
         if request.headers.get("content-encoding", "") == "gzip" else None
     sent = size = 0

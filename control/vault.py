@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import json
 import os
@@ -268,7 +269,5 @@ def secure_home(home: Path) -> int:
 def create_private(path: Path) -> None:
     """Create an empty file 0600 if there is none (SQLite gives its WAL and SHM files the
     database file's mode, so this keeps all three private)."""
-    try:
+    with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass

@@ -44,6 +44,7 @@ FULL, ROOTLESS, PLAIN = "full", "rootless", "plain"
 TIERS = (FULL, ROOTLESS, PLAIN)  # strongest first
 APP = "/app"
 UID_BASE, UID_BLOCK = 20000, 1000  # node k's jail uids: UID_BASE + k*UID_BLOCK, 1000 of them
+UNFILTERED = seccomp.Filter(None, "none: not configured")  # frozen, so one shared default
 ETC = ("ssl", "ca-certificates", "ca-certificates.conf", "resolv.conf", "hosts", "host.conf",
        "nsswitch.conf", "gai.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
        "alternatives", "localtime", "timezone", "mime.types", "protocols", "services",
@@ -222,7 +223,7 @@ class Jailer:
     pids_limit: int = 512
     system: list[str] = field(default_factory=list)
     prlimit: str | None = None
-    seccomp: seccomp.Filter = seccomp.Filter(None, "none: not configured")
+    seccomp: seccomp.Filter = UNFILTERED
     _uids: set[int] = field(default_factory=set)
 
     @property

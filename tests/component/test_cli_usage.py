@@ -73,7 +73,7 @@ CASES = sorted(set(bad_invocations(typer.main.get_command(foundry.app))) | set(K
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -105,4 +105,6 @@ def test_bad_arguments_get_one_line(args: tuple[str, ...],
     lines = done.stderr.splitlines()
     assert done.returncode != 0, done.stdout
     assert "Traceback" not in done.stderr + done.stdout
-    assert len(lines) == 1 and lines[0].startswith("foundry: ") and lines[0][9:].strip(), lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("foundry: "), lines
+    assert lines[0][9:].strip(), lines

@@ -223,7 +223,8 @@ async def test_what_control_sends_the_node_takes_and_back(control: Control,
         await nursery.start(agent.logs.run)
         stage = next(i for i in items if i["kind"] == "stage")
         task = next(i for i in items if i["kind"] == "task")
-        assert stage["kind"] == "stage" and task["kind"] == "task"
+        assert stage["kind"] == "stage"
+        assert task["kind"] == "task"
         await agent.stager.stage(stage)
         await agent.tasks.run(task)
         nursery.cancel_scope.cancel()
@@ -268,7 +269,8 @@ async def test_the_edge_parses_the_route_table_control_sends(control: Control,
     assert_both_sides("RouteTable", EDGE_SIDES, table)
     own = sync.table.lookup("shop.localhost", "/")
     mapped = sync.table.lookup("www.example.test", "/shop/cart")
-    assert own is not None and mapped is not None
+    assert own is not None
+    assert mapped is not None
     assert [(b.address, b.instance) for b in own.backends] == [("10.0.0.7:4100", "i-1")]
     assert [(b.address, b.instance) for b in mapped.backends] == [("10.0.0.7:4100", "i-1")]
     assert (mapped.options.balance, mapped.options.timeout, mapped.options.sticky) == (

@@ -100,7 +100,8 @@ async def test_a_declared_oversized_body_is_413_before_it_is_read(small: Control
     body = Pulled(b"x" * KIB, 10_000)
     r = await send(small.http, "PATCH", "/v1/apps/app/env", body,
                    {"content-length": str(10_000 * KIB), "content-type": "application/json"})
-    assert r.status_code == 413 and "limit" in r.json()["error"], r.text
+    assert r.status_code == 413, r.text
+    assert "limit" in r.json()["error"], r.text
     assert body.pulled == 0
     assert (await small.http.get("/v1/apps/app/env")).json()["env"] == {"KEEP": "1"}
 
@@ -109,7 +110,8 @@ async def test_a_streamed_body_is_cut_off_at_the_cap(small: Control) -> None:
     tokens = rows(small, "tokens")
     body = Pulled(b" " * (8 * KIB), 10_000)           # chunked: no Content-Length
     r = await send(small.http, "POST", "/v1/tokens", body, {"content-type": "application/json"})
-    assert r.status_code == 413 and "limit" in r.json()["error"], r.text
+    assert r.status_code == 413, r.text
+    assert "limit" in r.json()["error"], r.text
     assert body.pulled <= LIMITS.json // (8 * KIB) + 1
     assert rows(small, "tokens") == tokens
 
@@ -121,7 +123,8 @@ async def test_a_gzip_json_bomb_is_413(small: Control) -> None:
     r = await small.http.patch("/v1/apps/app/env", content=bomb,
                                headers={"content-encoding": "gzip",
                                         "content-type": "application/json"})
-    assert r.status_code == 413 and "expands" in r.json()["error"], r.text
+    assert r.status_code == 413, r.text
+    assert "expands" in r.json()["error"], r.text
     assert (await small.http.get("/v1/apps/app/env")).json()["env"] == {"KEEP": "1"}
 
 
@@ -145,7 +148,8 @@ async def test_a_resource_upload_that_expands_past_the_cap_stores_nothing(
     bomb = tarball({digest(good): good, digest(zeros): zeros})
     assert len(bomb) < 64 * KIB
     r = await small.http.post("/v1/resources?app=limited", content=bomb)
-    assert r.status_code == 422 and "expand" in r.json()["error"], r.text
+    assert r.status_code == 422, r.text
+    assert "expand" in r.json()["error"], r.text
     assert stored_files(small.store.path.parent) == []     # not even the good file
     r = await small.http.post("/v1/resources/match?app=limited",
                               json={"resources": [{"sha256": digest(good)}]})
@@ -155,14 +159,16 @@ async def test_a_resource_upload_that_expands_past_the_cap_stores_nothing(
 async def test_a_resource_upload_within_the_cap_is_stored(small: Control) -> None:
     files = {digest(b"a"): b"a", digest(b"b" * 1000): b"b" * 1000}
     r = await small.http.post("/v1/resources?app=limited", content=tarball(files))
-    assert r.status_code == 201 and r.json()["stored"] == 2, r.text
+    assert r.status_code == 201, r.text
+    assert r.json()["stored"] == 2, r.text
     assert set(stored_files(small.store.path.parent)) == set(files)
 
 
 async def test_a_source_package_bomb_is_refused_and_creates_nothing(small: Control) -> None:
     bomb = tarball({"Procfile": b"web: x\n", "zeros": bytes(8 << 20)})
     r = await small.http.post("/v1/apps/bomb/builds", content=bomb)
-    assert r.status_code == 422 and "expands" in r.json()["error"], r.text
+    assert r.status_code == 422, r.text
+    assert "expands" in r.json()["error"], r.text
     assert not small.store.app_exists("bomb")
     assert stored_files(small.store.path.parent) == []
 
@@ -173,14 +179,16 @@ async def test_a_gzip_resource_list_bomb_is_413(small: Control) -> None:
     r = await small.http.post("/v1/resources/match?app=limited", content=bomb,
                               headers={"content-encoding": "gzip",
                                        "content-type": "application/json"})
-    assert r.status_code == 413 and "expands" in r.json()["error"], r.text
+    assert r.status_code == 413, r.text
+    assert "expands" in r.json()["error"], r.text
 
 
 # --- config vars -----------------------------------------------------------------------------
 async def test_33_kb_of_config_is_refused_and_changes_nothing(small: Control) -> None:
     await make_app(small, env={"KEEP": "1"})
     r = await small.http.patch("/v1/apps/app/env", json={"set": {"BIG": "x" * 33_000}})
-    assert r.status_code == 422 and "32768 bytes" in r.json()["error"], r.text
+    assert r.status_code == 422, r.text
+    assert "32768 bytes" in r.json()["error"], r.text
     assert (await small.http.get("/v1/apps/app/env")).json()["env"] == {"KEEP": "1"}
     releases = rows(small, "releases")
     # Many small vars count together, and a push's config is held to the same cap.
@@ -190,16 +198,19 @@ async def test_33_kb_of_config_is_refused_and_changes_nothing(small: Control) ->
     config = json.dumps({"env": many}).encode()
     r = await send(small.http, "POST", "/v1/apps/app/builds", Pulled(config + SOURCE, 1),
                    {"foundry-config-length": str(len(config))})
-    assert r.status_code == 422 and "32768" in r.json()["error"], r.text
+    assert r.status_code == 422, r.text
+    assert "32768" in r.json()["error"], r.text
     assert (await small.http.get("/v1/apps/app/env")).json()["env"] == {"KEEP": "1"}
-    assert rows(small, "releases") == releases and rows(small, "builds") == 1
+    assert rows(small, "releases") == releases
+    assert rows(small, "builds") == 1
 
 
 async def test_a_push_with_too_much_config_does_not_create_the_app(small: Control) -> None:
     config = json.dumps({"env": {"BIG": "x" * 33_000}}).encode()
     r = await send(small.http, "POST", "/v1/apps/fresh/builds", Pulled(config + SOURCE, 1),
                    {"foundry-config-length": str(len(config))})
-    assert r.status_code == 422 and "32768 bytes" in r.json()["error"], r.text
+    assert r.status_code == 422, r.text
+    assert "32768 bytes" in r.json()["error"], r.text
     assert not small.store.app_exists("fresh")
     assert stored_files(small.store.path.parent) == []
 
@@ -221,7 +232,8 @@ async def test_config_just_under_the_cap_is_accepted_and_an_app_over_it_may_shri
 async def test_config_in_the_url_is_refused(small: Control) -> None:
     r = await small.http.post("/v1/apps/app/builds", params={"env": "SECRET=hunter2"},
                               content=SOURCE)
-    assert r.status_code == 400 and "body" in r.json()["error"], r.text
+    assert r.status_code == 400, r.text
+    assert "body" in r.json()["error"], r.text
     assert not small.store.app_exists("app")
 
 
@@ -229,7 +241,7 @@ async def test_config_in_the_body_of_a_tarball_push(small: Control) -> None:
     config = json.dumps({"env": {"SECRET": "hunter2"}}).encode()
 
     class Split(Pulled):                         # streamed, split inside the config
-        parts = [config[:5], config[5:] + SOURCE[:10], SOURCE[10:]]
+        parts = (config[:5], config[5:] + SOURCE[:10], SOURCE[10:])
 
         async def __anext__(self) -> bytes:
             self.pulled += 1
@@ -286,7 +298,8 @@ async def test_unauthenticated_git_posts_change_nothing(small: Control) -> None:
     async with small.client(None) as anonymous:
         for _ in range(50):
             r = await anonymous.post("/git/app.git/git-receive-pack", content=b"0000")
-            assert r.status_code == 401 and "www-authenticate" in r.headers
+            assert r.status_code == 401
+            assert "www-authenticate" in r.headers
         basic = base64.b64encode(b"x:fdy_nope_nope").decode()
         r = await anonymous.post("/git/app.git/git-receive-pack", content=b"0000",
                                  headers={"authorization": f"Basic {basic}"})
@@ -308,7 +321,8 @@ async def test_a_git_push_body_that_inflates_past_the_cap_is_413(small: Control)
     kind = "application/x-git-receive-pack-request"
     r = await send(small.http, "POST", "/git/app.git/git-receive-pack", Pulled(bomb, 1),
                    {"content-encoding": "gzip", "content-type": kind})
-    assert r.status_code == 413 and "limit" in r.json()["error"], r.text
+    assert r.status_code == 413, r.text
+    assert "limit" in r.json()["error"], r.text
     r = await send(small.http, "POST", "/git/app.git/git-receive-pack",
                    Pulled(bytes(64 * KIB), 5), {"content-type": kind})
     assert r.status_code == 413, r.text

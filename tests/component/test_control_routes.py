@@ -32,7 +32,8 @@ async def test_a_route_belongs_to_one_app(control: Control) -> None:
     assert (await control.http.post("/v1/apps/one/routes",
                                     json={"route": "x.test"})).status_code == 200
     r = await control.http.post("/v1/apps/two/routes", json={"route": "x.test"})
-    assert r.status_code == 409 and "another app" in r.json()["error"]
+    assert r.status_code == 409
+    assert "another app" in r.json()["error"]
 
 
 async def test_bad_routes_are_refused(control: Control) -> None:

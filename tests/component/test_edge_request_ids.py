@@ -82,6 +82,7 @@ async def test_two_workers_never_log_the_same_request_id() -> None:
         nursery.cancel_scope.cancel()
     lines = re.findall(rb"edge-request id=(\S+) .* status=200", log)
     pids = set(re.findall(rb"edge-stopping signal=SIGTERM pid=(\d+)", log))
-    assert ok == 40 and len(lines) == 40, log.decode()[-2000:]
+    assert ok == 40, log.decode()[-2000:]
+    assert len(lines) == 40, log.decode()[-2000:]
     assert len(pids) >= 2, "both workers must have run"
     assert len(set(lines)) == len(lines), f"repeated ids: {sorted(lines)}"

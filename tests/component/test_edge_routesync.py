@@ -100,7 +100,8 @@ async def test_first_table_then_updates(nursery: trio.Nursery) -> None:
         await nursery.start(sync.run)
         assert sync.table.etag == "e1"
         route = sync.table.lookup("hello.localhost", "/")
-        assert route is not None and route.backends[0].address == "127.0.0.1:1001"
+        assert route is not None
+        assert route.backends[0].address == "127.0.0.1:1001"
 
         await control.next_poll_with("e1")  # the edge now holds a long-poll open
         control.update("e2", routes("other", 1002))

@@ -36,7 +36,8 @@ async def test_a_lost_node_is_removed_and_cannot_heartbeat_back(control: Control
     async with control.client(token) as node:    # only an admin may remove
         assert (await node.delete(f"/v1/nodes/{nid}")).status_code == 403
     r = await control.http.delete("/v1/nodes/gone")
-    assert r.status_code == 200 and r.json()["removed"] is True
+    assert r.status_code == 200
+    assert r.json()["removed"] is True
     assert names((await control.http.get("/v1/nodes")).json()["nodes"]) == []
     assert await beat(control, nid, token) == 401    # the old identity is dead
     async with control.client(token) as node:
@@ -64,10 +65,12 @@ async def test_a_live_node_is_refused_unless_drained_empty_or_forced(control: Co
     r = await control.http.post(f"/v1/nodes/{victim}/state", json={"state": "draining"})
     assert r.status_code == 200
     r = await control.http.delete(f"/v1/nodes/{victim}")
-    assert r.status_code == 409 and "still has 1 instance(s)" in r.json()["error"]
+    assert r.status_code == 409
+    assert "still has 1 instance(s)" in r.json()["error"]
     assert names((await control.http.get("/v1/nodes")).json()["nodes"]) == ["busy", "spare"]
     r = await control.http.delete(f"/v1/nodes/{victim}", params={"force": "1"})
-    assert r.status_code == 200 and r.json()["instances"] == 1
+    assert r.status_code == 200
+    assert r.json()["instances"] == 1
     left = [n for n in (nid, other) if n != victim]
     assert names((await control.http.get("/v1/nodes")).json()["nodes"]) == [
         control.store.get_node(left[0])["name"]]

@@ -13,6 +13,7 @@ import pytest
 from node.jail import PLAIN, choose_tier, make_jailer, probe
 from node.packs import Pack
 from node.stager import BuildFailed, Stager
+from node.wire import StageWork
 from packs import PACKS_DIR
 
 PACK = PACKS_DIR / "node"
@@ -116,7 +117,7 @@ async def test_hello_node_compiles_inside_the_staging_jail(tmp_path: Path) -> No
     work.mkdir(parents=True)
     subprocess.run(["cp", "-r", str(EXAMPLE), str(app_dir)], check=True)
     lines: list[str] = []
-    item = {"build": "b-1", "app": "hello-node", "env": {}}
+    item = StageWork(seq=1, kind="stage", build="b-1", app="hello-node", source="", env={})
     await stager._compile(Pack("node", PACK), item, app_dir, work, lines.append)
     assert any(f"Using Node.js {NODE_VERSION}" in line for line in lines), lines
     (app_dir / "package.json").write_text('{"engines": {"node": ">=99"}}')

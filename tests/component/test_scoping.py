@@ -209,7 +209,8 @@ async def test_a_token_cannot_learn_of_or_obtain_another_apps_file(control: Cont
         assert r.json()["missing"] == [sha(BIG), listing]
         r = await m.post("/v1/resources/listing", params={"app": "mallory"},
                          json={"base": None, "changed": [entry(".env", BIG)], "removed": []})
-        assert r.status_code == 200 and r.json()["missing"] == [sha(BIG)]
+        assert r.status_code == 200
+        assert r.json()["missing"] == [sha(BIG)]
         unknown = b"never uploaded" * 6000
         for theirs, nobodys in ((BIG, unknown), (SMALL, b"other")):
             taken = await m.post("/v1/apps/mallory/builds",
@@ -251,7 +252,8 @@ async def test_files_no_app_references_are_deleted(control: Control) -> None:
     async with control.client(alice) as a, control.client(bob) as b:
         first = await push_files(a, "alice", {"shared": shared, "f": old})
         await push_files(b, "bob", {"shared": shared})
-        assert (files / sha(old)).exists() and (files / first).exists()
+        assert (files / sha(old)).exists()
+        assert (files / first).exists()
         await push_files(a, "alice", {"shared": shared, "f": new}, base=first)
         assert not (files / sha(old)).exists(), "a superseded file is collected"
         assert not (files / first).exists(), "so is the superseded listing"

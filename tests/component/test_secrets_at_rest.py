@@ -60,7 +60,8 @@ async def test_a_value_that_does_not_open_is_a_500_with_a_reason_never_garbage(
     control.store.db.execute("UPDATE apps SET env = ? WHERE name = 'tampered'", [flipped])
     r = await control.http.get("/v1/apps/tampered/env")
     assert r.status_code == 500
-    assert "does not open" in r.json()["error"] and SECRET not in r.text
+    assert "does not open" in r.json()["error"]
+    assert SECRET not in r.text
 
 
 def old_home(home: Path) -> Path:
@@ -138,7 +139,7 @@ def test_rotation_can_stop_anywhere_and_drops_a_key_only_when_nothing_names_it(
         store.close()
 
 
-@pytest.mark.parametrize("damage, why", [
+@pytest.mark.parametrize(("damage", "why"), [
     ("wrong", "does not open with key"),
     ("missing", "keyring .* is missing"),
     ("other-label", "which the keyring .* does not hold"),

@@ -31,7 +31,8 @@ async def test_no_token_and_bad_tokens_are_401(control: Control) -> None:
     for token in (None, "nonsense", "fdy_abc_def", control.admin + "x"):
         async with control.client(token) as c:
             r = await c.get("/v1/apps")
-        assert r.status_code == 401 and "token" in r.json()["error"]
+        assert r.status_code == 401
+        assert "token" in r.json()["error"]
 
 
 async def test_expired_token_stops_working(control: Control) -> None:
@@ -59,7 +60,8 @@ async def test_every_kind_spends_its_uses(control: Control, kind: str) -> None:
     async with control.client(token) as c:
         assert (await c.get(path)).status_code == 200
         r = await c.get(path)
-        assert r.status_code == 401 and "token" in r.json()["error"]
+        assert r.status_code == 401
+        assert "token" in r.json()["error"]
     listed = {t["kind"]: t for t in (await control.http.get("/v1/tokens")).json()["tokens"]}
     assert listed[kind]["uses_left"] == 0
 
@@ -80,7 +82,8 @@ async def test_expired_tokens_of_every_kind_are_401(control: Control, kind: str)
     async with control.client(token) as c:
         r = await c.request("POST" if kind == "join" else "GET", path,
                             json={"name": "n", "memory_mb": 1024})
-    assert r.status_code == 401 and "expired" in r.json()["error"]
+    assert r.status_code == 401
+    assert "expired" in r.json()["error"]
 
 
 async def test_revoked_token_stops_at_once(control: Control) -> None:
@@ -99,7 +102,8 @@ async def test_deploy_token_is_limited_to_its_apps(control: Control) -> None:
     async with control.client(token) as c:
         assert (await c.post("/v1/apps/app-a/builds", content=tarball())).status_code == 201
         r = await c.post("/v1/apps/app-b/builds", content=tarball())
-        assert r.status_code == 403 and "app-b" in r.json()["error"]
+        assert r.status_code == 403
+        assert "app-b" in r.json()["error"]
         assert (await c.delete("/v1/apps/app-a")).status_code == 200
         for method, path in (("GET", "/v1/apps/app-b"), ("DELETE", "/v1/apps/app-b"),
                              ("POST", "/v1/tokens"), ("GET", "/v1/nodes/x/work")):
@@ -119,7 +123,8 @@ async def test_read_token_cannot_change_anything(control: Control) -> None:
                                   {"kind": "read", "ttl": "soon"}, {"kind": "read", "uses": 0}])
 async def test_bad_token_requests_say_why(control: Control, body: dict[str, object]) -> None:
     r = await control.http.post("/v1/tokens", json=body)
-    assert r.status_code == 400 and r.json()["error"]
+    assert r.status_code == 400
+    assert r.json()["error"]
 
 
 async def test_secrets_are_compared_in_constant_time(control: Control,

@@ -59,13 +59,13 @@ class Platform:
 
     def start(self) -> None:
         with open(self.home.parent / "up.out", "ab") as out:
-            self.proc = subprocess.Popen(
+            self.proc = proc = subprocess.Popen(
                 [sys.executable, "-m", "foundry", "up", "--http-port", str(self.http_port),
                  "--api-port", str(self.api_port)], env=self.env, cwd=ROOT,
                 stdout=out, stderr=subprocess.STDOUT)
         eventually(lambda: b"Foundry is up" in (self.home.parent / "up.out").read_bytes()
-                   or self.proc.poll() is not None, 60, "foundry up to start")
-        assert self.proc.poll() is None, self.logs()
+                   or proc.poll() is not None, 60, "foundry up to start")
+        assert proc.poll() is None, self.logs()
 
     def stop(self) -> float:
         """Stop `foundry up` as Ctrl-C would; returns how long it took."""
@@ -81,7 +81,7 @@ class Platform:
 
     def logs(self) -> str:
         out = []
-        for f in sorted((self.home / "logs").glob("*.log")) + [self.home.parent / "up.out"]:
+        for f in [*sorted((self.home / "logs").glob("*.log")), self.home.parent / "up.out"]:
             if f.exists():
                 out.append(f"== {f.name}\n" + f.read_text(errors="replace")[-4000:])
         return "\n".join(out)

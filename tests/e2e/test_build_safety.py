@@ -155,7 +155,8 @@ def test_a_source_tampered_with_in_the_blob_store_fails_its_build(platform: Plat
         platform.cli("node", "ready", "local")
     done = platform.api("GET", f"/v1/builds/{answer['build']}", params={"wait": 60}).json()
     assert done["state"] == "FAILED"
-    assert "sha256" in done["error"] and "refused" in done["error"]
+    assert "sha256" in done["error"]
+    assert "refused" in done["error"]
     assert build["source"][:12] in done["error"]
 
 

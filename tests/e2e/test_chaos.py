@@ -4,6 +4,7 @@ loopback requests running and asserts how many failed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -79,10 +80,8 @@ def role_pid(platform: Platform, needle: str) -> int:
 
 def kill_all(pids: list[int]) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_rolling_deploys_drop_no_request(platform: Platform) -> None:
@@ -124,7 +123,8 @@ def test_killed_instance_is_replaced_and_routable(platform: Platform) -> None:
     # The one crash we caused, and nothing after it: both instances lived through the pause.
     assert {i["id"]: i["restarts"] for i in running(platform, "victim")} == replacement
     events = platform.cli("events", "victim").stdout
-    assert "crash" in events and "killed by signal SIGKILL" in events
+    assert "crash" in events
+    assert "killed by signal SIGKILL" in events
     assert events.count("killed by signal") == 1, events
 
 
@@ -145,7 +145,8 @@ def test_control_plane_kill_drops_no_request(platform: Platform) -> None:
         pause()
     assert load.failed == 0, dict(load.failures)
     after = view(platform, "steady")
-    assert after["release"] == 1 and {i["id"] for i in after["instances"]} == before
+    assert after["release"] == 1
+    assert {i["id"] for i in after["instances"]} == before
     assert_no_crash(platform, "steady")
 
 

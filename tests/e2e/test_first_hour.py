@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -56,13 +55,17 @@ def test_git_remote_gets_an_app_scoped_deploy_token_not_the_admins(platform: Pla
     tokens = json.loads(platform.cli("tokens", "list", "--json").stdout)
     label = f"git-remote remoted ({socket.gethostname()})"
     mine = [t for t in tokens if t["label"] == label and not t["revoked"]]
-    assert len(mine) == 1 and mine[0]["kind"] == "deploy" and mine[0]["apps"] == ["remoted"]
+    assert len(mine) == 1
+    assert mine[0]["kind"] == "deploy"
+    assert mine[0]["apps"] == ["remoted"]
     assert f"fdy_{mine[0]['id']}_" in config
 
     platform.cli("git-remote", "remoted", "--dir", str(repo))     # again: a new token
     tokens = json.loads(platform.cli("tokens", "list", "--json").stdout)
     states = {t["id"]: t["revoked"] for t in tokens if t["label"] == label}
-    assert len(states) == 2 and states[mine[0]["id"]] and sum(not r for r in states.values()) == 1
+    assert len(states) == 2
+    assert states[mine[0]["id"]]
+    assert sum(not r for r in states.values()) == 1
 
 
 def test_up_banner_and_cli_point_at_a_home_that_is_not_the_default(platform: Platform,
@@ -70,8 +73,10 @@ def test_up_banner_and_cli_point_at_a_home_that_is_not_the_default(platform: Pla
     banner = (platform.home.parent / "up.out").read_text()
     assert f"export FOUNDRY_HOME={platform.home}" in banner
     lost = foundry("apps", env=clean_env(FOUNDRY_HOME=str(tmp_path / "empty")))
-    assert lost.returncode == 1 and len(lost.stderr.splitlines()) == 1
-    assert str(platform.home) in lost.stderr and "export FOUNDRY_HOME=" in lost.stderr
+    assert lost.returncode == 1
+    assert len(lost.stderr.splitlines()) == 1
+    assert str(platform.home) in lost.stderr
+    assert "export FOUNDRY_HOME=" in lost.stderr
 
 
 # --- the split deployment -------------------------------------------------------------
@@ -108,8 +113,8 @@ class Control:
 
 
 @pytest.fixture
-def control_home(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "control"
+def control_home(tmp_path: Path) -> Path:
+    return tmp_path / "control"
 
 
 def test_control_alone_writes_a_first_admin_token_and_says_where(control_home: Path) -> None:
@@ -128,13 +133,15 @@ def test_control_alone_writes_a_first_admin_token_and_says_where(control_home: P
         eventually(lambda: foundry("tokens", "list", env=env).returncode == 0, 30,
                    "the API to answer with the first admin token")
         made = foundry("tokens", "create", "--kind", "edge", env=env)
-        assert made.returncode == 0 and made.stdout.startswith("fdy_")
+        assert made.returncode == 0
+        assert made.stdout.startswith("fdy_")
     finally:
         first.stop()
     secret = token_file.read_text()
     again = Control(control_home, "--tls")    # a later start makes no second admin token
     try:
-        assert "made now" not in again.text and token_file.read_text() == secret
+        assert "made now" not in again.text
+        assert token_file.read_text() == secret
     finally:
         again.stop()
 
@@ -212,7 +219,8 @@ def test_node_join_takes_its_token_from_a_file_stdin_or_the_environment(
         assert "warning: --token is visible to every user in `ps`" in old_way.stderr
         missing = foundry("node", "join", url, "--token-file", str(tmp_path / "nope"),
                           "--home", str(tmp_path / "none"))
-        assert missing.returncode == 1 and "--token-file" in missing.stderr
+        assert missing.returncode == 1
+        assert "--token-file" in missing.stderr
         assert len(missing.stderr.splitlines()) == 1
     finally:
         for proc in procs:
@@ -244,7 +252,8 @@ def test_open_prints_the_url_without_a_browser(platform: Platform, habits: str) 
     shown = platform.cli("open", habits)
     assert shown.stdout.strip() == f"http://{habits}.localhost:{platform.http_port}"
     worker = platform.cli("open", "no-such-app", check=False)
-    assert worker.returncode == 1 and len(worker.stderr.splitlines()) == 1
+    assert worker.returncode == 1
+    assert len(worker.stderr.splitlines()) == 1
 
 
 def test_logs_tail_follows_and_json_is_one_object_per_line(platform: Platform,
@@ -258,7 +267,7 @@ def test_logs_tail_follows_and_json_is_one_object_per_line(platform: Platform,
         time.sleep(3)
         assert tail.poll() is None, tail.communicate()      # still following
         tail.terminate()
-        out, _ = tail.communicate(10)
+        out, _ = tail.communicate(timeout=10)
     assert "[build]" in out or "[app/web." in out, out
 
 
@@ -289,7 +298,8 @@ def test_delete_asks_unless_forced(platform: Platform, tmp_path: Path) -> None:
     shutil.copytree(EXAMPLES / "static-site", site)
     platform.cli("push", str(site), "--name", "doomed-site", "--no-wait")
     refused = platform.cli("delete", "doomed-site", check=False)
-    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1
+    assert refused.returncode == 1
+    assert len(refused.stderr.splitlines()) == 1
     assert "-f" in refused.stderr
     platform.cli("app", "doomed-site")                 # still there
     master, slave = pty.openpty()                      # a terminal: the user answers "n"
@@ -301,7 +311,8 @@ def test_delete_asks_unless_forced(platform: Platform, tmp_path: Path) -> None:
     finally:
         os.close(slave)
         os.close(master)
-    assert declined.returncode == 1 and "not deleted" in declined.stderr
+    assert declined.returncode == 1
+    assert "not deleted" in declined.stderr
     platform.cli("app", "doomed-site")
     platform.cli("delete", "doomed-site", "-f")
     assert platform.cli("app", "doomed-site", check=False).returncode == 1

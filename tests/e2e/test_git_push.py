@@ -63,7 +63,8 @@ def test_git_push_needs_a_deploy_token(platform: Platform, repo: Path) -> None:
     read_token = platform.cli("tokens", "create", "--kind", "read").stdout.strip()
     git(repo, "config", f"http.{url}.extraHeader", f"Authorization: Bearer {read_token}")
     refused = git(repo, "push", "foundry", "main", check=False)
-    assert refused.returncode != 0 and "403" in refused.stderr
+    assert refused.returncode != 0
+    assert "403" in refused.stderr
     assert platform.cli("app", "readonly", check=False).returncode == 1   # nothing created
     deploy = platform.cli("tokens", "create", "--kind", "deploy", "--apps", "other").stdout
     git(repo, "config", f"http.{url}.extraHeader", f"Authorization: Bearer {deploy.strip()}")

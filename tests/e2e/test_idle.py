@@ -9,6 +9,7 @@ push nothing at all is asked of any of them for longer than any thread-cache tim
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -29,6 +30,10 @@ IDLE_SECONDS = 60          # trio retires worker threads after 10 s; anyio's poo
 
 def instances(p: Platform, app: str) -> list[dict[str, Any]]:
     return list(json.loads(p.cli("app", app, "--json").stdout)["instances"])
+
+
+def running(p: Platform, app: str, count: int) -> bool:
+    return sum(1 for i in instances(p, app) if i["state"] == "RUNNING") == count
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +69,7 @@ def test_idle_instances_are_never_restarted(platforms: dict[str, Platform]) -> N
     for p in platforms.values():
         p.cli("push", str(EXAMPLES / "hello-python"), "--name", "quiet", "-i", "2")
     for tier, p in platforms.items():
-        eventually(lambda p=p: sum(i["state"] == "RUNNING" for i in instances(p, "quiet")) == 2,
+        eventually(functools.partial(running, p, "quiet", 2),
                    60, f"2 running instances on the {tier} tier")
         started[tier] = {i["id"] for i in instances(p, "quiet")}
         assert p.get("quiet").status_code == 200
@@ -90,4 +95,5 @@ def test_a_task_started_on_an_idle_node_runs_to_its_end(platforms: dict[str, Pla
         for tier, p in platforms.items()}       # all at once: each node idles on its own
     for tier, task in tasks.items():
         out, _ = task.communicate(timeout=120)
-        assert task.returncode == 0 and "task-finished" in out, (tier, out)
+        assert task.returncode == 0, (tier, out)
+        assert "task-finished" in out, (tier, out)

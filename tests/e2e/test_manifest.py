@@ -58,7 +58,8 @@ applications:
   health-check-type: process
 """)
     result = platform.cli("push", str(tmp_path))
-    assert "warning:" in result.stderr and "applications[0].stack: unknown key" in result.stderr
+    assert "warning:" in result.stderr
+    assert "applications[0].stack: unknown key" in result.stderr
     assert "mf-web v1 is running" in result.stdout
     assert "mf-worker v1 is running: no web process" in result.stdout
     web = json.loads(platform.cli("app", "mf-web", "--json").stdout)
@@ -69,7 +70,8 @@ applications:
     eventually(lambda: platform.get("mf-extra", "/extra").status_code == 200, 20,
                "the manifest's extra route")
     worker = json.loads(platform.cli("app", "mf-worker", "--json").stdout)
-    assert list(worker["processes"]) == ["worker"] and worker["memory_mb"] == 128
+    assert list(worker["processes"]) == ["worker"]
+    assert worker["memory_mb"] == 128
     assert platform.get("mf-worker").status_code == 404     # no route at all
 
 
@@ -89,7 +91,8 @@ def test_strict_removes_an_env_var_the_manifest_no_longer_names(platform: Platfo
     assert "ADDED" in platform.api("GET", "/v1/apps/mf-strict/env").json()["env"]
     assert "--strict" not in plain.stderr
     strict = platform.cli("push", str(tmp_path), "-f", str(manifest), "--strict", "--yes")
-    assert "env ADDED: removed" in strict.stdout and "env DROPPED: removed" in strict.stdout
+    assert "env ADDED: removed" in strict.stdout
+    assert "env DROPPED: removed" in strict.stdout
     assert platform.api("GET", "/v1/apps/mf-strict/env").json()["env"] == {"GREETING": "kept"}
     assert platform.get("mf-strict").text == "kept"
 
@@ -100,4 +103,5 @@ def test_invalid_manifest_is_one_line_naming_the_key(platform: Platform, tmp_pat
     result = platform.cli("push", str(tmp_path), check=False)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "applications[1].memory: memory 'lots'" in lines[0]
+    assert len(lines) == 1
+    assert "applications[1].memory: memory 'lots'" in lines[0]

@@ -113,9 +113,8 @@ def hosts(tmp_path: Path) -> Iterator[Hosts]:
 
 def test_a_lost_hosts_instance_comes_back_on_the_other_host(hosts: Hosts,
                                                               tmp_path: Path) -> None:
-    store = Store(tmp_path / "control" / "foundry.db") if (tmp_path / "control").mkdir() \
-        is None else None
-    assert store is not None
+    (tmp_path / "control").mkdir()
+    store = Store(tmp_path / "control" / "foundry.db")
     _, admin = store.create_token("admin")
     _, edge = store.create_token("edge")
     _, join = store.create_token("join", uses=2)

@@ -22,9 +22,11 @@ def test_a_route_less_worker_shows_no_url(platform: Platform) -> None:
     platform.cli("push", str(EXAMPLES / "worker"), "--name", "quiet-worker")
     row = next(line for line in platform.cli("apps").stdout.splitlines()
                if line.startswith("quiet-worker "))
-    assert row.split()[-1] == "-" and "http" not in row, row
+    assert row.split()[-1] == "-", row
+    assert "http" not in row, row
     head = platform.cli("app", "quiet-worker").stdout.splitlines()[0]
-    assert "http" not in head and head.endswith("no route (no web process)"), head
+    assert "http" not in head, head
+    assert head.endswith("no route (no web process)"), head
 
 
 def test_removing_the_busy_only_node_is_refused(platform: Platform) -> None:
@@ -36,7 +38,8 @@ def test_removing_the_busy_only_node_is_refused(platform: Platform) -> None:
     out = platform.cli("node", "remove", node, check=False)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"foundry: node {node} is ready"), lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"foundry: node {node} is ready"), lines
     assert lines[0].endswith(f"drain it first (`foundry node drain {node}`) or remove it "
                              "with --force"), lines
     assert [n["name"] for n in json.loads(platform.cli("nodes", "--json").stdout)] == before
@@ -156,5 +159,6 @@ def test_killed_instances_leave_no_zombie_and_a_clean_stop_no_cgroup(tmp_path: P
     finally:
         p.stop()
     left_dirs = [str(d) for d in scope_dirs(p.home) if d.exists()]
-    assert not lingering and not still, (lingering, still)
+    assert not lingering, (lingering, still)
+    assert not still, (lingering, still)
     assert not left_dirs, f"cgroup scope left after a clean stop: {left_dirs}"

@@ -75,7 +75,8 @@ def test_second_up_on_the_same_ports_refuses(platform: Platform, tmp_path: Path)
         for loop in loops:
             loop.join(15)
     print(f"requests to the first platform during the attempt: {dict(seen)}")
-    assert seen["ok"] > 20 and set(seen) == {"ok"}, seen
+    assert seen["ok"] > 20, seen
+    assert set(seen) == {"ok"}, seen
     assert refused.returncode != 0, refused.stdout
     errors = refused.stderr.splitlines()
     assert errors == [f"foundry: port {platform.api_port} is in use by another process "

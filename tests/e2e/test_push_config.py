@@ -6,6 +6,7 @@ sees every URL the push used."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import socket
@@ -84,10 +85,8 @@ class Relay:
     def close(self) -> None:
         self.server.shutdown(socket.SHUT_RDWR)      # wakes the accepting thread
         for s in self.sockets:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for thread in self.threads:
             thread.join(5)
         for s in [self.server, *self.sockets]:

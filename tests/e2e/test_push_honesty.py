@@ -64,7 +64,8 @@ def test_scale_means_the_only_process_type_and_refuses_unknown_ones(platform: Pl
     scaled = platform.cli("scale", "lone-worker", "-i", "2")
     assert scaled.stdout.strip() == "lone-worker: worker scaled to 2"
     view = json.loads(platform.cli("app", "lone-worker", "--json").stdout)
-    assert view["scale"]["worker"] == 2 and view["scale"].get("web", 1) == 1
+    assert view["scale"]["worker"] == 2
+    assert view["scale"].get("web", 1) == 1
     refused = platform.cli("scale", "lone-worker", "-i", "2", "-p", "nosuchtype", check=False)
     assert refused.returncode == 1
     assert refused.stderr == ("foundry: lone-worker has no process type 'nosuchtype' "
@@ -133,9 +134,11 @@ def test_strict_shows_every_change_and_asks_first(platform: Platform, tmp_path: 
         assert line in refused.stdout, refused.stdout
     assert "secret-value" not in refused.stdout + refused.stderr
     view = json.loads(platform.cli("app", "strictly", "--json").stdout)
-    assert view["scale"]["web"] == 2 and view["release"] == release   # nothing changed
+    assert view["scale"]["web"] == 2
+    assert view["release"] == release   # nothing changed
     platform.cli("push", "-f", str(manifest), str(tmp_path), "--strict", "--yes")
     view = json.loads(platform.cli("app", "strictly", "--json").stdout)
-    assert view["scale"]["web"] == 1 and view["memory_mb"] == 128
+    assert view["scale"]["web"] == 1
+    assert view["memory_mb"] == 128
     assert platform.api("GET", "/v1/apps/strictly/env").json()["env"] == {
         "TOKEN": "second-secret-value"}

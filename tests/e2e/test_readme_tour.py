@@ -66,7 +66,7 @@ def follow_briefly(argv: list[str], env: dict[str, str]) -> tuple[bool, str]:
         time.sleep(4)
         following = proc.poll() is None
         proc.terminate()
-        out, _ = proc.communicate(10)
+        out, _ = proc.communicate(timeout=10)
     return following, out
 
 
@@ -86,7 +86,8 @@ def test_the_readme_tour_works_as_written(fresh: Platform) -> None:
         argv = [sys.executable, "-m", "foundry", *words[1:]]
         if words[1] == "logs" and {"-f", "--follow", "--tail"} & set(words):
             following, out = follow_briefly(argv, fresh.env)
-            assert following and out.strip(), f"{line}: {out}"
+            assert following, f"{line}: {out}"
+            assert out.strip(), f"{line}: {out}"
             continue
         if words[1] == "delete":
             done = run_on_a_terminal(argv, fresh.env, b"y\n")

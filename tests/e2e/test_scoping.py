@@ -50,5 +50,6 @@ def test_scoped_tokens_keep_to_their_own_apps(platform: Platform, tmp_path: Path
     assert [r["app"] for r in routes] == ["sc-mallory"]
     assert all("address" not in b for r in routes for b in r["backends"])
     nodes = as_token(platform, mallory, "nodes")
-    assert nodes.returncode == 1 and "infrastructure" in nodes.stderr
+    assert nodes.returncode == 1
+    assert "infrastructure" in nodes.stderr
     assert platform.get("sc-alice", "/login").status_code == 404   # still alice's app

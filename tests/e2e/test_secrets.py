@@ -103,7 +103,8 @@ def test_a_loose_home_is_tightened_with_one_log_line(control: Control) -> None:
                         (home / "blobs" / ("0" * 64), 0o644)):
         path.chmod(loose)
     control.start()
-    assert mode(home) == 0o700 and mode(home / "blobs") == 0o700
+    assert mode(home) == 0o700
+    assert mode(home / "blobs") == 0o700
     for name in ("foundry.db", "foundry.db-wal", "foundry.db-shm", "keyring.json",
                  "blobs/" + "0" * 64):
         assert mode(home / name) == 0o600, name
@@ -154,7 +155,8 @@ def test_a_missing_or_wrong_key_is_one_line_and_serves_nothing(tmp_path: Path,
         result = foundry(*args, "--home", str(home))
         assert result.returncode == 1, result
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("foundry: "), result.stderr
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("foundry: "), result.stderr
         assert ("does not open" if damage == "wrong" else "is missing") in lines[0]
         assert SECRET not in result.stderr + result.stdout
     assert ring.exists() == (damage == "wrong")      # no new key made over the old values
@@ -168,7 +170,8 @@ def test_a_config_var_reaches_the_app_but_not_the_database_file(platform: Platfo
     assert f"API_KEY={SECRET}" in platform.cli("env", "sealed").stdout
     home = platform.home / "control"
     assert SECRET.encode() not in raw_bytes(home / "foundry.db")
-    assert mode(home) == 0o700 and mode(home / "foundry.db") == 0o600
+    assert mode(home) == 0o700
+    assert mode(home / "foundry.db") == 0o600
 
 
 def test_an_operator_keyring_outside_the_home_rotates_by_hand(tmp_path: Path) -> None:
@@ -178,7 +181,8 @@ def test_an_operator_keyring_outside_the_home_rotates_by_hand(tmp_path: Path) ->
     store.create_app("vaulted", env={"API_KEY": SECRET})
     old = store.keyring.keys
     store.close()
-    assert not (home / "keyring.json").exists() and mode(ring) == 0o600
+    assert not (home / "keyring.json").exists()
+    assert mode(ring) == 0o600
     # the operator adds a key of their own and makes it current, then reseals with it
     ring.write_text(render_keyring(Keys("ops-2", {**old.keys, "ops-2": os.urandom(32)})))
     result = subprocess.run(

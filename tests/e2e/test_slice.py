@@ -83,7 +83,8 @@ def test_set_env_reaches_the_app_and_unset_removes_it(platform: Platform) -> Non
 def test_static_site(platform: Platform) -> None:
     platform.cli("push", str(EXAMPLES / "static-site"))
     r = platform.get("static-site")
-    assert r.status_code == 200 and "Static site on Foundry" in r.text
+    assert r.status_code == 200
+    assert "Static site on Foundry" in r.text
     assert platform.get("static-site", "/nope").status_code == 404
 
 
@@ -100,7 +101,8 @@ def test_worker_lines_reach_the_logs(platform: Platform) -> None:
 def test_unknown_host_is_404_and_api_is_routed(platform: Platform) -> None:
     assert platform.get("no-such-app").status_code == 404
     r = platform.get("api", "/v1/health")
-    assert r.status_code == 200 and r.json()["ok"] is True
+    assert r.status_code == 200
+    assert r.json()["ok"] is True
 
 
 def test_delete_removes_the_route(platform: Platform) -> None:
@@ -108,7 +110,8 @@ def test_delete_removes_the_route(platform: Platform) -> None:
     platform.cli("delete", "doomed", "-f")
     assert platform.get("doomed").status_code == 404
     result = platform.cli("app", "doomed", check=False)
-    assert result.returncode == 1 and result.stderr == "foundry: no app named 'doomed'\n"
+    assert result.returncode == 1
+    assert result.stderr == "foundry: no app named 'doomed'\n"
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -124,14 +127,16 @@ def test_bad_input_is_one_line_and_nonzero(platform: Platform, args: list[str],
     result = platform.cli(*args, check=False)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_push_without_a_pack_fails_and_leaves_no_app(platform: Platform, tmp_path: Path) -> None:
     (tmp_path / "README").write_text("nothing runnable here")
     result = platform.cli("push", str(tmp_path), "--name", "packless", check=False)
-    assert result.returncode == 1 and "no pack detected" in result.stderr
+    assert result.returncode == 1
+    assert "no pack detected" in result.stderr
     assert platform.cli("app", "packless", check=False).returncode == 1
 
 
@@ -139,12 +144,15 @@ def test_api_refuses_missing_tokens_and_bad_archives(platform: Platform) -> None
     import httpx
 
     r = httpx.get(f"http://127.0.0.1:{platform.api_port}/v1/apps")
-    assert r.status_code == 401 and "bearer token" in r.json()["error"]
+    assert r.status_code == 401
+    assert "bearer token" in r.json()["error"]
     r = platform.api("POST", "/v1/apps/junk/builds", content=b"not a tarball")
-    assert r.status_code == 422 and "not a gzip'd tar" in r.json()["error"]
+    assert r.status_code == 422
+    assert "not a gzip'd tar" in r.json()["error"]
     assert platform.api("GET", "/v1/apps/junk").status_code == 404   # nothing half created
     r = platform.api("POST", "/v1/apps/Bad_Name/builds", content=b"x")
-    assert r.status_code == 422 and "DNS label" in r.json()["error"]
+    assert r.status_code == 422
+    assert "DNS label" in r.json()["error"]
 
 
 def test_restarting_foundry_up_brings_every_app_back(platform: Platform) -> None:

@@ -44,7 +44,8 @@ def test_run_streams_output_and_returns_the_exit_code(platform: Platform) -> Non
     assert ok.stdout.splitlines()[0] == "fine"
     assert ok.stdout.splitlines()[1] != "0"                          # jailed, not root
     missing = platform.cli("run", "ghost", "--", "true", check=False)
-    assert missing.returncode == 1 and "no app named 'ghost'" in missing.stderr
+    assert missing.returncode == 1
+    assert "no app named 'ghost'" in missing.stderr
 
 
 def test_push_watch_puts_an_edit_live(platform: Platform, tmp_path: Path) -> None:
@@ -53,9 +54,10 @@ def test_push_watch_puts_an_edit_live(platform: Platform, tmp_path: Path) -> Non
     proc = subprocess.Popen([sys.executable, "-m", "foundry", "push", str(work), "--name",
                              "watched", "--watch"], env=platform.env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    stdout = proc.stdout
     out: list[str] = []
-    reader = threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")),
-                              daemon=True)  # type: ignore[union-attr]
+    reader = threading.Thread(target=lambda: out.extend(iter(stdout.readline, "")), daemon=True)
     reader.start()
     try:
         eventually(lambda: any("Watching" in line for line in out), 120, "the watch to start")

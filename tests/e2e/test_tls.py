@@ -79,6 +79,7 @@ def test_node_refuses_a_certificate_that_does_not_match(tls_control: tuple[str, 
     node = join(url, "fdy_x_y#sha256:" + "0" * 64, tmp_path / "node")
     began = time.monotonic()
     _, err = node.communicate(timeout=30)
-    assert node.returncode == 1 and time.monotonic() - began < 30
+    assert node.returncode == 1
+    assert time.monotonic() - began < 30
     assert err.strip().splitlines() == [err.strip().splitlines()[-1]]
     assert "does not match the join token's fingerprint" in err

@@ -7,6 +7,7 @@ running, and then looks at every process on the machine."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -90,10 +91,8 @@ def test_nothing_outlives_foundry_up(tmp_path: Path, how: str) -> None:
 
 
 def with_suppressed_kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def test_a_new_up_cleans_what_a_crash_left(tmp_path: Path) -> None:
@@ -123,6 +122,7 @@ def test_a_new_up_cleans_what_a_crash_left(tmp_path: Path) -> None:
             assert not any(Path(f).exists() for f in stale.procs_files())
         # The new platform works, and a second `foundry up` on its home is refused.
         second = Platform(home)
+        assert p.proc is not None
         out = subprocess.run([sys.executable, "-m", "foundry", "up", "--http-port",
                               str(second.http_port), "--api-port", str(second.api_port)],
                              env=second.env, cwd=ROOT, capture_output=True, text=True,

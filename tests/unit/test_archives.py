@@ -165,7 +165,7 @@ def test_a_droplet_refuses_what_no_node_would_unpack(tmp_path: Path, leave: str)
         os.chmod(build / "shared", 0o2775)
     else:
         os.symlink("../../../etc/shadow", build / ".venv" / "escape")
-    with pytest.raises(ArchiveError, match="the build left .*which a droplet may not hold"):
+    with pytest.raises(ArchiveError, match=r"the build left .*which a droplet may not hold"):
         create(build, tmp_path / "droplet.tgz")
 
 

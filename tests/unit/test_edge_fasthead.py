@@ -37,14 +37,17 @@ def test_a_plain_head_is_relayed_without_hop_by_hop_headers() -> None:
 def test_head_requests_have_no_body_and_http10_closes_by_default() -> None:
     raw = b"HTTP/1.0 200 OK\r\nContent-Length: 99\r\n\r\n"
     parsed = parse_head(raw, True, LIMITS)
-    assert parsed is not None and parsed[2] == 0 and parsed[3] is False
+    assert parsed is not None
+    assert parsed[2] == 0
+    assert parsed[3] is False
     assert parsed[1].startswith(b"HTTP/1.1 200 OK\r\n")
 
 
 def test_a_session_cookie_is_noticed() -> None:
     raw = b"HTTP/1.1 200 OK\r\nSet-Cookie: JSESSIONID=abc; Path=/\r\nContent-Length: 0\r\n\r\n"
     parsed = parse_head(raw, False, LIMITS)
-    assert parsed is not None and parsed[5] is True
+    assert parsed is not None
+    assert parsed[5] is True
 
 
 @pytest.mark.parametrize("raw", [
@@ -162,7 +165,8 @@ def check_request(method: bytes, version: bytes, headers: list[tuple[str, str]],
     if plain is None:
         return
     assert general is not None, "the fast reader took a head the general parser refuses"
-    assert general.framing is Framing.NONE and not general.upgrade
+    assert general.framing is Framing.NONE
+    assert not general.upgrade
     assert (plain.method, plain.target, plain.keep_alive) == (
         general.method, general.target, general.keep_alive)
     # the general path would route by the same path and forward the same target
@@ -178,7 +182,8 @@ def check_request(method: bytes, version: bytes, headers: list[tuple[str, str]],
         client_ip=client_ip, proto="http", trusted=trusted, fresh_id=b"fresh", websocket=False)
     assert plain.request_id == request_id
     sent = general_request(plain.upstream)
-    assert sent is not None and sent.version == b"1.1"
+    assert sent is not None
+    assert sent.version == b"1.1"
     assert (sent.method, sent.target) == (general.method, general.target)
     assert as_set(sent.headers) == as_set(expected)
 
@@ -211,5 +216,6 @@ def test_a_response_the_fast_reader_takes_is_relayed_as_the_general_path_would(
     relayed = ResponseParser(LIMITS, request_method=b"GET")
     relayed.feed(head + b"\r\n")
     again = relayed.next_event()
-    assert isinstance(again, ResponseHead) and again.version == b"1.1"
+    assert isinstance(again, ResponseHead)
+    assert again.version == b"1.1"
     assert as_set(again.headers) == as_set(kept)

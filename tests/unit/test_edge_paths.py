@@ -86,7 +86,8 @@ def test_the_normal_form_is_a_fixed_point_of_the_usual_server_clean_ups(path: by
     assert normal.startswith(b"/")
     assert b"//" not in normal
     assert not {b".", b".."} & set(normal.split(b"/"))
-    assert not _LOWER_ESCAPE.search(normal) and not _UNRESERVED_ESCAPE.search(normal)
+    assert not _LOWER_ESCAPE.search(normal)
+    assert not _UNRESERVED_ESCAPE.search(normal)
 
 
 ROUTES = RouteTable(routes=(
@@ -116,7 +117,8 @@ ROUTES = RouteTable(routes=(
 def test_routes_match_the_normal_path(target: bytes, app: str) -> None:
     path, _ = routable_target(target)
     route = ROUTES.lookup("h", path.decode("latin-1"))
-    assert route is not None and route.app == app
+    assert route is not None
+    assert route.app == app
 
 
 @given(paths)
@@ -154,4 +156,5 @@ def test_a_route_with_dot_segments_matches_nothing() -> None:
     ]})
     for target in (b"/", b"/x/%2e%2e", b"/x/..", b"/x/%2e%2e/y", b"/x"):
         route = table.lookup("h", routable_target(target)[0].decode("latin-1"))
-        assert route is not None and route.app == "root", target
+        assert route is not None, target
+        assert route.app == "root", target

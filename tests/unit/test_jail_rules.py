@@ -43,9 +43,10 @@ GOOD = Probe(linux=True, root=True, bwrap=True, setpriv=True, userns=True, cgrou
 ])
 def test_tier_is_the_strongest_the_probe_allows(changes: dict[str, object], tier: str,
                                                 why: str) -> None:
-    probe = Probe(**{**GOOD.__dict__, **changes})  # type: ignore[arg-type]
+    probe = Probe(**{**GOOD.__dict__, **changes})
     choice = choose_tier(probe)
-    assert choice.tier == tier and why in choice.reason
+    assert choice.tier == tier
+    assert why in choice.reason
 
 
 def test_a_weaker_tier_can_be_forced_but_never_a_stronger_one() -> None:
@@ -54,7 +55,8 @@ def test_a_weaker_tier_can_be_forced_but_never_a_stronger_one() -> None:
     weak = Probe(linux=True, root=False, bwrap=False, setpriv=True, userns=False,
                  cgroup_version=None)
     forced = choose_tier(weak, FULL)
-    assert forced.tier == PLAIN and "unavailable" in forced.reason
+    assert forced.tier == PLAIN
+    assert "unavailable" in forced.reason
     with pytest.raises(JailError, match="unknown jail tier"):
         choose_tier(GOOD, "docker")
 
@@ -73,7 +75,8 @@ def test_bwrap_args_build_the_jail_view() -> None:
     for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
                  "--new-session"):
         assert flag in args
-    assert "--unshare-user" not in args and "--unshare-net" not in args   # host network
+    assert "--unshare-user" not in args
+    assert "--unshare-net" not in args   # host network
     assert ("/usr", "/usr") in pairs(args, "--ro-bind")
     assert pairs(args, "--bind") == [("/srv/node/i-1/app", APP), ("/srv/cache/a", "/cache")]
     assert ("/root/tools/uv", "/opt/foundry/bin/uv") in pairs(args, "--ro-bind")
@@ -90,9 +93,11 @@ def test_bwrap_args_build_the_jail_view() -> None:
 
 def test_identity_and_privilege_drop() -> None:
     passwd, group = identity_files(20007)
-    assert b"app:x:20007:20007:app:/app:" in passwd and b"app:x:20007:" in group
+    assert b"app:x:20007:20007:app:/app:" in passwd
+    assert b"app:x:20007:" in group
     assert drop_to(20007)[:3] == ["setpriv", "--reuid=20007", "--regid=20007"]
-    assert "--no-new-privs" in drop_to(1) and "--clear-groups" in drop_to(1)
+    assert "--no-new-privs" in drop_to(1)
+    assert "--clear-groups" in drop_to(1)
 
 
 def test_the_launcher_joins_the_cgroup_before_bwrap() -> None:
@@ -127,13 +132,19 @@ def test_exit_codes_and_limits() -> None:
     assert decode_exit(137, bwrapped=True) == -9
     assert decode_exit(137, bwrapped=False) == 137
     assert decode_exit(3, bwrapped=True) == 3
-    assert limits_for(64).memory_bytes == 64 << 20 and limits_for(64).cpu_shares == 64
+    assert limits_for(64).memory_bytes == 64 << 20
+    assert limits_for(64).cpu_shares == 64
     assert limits_for(1).cpu_shares == 2
-    assert v2_weight(2) == 1 and v2_weight(262144) == 10000 and 3 <= v2_weight(1024) <= 50
+    assert v2_weight(2) == 1
+    assert v2_weight(262144) == 10000
+    assert 3 <= v2_weight(1024) <= 50
 
 
 def test_own_cgroup_paths_and_scopes() -> None:
     text = "4:memory:/a/b\n3:cpu,cpuacct:/\n0::/user.slice\n"
     assert own_paths(text) == {"memory": "/a/b", "cpu": "/", "cpuacct": "/", "": "/user.slice"}
     (s1, u1), (s2, u2) = scope_of("/home/a/.foundry/node"), scope_of("/tmp/x/node")
-    assert s1 != s2 and s1.startswith("node-") and u1 >= 20000 and u2 >= 20000
+    assert s1 != s2
+    assert s1.startswith("node-")
+    assert u1 >= 20000
+    assert u2 >= 20000

@@ -60,7 +60,8 @@ applications:
         processes=(ProcessManifest(type="worker", instances=2, memory_mb=128, disk_mb=1024,
                                    command="python3 worker.py", health_check="process",
                                    timeout=30),))
-    assert app.process("worker") is not None and app.process("web") is None
+    assert app.process("worker") is not None
+    assert app.process("web") is None
 
 
 @pytest.mark.parametrize(("attrs", "health"), [
@@ -80,13 +81,16 @@ def test_defaults_and_buildpacks_list() -> None:
     app = one("applications:\n- name: a\n  buildpacks: [node]\n")
     assert (app.instances, app.memory_mb, app.routes, app.no_route, app.random_route) == \
         (None, None, (), False, False)
-    assert app.buildpacks == ("node",) and app.processes is None and app.env == {}
+    assert app.buildpacks == ("node",)
+    assert app.processes is None
+    assert app.env == {}
 
 
 def test_no_route_drops_routes_with_a_warning() -> None:
     manifest = parse_manifest("applications:\n- name: w\n  no-route: true\n"
                               "  routes: [{route: w.example.com}]\n")
-    assert manifest.applications[0].no_route and manifest.applications[0].routes == ()
+    assert manifest.applications[0].no_route
+    assert manifest.applications[0].routes == ()
     assert manifest.warnings == ("applications[0].routes: ignored because no-route is true",)
 
 

@@ -20,7 +20,8 @@ def want(n: int, app: str = "a", mem: int = 256) -> list[Placement]:
 def test_spreads_one_apps_instances_across_nodes() -> None:
     nodes = [Node("n1", "1", 4096, NOW), Node("n2", "2", 4096, NOW)]
     done, failed = place(nodes, [], want(4), NOW, 15)
-    assert [p.node for p in done].count("n1") == 2 and not failed
+    assert [p.node for p in done].count("n1") == 2
+    assert not failed
 
 
 def test_prefers_the_node_with_most_free_memory() -> None:
@@ -33,13 +34,15 @@ def test_counts_memory_already_placed() -> None:
     nodes = [Node("n1", "1", 512, NOW)]
     placed = [Instance("x", "b", "web", 0, 1, "n1", memory_mb=512)]
     done, failed = place(nodes, placed, want(1), NOW, 15)
-    assert not done and len(failed) == 1
+    assert not done
+    assert len(failed) == 1
 
 
 def test_never_places_on_lost_or_silent_nodes() -> None:
     nodes = [Node("n1", "1", 4096, NOW, NODE_LOST), Node("n2", "2", 4096, NOW - 20)]
     done, failed = place(nodes, [], want(2), NOW, 15)
-    assert not done and len(failed) == 2
+    assert not done
+    assert len(failed) == 2
     assert pick_stager(nodes, NOW, 15) is None
 
 
@@ -86,7 +89,8 @@ def on(node: Node, app: str = "other", mem: int = 256, index: int = 0) -> Instan
 def test_an_unplaced_instance_says_why(nodes: list[Node], placed: list[Instance], mem: int,
                                        reason: str) -> None:
     done, failed = place(nodes, placed, want(1, mem=mem), NOW, 15)
-    assert not done and [p.reason for p in failed] == [reason]
+    assert not done
+    assert [p.reason for p in failed] == [reason]
 
 
 @pytest.mark.parametrize(("nodes", "placed", "where"), [
@@ -98,12 +102,14 @@ def test_an_unplaced_instance_says_why(nodes: list[Node], placed: list[Instance]
 def test_spreading_never_leaves_an_instance_unplaced(nodes: list[Node],
                                                      placed: list[Instance], where: str) -> None:
     done, failed = place(nodes, placed, want(1), NOW, 15)
-    assert not failed and [p.node for p in done] == [where]
+    assert not failed
+    assert [p.node for p in done] == [where]
 
 
 def test_draining_the_only_node_reports_draining_through_the_reconciler() -> None:
     app = AppSpec("a", True, 1, {"web": "run"}, {"web": 1}, 256)
     node = Node("n1", "a", 1024, NOW, NODE_DRAINING)
     plan = reconcile([app], [Instance("i0", "a", "web", 0, 1, "n1", "RUNNING")], [node], NOW)
-    assert not plan.start and not plan.stop
+    assert not plan.start
+    assert not plan.stop
     assert [p.reason for p in plan.unplaced] == ["no ready node: the only node (a) is draining"]

@@ -145,7 +145,8 @@ def test_the_program_is_well_formed(machine: str) -> None:
 def test_unknown_machines_get_no_filter_and_say_why() -> None:
     found = for_machine("riscv64")
     assert found.program is None
-    assert found.summary.startswith("none:") and "riscv64" in found.summary
+    assert found.summary.startswith("none:")
+    assert "riscv64" in found.summary
     assert jail_filter(FULL, "riscv64").program is None
     assert jail_filter(PLAIN, "x86_64").summary.startswith("none: the plain tier")
     for tier in (FULL, ROOTLESS):

@@ -30,7 +30,8 @@ NONCE = b"\x00" * 12
 
 def test_a_sealed_value_names_its_key_hides_the_text_and_opens_again() -> None:
     sealed = seal(A, '{"SECRET": "hunter2"}', "apps.env", NONCE)
-    assert sealed.startswith("fdy1:a:") and "hunter2" not in sealed
+    assert sealed.startswith("fdy1:a:")
+    assert "hunter2" not in sealed
     assert sealed_label(sealed) == "a"
     assert unseal(A, sealed, "apps.env") == '{"SECRET": "hunter2"}'
 
@@ -41,7 +42,7 @@ def test_values_under_an_old_key_still_open_after_a_new_key_becomes_current() ->
     assert sealed_label(seal(AB, "x", "apps.env", NONCE)) == "b"
 
 
-@pytest.mark.parametrize("keys, value, context, why", [
+@pytest.mark.parametrize(("keys", "value", "context", "why"), [
     (Keys("a", {"a": b"\x09" * 32}), None, "apps.env", "wrong"),          # same label, other key
     (Keys("c", {"c": b"\x01" * 32}), None, "apps.env", "does not hold"),  # label unknown
     (A, None, "work.payload", "wrong"),                                   # moved to another column
@@ -64,7 +65,7 @@ def test_keyring_text_round_trips() -> None:
     assert parse_keyring(render_keyring(AB), "k") == AB
 
 
-@pytest.mark.parametrize("text, why", [
+@pytest.mark.parametrize(("text", "why"), [
     ("not json", "not JSON"),
     ("[]", "must be"),
     ('{"current": "a", "keys": {"a": "AAAA"}}', "32 bytes"),
@@ -80,7 +81,7 @@ def test_a_bad_keyring_is_one_clear_error(text: str, why: str) -> None:
 
 
 def test_a_missing_keyring_is_made_only_when_nothing_needs_an_old_key(tmp_path: Path) -> None:
-    with pytest.raises(VaultError, match="keyring .* is missing"):
+    with pytest.raises(VaultError, match=r"keyring .* is missing"):
         Keyring.open(tmp_path / "keyring.json", ["a"])
     assert not (tmp_path / "keyring.json").exists()
     ring = Keyring.open(tmp_path / "keyring.json", [])

@@ -16,7 +16,7 @@ subprocess.run(["setsid", "sh", "-c", f'python3 -c "{child}" {name} >/dev/null 2
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", "9")
         self.end_headers()

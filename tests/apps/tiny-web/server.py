@@ -5,7 +5,7 @@ import os
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
+    def do_GET(self) -> None:
         body = (f"{os.environ.get('FOUNDRY_APP_NAME')} "
                 f"{os.environ.get('FOUNDRY_INSTANCE_INDEX')}\n").encode()
         self.send_response(200)
@@ -14,7 +14,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, fmt, *args):
+    def log_message(self, fmt: str, *args: object) -> None:
         pass
 
 
