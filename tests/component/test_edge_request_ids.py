@@ -67,7 +67,7 @@ async def test_two_workers_never_log_the_same_request_id() -> None:
                         response = await client.get(f"http://127.0.0.1:{edge}/",
                                                     headers={"Host": "ids.localhost"})
                     ok += response.status_code == 200
-                    await trio.sleep(0.01)
+                    await trio.sleep(0.01)   # pacing between connections, not a wait for anything
                 process.send_signal(signal.SIGTERM)
                 while True:
                     chunk = await process.stderr.receive_some(65536)

@@ -15,6 +15,7 @@ import trio
 
 from node.jail import FULL, PLAIN, ROOTLESS, Jailed, Jailer, JailSpec, choose_tier, make_jailer
 from node.jail import probe as probe_machine
+from tests.component.conftest import wait_for
 
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 PROBE, _ = probe_machine()
@@ -170,9 +171,9 @@ async def test_stop_leaves_nothing_behind(tmp_path: Path, jailers: dict[str, Jai
     assert jailed.proc.stdout is not None
     with trio.fail_after(10):
         assert b"started" in await jailed.proc.stdout.receive_some()
-    await trio.sleep(0.2)
+    # The shell said it started; its setsid'd child may not be running yet.
+    await wait_for(lambda: len(jailed.pids()) >= 3, what="the shell, its child and the sleep")
     before = jailed.pids()
-    assert len(before) >= 3
     assert jailed.terminate() >= 2
     with trio.move_on_after(0.5):
         await jailed.proc.wait()
@@ -181,10 +182,8 @@ async def test_stop_leaves_nothing_behind(tmp_path: Path, jailers: dict[str, Jai
     with trio.fail_after(5):
         await jailed.proc.wait()
     await jailed.close()
-    with trio.fail_after(2):   # a pid namespace's init may take a moment to finish exiting
-        while alive := {p for p in before if _alive(p)}:
-            await trio.sleep(0.02)
-    assert not alive
+    # A pid namespace's init may take a moment to finish exiting.
+    await wait_for(lambda: not any(_alive(p) for p in before), 2, "every jailed process to exit")
     if jailed.cgroup is not None:
         assert not any(Path(d).exists() for d in jailed.cgroup.dirs)
 

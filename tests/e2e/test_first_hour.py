@@ -264,7 +264,7 @@ def test_logs_tail_follows_and_json_is_one_object_per_line(platform: Platform,
     with subprocess.Popen([sys.executable, "-m", "foundry", "logs", habits, "--tail"],
                           cwd=ROOT, env=platform.env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True) as tail:
-        time.sleep(3)
+        time.sleep(3)         # the check itself: a follower is still running after a while
         assert tail.poll() is None, tail.communicate()      # still following
         tail.terminate()
         out, _ = tail.communicate(timeout=10)

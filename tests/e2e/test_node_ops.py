@@ -149,7 +149,7 @@ def test_killed_instances_leave_no_zombie_and_a_clean_stop_no_cgroup(tmp_path: P
         eventually(lambda: [i["state"] for i in json.loads(
             p.cli("app", "reaped", "--json").stdout)["instances"]] == ["RUNNING"], 60,
             "one new instance")
-        time.sleep(2)
+        time.sleep(2)           # the watch window: a zombie left this long would be seen
         watch.done.set()
         watch.join()
         longest = max((last - first for _, first, last in watch.seen.values()), default=0)

@@ -67,7 +67,7 @@ def test_second_up_on_the_same_ports_refuses(platform: Platform, tmp_path: Path)
     for loop in loops:
         loop.start()
     try:
-        time.sleep(0.5)
+        eventually(lambda: seen["ok"] > 0, 30, "requests to flow to the first platform")
         refused = up_attempt(second)
         time.sleep(1.0)   # a second edge that joined would be taking connections by now
     finally:

@@ -63,7 +63,7 @@ def follow_briefly(argv: list[str], env: dict[str, str]) -> tuple[bool, str]:
     """Run a following command for a few seconds: (still following?, what it printed)."""
     with subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as proc:
-        time.sleep(4)
+        time.sleep(4)         # the check itself: a follower is still running after a while
         following = proc.poll() is None
         proc.terminate()
         out, _ = proc.communicate(timeout=10)

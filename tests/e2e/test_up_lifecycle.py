@@ -73,7 +73,7 @@ def test_nothing_outlives_foundry_up(tmp_path: Path, how: str) -> None:
         before = processes_of(p.home, ids)
         if how == "term-then-kill":
             p.proc.terminate()
-            time.sleep(2)
+            time.sleep(2)             # the case itself: SIGKILL lands mid-way through a stop
         began = time.monotonic()      # from the last signal: a SIGHUP stop is counted whole
         p.proc.send_signal(signal.SIGHUP if how == "hup" else signal.SIGKILL)
         p.proc.wait(20)
