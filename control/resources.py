@@ -69,10 +69,6 @@ class UploadPlan:
     upload: tuple[Resource, ...]
     matched: tuple[Resource, ...]
 
-    @property
-    def upload_bytes(self) -> int:
-        return sum(r.size for r in self.upload)
-
 
 def upload_plan(resources: Iterable[Resource], missing: Iterable[str]) -> UploadPlan:
     """Split the source into files to send (first file of each missing digest) and

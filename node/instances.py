@@ -23,7 +23,6 @@ import logging
 import shutil
 import signal
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +61,6 @@ class Instance:
     port: int | None = None
     pid: int | None = None
     reason: str | None = None
-    started_at: float | None = None
     stop_requested: trio.Event = field(default_factory=trio.Event)
     drain: float = 0.0
     done: trio.Event = field(default_factory=trio.Event)
@@ -81,8 +79,6 @@ class Instance:
         self.state = state
         if reason:
             self.reason = reason
-        if state == RUNNING:
-            self.started_at = time.time()
 
     def report(self) -> InstanceReport:
         return {"id": self.id, "app": self.spec["app"], "state": self.state, "port": self.port,

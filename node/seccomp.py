@@ -61,7 +61,6 @@ INSN = struct.Struct("=HBBI")  # struct sock_filter, in the kernel's (native) by
 # byte, where no valid signal (at most 64) sets it.
 CLONE_NEW_FLAGS = (0x80 | 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
                    | 0x20000000 | 0x40000000)
-CLONE_NEWUSER = 0x10000000
 # personality(2) arguments Docker allows: PER_LINUX, PER_LINUX32, UNAME26,
 # PER_LINUX32|UNAME26, and 0xffffffff (query only).
 PERSONALITY_ALLOWED = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
