@@ -3,7 +3,7 @@
 Rules kept here:
 - `control/routing.py` builds the table with these types; `edge/wire.py` declares the
   same shapes on the edge's side (the roles never import each other) and
-  `tests/contract/test_roles.py` feeds the real table into the edge's parser and
+  `tests/component/test_contract.py` feeds the real table into the edge's parser and
   declaration, so a field renamed on one side only fails a test.
 """
 

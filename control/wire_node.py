@@ -4,7 +4,7 @@ Rules kept here:
 - this is the one place in `control/` that names the fields of a control <-> node
   message; handlers and the converge loop build and read them through these types;
 - `node/wire.py` declares the same shapes on the node's side (the roles never import
-  each other); `tests/contract/test_roles.py` feeds what each side really sends into
+  each other); `tests/component/test_contract.py` feeds what each side really sends into
   the other's declaration, so a field renamed on one side only fails a test;
 - a work item on the wire is its payload plus `seq` and `kind` (the store adds them).
 """

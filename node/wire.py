@@ -6,7 +6,7 @@ Rules kept here:
   these types and build their reports with them;
 - `control/wire_node.py` declares the same shapes on the control plane's side (the
   roles never import each other: a copy is cheaper than a coupling);
-  `tests/contract/test_roles.py` feeds what each side really sends into the other's
+  `tests/component/test_contract.py` feeds what each side really sends into the other's
   declaration, so a field renamed on one side only fails a test;
 - a work item arrives as its payload plus `seq` and `kind`.
 """
