@@ -3,7 +3,6 @@ vars, releases, rollbacks, deployments, events and logs."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -30,41 +29,41 @@ from control.errors import (
     NotFound,
     Unprocessable,
 )
-from control.model import LIVE_STATES
+from control.model import BUILD_ENDED, LIVE_STATES, DeploymentState, InstanceState, TaskState
 from control.names import (
     env_name_problem,
     parse_memory,
     process_name_problem,
 )
+from control.rows import AppChanges, AppRow, Autoscale, DeploymentRow, LogRow
 from control.scaling import settings_of
 
 
-def app_view(ctl: Control, app: dict[str, Any]) -> dict[str, Any]:
+def app_view(ctl: Control, app: AppRow) -> dict[str, Any]:
     """An app with its current release and instances, as `foundry app` shows it."""
     now = ctl.store.clock()
     instances = [{
         "id": r["id"], "process": r["process"], "index": r["idx"], "release": r["release"],
-        "state": "STOPPING" if r["stopping"] else r["state"], "node": r["node"],
+        "state": InstanceState.STOPPING if r["stopping"] else r["state"], "node": r["node"],
         "address": r["address"], "port": r["port"], "restarts": r["restarts"],
         "reason": r["reason"],
-        "uptime": round(now - r["started_at"], 1) if r["started_at"] and r["state"] == "RUNNING"
-        else None,
+        "uptime": round(now - r["started_at"], 1)
+        if r["started_at"] and r["state"] == InstanceState.RUNNING else None,
     } for r in ctl.store.instance_rows(app=app["name"])]
     return {"name": app["name"], "state": "started" if app["started"] else "stopped",
             "release": app["release"], "memory_mb": app["memory_mb"], "scale": app["scale"],
             "url": ctl.config.apps_url.format(app=app["name"]), "instances": instances,
             "processes": _processes(ctl, app),
             "health_check": app["health_check"], "max_in_flight": app["max_in_flight"],
-            "autoscale": json.loads(app["autoscale"]) if app["autoscale"] else None,
+            "autoscale": app["autoscale"],
             "last_cold_start": app["last_cold_start"],
             "created_at": app["created_at"]}
 
 
-def _processes(ctl: Control, app: dict[str, Any]) -> dict[str, str]:
+def _processes(ctl: Control, app: AppRow) -> dict[str, str]:
     if not app["release"]:
         return {}
-    processes: dict[str, str] = ctl.store.get_release(app["name"], app["release"])["processes"]
-    return processes
+    return ctl.store.get_release(app["name"], app["release"])["processes"]
 
 
 async def list_apps(request: Request) -> Response:
@@ -109,10 +108,10 @@ async def scale(request: Request) -> Response:
     autoscaling = any(body.get(k) is not None for k in AUTOSCALE_KEYS)
     process = process_to_scale(name, None if requested is None else str(requested),
                                list(_processes(ctl, app)), autoscaling)
-    changes: dict[str, Any] = {}
+    changes: AppChanges = {}
     if autoscaling:
-        auto = _autoscale_settings(body, settings_of(app))
-        changes["autoscale"] = json.dumps(auto)
+        auto = _autoscale_settings(body, settings_of(app["autoscale"]))
+        changes["autoscale"] = auto
         count = max(auto["min"], min(auto["max"], app["scale"].get("web", 1)))
         what = (f"web autoscaled {auto['min']}..{auto['max']} at {auto['concurrency']} "
                 f"in flight per instance, idle {auto['idle']:.0f} s")
@@ -158,7 +157,7 @@ def process_to_scale(app: str, requested: str | None, types: list[str], autoscal
     return requested
 
 
-def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[str, Any]:
+def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> Autoscale:
     base = before or Settings(min=1, max=10, concurrency=20, idle=60)
     lo = int_between(body.get("min", base.min), "min", 0, 100)
     hi = int_between(body.get("max", base.max), "max", 1, 100)
@@ -279,12 +278,22 @@ async def rollback(request: Request) -> Response:
 async def list_deployments(request: Request) -> Response:
     """An app's rollouts, newest first, with the progress of a running one."""
     ctl, name, _ = app_call(request, READ_KINDS, exists=True)
-    rows = ctl.store.deployments(name)
     spec = next((a for a in ctl.store.app_specs() if a.name == name), None)
-    for row in rows:
-        if row["state"] == "RUNNING" and spec is not None:
-            row["updated"], row["wanted"], _ = releases.progress(spec, ctl.store.instances())
+    rows: list[DeploymentRow | RunningDeployment] = []
+    for row in ctl.store.deployments(name):
+        if row["state"] == DeploymentState.RUNNING and spec is not None:
+            updated, wanted, _ = releases.progress(spec, ctl.store.instances())
+            rows.append({**row, "updated": updated, "wanted": wanted})
+        else:
+            rows.append(row)
     return JSONResponse({"deployments": rows})
+
+
+class RunningDeployment(DeploymentRow):
+    """A rollout under way as the API lists it: with its progress."""
+
+    updated: int        # slots running the wanted release
+    wanted: int
 
 
 async def cancel_deploy(request: Request) -> Response:
@@ -296,7 +305,7 @@ async def cancel_deploy(request: Request) -> Response:
     dep = running[0]
     if dep["from_release"] == 0 or dep["from_release"] == dep["to_release"]:
         raise Conflict(f"the running {dep['kind']} of {name} has no earlier release to return to")
-    ctl.store.finish_deployment(dep["id"], "CANCELED")
+    ctl.store.finish_deployment(dep["id"], DeploymentState.CANCELED)
     new = releases.rollback(ctl.store, ctl.blobs, name, dep["from_release"], token.id,
                             f"rollback to v{dep['from_release']} (deploy of "
                             f"v{dep['to_release']} canceled)")
@@ -320,13 +329,13 @@ async def read_logs(request: Request) -> Response:
     if build is not None:
         _owned_build_or_task(ctl, name, build)
 
-    def check() -> list[dict[str, Any]] | bool:
+    def check() -> list[LogRow] | bool:
         lines = ctl.store.read_logs(name, after=after, limit=limit, build=build)
         if lines or build is None:
             return lines
         if build.startswith("t-"):                          # a task's lines
-            return bool(ctl.store.get_task(build)["state"] != "RUNNING")
-        return ctl.store.get_build(build)["state"] in ("STAGED", "FAILED")  # nothing more
+            return ctl.store.get_task(build)["state"] != TaskState.RUNNING
+        return ctl.store.get_build(build)["state"] in BUILD_ENDED  # nothing more
 
     found = await ctl.wait(request, check, logs=True)
     lines = found if isinstance(found, list) else []
@@ -372,7 +381,6 @@ async def get_task(request: Request) -> Response:
     tid = request.path_params["task"]
     task = ctl.store.get_task(tid)
     hide_unless_visible(token, task["app"], NotFound(f"no task {tid}"))
-    await ctl.wait(request, lambda: ctl.store.get_task(task["id"])["state"] != "RUNNING")
+    await ctl.wait(request, lambda: ctl.store.get_task(task["id"])["state"] != TaskState.RUNNING)
     row = ctl.store.get_task(task["id"])
-    del row["payload"]
-    return JSONResponse(row)
+    return JSONResponse({k: v for k, v in row.items() if k != "payload"})

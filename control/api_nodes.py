@@ -24,13 +24,14 @@ from control.errors import (
     NotFound,
 )
 from control.heartbeats import apply_heartbeat, node_text
-from control.model import NODE_DRAINING, NODE_LOST
+from control.model import BuildState, InstanceState, NodeState
 from control.names import (
     process_name_problem,
 )
 from control.policy import sees_infrastructure
 
 log = logging.getLogger("foundry.control")
+KNOWN_STATES = frozenset(InstanceState)
 
 
 async def join(request: Request) -> Response:
@@ -61,13 +62,13 @@ async def list_nodes(request: Request) -> Response:
     if not sees_infrastructure(token.kind, scope_of(token)):
         raise Forbidden("nodes are platform infrastructure: listing them needs an admin "
                         "or an unscoped read token")
-    rows = ctl.store.node_rows()
     instances = ctl.store.instance_rows()
-    for row in rows:
+    nodes = []
+    for row in ctl.store.node_rows():
         mine = [i for i in instances if i["node"] == row["id"]]
-        row["instances"] = len(mine)
-        row["used_mb"] = sum(i["memory_mb"] for i in mine)
-    return JSONResponse({"nodes": rows})
+        nodes.append({**row, "instances": len(mine),
+                      "used_mb": sum(i["memory_mb"] for i in mine)})
+    return JSONResponse({"nodes": nodes})
 
 
 async def node_state(request: Request) -> Response:
@@ -76,10 +77,11 @@ async def node_state(request: Request) -> Response:
     caller = require(request, ctl.store, ("admin",))
     node = ctl.store.get_node(request.path_params["node"])
     body = await json_body(request)
-    state = body.get("state")
-    if state not in ("draining", "ready"):
+    asked = body.get("state")
+    if asked not in (NodeState.DRAINING, NodeState.READY):
         raise BadRequest("state must be draining or ready")
-    if node["state"] == "lost":
+    state = NodeState(asked)
+    if node["state"] == NodeState.LOST:
         raise Conflict(f"node {node['name']} is lost; it becomes ready when it is heard from "
                        "(or `foundry node remove` forgets it)")
     ctl.store.set_node_state(node["id"], state)
@@ -87,11 +89,11 @@ async def node_state(request: Request) -> Response:
     return JSONResponse({"id": node["id"], "state": state})
 
 
-def removal_problem(name: str, state: str, instances: int, force: bool) -> str | None:
+def removal_problem(name: str, state: NodeState, instances: int, force: bool) -> str | None:
     """Why node `name` may not be removed now, or None. A lost node, or a drained one with
     nothing left on it, goes at once; anything else only with `force`, because its
     instances would be cut off from the control plane while they still run."""
-    if force or state == NODE_LOST or (state == NODE_DRAINING and instances == 0):
+    if force or state == NodeState.LOST or (state == NodeState.DRAINING and instances == 0):
         return None
     if instances:
         return (f"node {name} is {state} and still has {instances} instance(s): drain it "
@@ -126,8 +128,13 @@ async def heartbeat(request: Request) -> Response:
     nid = request.path_params["node"]
     require_node(request, ctl.store, nid)
     body = await json_body(request, ctl.config.requests.node_report)
-    if not isinstance(body.get("instances", []), list) or "address" not in body:
+    reported = body.get("instances", [])
+    if not isinstance(reported, list) or "address" not in body:
         raise BadRequest("heartbeat needs address, memory_mb and an instances list")
+    if not all(isinstance(i, dict) and isinstance(i.get("id"), str)
+               and i.get("state") in KNOWN_STATES for i in reported):
+        raise BadRequest("each reported instance needs an id and a state, one of "
+                         + ", ".join(InstanceState))
     apply_heartbeat(ctl.store, nid, body, ctl.asked_to_stop.setdefault(nid, set()))
     return JSONResponse({"ok": True})
 
@@ -151,13 +158,13 @@ async def build_result(request: Request) -> Response:
     build = ctl.store.get_build(request.path_params["build"])
     check_node(token, build["node"] or "")
     body = await json_body(request)
-    if build["state"] != "STAGING":
+    if build["state"] != BuildState.STAGING:
         raise Conflict(f"build {build['id']} is {build['state']}, not STAGING")
     if not body.get("ok"):
         error = str(body.get("error") or "build failed")
-        ctl.store.set_build(build["id"], "FAILED", error=error)
+        ctl.store.set_build(build["id"], BuildState.FAILED, error=error)
         ctl.store.add_event(build["app"], "build-failed", f"build {build['id']}: {error}")
-        return JSONResponse({"state": "FAILED"})
+        return JSONResponse({"state": BuildState.FAILED})
     droplet = str(body.get("droplet", ""))
     ctl.blobs.existing(droplet)
     processes = body.get("processes") or {}
@@ -170,11 +177,11 @@ async def build_result(request: Request) -> Response:
     same = releases.current_if_same(ctl.store, build["app"], build=build["id"],
                                     droplet=droplet, env=env, processes=processes)
     if same is not None:
-        ctl.store.set_build(build["id"], "STAGED", droplet=droplet, pack=body.get("pack"),
-                            processes=processes, release=same)
+        ctl.store.set_build(build["id"], BuildState.STAGED, droplet=droplet,
+                            pack=body.get("pack"), processes=processes, release=same)
         ctl.store.add_event(build["app"], "build-unchanged",
                             f"build {build['id']}: no change, v{same} stays current")
-        return JSONResponse({"state": "STAGED", "release": same})
+        return JSONResponse({"state": BuildState.STAGED, "release": same})
     if processes.get("release"):
         # Release phase first: the release is made only if the command succeeds.
         current = ctl.store.get_app(build["app"])["release"]
@@ -183,14 +190,14 @@ async def build_result(request: Request) -> Response:
             droplet=droplet, env=env, release=current + 1, build=build["id"],
             payload={"droplet": droplet, "env": env, "processes": processes,
                      "pack": body.get("pack")})
-        return JSONResponse({"state": "STAGING", "release_phase": tid})
+        return JSONResponse({"state": BuildState.STAGING, "release_phase": tid})
     version = releases.make_release(
         ctl.store, ctl.blobs, build["app"], droplet=droplet, env=env, processes=processes,
         pack=body.get("pack"), description=f"build {build['id']} ({body.get('pack')})",
         actor=None)
-    ctl.store.set_build(build["id"], "STAGED", droplet=droplet, pack=body.get("pack"),
+    ctl.store.set_build(build["id"], BuildState.STAGED, droplet=droplet, pack=body.get("pack"),
                         processes=processes, release=version)
-    return JSONResponse({"state": "STAGED", "release": version})
+    return JSONResponse({"state": BuildState.STAGED, "release": version})
 
 
 async def task_result(request: Request) -> Response:

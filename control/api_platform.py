@@ -7,7 +7,6 @@ infrastructure tokens only."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -35,10 +34,11 @@ from control.names import (
 from control.policy import MappedRoute, route_claim_problem, scoped_table
 from control.routing import routing_table
 from control.scaling import settings_of
+from control.wire_edge import RouteOptions
 
 
-def _route_options(body: dict[str, Any]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
+def _route_options(body: dict[str, Any]) -> RouteOptions:
+    options: RouteOptions = {}
     if body.get("balance") is not None:
         if body["balance"] not in ("round-robin", "least-in-flight"):
             raise BadRequest("balance must be round-robin or least-in-flight")
@@ -127,10 +127,7 @@ async def list_tokens(request: Request) -> Response:
     """Tokens without their secrets."""
     ctl = control_of(request)
     require(request, ctl.store, ("admin",))
-    rows = ctl.store.list_tokens()
-    for row in rows:
-        row["apps"] = json.loads(row["apps"]) if row["apps"] else None
-    return JSONResponse({"tokens": rows})
+    return JSONResponse({"tokens": ctl.store.list_tokens()})
 
 
 async def revoke_token(request: Request) -> Response:
@@ -163,7 +160,7 @@ async def routes(request: Request) -> Response:
 
 def _table(ctl: Control) -> dict[str, Any]:
     wakeable = frozenset(a["name"] for a in ctl.store.autoscale_rows()
-                         if (s := settings_of(a)) is not None and s.min == 0)
+                         if (s := settings_of(a["autoscale"])) is not None and s.min == 0)
     return dict(routing_table(ctl.store.app_specs(), ctl.store.instance_rows(),
                               ctl.config.domain, ctl.config.api_address,
                               ctl.store.mapped_routes(), wakeable))

@@ -51,11 +51,13 @@ from control.errors import (
     Unauthorized,
     Unprocessable,
 )
+from control.model import BUILD_ENDED
 from control.names import (
     app_name_problem,
     parse_memory,
     process_name_problem,
 )
+from control.rows import AppChanges, BuildOptions
 from control.store import Token
 from control.uploads import check_archive
 from packs import ordered_names
@@ -71,7 +73,7 @@ async def push(request: Request) -> Response:
     if "env" in q or "replace_env" in q:
         raise BadRequest("config vars travel in the request body, not in the URL (where "
                          "logs would keep them); upgrade the foundry CLI")
-    settings: dict[str, Any] = {}
+    settings: AppChanges = {}
     if "instances" in q:
         settings["scale"] = {"web": int_between(q["instances"], "instances", 0, 100)}
     if "memory" in q:
@@ -199,9 +201,9 @@ async def _assemble_source(ctl: Control, body: dict[str, Any], token: Token,
         temp.unlink(missing_ok=True)
 
 
-def _build_options(ctl: Control, q: Any, scope: frozenset[str] | None) -> dict[str, Any]:
+def _build_options(ctl: Control, q: Any, scope: frozenset[str] | None) -> BuildOptions:
     """What the stager is told beyond the source: buildpack, no_cache, commands."""
-    options: dict[str, Any] = {}
+    options: BuildOptions = {}
     if q.get("buildpack"):
         options["buildpack"] = _buildpack(ctl, q["buildpack"], scope)
     if q.get("no_cache") in ("1", "true"):
@@ -245,7 +247,7 @@ def _health_check(text: str) -> str:
     raise BadRequest(f"health check {text!r} must be port, process or http:/PATH")
 
 
-def _save_push_settings(ctl: Control, name: str, settings: dict[str, Any],
+def _save_push_settings(ctl: Control, name: str, settings: AppChanges,
                         env: dict[str, str], replace_env: bool = False) -> bool:
     """Create the app or update it with a push's settings; config vars merge into the
     app's (or, with `replace_env`, replace them; `_check_push_config` has passed them)."""
@@ -377,8 +379,7 @@ async def get_build(request: Request) -> Response:
     bid = request.path_params["build"]
     build = ctl.store.get_build(bid)
     hide_unless_visible(token, build["app"], NotFound(f"no build {bid}"))
-    await ctl.wait(request, lambda: ctl.store.get_build(build["id"])["state"]
-                   in ("STAGED", "FAILED"))
+    await ctl.wait(request, lambda: ctl.store.get_build(build["id"])["state"] in BUILD_ENDED)
     return JSONResponse(ctl.store.get_build(build["id"]))
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from control.model import BUILD_ENDED, BuildState, DeploymentState
+
 DEPLOY_BRANCHES = ("refs/heads/main", "refs/heads/master")
 ZERO = "0" * 40
 # The stager's closing line of a failed build: the hook's refusal says the same, once.
@@ -79,7 +81,7 @@ def follow(api: Api, build: str) -> dict[str, Any]:
     after = 0
     while True:
         state: dict[str, Any] = api.call("GET", f"/v1/builds/{build}")
-        done = state["state"] in ("STAGED", "FAILED")
+        done = state["state"] in BUILD_ENDED
         page = api.call("GET", f"/v1/apps/{api.app}/logs",
                         params={"build": build, "after": after, "wait": 0 if done else 5})
         for line in page["lines"]:
@@ -99,9 +101,9 @@ def wait_rollout(api: Api, release: int, timeout: float = 180) -> dict[str, Any]
         revision = view["revision"]
         deps = [d for d in api.call("GET", f"/v1/apps/{api.app}/deployments")["deployments"]
                 if d["to_release"] == release]
-        if deps and deps[0]["state"] == "SUCCEEDED":
+        if deps and deps[0]["state"] == DeploymentState.SUCCEEDED:
             return view
-        if deps and deps[0]["state"] in ("SUPERSEDED", "CANCELED"):
+        if deps and deps[0]["state"] in (DeploymentState.SUPERSEDED, DeploymentState.CANCELED):
             raise HookError(f"the rollout of v{release} was replaced by a newer change")
     raise HookError(f"v{release} did not start within {timeout:.0f} s")
 
@@ -125,7 +127,7 @@ def deploy(api: Api, commit: str, max_expanded: int) -> None:
             started = api.call("POST", f"/v1/apps/{api.app}/builds", content=body.read())
     say(f"-----> Building {api.app} from {commit[:10]} (build {started['build']})")
     build = follow(api, started["build"])
-    if build["state"] == "FAILED":
+    if build["state"] == BuildState.FAILED:
         after = forget_new_app(api) if started["created"] else \
             "the running release keeps serving"
         raise HookError(f"build failed: {build['error']}; the push is refused and {after}")

@@ -6,12 +6,12 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 
 from control.api import create_app
 from control.config import ControlConfig
+from control.rows import TokenRow
 from control.store import Store
 from control.vault import secure_home
 
@@ -33,7 +33,7 @@ def bootstrap(config: ControlConfig) -> Store:
 ADMIN_TOKEN_FILE = "admin-token"
 
 
-def needs_first_admin(tokens: list[dict[str, Any]], now: float) -> bool:
+def needs_first_admin(tokens: list[TokenRow], now: float) -> bool:
     """No admin token can be used (none made yet, or every one revoked or expired): the
     control plane makes one at start, or nobody could ever mint a token."""
     return not any(t["kind"] == "admin" and not t["revoked"]

@@ -9,11 +9,9 @@ release whose droplet is gone is refused with a reason.
 
 from __future__ import annotations
 
-from typing import Any
-
 from control.blobs import BlobStore
 from control.errors import Conflict
-from control.model import RUNNING, AppSpec, Instance
+from control.model import LIVE_STATES, AppSpec, Instance, InstanceState
 from control.store import Store
 
 KEEP_DROPLETS = 5
@@ -59,7 +57,7 @@ def current_if_same(store: Store, app: str, *, build: str, droplet: str, env: di
 def rollback(store: Store, blobs: BlobStore, app: str, version: int, actor: str | None,
              why: str | None = None) -> int:
     """A new release with the droplet, config vars and processes of release `version`."""
-    old: dict[str, Any] = store.get_release(app, version)
+    old = store.get_release(app, version)
     if not blobs.path(old["droplet"]).exists():
         raise Conflict(f"the droplet of {app} v{version} was pruned (only the last "
                        f"{KEEP_DROPLETS} releases keep theirs)")
@@ -89,9 +87,9 @@ def progress(app: AppSpec, instances: list[Instance]) -> tuple[int, int, bool]:
     """(slots running what the app wants, slots wanted, rollout finished?)."""
     wanted = sum(app.desired_count(p) for p in app.processes)
     mine = [i for i in instances if i.app == app.name and not i.stopping
-            and i.state in ("STARTING", RUNNING)]
+            and i.state in LIVE_STATES]
     done = {(i.process, i.index) for i in mine
-            if i.state == RUNNING and app.current(i.release, i.generation)}
+            if i.state == InstanceState.RUNNING and app.current(i.release, i.generation)}
     stale = any(not app.current(i.release, i.generation) for i in mine)
     updated = sum(1 for p, idx in done if idx < app.desired_count(p))
     return updated, wanted, updated >= wanted and not stale

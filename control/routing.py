@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, cast
 
-from control.model import RUNNING, AppSpec
-from control.wire_edge import Backend, Route, RouteOptions, RouteTable
+from control.model import AppSpec, InstanceState
+from control.rows import InstanceRow, MappedRoute
+from control.wire_edge import Backend, Route, RouteTable
 
 
-def routing_table(apps: list[AppSpec], instances: list[dict[str, Any]], domain: str,
-                  api_address: str | None, mapped: list[dict[str, Any]] | None = None,
+def routing_table(apps: list[AppSpec], instances: list[InstanceRow], domain: str,
+                  api_address: str | None, mapped: list[MappedRoute] | None = None,
                   wakeable: frozenset[str] = frozenset()) -> RouteTable:
     """Build the table and its etag from desired apps and instance rows."""
     backends: dict[str, list[Backend]] = {}
     for row in instances:
-        if row["process"] == "web" and row["state"] == RUNNING and not row["stopping"] \
+        if row["process"] == "web" and row["state"] == InstanceState.RUNNING \
+                and not row["stopping"] \
                 and row["port"]:
             backends.setdefault(row["app"], []).append(
                 {"address": f"{row['address']}:{row['port']}", "instance": row["id"]})
@@ -48,7 +49,7 @@ def routing_table(apps: list[AppSpec], instances: list[dict[str, Any]], domain: 
         if mapped_route["app"] in web:
             app_name = mapped_route["app"]
             extra: Route = {"host": mapped_route["host"], "path": mapped_route["path"],
-                            "app": app_name, "options": _options(mapped_route["options"]),
+                            "app": app_name, "options": mapped_route["options"],
                             "backends": sorted(backends.get(app_name, []),
                                                key=lambda b: b["instance"])}
             if app_name in wakeable:
@@ -56,8 +57,3 @@ def routing_table(apps: list[AppSpec], instances: list[dict[str, Any]], domain: 
             routes.append(extra)
     body = json.dumps(routes, sort_keys=True).encode()
     return {"etag": hashlib.sha256(body).hexdigest()[:16], "routes": routes}
-
-
-def _options(stored: dict[str, Any]) -> RouteOptions:
-    # Stored only by `map-route`, which accepts exactly these keys (api_platform._route_options).
-    return cast(RouteOptions, stored)

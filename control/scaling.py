@@ -11,13 +11,13 @@ and the app's `last_cold_start`.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from control.autoscaler import Sample, Settings, desired_instances
+from control.model import InstanceState
+from control.rows import Autoscale
 from control.store import Store
 
 log = logging.getLogger("foundry.control")
@@ -53,7 +53,7 @@ class Scaling:
     def wake(self, app: str, actor: str | None) -> bool:
         """Bring an app at zero to one instance; False when it is not scaled to zero."""
         row = self.store.get_app(app)
-        settings = settings_of(row)
+        settings = settings_of(row["autoscale"])
         if settings is None or settings.min > 0 or row["scale"].get("web", 1) > 0:
             return app in self.waking
         if app not in self.waking:
@@ -66,7 +66,7 @@ class Scaling:
     def autoscale_once(self) -> None:
         now = self.store.clock()
         for row in self.store.list_apps():
-            settings = settings_of(row)
+            settings = settings_of(row["autoscale"])
             if settings is None:
                 continue
             current = int(row["scale"].get("web", 1))
@@ -85,7 +85,7 @@ class Scaling:
     def _finish_wakes(self, now: float) -> None:
         for app, began in list(self.waking.items()):
             running = [r for r in self.store.instance_rows(app=app)
-                       if r["process"] == "web" and r["state"] == "RUNNING"]
+                       if r["process"] == "web" and r["state"] == InstanceState.RUNNING]
             if not self.store.app_exists(app) or now - began > 300:
                 del self.waking[app]
             elif running:
@@ -95,11 +95,10 @@ class Scaling:
                 self.store.add_event(app, "cold-start", f"woke in {took * 1000:.0f} ms")
 
 
-def settings_of(row: dict[str, Any]) -> Settings | None:
-    raw = row.get("autoscale")
-    if not raw:
+def settings_of(data: Autoscale | None) -> Settings | None:
+    """The autoscaler's settings from an app's stored ones (None: not autoscaled)."""
+    if not data:
         return None
-    data = json.loads(raw) if isinstance(raw, str) else raw
     window = float(data.get("window", 60.0))
     return Settings(min=data["min"], max=data["max"], concurrency=data["concurrency"],
                     idle=data["idle"], stable_window=window, panic_window=window / 10)

@@ -15,12 +15,12 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
-from control.model import NODE_READY, Instance, Node, Placement
+from control.model import Instance, Node, NodeState, Placement
 
 
 def node_is_live(node: Node, now: float, ttl: float) -> bool:
     """A node may receive work when it is ready and has been heard from within `ttl`."""
-    return node.state == NODE_READY and now - node.last_heartbeat <= ttl
+    return node.state == NodeState.READY and now - node.last_heartbeat <= ttl
 
 
 def free_memory(nodes: Iterable[Node], placed: Iterable[Instance]) -> dict[str, int]:
@@ -68,7 +68,7 @@ def _not_ready(nodes: list[Node], now: float) -> str:
     """Why none of `nodes` takes work, e.g. "the only node (a) is draining"."""
     def status(n: Node) -> str:
         # Marked ready but past its TTL: the reconciler marks it lost on this same pass.
-        return "silent" if n.state == NODE_READY else n.state
+        return "silent" if n.state == NodeState.READY else n.state
     if len(nodes) == 1:
         node = nodes[0]
         said = status(node)

@@ -87,3 +87,21 @@ async def test_a_drained_empty_node_is_removed_and_unknown_is_404(control: Contr
                                     json={"state": "draining"})).status_code == 200
     assert (await control.http.delete("/v1/nodes/idle")).status_code == 200
     assert (await control.http.delete("/v1/nodes/idle")).status_code == 404
+
+
+async def test_a_heartbeat_naming_an_unknown_instance_state_changes_nothing(
+        control: Control) -> None:
+    nid, token = await joined(control, "n")
+    control.store.create_app("web")
+    control.store.create_release("web", droplet="d", env={}, processes={"web": "run"},
+                                 pack=None, description="test")
+    converge_once(control.store, Policy())
+    [row] = control.store.instance_rows(app="web")
+    report = [{"id": row["id"], "app": "web", "state": "EXPLODED", "port": 1}]
+    async with control.client(token) as node:
+        r = await node.post(f"/v1/nodes/{nid}/heartbeat", json={**BEAT, "instances": report})
+    assert r.status_code == 400
+    assert r.json()["error"] == ("each reported instance needs an id and a state, one of "
+                                 "STARTING, RUNNING, STOPPING, STOPPED, CRASHED")
+    [after] = control.store.instance_rows(app="web")
+    assert after == row

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from control.store import SCHEMA, Store
+from control.store import Store
 from control.vault import Keys, VaultError, render_keyring
 from tests.component.conftest import Control
 
+# The schema as databases were made before versioned migrations (and before encryption).
+MAIN_SCHEMA = Path(__file__).parent / "fixtures" / "store_main_schema.sql"
 SECRET = "s3cr3t-zebra-7d1f0c"
 DROPLET = "0" * 64
 
@@ -71,7 +73,7 @@ def old_home(home: Path) -> Path:
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA secure_delete=OFF")       # SQLite's own default; Debian's is ON
-    conn.executescript(SCHEMA)
+    conn.executescript(MAIN_SCHEMA.read_text())
     env = json.dumps({"API_KEY": SECRET})
     conn.execute("INSERT INTO apps (name, env, release, created_at, updated_at) "
                  "VALUES ('old', ?, 1, 0, 0)", [env])

@@ -6,11 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from control.model import NODE_DRAINING, NODE_LOST, AppSpec, Instance, Node, Placement
+from control.model import AppSpec, Instance, Node, NodeState, Placement
 from control.reconciler import reconcile
 from control.scheduler import pick_stager, place
 
 NOW = 100.0
+LOST, DRAINING = NodeState.LOST, NodeState.DRAINING
 
 
 def want(n: int, app: str = "a", mem: int = 256) -> list[Placement]:
@@ -39,7 +40,7 @@ def test_counts_memory_already_placed() -> None:
 
 
 def test_never_places_on_lost_or_silent_nodes() -> None:
-    nodes = [Node("n1", "1", 4096, NOW, NODE_LOST), Node("n2", "2", 4096, NOW - 20)]
+    nodes = [Node("n1", "1", 4096, NOW, LOST), Node("n2", "2", 4096, NOW - 20)]
     done, failed = place(nodes, [], want(2), NOW, 15)
     assert not done
     assert len(failed) == 2
@@ -69,21 +70,21 @@ def on(node: Node, app: str = "other", mem: int = 256, index: int = 0) -> Instan
 
 @pytest.mark.parametrize(("nodes", "placed", "mem", "reason"), [
     ([], [], 256, "no node has joined (start one with `foundry node join`)"),
-    ([Node("n1", "a", 1024, NOW, NODE_LOST)], [], 256,
+    ([Node("n1", "a", 1024, NOW, LOST)], [], 256,
      "no ready node: the only node (a) is lost"),
     ([Node("n1", "a", 1024, NOW - 20)], [], 256,
      "no ready node: the only node (a) is silent (no heartbeat for 20 s)"),
-    ([Node("n1", "a", 1024, NOW, NODE_LOST), Node("n2", "b", 1024, NOW, NODE_LOST)], [], 256,
+    ([Node("n1", "a", 1024, NOW, LOST), Node("n2", "b", 1024, NOW, LOST)], [], 256,
      "no ready node: all 2 nodes are out: 2 lost"),
     # The case: the only node drains with 768 MiB free; memory is not the reason.
-    ([Node("n1", "a", 1024, NOW, NODE_DRAINING)], [on(A)], 256,
+    ([Node("n1", "a", 1024, NOW, DRAINING)], [on(A)], 256,
      "no ready node: the only node (a) is draining"),
-    ([Node("n1", "a", 1024, NOW, NODE_DRAINING), Node("n2", "b", 1024, NOW, NODE_DRAINING),
-      Node("n3", "c", 1024, NOW, NODE_LOST)], [], 256,
+    ([Node("n1", "a", 1024, NOW, DRAINING), Node("n2", "b", 1024, NOW, DRAINING),
+      Node("n3", "c", 1024, NOW, LOST)], [], 256,
      "no ready node: all 3 nodes are out: 2 draining, 1 lost"),
     ([A], [on(A, mem=768)], 512,
      "it needs 512 MiB and the most any ready node has free is 256 MiB (node a, 1024 MiB in all)"),
-    ([A, B, Node("n3", "c", 8192, NOW, NODE_DRAINING)], [on(A, mem=768), on(B, mem=1536)], 1000,
+    ([A, B, Node("n3", "c", 8192, NOW, DRAINING)], [on(A, mem=768), on(B, mem=1536)], 1000,
      "it needs 1000 MiB and the most any ready node has free is 512 MiB (node b, 2048 MiB in all)"),
 ])
 def test_an_unplaced_instance_says_why(nodes: list[Node], placed: list[Instance], mem: int,
@@ -108,7 +109,7 @@ def test_spreading_never_leaves_an_instance_unplaced(nodes: list[Node],
 
 def test_draining_the_only_node_reports_draining_through_the_reconciler() -> None:
     app = AppSpec("a", True, 1, {"web": "run"}, {"web": 1}, 256)
-    node = Node("n1", "a", 1024, NOW, NODE_DRAINING)
+    node = Node("n1", "a", 1024, NOW, DRAINING)
     plan = reconcile([app], [Instance("i0", "a", "web", 0, 1, "n1", "RUNNING")], [node], NOW)
     assert not plan.start
     assert not plan.stop
