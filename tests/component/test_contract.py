@@ -31,6 +31,7 @@ import edge.wire
 import node.wire
 from control import converge, releases, tasks
 from control.blobs import BlobStore
+from control.model import InstanceState
 from control.reconciler import Policy
 from edge.routesync import RouteSync
 from node.agent import Agent, NodeConfig
@@ -255,7 +256,7 @@ async def test_the_edge_parses_the_route_table_control_sends(control: Control,
                           actor=None)
     store.add_instance(app="shop", process="web", index=0, release=1, node=nid, memory_mb=64,
                        restarts=0, work_seq=0, iid="i-1", generation=0)
-    store.update_instance("i-1", state="RUNNING", port=4100, address="10.0.0.7")
+    store.update_instance("i-1", state=InstanceState.RUNNING, port=4100, address="10.0.0.7")
     store.map_route("shop", "www.example.test", "/shop",
                     {"balance": "least-in-flight", "timeout": 30, "sticky": False})
     _, token = store.create_token("edge")

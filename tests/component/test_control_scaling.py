@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from control.model import InstanceState
 from control.scaling import Scaling
 from tests.component.conftest import Control
 
@@ -70,7 +71,7 @@ async def test_cold_start_is_measured_when_the_first_instance_runs(control: Cont
     nid = control.store.add_node("n", "127.0.0.1", 1024, "plain")
     control.store.add_instance(app="lazy", process="web", index=0, release=1, node=nid,
                                memory_mb=256, restarts=0, work_seq=1, iid="lazy-web-0-x")
-    control.store.update_instance("lazy-web-0-x", state="RUNNING")
+    control.store.update_instance("lazy-web-0-x", state=InstanceState.RUNNING)
     s.autoscale_once()
     view = (await control.http.get("/v1/apps/lazy")).json()
     assert view["last_cold_start"] == 0.4

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from control.model import BuildState, InstanceState
 from tests.component.conftest import Control, tarball
 
 BIG = b"SECRET_KEY=alice-only\n" + b"#" * (70 * 1024)          # over the 64 KiB pool minimum
@@ -106,7 +107,7 @@ def run_instance(control: Control, app: str, address: str) -> None:
     iid = f"i-{app}"
     control.store.add_instance(app=app, process="web", index=0, release=1, node="n-1",
                                memory_mb=64, restarts=0, work_seq=0, iid=iid)
-    control.store.update_instance(iid, state="RUNNING", address=address, port=5000)
+    control.store.update_instance(iid, state=InstanceState.RUNNING, address=address, port=5000)
 
 
 async def test_routes_listing_holds_only_the_tokens_apps_without_addresses(
@@ -231,7 +232,7 @@ async def test_a_token_cannot_learn_of_or_obtain_another_apps_file(control: Cont
         assert (await m.post("/v1/resources/match", json={"resources": []})).status_code == 400
         assert (await m.post("/v1/resources/match", params={"app": "alice"},
                              json={"resources": []})).status_code == 403
-    assert control.store.builds_in("QUEUED")[-1]["app"] == "alice"
+    assert control.store.builds_in(BuildState.QUEUED)[-1]["app"] == "alice"
     assert not control.store.app_exists("mallory")
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from control.store import Store
 from control.vault import Keys, VaultError, render_keyring
+from control.wire_node import StartPayload
 from tests.component.conftest import Control
 
 # The schema as databases were made before versioned migrations (and before encryption).
@@ -43,8 +44,10 @@ async def test_config_vars_never_reach_the_database_in_the_clear(control: Contro
     assert r.json()["release"] == 2
     assert (await control.http.get("/v1/apps/vaulted/env")).json()["env"] == {"API_KEY": SECRET}
     assert store.get_release("vaulted", 2)["env"] == {"API_KEY": SECRET}
-    store.enqueue("n-1", "start", {"app": "vaulted", "env": {"API_KEY": SECRET}})
-    assert store.work_after("n-1", 0)[0]["env"] == {"API_KEY": SECRET}
+    store.enqueue("n-1", "start", StartPayload(
+        instance="i-1", app="vaulted", process="web", index=0, release=2, droplet="d",
+        command="run", env={"API_KEY": SECRET}, memory_mb=64, health_check="port"))
+    assert started_env(store) == {"API_KEY": SECRET}
     tid = store.create_task("vaulted", "run", "true", "n-1", payload={"env": {"API_KEY": SECRET}})
     assert store.get_task(tid)["payload"]["env"] == {"API_KEY": SECRET}
 
@@ -93,13 +96,20 @@ def old_home(home: Path) -> Path:
     return db
 
 
+def started_env(store: Store) -> dict[str, str]:
+    """The env of node n-1's first queued item, which the test made a start."""
+    item = store.work_after("n-1", 0)[0]
+    assert item["kind"] == "start"
+    return item["env"]
+
+
 def test_a_home_from_before_encryption_keeps_working_and_ends_up_sealed(tmp_path: Path) -> None:
     db = old_home(tmp_path / "home")
     store = Store(db)
     try:
         assert store.get_app("old")["env"] == {"API_KEY": SECRET}
         assert store.get_release("old", 1)["env"] == {"API_KEY": SECRET}
-        assert store.work_after("n-1", 0)[0]["env"] == {"API_KEY": SECRET}
+        assert started_env(store) == {"API_KEY": SECRET}
         assert store.get_task("t-1")["payload"]["env"] == {"API_KEY": SECRET}
         assert labels(store) == {store.keyring.keys.current}
         assert sum(len(rows) for rows in store.sealed_labels().values()) == 4

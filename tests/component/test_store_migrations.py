@@ -91,7 +91,8 @@ def test_a_database_from_before_versioning_keeps_its_data_and_reaches_the_latest
             "python",
         )
         token = store.authenticate(DEPLOY_SECRET)
-        assert token is not None and (token.kind, token.apps) == ("deploy", ("old",))
+        assert token is not None
+        assert (token.kind, token.apps) == ("deploy", ("old",))
         assert [(t["label"], t["apps"]) for t in store.list_tokens()] == [("ci", ["old"])]
         [node] = store.node_rows()
         assert (node["name"], node["state"], node["seccomp"]) == ("n1", NodeState.READY, "strict")
@@ -114,7 +115,8 @@ def test_opening_twice_changes_nothing(tmp_path: Path) -> None:
     Store(db).close()
     schema = columns(db)
     Store(db).close()
-    assert versions(db) == list(range(1, LATEST + 1)) and columns(db) == schema
+    assert versions(db) == list(range(1, LATEST + 1))
+    assert columns(db) == schema
     conn = sqlite3.connect(db, isolation_level=None)
     try:
         assert migrate(conn, 0.0, str(db)) == []
@@ -150,7 +152,8 @@ def test_a_database_from_before_the_seccomp_column_gets_it(tmp_path: Path) -> No
     store = Store(db)
     try:
         [node] = store.node_rows()
-        assert node["seccomp"] is None and node["name"] == "n1"
+        assert node["seccomp"] is None
+        assert node["name"] == "n1"
     finally:
         store.close()
 

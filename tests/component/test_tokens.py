@@ -8,6 +8,7 @@ import tarfile
 
 import pytest
 
+from control.model import BuildState
 from tests.component.conftest import Control
 
 
@@ -71,7 +72,7 @@ async def test_a_use_limited_deploy_token_pushes_once(control: Control) -> None:
     async with control.client(token) as c:
         assert (await c.post("/v1/apps/once/builds", content=tarball())).status_code == 201
         assert (await c.post("/v1/apps/once/builds", content=tarball())).status_code == 401
-    assert len(control.store.builds_in("QUEUED")) == 1
+    assert len(control.store.builds_in(BuildState.QUEUED)) == 1
 
 
 @pytest.mark.parametrize("kind", ["deploy", "edge", "join"])

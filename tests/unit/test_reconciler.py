@@ -252,7 +252,8 @@ def test_never_two_live_current_instances_in_one_slot_after_plan(
         started = [p for p in plan.start if p.index == index]
         assert len(live_current) + len(started) <= 1
         if index >= scale:
-            assert not live_current and not started
+            assert not live_current
+            assert not started
 
 
 state_strategy = st.lists(st.tuples(st.integers(0, 5), st.sampled_from(STATES),

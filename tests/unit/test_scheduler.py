@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from control.model import AppSpec, Instance, Node, NodeState, Placement
+from control.model import AppSpec, Instance, InstanceState, Node, NodeState, Placement
 from control.reconciler import reconcile
 from control.scheduler import pick_stager, place
 
@@ -51,7 +51,7 @@ def test_never_places_on_lost_or_silent_nodes() -> None:
                 min_size=1, max_size=5), st.integers(0, 10), st.integers(64, 1024))
 def test_placements_fit_and_avoid_dead_nodes(specs: list[tuple[int, int, bool]], count: int,
                                              mem: int) -> None:
-    nodes = [Node(f"n{i}", str(i), m, NOW - age, "lost" if lost else "ready")
+    nodes = [Node(f"n{i}", str(i), m, NOW - age, LOST if lost else NodeState.READY)
              for i, (m, age, lost) in enumerate(specs)]
     done, failed = place(nodes, [], want(count, mem=mem), NOW, 15)
     assert len(done) + len(failed) == count
@@ -110,7 +110,8 @@ def test_spreading_never_leaves_an_instance_unplaced(nodes: list[Node],
 def test_draining_the_only_node_reports_draining_through_the_reconciler() -> None:
     app = AppSpec("a", True, 1, {"web": "run"}, {"web": 1}, 256)
     node = Node("n1", "a", 1024, NOW, DRAINING)
-    plan = reconcile([app], [Instance("i0", "a", "web", 0, 1, "n1", "RUNNING")], [node], NOW)
+    running = Instance("i0", "a", "web", 0, 1, "n1", InstanceState.RUNNING)
+    plan = reconcile([app], [running], [node], NOW)
     assert not plan.start
     assert not plan.stop
     assert [p.reason for p in plan.unplaced] == ["no ready node: the only node (a) is draining"]
