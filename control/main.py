@@ -1,18 +1,22 @@
-"""Runs the control plane: opens the store and serves the API with uvicorn."""
+"""Runs the control plane: opens the store and serves the API with uvicorn; and the
+control-side work of its commands (choosing TLS, rotating the config-var key)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from control.api import create_app
+from control.client import CLIError
 from control.config import ControlConfig
 from control.store import Store
+from control.tls import TLS, default_names, self_signed
 from control.vault import secure_home
 
 log = logging.getLogger("control")
@@ -68,3 +72,50 @@ def run(config: ControlConfig, announce: Callable[[Path | None], None] | None = 
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
                 timeout_graceful_shutdown=3, **tls)  # type: ignore[arg-type]
     store.close()
+
+
+def pick_tls(home: Path, host: str, tls: bool, cert: Path | None, key: Path | None
+             ) -> TLS | None:
+    """The certificate to serve HTTPS with: the files given, else (with --tls) a
+    self-signed one made on first start under the home; None: plain HTTP."""
+    if cert or key:
+        if not (cert and key and cert.is_file() and key.is_file()):
+            raise CLIError("--tls-cert and --tls-key must both name readable files")
+        return TLS(cert, key)
+    return self_signed(home / "tls", default_names(host)) if tls else None
+
+
+def default_apps_url(domain: str, edge_port: int) -> str:
+    """Where users reach apps: the edge's port in the URL unless it is HTTP's own."""
+    return f"http://{{app}}.{domain}" + ("" if edge_port == 80 else f":{edge_port}")
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What `foundry rotate-key` did."""
+
+    label: str          # the key every value is now sealed with
+    sealed: int         # values under it
+    dropped: list[str]  # keys removed from the keyring
+    keyring: Path
+
+
+def rotate_key(home: Path, keyring: Path | None, new_key: bool) -> Rotation:
+    """Reseal every config var under a new (or, without `new_key`, the current) key, then
+    drop the keys nothing uses; CLIError when values under another key remain."""
+    if not (home / "foundry.db").is_file():
+        raise CLIError(f"no control plane database in {home} (give --home)")
+    store = Store(home / "foundry.db", keyring=keyring)
+    try:
+        label = store.keyring.add_current() if new_key else store.keyring.keys.current
+        store.reseal()
+        dropped = store.drop_unused_keys()
+        sealed = store.sealed_labels()
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        store.close()
+    others = sorted(set(sealed) - {label})
+    if others:      # written meanwhile by a control plane that had not seen the new key yet
+        raise CLIError(f"values under key(s) {', '.join(others)} remain; run rotate-key "
+                       "--no-new-key again")
+    return Rotation(label, len(sealed.get(label, [])), dropped, store.keyring.path)

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 import typing
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +39,11 @@ def commands(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, 
 
 
 def annotation(cmd: Any, param: Any) -> Any:
-    """The Python type a parameter was declared with (typer builds params from hints)."""
-    return typing.get_type_hints(inspect.unwrap(cmd.callback)).get(param.name)
+    """The Python type a parameter was declared with (typer builds params from hints), seen
+    through `X | None` (an option without a default is declared that way)."""
+    hint = typing.get_type_hints(inspect.unwrap(cmd.callback)).get(param.name)
+    given = [a for a in typing.get_args(hint) if a is not type(None)]
+    return given[0] if isinstance(hint, types.UnionType) and len(given) == 1 else hint
 
 
 def filler(cmd: Any, param: Any) -> list[str]:
