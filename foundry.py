@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from control import views
-from control.client import Api, CLIError, foundry_home
+from control.client import Api, CLIError, foundry_home, split_listen
 from control.deploy import PushOptions, plan_push, push_all
 from control.follow import finish, follow_task, log_lines, watch_rollout
 from control.upprocs import die_with_up
@@ -477,15 +477,9 @@ def tokens_revoke(token_id: str) -> None:
 
 
 # --- roles --------------------------------------------------------------------------
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not port.isdigit():
-        raise CLIError(f"--listen {listen!r} must look like HOST:PORT")
-    return host or "127.0.0.1", int(port)
-
-
 @app.command()
 def control(
+    ctx: typer.Context,
     home: Annotated[Path | None, typer.Option(help="state directory")] = None,
     listen: Annotated[str, typer.Option()] = "127.0.0.1:7070",
     domain: Annotated[str, typer.Option()] = "localhost",
@@ -516,41 +510,15 @@ def control(
 ) -> None:
     """Run the control plane; its first start writes an admin token into its home."""
     die_with_up()
-    import socket
+    from control.main import banner, options_config, run
 
-    from control.config import ControlConfig
-    from control.main import default_apps_url, pick_tls, run
-    from control.reconciler import Policy
-
-    host, port = split_listen(listen)
-    home = foundry_home(home) / "control" if home is None else home
-    os.umask(0o077)     # the home is private from its first file on (the TLS key included)
-    cert = pick_tls(home, host, tls, tls_cert, tls_key)
-    apps_url = apps_url or default_apps_url(domain, edge_port)
-    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    config = options_config(**ctx.params)
 
     def announce(created: Path | None) -> None:
-        typer.echo(f"Foundry control plane (home {home})")
-        typer.echo(f"  API:         {'https' if cert else 'http'}://{shown}:{port}  "
-                   f"(listening on {host}:{port})")
-        typer.echo(f"  Apps:        {apps_url}")
-        if cert:
-            typer.echo(f"  Certificate: {cert.cert}  fingerprint {cert.fingerprint}")
-        if created:
-            typer.echo(f"  Admin token: {created}  (made now, readable only by you; "
-                       "mint other tokens with it, then keep it safe)")
-        elif (home / "admin-token").exists():
-            typer.echo(f"  Admin token: {home / 'admin-token'}")
+        typer.echo("\n".join(banner(config, created)))
         sys.stdout.flush()
 
-    policy = Policy(immediate_restarts=immediate_restarts, backoff_base=backoff,
-                    backoff_max=backoff_max, give_up_after=give_up_after,
-                    reset_after=healthy_reset, node_ttl=node_ttl)
-    run(ControlConfig(home=home, domain=domain, host=host, port=port, apps_url=apps_url,
-                      api_address=api_address or f"{host}:{port}", keyring=keyring,
-                      tls_cert=cert.cert if cert else None, tls_key=cert.key if cert else None,
-                      tls_fingerprint=cert.fingerprint if cert else None, policy=policy),
-        announce)
+    run(config, announce)
 
 
 @app.command("rotate-key")

@@ -53,6 +53,14 @@ def foundry_home(home: Path | None = None, env: Mapping[str, str] | None = None)
     return (home or Path(env.get("FOUNDRY_HOME") or Path.home() / ".foundry")).expanduser()
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """--listen HOST:PORT (HOST defaults to 127.0.0.1)."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise CLIError(f"--listen {listen!r} must look like HOST:PORT")
+    return host or "127.0.0.1", int(port)
+
+
 def ca_verify(env: Mapping[str, str] | None = None) -> ssl.SSLContext | bool:
     """Trust FOUNDRY_CA (e.g. a self-signed control plane's cert.pem) when it is set."""
     ca = (os.environ if env is None else env).get("FOUNDRY_CA")

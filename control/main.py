@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 import uvicorn
 
 from control.api import create_app
-from control.client import CLIError
+from control.client import CLIError, foundry_home, split_listen
 from control.config import ControlConfig
+from control.reconciler import Policy
 from control.store import Store
 from control.tls import TLS, default_names, self_signed
 from control.vault import secure_home
@@ -83,6 +85,46 @@ def pick_tls(home: Path, host: str, tls: bool, cert: Path | None, key: Path | No
             raise CLIError("--tls-cert and --tls-key must both name readable files")
         return TLS(cert, key)
     return self_signed(home / "tls", default_names(host)) if tls else None
+
+
+def options_config(*, home: Path | None, listen: str, domain: str, api_address: str | None,
+                   apps_url: str | None, edge_port: int, tls: bool, tls_cert: Path | None,
+                   tls_key: Path | None, node_ttl: float, immediate_restarts: int,
+                   backoff: float, backoff_max: float, give_up_after: int,
+                   healthy_reset: float, keyring: Path | None) -> ControlConfig:
+    """`foundry control`'s options as the control plane's config; CLIError for bad ones."""
+    host, port = split_listen(listen)
+    home = foundry_home() / "control" if home is None else home
+    os.umask(0o077)     # the home is private from its first file on (the TLS key included)
+    cert = pick_tls(home, host, tls, tls_cert, tls_key)
+    return ControlConfig(
+        home=home, domain=domain, host=host, port=port, keyring=keyring,
+        api_address=api_address or f"{host}:{port}",
+        apps_url=apps_url or default_apps_url(domain, edge_port),
+        tls_cert=cert.cert if cert else None, tls_key=cert.key if cert else None,
+        tls_fingerprint=cert.fingerprint if cert else None,
+        policy=Policy(immediate_restarts=immediate_restarts, backoff_base=backoff,
+                      backoff_max=backoff_max, give_up_after=give_up_after,
+                      reset_after=healthy_reset, node_ttl=node_ttl))
+
+
+def banner(config: ControlConfig, created: Path | None) -> list[str]:
+    """What `foundry control` says once its store is open (`created`: the admin token file
+    this start wrote, if any)."""
+    scheme = "https" if config.tls_cert else "http"
+    shown = socket.gethostname() if config.host in ("0.0.0.0", "::", "") else config.host
+    lines = [f"Foundry control plane (home {config.home})",
+             f"  API:         {scheme}://{shown}:{config.port}  "
+             f"(listening on {config.host}:{config.port})",
+             f"  Apps:        {config.apps_url}"]
+    if config.tls_cert:
+        lines.append(f"  Certificate: {config.tls_cert}  fingerprint {config.tls_fingerprint}")
+    if created:
+        lines.append(f"  Admin token: {created}  (made now, readable only by you; "
+                     "mint other tokens with it, then keep it safe)")
+    elif (config.home / ADMIN_TOKEN_FILE).exists():
+        lines.append(f"  Admin token: {config.home / ADMIN_TOKEN_FILE}")
+    return lines
 
 
 def default_apps_url(domain: str, edge_port: int) -> str:
