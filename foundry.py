@@ -38,7 +38,7 @@ Wait = Annotated[bool, typer.Option("--wait/--no-wait",
 Keyring = Annotated[Path | None, typer.Option(
     envvar="FOUNDRY_KEYRING", help="file of the keys that seal config vars (default: "
     "keyring.json in the home, made on first start)")]
-Route = Annotated[str, typer.Argument(help="HOST[/PATH]")]
+Route = Annotated[str, typer.Argument(help=r"HOST\[/PATH]")]  # \[: not rich markup
 
 
 def foundry_version() -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import typer.main
+from typer.testing import CliRunner
 
 import foundry
 
@@ -110,3 +111,14 @@ def test_bad_arguments_get_one_line(args: tuple[str, ...],
     assert done.returncode != 0, done.stdout
     assert "Traceback" not in done.stderr + done.stdout
     assert len(lines) == 1 and lines[0].startswith("foundry: ") and lines[0][9:].strip(), lines
+
+
+HELPS = [path for path, _ in commands(typer.main.get_command(foundry.app))]
+
+
+@pytest.mark.parametrize("path", HELPS, ids=lambda path: " ".join(path) or "foundry")
+def test_every_help_is_shown(path: tuple[str, ...]) -> None:
+    # help text is rich markup to typer: "[/PATH]" once made `map-route --help` a traceback
+    done = CliRunner().invoke(foundry.app, [*path, "--help"])
+    assert done.exit_code == 0 and done.exception is None, done.output
+    assert "Usage:" in done.output
