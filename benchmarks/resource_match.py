@@ -21,14 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, Foundry
-from foundry import (
-    Api,
-    follow_build,
-    pack_source,
-    scan_resources,
-    send_listing,
-    upload_files,
-)
+from control.client import Api
+from control.follow import follow_build
+from control.sources import pack_source, scan_resources, send_listing, upload_files
+from foundry import Console
 
 
 def make_app(root: Path, files: int) -> None:
@@ -44,10 +40,10 @@ def push_counted(api: Api, name: str, directory: Path) -> dict[str, int]:
     found = scan_resources(directory)
     assert found is not None
     listing, missing, listing_bytes = send_listing(api, name, found)
-    files_bytes = upload_files(api, name, directory, found, missing)
+    files_bytes = upload_files(api, name, directory, found, missing, Console())
     build_body = {"listing": listing}
     started = api.request("POST", f"/v1/apps/{name}/builds", json=build_body, timeout=600)
-    assert follow_build(api, name, started["build"])["state"] == "STAGED"
+    assert follow_build(api, name, started["build"], Console())["state"] == "STAGED"
     return {"listing_delta_bytes": listing_bytes, "file_tar_bytes": files_bytes,
             "build_request_bytes": len(json.dumps(build_body)),
             "total": listing_bytes + files_bytes + len(json.dumps(build_body))}

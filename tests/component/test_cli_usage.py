@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 import typing
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 import typer.main
+from typer.testing import CliRunner
 
 import foundry
 
@@ -38,8 +40,11 @@ def commands(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, 
 
 
 def annotation(cmd: Any, param: Any) -> Any:
-    """The Python type a parameter was declared with (typer builds params from hints)."""
-    return typing.get_type_hints(inspect.unwrap(cmd.callback)).get(param.name)
+    """The Python type a parameter was declared with (typer builds params from hints), seen
+    through `X | None` (an option without a default is declared that way)."""
+    hint = typing.get_type_hints(inspect.unwrap(cmd.callback)).get(param.name)
+    given = [a for a in typing.get_args(hint) if a is not type(None)]
+    return given[0] if isinstance(hint, types.UnionType) and len(given) == 1 else hint
 
 
 def filler(cmd: Any, param: Any) -> list[str]:
@@ -108,3 +113,15 @@ def test_bad_arguments_get_one_line(args: tuple[str, ...],
     assert len(lines) == 1, lines
     assert lines[0].startswith("foundry: "), lines
     assert lines[0][9:].strip(), lines
+
+
+HELPS = [path for path, _ in commands(typer.main.get_command(foundry.app))]
+
+
+@pytest.mark.parametrize("path", HELPS, ids=lambda path: " ".join(path) or "foundry")
+def test_every_help_is_shown(path: tuple[str, ...]) -> None:
+    # help text is rich markup to typer: "[/PATH]" once made `map-route --help` a traceback
+    done = CliRunner().invoke(foundry.app, [*path, "--help"])
+    assert done.exit_code == 0, done.output
+    assert done.exception is None, done.output
+    assert "Usage:" in done.output
