@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, Foundry
-from control.client import Api
-from control.follow import follow_build
-from control.sources import pack_source, scan_resources, send_listing, upload_files
-from foundry import Console
+from control.cli.client import Api
+from control.cli.common import Console
+from control.cli.follow import follow_build
+from control.cli.sources import pack_source, scan_resources, send_listing, upload_files
 
 
 def make_app(root: Path, files: int) -> None:

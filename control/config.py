@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from control.errors import BadOption
 from control.limits import RequestLimits
 from control.reconciler import Policy
 from control.uploads import ArchiveLimits
@@ -37,3 +40,17 @@ class ControlConfig:
     @property
     def db_path(self) -> Path:
         return self.home / "foundry.db"
+
+
+def foundry_home(home: Path | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """The home given, else $FOUNDRY_HOME, else ~/.foundry."""
+    env = os.environ if env is None else env
+    return (home or Path(env.get("FOUNDRY_HOME") or Path.home() / ".foundry")).expanduser()
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """--listen HOST:PORT (HOST defaults to 127.0.0.1)."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise BadOption(f"--listen {listen!r} must look like HOST:PORT")
+    return host or "127.0.0.1", int(port)

@@ -13,8 +13,8 @@ from pathlib import Path
 import uvicorn
 
 from control.api import create_app
-from control.client import CLIError, foundry_home, split_listen
-from control.config import ControlConfig
+from control.config import ControlConfig, foundry_home, split_listen
+from control.errors import BadOption
 from control.reconciler import Policy
 from control.rows import TokenRow
 from control.store import Store
@@ -82,7 +82,7 @@ def pick_tls(home: Path, host: str, tls: bool, cert: Path | None, key: Path | No
     self-signed one made on first start under the home; None: plain HTTP."""
     if cert or key:
         if not (cert and key and cert.is_file() and key.is_file()):
-            raise CLIError("--tls-cert and --tls-key must both name readable files")
+            raise BadOption("--tls-cert and --tls-key must both name readable files")
         return TLS(cert, key)
     return self_signed(home / "tls", default_names(host)) if tls else None
 
@@ -92,7 +92,7 @@ def options_config(*, home: Path | None, listen: str, domain: str, api_address: 
                    tls_key: Path | None, node_ttl: float, immediate_restarts: int,
                    backoff: float, backoff_max: float, give_up_after: int,
                    healthy_reset: float, keyring: Path | None) -> ControlConfig:
-    """`foundry control`'s options as the control plane's config; CLIError for bad ones."""
+    """`foundry control`'s options as the control plane's config; BadOption for bad ones."""
     host, port = split_listen(listen)
     home = foundry_home() / "control" if home is None else home
     os.umask(0o077)     # the home is private from its first file on (the TLS key included)
@@ -144,9 +144,9 @@ class Rotation:
 
 def rotate_key(home: Path, keyring: Path | None, new_key: bool) -> Rotation:
     """Reseal every config var under a new (or, without `new_key`, the current) key, then
-    drop the keys nothing uses; CLIError when values under another key remain."""
+    drop the keys nothing uses; BadOption when values under another key remain."""
     if not (home / "foundry.db").is_file():
-        raise CLIError(f"no control plane database in {home} (give --home)")
+        raise BadOption(f"no control plane database in {home} (give --home)")
     store = Store(home / "foundry.db", keyring=keyring)
     try:
         label = store.keyring.add_current() if new_key else store.keyring.keys.current
@@ -158,6 +158,6 @@ def rotate_key(home: Path, keyring: Path | None, new_key: bool) -> Rotation:
         store.close()
     others = sorted(set(sealed) - {label})
     if others:      # written meanwhile by a control plane that had not seen the new key yet
-        raise CLIError(f"values under key(s) {', '.join(others)} remain; run rotate-key "
+        raise BadOption(f"values under key(s) {', '.join(others)} remain; run rotate-key "
                        "--no-new-key again")
     return Rotation(label, len(sealed.get(label, [])), dropped, store.keyring.path)

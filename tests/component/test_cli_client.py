@@ -18,14 +18,14 @@ import httpx
 import pytest
 from starlette.types import ASGIApp
 
-from control import views
 from control.api import create_app
-from control.client import Api, CLIError, reason
+from control.cli import views
+from control.cli.client import Api, CLIError, reason
+from control.cli.deploy import PushJob, apply_manifest, current_routes, show_strict_diff
+from control.cli.follow import log_lines
+from control.cli.sources import listing_cache, scan_resources, send_listing
 from control.config import ControlConfig
-from control.deploy import PushJob, apply_manifest, current_routes, show_strict_diff
-from control.follow import log_lines
 from control.manifest import parse_manifest
-from control.sources import listing_cache, scan_resources, send_listing
 from control.store import Store
 
 

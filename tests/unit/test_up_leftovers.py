@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from control.upprocs import ProcSeen, leftovers
+from control.cli.upprocs import ProcSeen, leftovers
 
 HOME = Path("/srv/foundry")
 

@@ -23,19 +23,9 @@ from typing import Any
 
 import httpx
 
-from control.client import Api, CLIError, Reporter
-from control.follow import finish, follow_build
-from control.manifest import (
-    AppManifest,
-    AppNow,
-    ManifestError,
-    StrictDiff,
-    parse_manifest,
-    strict_changes,
-    strict_diff,
-)
-from control.names import app_name_problem, parse_memory
-from control.sources import (
+from control.cli.client import Api, CLIError, Reporter
+from control.cli.follow import finish, follow_build
+from control.cli.sources import (
     default_app_name,
     ignore_patterns,
     ignored,
@@ -46,6 +36,16 @@ from control.sources import (
     upload_chunks,
     upload_files,
 )
+from control.manifest import (
+    AppManifest,
+    AppNow,
+    ManifestError,
+    StrictDiff,
+    parse_manifest,
+    strict_changes,
+    strict_diff,
+)
+from control.names import app_name_problem, parse_memory
 
 
 @dataclass

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from control.client import Api, CLIError, Reporter, foundry_home
+from control.cli.client import Api, CLIError, Reporter
+from control.config import foundry_home
 from control.resources import Resource, listing_delta, sha256_of, upload_plan
 
 DEFAULT_IGNORES = (".git", ".hg", ".svn", ".DS_Store", "__pycache__", ".venv", "*.pyc")

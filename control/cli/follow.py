@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from control.client import Api, CLIError, Reporter
+from control.cli.client import Api, CLIError, Reporter
 
 # The stager's closing line of a failed build: its reason is the push's error line, so
 # the CLI shows it there, once, instead of in the log as well.

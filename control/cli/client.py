@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from control.upprocs import running_homes
+from control.cli.upprocs import running_homes
+from control.config import foundry_home
 
 
 class CLIError(Exception):
@@ -45,20 +46,6 @@ class Reporter(Protocol):
 
     def confirm(self, question: str) -> bool | None:
         """The user's answer; None when there is no terminal to ask on."""
-
-
-def foundry_home(home: Path | None = None, env: Mapping[str, str] | None = None) -> Path:
-    """The home given, else $FOUNDRY_HOME, else ~/.foundry."""
-    env = os.environ if env is None else env
-    return (home or Path(env.get("FOUNDRY_HOME") or Path.home() / ".foundry")).expanduser()
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """--listen HOST:PORT (HOST defaults to 127.0.0.1)."""
-    host, _, port = listen.rpartition(":")
-    if not port.isdigit():
-        raise CLIError(f"--listen {listen!r} must look like HOST:PORT")
-    return host or "127.0.0.1", int(port)
 
 
 def ca_verify(env: Mapping[str, str] | None = None) -> ssl.SSLContext | bool:

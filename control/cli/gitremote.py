@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from control.client import Api, CLIError
+from control.cli.client import Api, CLIError
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ from typing import Protocol
 
 import httpx
 
-from control.client import CLIError
+from control.cli.client import CLIError
+from control.cli.upprocs import UP_HOME_ENV, UP_PID_ENV, leftovers, processes, start_time
 from control.store import Store
-from control.upprocs import UP_HOME_ENV, UP_PID_ENV, leftovers, processes, start_time
 from control.vault import secure_home
 
 ROOT = Path(__file__).resolve().parents[1]  # where `python -m foundry` finds foundry.py
