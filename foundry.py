@@ -22,8 +22,12 @@ from control.cli.client import CLIError
 from control.cli.upprocs import die_with_up
 from control.config import foundry_home, split_listen
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Foundry: push source, get a running app at a URL.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Foundry: push source, get a running app at a URL.",
+)
 here = typer.Typer()  # this module's commands, listed after the groups' in --help
 for group in (apps.app, releases.app, platform.app, roles.app, here):
     app.add_typer(group)
@@ -52,9 +56,14 @@ def _show_version(value: bool) -> None:
 
 
 @app.callback()
-def _global(version: Annotated[bool, typer.Option(
-        "--version", callback=_show_version, is_eager=True,
-        help="print the version and exit")] = False) -> None:
+def _global(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
     """Foundry: push source, get a running app at a URL."""
 
 
@@ -63,14 +72,20 @@ def edge(
     listen: Annotated[str, typer.Option()] = "127.0.0.1:8080",
     control_url: Annotated[str, typer.Option("--control")] = ...,  # type: ignore[assignment]
     token: Annotated[str, typer.Option(envvar="FOUNDRY_EDGE_TOKEN")] = ...,  # type: ignore[assignment]
-    workers: Annotated[int, typer.Option(
-        min=0, max=64, help="worker processes; 0: one per core")] = 0,
+    workers: Annotated[
+        int, typer.Option(min=0, max=64, help="worker processes; 0: one per core")
+    ] = 0,
     admin: Annotated[str | None, typer.Option(help="HOST:PORT serving GET /healthz")] = None,
-    trusted_proxy: Annotated[list[str] | None, typer.Option(
-        help="CIDR whose X-Forwarded-* headers are believed; repeatable")] = None,
-    access_logs: Annotated[bool, typer.Option(
-        "--access-logs/--no-access-logs",
-        help="ship access lines to `foundry logs` (router)")] = True,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(help="CIDR whose X-Forwarded-* headers are believed; repeatable"),
+    ] = None,
+    access_logs: Annotated[
+        bool,
+        typer.Option(
+            "--access-logs/--no-access-logs", help="ship access lines to `foundry logs` (router)"
+        ),
+    ] = True,
 ) -> None:
     """Run the edge proxy."""
     die_with_up()
@@ -88,9 +103,19 @@ def edge(
         except ValueError:
             raise CLIError(f"--trusted-proxy {cidr!r} is not a network like 10.0.0.0/8") from None
     try:
-        run(EdgeConfig(host=host, port=port, control_url=control_url.rstrip("/"), token=token,
-                       workers=workers, admin_host=admin_host, admin_port=admin_port,
-                       trusted_proxies=tuple(trusted_proxy or ()), ship_access_logs=access_logs))
+        run(
+            EdgeConfig(
+                host=host,
+                port=port,
+                control_url=control_url.rstrip("/"),
+                token=token,
+                workers=workers,
+                admin_host=admin_host,
+                admin_port=admin_port,
+                trusted_proxies=tuple(trusted_proxy or ()),
+                ship_access_logs=access_logs,
+            )
+        )
     except (WorkerDied, PortInUse) as e:
         raise CLIError(str(e)) from None
 
@@ -98,27 +123,43 @@ def edge(
 @platform.node_app.command("join")
 def node_join(
     control_url: Annotated[str, typer.Argument(help="control plane URL")],
-    token: Annotated[str | None, typer.Option(help="join token (only needed the first time; "
-                                              "visible in `ps`: prefer --token-file or "
-                                              "FOUNDRY_JOIN_TOKEN)")] = None,
-    token_file: Annotated[str | None, typer.Option(help="read the join token from this file, "
-                                                   "or from stdin with -")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="join token (only needed the first time; "
+            "visible in `ps`: prefer --token-file or "
+            "FOUNDRY_JOIN_TOKEN)"
+        ),
+    ] = None,
+    token_file: Annotated[
+        str | None, typer.Option(help="read the join token from this file, or from stdin with -")
+    ] = None,
     home: Annotated[Path | None, typer.Option()] = None,
     name: Annotated[str | None, typer.Option()] = None,
-    advertise: Annotated[str, typer.Option(help="address instances are reached at")
-                         ] = "127.0.0.1",
-    memory: Annotated[str, typer.Option(help="memory offered to instances, e.g. 8G (auto: "
-                                        "90% of this machine's)")] = "auto",
+    advertise: Annotated[str, typer.Option(help="address instances are reached at")] = "127.0.0.1",
+    memory: Annotated[
+        str, typer.Option(help="memory offered to instances, e.g. 8G (auto: 90% of this machine's)")
+    ] = "auto",
     grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0,
-    tier: Annotated[str | None, typer.Option(envvar="FOUNDRY_JAIL_TIER", help="force a weaker "
-                                             "jail tier: rootless or plain")] = None,
-    start_timeout: Annotated[float, typer.Option(
-        envvar="FOUNDRY_START_TIMEOUT", help="seconds to become healthy")] = 60.0,
-    liveness_interval: Annotated[float, typer.Option(
-        envvar="FOUNDRY_LIVENESS_INTERVAL", help="seconds between checks")] = 30.0,
-    staging_env: Annotated[Path | None, typer.Option(
-        envvar="FOUNDRY_STAGING_ENV_FILE", help="KEY=VALUE file of variables every build gets "
-        "(proxies, package indexes); default: staging.env in the node's home, if present")
+    tier: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FOUNDRY_JAIL_TIER", help="force a weaker jail tier: rootless or plain"
+        ),
+    ] = None,
+    start_timeout: Annotated[
+        float, typer.Option(envvar="FOUNDRY_START_TIMEOUT", help="seconds to become healthy")
+    ] = 60.0,
+    liveness_interval: Annotated[
+        float, typer.Option(envvar="FOUNDRY_LIVENESS_INTERVAL", help="seconds between checks")
+    ] = 30.0,
+    staging_env: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FOUNDRY_STAGING_ENV_FILE",
+            help="KEY=VALUE file of variables every build gets "
+            "(proxies, package indexes); default: staging.env in the node's home, if present",
+        ),
     ] = None,
 ) -> None:
     """Join a control plane (or rejoin with the saved identity) and run instances."""
@@ -134,27 +175,42 @@ def node_join(
     home = home or foundry_home() / "node"
     try:
         join = join_token(token, token_file, os.environ.get("FOUNDRY_JOIN_TOKEN"))
-        if token is not None:   # (join_token refuses --token with --token-file)
-            typer.echo("warning: --token is visible to every user in `ps`; use --token-file "
-                       "FILE, --token-file - (stdin) or FOUNDRY_JOIN_TOKEN", err=True)
+        if token is not None:  # (join_token refuses --token with --token-file)
+            typer.echo(
+                "warning: --token is visible to every user in `ps`; use --token-file "
+                "FILE, --token-file - (stdin) or FOUNDRY_JOIN_TOKEN",
+                err=True,
+            )
         memory_mb = machine_memory_mb() * 9 // 10 if memory == "auto" else parse_memory(memory)
-        run(NodeConfig(home=home, control_url=control_url.rstrip("/"), packs_dir=PACKS_DIR,
-                       join_token=join, name=name or socket.gethostname(), address=advertise,
-                       memory_mb=memory_mb, base_env=dict(BASE), grace=grace, tier=tier,
-                       build_env=build_env(home, staging_env), start_timeout=start_timeout,
-                       liveness_interval=liveness_interval))
-    except (ValueError, JoinError) as e:    # a bad --memory or staging env; a refused join
+        run(
+            NodeConfig(
+                home=home,
+                control_url=control_url.rstrip("/"),
+                packs_dir=PACKS_DIR,
+                join_token=join,
+                name=name or socket.gethostname(),
+                address=advertise,
+                memory_mb=memory_mb,
+                base_env=dict(BASE),
+                grace=grace,
+                tier=tier,
+                build_env=build_env(home, staging_env),
+                start_timeout=start_timeout,
+                liveness_interval=liveness_interval,
+            )
+        )
+    except (ValueError, JoinError) as e:  # a bad --memory or staging env; a refused join
         raise CLIError(str(e)) from None
 
 
 # --- up -----------------------------------------------------------------------------
 @here.command()
 def up(
-    home: Annotated[Path | None, typer.Option(help="state directory (default $FOUNDRY_HOME "
-                                              "or ~/.foundry)")] = None,
+    home: Annotated[
+        Path | None, typer.Option(help="state directory (default $FOUNDRY_HOME or ~/.foundry)")
+    ] = None,
     http_port: Annotated[int, typer.Option(min=1, max=65535, help="the edge's port")] = 8080,
-    api_port: Annotated[int, typer.Option(
-        min=1, max=65535, help="the control API's port")] = 7070,
+    api_port: Annotated[int, typer.Option(min=1, max=65535, help="the control API's port")] = 7070,
     domain: Annotated[str, typer.Option(help="apps are <app>.<domain>")] = "localhost",
 ) -> None:
     """Run control plane, edge and one node on this machine, in the foreground."""
@@ -170,8 +226,12 @@ def up(
             return str(e)
         return None
 
-    machine = Machine(MARKER, node_main.sweep_cgroups, port_problem,
-                      lambda: node_main.isolation(os.environ.get("FOUNDRY_JAIL_TIER")))
+    machine = Machine(
+        MARKER,
+        node_main.sweep_cgroups,
+        port_problem,
+        lambda: node_main.isolation(os.environ.get("FOUNDRY_JAIL_TIER")),
+    )
     Up(foundry_home(home), http_port, api_port, domain, machine, typer.echo).run()
 
 

@@ -84,10 +84,13 @@ async def main(runs: int) -> None:
     for work in WORKLOADS:
         bare = statistics.median(times[(work, "none")])
         filt = statistics.median(times[(work, "filter")])
-        print(f"{work:<10}{bare * 1000:>9.1f} ms{filt * 1000:>9.1f} ms"
-              f"{(filt - bare) * 1000:>+10.1f} ms")
+        print(
+            f"{work:<10}{bare * 1000:>9.1f} ms{filt * 1000:>9.1f} ms"
+            f"{(filt - bare) * 1000:>+10.1f} ms"
+        )
     extra = statistics.median(times[("syscalls", "filter")]) - statistics.median(
-        times[("syscalls", "none")])
+        times[("syscalls", "none")]
+    )
     print(f"per passing syscall: {extra / (2 * CALLS) * 1e9:+.0f} ns")
 
 

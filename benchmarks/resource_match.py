@@ -44,9 +44,12 @@ def push_counted(api: Api, name: str, directory: Path) -> dict[str, int]:
     build_body = {"listing": listing}
     started = api.request("POST", f"/v1/apps/{name}/builds", json=build_body, timeout=600)
     assert follow_build(api, name, started["build"], Console())["state"] == "STAGED"
-    return {"listing_delta_bytes": listing_bytes, "file_tar_bytes": files_bytes,
-            "build_request_bytes": len(json.dumps(build_body)),
-            "total": listing_bytes + files_bytes + len(json.dumps(build_body))}
+    return {
+        "listing_delta_bytes": listing_bytes,
+        "file_tar_bytes": files_bytes,
+        "build_request_bytes": len(json.dumps(build_body)),
+        "total": listing_bytes + files_bytes + len(json.dumps(build_body)),
+    }
 
 
 def pack_step_seconds(api: Api, name: str) -> float:
@@ -73,8 +76,10 @@ def main() -> None:
         changed = next(app.glob("d010/*.txt"))
         changed.write_text(changed.read_text() + "one more line\n")
         second = push_counted(api, "many", app)
-        print(f"app: {args.files} files; whole source as one tarball: "
-              f"{(Path(tmp) / 'full.tgz').stat().st_size} bytes")
+        print(
+            f"app: {args.files} files; whole source as one tarball: "
+            f"{(Path(tmp) / 'full.tgz').stat().st_size} bytes"
+        )
         print(f"first push:            {first}")
         print(f"one file changed:      {second}")
         for example, name in (("hello-python", "bench-py"), ("hello-node", "bench-node")):

@@ -43,8 +43,9 @@ async def join(request: Request) -> Response:
     name = str(body.get("name") or "node")
     memory = int_between(body.get("memory_mb"), "memory_mb", 64, 1 << 24)
     address = str(body.get("address") or "127.0.0.1")
-    nid = ctl.store.add_node(name, address, memory, body.get("tier"),
-                             node_text(body.get("seccomp")))
+    nid = ctl.store.add_node(
+        name, address, memory, body.get("tier"), node_text(body.get("seccomp"))
+    )
     _, secret = ctl.store.create_token("node", node=nid, label=name)
     ctl.store.add_event(None, "node-joined", f"node {name} ({nid}) joined at {address}")
     log.info("node-joined node=%s name=%s address=%s", nid, name, address)
@@ -60,14 +61,15 @@ async def list_nodes(request: Request) -> Response:
     # "missing" answer to imitate, and "no nodes" would tell a developer the platform
     # is down when it is not.
     if not sees_infrastructure(token.kind, scope_of(token)):
-        raise Forbidden("nodes are platform infrastructure: listing them needs an admin "
-                        "or an unscoped read token")
+        raise Forbidden(
+            "nodes are platform infrastructure: listing them needs an admin "
+            "or an unscoped read token"
+        )
     instances = ctl.store.instance_rows()
     nodes = []
     for row in ctl.store.node_rows():
         mine = [i for i in instances if i["node"] == row["id"]]
-        nodes.append({**row, "instances": len(mine),
-                      "used_mb": sum(i["memory_mb"] for i in mine)})
+        nodes.append({**row, "instances": len(mine), "used_mb": sum(i["memory_mb"] for i in mine)})
     return JSONResponse({"nodes": nodes})
 
 
@@ -82,8 +84,10 @@ async def node_state(request: Request) -> Response:
         raise BadRequest("state must be draining or ready")
     state = NodeState(asked)
     if node["state"] == NodeState.LOST:
-        raise Conflict(f"node {node['name']} is lost; it becomes ready when it is heard from "
-                       "(or `foundry node remove` forgets it)")
+        raise Conflict(
+            f"node {node['name']} is lost; it becomes ready when it is heard from "
+            "(or `foundry node remove` forgets it)"
+        )
     ctl.store.set_node_state(node["id"], state)
     ctl.store.add_event(None, f"node-{state}", f"node {node['name']} is {state}", caller.id)
     return JSONResponse({"id": node["id"], "state": state})
@@ -96,10 +100,14 @@ def removal_problem(name: str, state: NodeState, instances: int, force: bool) ->
     if force or state == NodeState.LOST or (state == NodeState.DRAINING and instances == 0):
         return None
     if instances:
-        return (f"node {name} is {state} and still has {instances} instance(s): drain it "
-                f"first (`foundry node drain {name}`) or remove it with --force")
-    return (f"node {name} is {state}: drain it first (`foundry node drain {name}`) or "
-            "remove it with --force")
+        return (
+            f"node {name} is {state} and still has {instances} instance(s): drain it "
+            f"first (`foundry node drain {name}`) or remove it with --force"
+        )
+    return (
+        f"node {name} is {state}: drain it first (`foundry node drain {name}`) or "
+        "remove it with --force"
+    )
 
 
 async def remove_node(request: Request) -> Response:
@@ -116,8 +124,13 @@ async def remove_node(request: Request) -> Response:
     ctl.store.remove_node(node["id"])
     fail_lost_builds(ctl.store, [node["id"]])
     tasks.fail_lost_tasks(ctl.store, ctl.blobs, [node["id"]])
-    ctl.store.add_event(None, "node-removed", f"node {node['name']} ({node['id']}) was removed"
-                        + (f" with {len(mine)} instance(s) on it" if mine else ""), caller.id)
+    ctl.store.add_event(
+        None,
+        "node-removed",
+        f"node {node['name']} ({node['id']}) was removed"
+        + (f" with {len(mine)} instance(s) on it" if mine else ""),
+        caller.id,
+    )
     log.info("node-removed node=%s name=%s instances=%d", node["id"], node["name"], len(mine))
     return JSONResponse({"id": node["id"], "removed": True, "instances": len(mine)})
 
@@ -131,10 +144,13 @@ async def heartbeat(request: Request) -> Response:
     reported = body.get("instances", [])
     if not isinstance(reported, list) or "address" not in body:
         raise BadRequest("heartbeat needs address, memory_mb and an instances list")
-    if not all(isinstance(i, dict) and isinstance(i.get("id"), str)
-               and i.get("state") in KNOWN_STATES for i in reported):
-        raise BadRequest("each reported instance needs an id and a state, one of "
-                         + ", ".join(InstanceState))
+    if not all(
+        isinstance(i, dict) and isinstance(i.get("id"), str) and i.get("state") in KNOWN_STATES
+        for i in reported
+    ):
+        raise BadRequest(
+            "each reported instance needs an id and a state, one of " + ", ".join(InstanceState)
+        )
     apply_heartbeat(ctl.store, nid, body, ctl.asked_to_stop.setdefault(nid, set()))
     return JSONResponse({"ok": True})
 
@@ -154,7 +170,7 @@ async def work(request: Request) -> Response:
 async def build_result(request: Request) -> Response:
     """A stager reports how a build ended; success makes a new release."""
     ctl = control_of(request)
-    token = require(request, ctl.store, ("admin", "node"))       # before the lookup
+    token = require(request, ctl.store, ("admin", "node"))  # before the lookup
     build = ctl.store.get_build(request.path_params["build"])
     check_node(token, build["node"] or "")
     body = await json_body(request)
@@ -169,41 +185,77 @@ async def build_result(request: Request) -> Response:
     ctl.blobs.existing(droplet)
     processes = body.get("processes") or {}
     if not isinstance(processes, dict) or not all(
-            isinstance(v, str) and not process_name_problem(k) for k, v in processes.items()):
+        isinstance(v, str) and not process_name_problem(k) for k, v in processes.items()
+    ):
         raise BadRequest("processes must map process type names to commands")
     if not ctl.store.app_exists(build["app"]):
         raise NotFound(f"app {build['app']!r} was deleted while it was being built")
     env = ctl.store.get_app(build["app"])["env"]
-    same = releases.current_if_same(ctl.store, build["app"], build=build["id"],
-                                    droplet=droplet, env=env, processes=processes)
+    same = releases.current_if_same(
+        ctl.store, build["app"], build=build["id"], droplet=droplet, env=env, processes=processes
+    )
     if same is not None:
-        ctl.store.set_build(build["id"], BuildState.STAGED, droplet=droplet,
-                            pack=body.get("pack"), processes=processes, release=same)
-        ctl.store.add_event(build["app"], "build-unchanged",
-                            f"build {build['id']}: no change, v{same} stays current")
+        ctl.store.set_build(
+            build["id"],
+            BuildState.STAGED,
+            droplet=droplet,
+            pack=body.get("pack"),
+            processes=processes,
+            release=same,
+        )
+        ctl.store.add_event(
+            build["app"],
+            "build-unchanged",
+            f"build {build['id']}: no change, v{same} stays current",
+        )
         return JSONResponse({"state": BuildState.STAGED, "release": same})
     if processes.get("release"):
         # Release phase first: the release is made only if the command succeeds.
         current = ctl.store.get_app(build["app"])["release"]
         tid = tasks.start_task(
-            ctl.store, ctl.config.policy, build["app"], processes["release"], kind="release",
-            droplet=droplet, env=env, release=current + 1, build=build["id"],
-            payload={"droplet": droplet, "env": env, "processes": processes,
-                     "pack": body.get("pack")})
+            ctl.store,
+            ctl.config.policy,
+            build["app"],
+            processes["release"],
+            kind="release",
+            droplet=droplet,
+            env=env,
+            release=current + 1,
+            build=build["id"],
+            payload={
+                "droplet": droplet,
+                "env": env,
+                "processes": processes,
+                "pack": body.get("pack"),
+            },
+        )
         return JSONResponse({"state": BuildState.STAGING, "release_phase": tid})
     version = releases.make_release(
-        ctl.store, ctl.blobs, build["app"], droplet=droplet, env=env, processes=processes,
-        pack=body.get("pack"), description=f"build {build['id']} ({body.get('pack')})",
-        actor=None)
-    ctl.store.set_build(build["id"], BuildState.STAGED, droplet=droplet, pack=body.get("pack"),
-                        processes=processes, release=version)
+        ctl.store,
+        ctl.blobs,
+        build["app"],
+        droplet=droplet,
+        env=env,
+        processes=processes,
+        pack=body.get("pack"),
+        description=f"build {build['id']} ({body.get('pack')})",
+        actor=None,
+    )
+    ctl.store.set_build(
+        build["id"],
+        BuildState.STAGED,
+        droplet=droplet,
+        pack=body.get("pack"),
+        processes=processes,
+        release=version,
+    )
     return JSONResponse({"state": BuildState.STAGED, "release": version})
 
 
 async def task_result(request: Request) -> Response:
     """A node reports how a task ended: {"exit_code": int | null, "reason": str | null}."""
     ctl = control_of(request)
-    token = require(request, ctl.store, ("admin", "node"))       # before the lookup
+    token = require(request, ctl.store, ("admin", "node"))  # before the lookup
     task = ctl.store.get_task(request.path_params["task"])
     check_node(token, task["node"] or "")
     body = await json_body(request)
@@ -211,8 +263,9 @@ async def task_result(request: Request) -> Response:
     if code is not None and not isinstance(code, int):
         raise BadRequest("exit_code must be an integer or null")
     reason = body.get("reason")
-    done = tasks.finish_task(ctl.store, ctl.blobs, task["id"], code,
-                             str(reason) if reason else None)
+    done = tasks.finish_task(
+        ctl.store, ctl.blobs, task["id"], code, str(reason) if reason else None
+    )
     return JSONResponse({"state": done["state"]})
 
 
@@ -223,7 +276,8 @@ async def post_logs(request: Request) -> Response:
     body = await json_body(request, ctl.config.requests.node_report)
     lines = body.get("lines")
     if not isinstance(lines, list) or not all(
-            isinstance(r, dict) and {"app", "source", "line"} <= r.keys() for r in lines):
+        isinstance(r, dict) and {"app", "source", "line"} <= r.keys() for r in lines
+    ):
         raise BadRequest("lines must be a list of {app, source, line}")
     if token.kind == "edge" and any(r["source"] != "router" for r in lines):
         raise Forbidden("an edge token may only post router lines")
@@ -235,8 +289,9 @@ async def get_blob(request: Request) -> Response:
     """Download a source package or droplet (nodes only)."""
     ctl = control_of(request)
     require(request, ctl.store, ("node", "admin"))
-    return FileResponse(ctl.blobs.existing(request.path_params["digest"]),
-                        media_type="application/octet-stream")
+    return FileResponse(
+        ctl.blobs.existing(request.path_params["digest"]), media_type="application/octet-stream"
+    )
 
 
 async def put_blob(request: Request) -> Response:

@@ -15,21 +15,21 @@ from control.uploads import ArchiveLimits
 
 @dataclass(frozen=True)
 class ControlConfig:
-    home: Path                              # holds foundry.db, keyring.json, blobs/
+    home: Path  # holds foundry.db, keyring.json, blobs/
     domain: str = "localhost"
     host: str = "127.0.0.1"
     port: int = 7070
-    api_address: str | None = None          # host:port the edge routes api.<domain> to
+    api_address: str | None = None  # host:port the edge routes api.<domain> to
     apps_url: str = "http://{app}.localhost"  # how users reach an app through the edge
-    max_upload: int = 1 << 30               # source packages, buildpacks, droplets, files
+    max_upload: int = 1 << 30  # source packages, buildpacks, droplets, files
     long_poll_max: float = 30.0
     policy: Policy = field(default_factory=Policy)
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
     requests: RequestLimits = field(default_factory=RequestLimits)
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    tls_fingerprint: str | None = None     # carried by join tokens while TLS is on
-    keyring: Path | None = None            # key file for config vars (default: in home)
+    tls_fingerprint: str | None = None  # carried by join tokens while TLS is on
+    keyring: Path | None = None  # key file for config vars (default: in home)
 
     @property
     def self_url(self) -> str:

@@ -48,16 +48,20 @@ def assign_builds(store: Store, policy: Policy) -> None:
     for build in queued:
         app = store.get_app(build["app"])
         store.set_build(build["id"], BuildState.STAGING, node=node)
-        store.enqueue(node, "stage", stage_payload(build, app["env"],
-                                                   store.build_options(build["id"])))
+        store.enqueue(
+            node, "stage", stage_payload(build, app["env"], store.build_options(build["id"]))
+        )
         log.info("build-assigned build=%s app=%s node=%s", build["id"], build["app"], node)
 
 
-def stage_payload(build: BuildRow, env: dict[str, str], options: BuildOptions
-                  ) -> StagePayload:
+def stage_payload(build: BuildRow, env: dict[str, str], options: BuildOptions) -> StagePayload:
     """The `stage` work item: the build, its source and the options the push named."""
-    payload: StagePayload = {"build": build["id"], "app": build["app"],
-                             "source": build["source"], "env": env}
+    payload: StagePayload = {
+        "build": build["id"],
+        "app": build["app"],
+        "source": build["source"],
+        "env": env,
+    }
     if options.get("buildpack"):
         payload["buildpack"] = str(options["buildpack"])
     if options.get("no_cache"):
@@ -76,19 +80,27 @@ def fail_lost_builds(store: Store, lost: Collection[str]) -> None:
 def start_payload(store: Store, iid: str, p: Placement) -> StartPayload:
     release = store.get_release(p.app, p.release)
     app = store.get_app(p.app)
-    return {"instance": iid, "app": p.app, "process": p.process, "index": p.index,
-            "release": p.release, "droplet": release["droplet"],
-            "command": release["processes"][p.process], "env": release["env"],
-            "memory_mb": p.memory_mb, "health_check": app["health_check"] if p.process == "web"
-            else "process"}
+    return {
+        "instance": iid,
+        "app": p.app,
+        "process": p.process,
+        "index": p.index,
+        "release": p.release,
+        "droplet": release["droplet"],
+        "command": release["processes"][p.process],
+        "env": release["env"],
+        "memory_mb": p.memory_mb,
+        "health_check": app["health_check"] if p.process == "web" else "process",
+    }
 
 
 def report_unplaced(store: Store, plan: Plan, known: set[tuple[str, str, int]]) -> None:
     """Say once, as an app event, when an instance finds no node with room for it."""
     now = {(p.app, p.process, p.index) for p in plan.unplaced}
     for app, process, index in sorted(now - known):
-        want = next(p for p in plan.unplaced if (p.app, p.process, p.index) ==
-                    (app, process, index))
+        want = next(
+            p for p in plan.unplaced if (p.app, p.process, p.index) == (app, process, index)
+        )
         store.add_event(app, "unplaced", f"{process}.{index} cannot be placed: {want.reason}")
     known.clear()
     known.update(now)
@@ -111,18 +123,32 @@ def apply(store: Store, plan: Plan) -> None:
     for iid in plan.forget:
         row = rows.get(iid)
         if row is not None and row["node"] in plan.lost_nodes:
-            store.add_event(row["app"], "reschedule", f"{row['process']}.{row['idx']} was on "
-                            f"lost node {row['node']}; placing it elsewhere")
+            store.add_event(
+                row["app"],
+                "reschedule",
+                f"{row['process']}.{row['idx']} was on "
+                f"lost node {row['node']}; placing it elsewhere",
+            )
     for p in plan.start:
         assert p.node is not None
         iid = f"{p.app}-{p.process}-{p.index}-{uuid.uuid4().hex[:8]}"
         seq = store.enqueue(p.node, "start", start_payload(store, iid, p))
-        store.add_instance(app=p.app, process=p.process, index=p.index, release=p.release,
-                           node=p.node, memory_mb=p.memory_mb, restarts=p.restarts,
-                           work_seq=seq, iid=iid, generation=p.generation)
+        store.add_instance(
+            app=p.app,
+            process=p.process,
+            index=p.index,
+            release=p.release,
+            node=p.node,
+            memory_mb=p.memory_mb,
+            restarts=p.restarts,
+            work_seq=seq,
+            iid=iid,
+            generation=p.generation,
+        )
         if p.restarts:
-            store.add_event(p.app, "restart", f"{p.process}.{p.index} restarted "
-                            f"(restart {p.restarts})")
+            store.add_event(
+                p.app, "restart", f"{p.process}.{p.index} restarted (restart {p.restarts})"
+            )
 
 
 def stop_instance(store: Store, row: InstanceRow) -> None:
@@ -151,12 +177,16 @@ def finish_deployments(store: Store) -> None:
         if done:
             store.finish_deployment(dep["id"], DeploymentState.SUCCEEDED)
             took = store.clock() - dep["created_at"]
-            store.add_event(dep["app"], "deployed",
-                            f"{dep['kind']} of v{dep['to_release']} finished in {took:.1f} s")
+            store.add_event(
+                dep["app"],
+                "deployed",
+                f"{dep['kind']} of v{dep['to_release']} finished in {took:.1f} s",
+            )
 
 
-def converge_once(store: Store, policy: Policy,
-                  unplaced: set[tuple[str, str, int]] | None = None) -> Plan:
+def converge_once(
+    store: Store, policy: Policy, unplaced: set[tuple[str, str, int]] | None = None
+) -> Plan:
     assign_builds(store, policy)
     plan = reconcile(store.app_specs(), store.instances(), store.nodes(), store.clock(), policy)
     if not plan.is_empty():
@@ -167,8 +197,9 @@ def converge_once(store: Store, policy: Policy,
     return plan
 
 
-async def run(store: Store, notifier: Notifier, policy: Policy, scaling: Scaling,
-              blobs: BlobStore) -> None:
+async def run(
+    store: Store, notifier: Notifier, policy: Policy, scaling: Scaling, blobs: BlobStore
+) -> None:
     """Converge forever: after every change, and every second."""
     unplaced: set[tuple[str, str, int]] = set()
     while True:

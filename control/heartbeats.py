@@ -25,13 +25,18 @@ def node_text(value: Any) -> str | None:
     return None if value is None else str(value)[:200]
 
 
-def apply_heartbeat(store: Store, node_id: str, report: dict[str, Any],
-                    asked_to_stop: set[str]) -> None:
+def apply_heartbeat(
+    store: Store, node_id: str, report: dict[str, Any], asked_to_stop: set[str]
+) -> None:
     """Record one heartbeat from node `node_id`."""
-    before = store.touch_node(node_id, address=report["address"],
-                              memory_mb=int(report["memory_mb"]), tier=report.get("tier"),
-                              boot=str(report.get("boot", "")),
-                              seccomp=node_text(report.get("seccomp")))
+    before = store.touch_node(
+        node_id,
+        address=report["address"],
+        memory_mb=int(report["memory_mb"]),
+        tier=report.get("tier"),
+        boot=str(report.get("boot", "")),
+        seccomp=node_text(report.get("seccomp")),
+    )
     rebooted = before["boot"] is not None and before["boot"] != report.get("boot")
     if rebooted:
         store.add_event(None, "node-restarted", f"node {before['name']} agent restarted")
@@ -67,8 +72,9 @@ def _fold(store: Store, row: InstanceRow, rep: dict[str, Any], address: str) -> 
             _crash(store, row, rep.get("reason") or "crashed")
         return
     changes: InstanceChanges = {}
-    if state != row["state"] and not (row["state"] == InstanceState.STOPPING
-                                      and state in LIVE_STATES):
+    if state != row["state"] and not (
+        row["state"] == InstanceState.STOPPING and state in LIVE_STATES
+    ):
         changes.update({"state": state, "since": store.clock()})
         if state == InstanceState.RUNNING:
             changes["started_at"] = store.clock()
@@ -82,8 +88,11 @@ def _crash(store: Store, row: InstanceRow, reason: str) -> None:
     if row["stopping"]:
         store.forget_instances([row["id"]])
         return
-    store.update_instance(row["id"], state=InstanceState.CRASHED, since=store.clock(),
-                          reason=reason)
-    store.add_event(row["app"], "crash",
-                    f"{row['process']}.{row['idx']} crashed: {reason} "
-                    f"(restarts so far: {row['restarts']})")
+    store.update_instance(
+        row["id"], state=InstanceState.CRASHED, since=store.clock(), reason=reason
+    )
+    store.add_event(
+        row["app"],
+        "crash",
+        f"{row['process']}.{row['idx']} crashed: {reason} (restarts so far: {row['restarts']})",
+    )

@@ -29,8 +29,11 @@ def bootstrap(config: ControlConfig) -> Store:
     secrets (database, keyring, blobs): nobody but its owner may read it."""
     tightened = secure_home(config.home)
     if tightened:
-        log.warning("home-permissions-tightened home=%s paths=%d (group/other access removed)",
-                    config.home, tightened)
+        log.warning(
+            "home-permissions-tightened home=%s paths=%d (group/other access removed)",
+            config.home,
+            tightened,
+        )
     store = Store(config.db_path, keyring=config.keyring)
     store.grace_nodes()
     return store
@@ -42,8 +45,12 @@ ADMIN_TOKEN_FILE = "admin-token"
 def needs_first_admin(tokens: list[TokenRow], now: float) -> bool:
     """No admin token can be used (none made yet, or every one revoked or expired): the
     control plane makes one at start, or nobody could ever mint a token."""
-    return not any(t["kind"] == "admin" and not t["revoked"]
-                   and (t["expires_at"] is None or t["expires_at"] > now) for t in tokens)
+    return not any(
+        t["kind"] == "admin"
+        and not t["revoked"]
+        and (t["expires_at"] is None or t["expires_at"] > now)
+        for t in tokens
+    )
 
 
 def first_admin(store: Store, home: Path) -> Path | None:
@@ -63,21 +70,26 @@ def run(config: ControlConfig, announce: Callable[[Path | None], None] | None = 
     """Serve the control API until SIGINT/SIGTERM; `announce` is told, once the store is
     open, which admin token file this start wrote (None: there was a usable one)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s control %(message)s")
-    os.umask(0o077)     # everything this process creates in its home is private
+    os.umask(0o077)  # everything this process creates in its home is private
     store = bootstrap(config)
     created = first_admin(store, config.home)
     if announce is not None:
         announce(created)
     app = create_app(store, config)
-    tls = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)} \
-        if config.tls_cert and config.tls_key else {}
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
-                timeout_graceful_shutdown=3, **tls)  # type: ignore[arg-type]
+    tls = config.tls_cert is not None and config.tls_key is not None
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        timeout_graceful_shutdown=3,
+        ssl_certfile=str(config.tls_cert) if tls else None,
+        ssl_keyfile=str(config.tls_key) if tls else None,
+    )
     store.close()
 
 
-def pick_tls(home: Path, host: str, tls: bool, cert: Path | None, key: Path | None
-             ) -> TLS | None:
+def pick_tls(home: Path, host: str, tls: bool, cert: Path | None, key: Path | None) -> TLS | None:
     """The certificate to serve HTTPS with: the files given, else (with --tls) a
     self-signed one made on first start under the home; None: plain HTTP."""
     if cert or key:
@@ -87,25 +99,50 @@ def pick_tls(home: Path, host: str, tls: bool, cert: Path | None, key: Path | No
     return self_signed(home / "tls", default_names(host)) if tls else None
 
 
-def options_config(*, home: Path | None, listen: str, domain: str, api_address: str | None,
-                   apps_url: str | None, edge_port: int, tls: bool, tls_cert: Path | None,
-                   tls_key: Path | None, node_ttl: float, immediate_restarts: int,
-                   backoff: float, backoff_max: float, give_up_after: int,
-                   healthy_reset: float, keyring: Path | None) -> ControlConfig:
+def options_config(
+    *,
+    home: Path | None,
+    listen: str,
+    domain: str,
+    api_address: str | None,
+    apps_url: str | None,
+    edge_port: int,
+    tls: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    node_ttl: float,
+    immediate_restarts: int,
+    backoff: float,
+    backoff_max: float,
+    give_up_after: int,
+    healthy_reset: float,
+    keyring: Path | None,
+) -> ControlConfig:
     """`foundry control`'s options as the control plane's config; BadOption for bad ones."""
     host, port = split_listen(listen)
     home = foundry_home() / "control" if home is None else home
-    os.umask(0o077)     # the home is private from its first file on (the TLS key included)
+    os.umask(0o077)  # the home is private from its first file on (the TLS key included)
     cert = pick_tls(home, host, tls, tls_cert, tls_key)
     return ControlConfig(
-        home=home, domain=domain, host=host, port=port, keyring=keyring,
+        home=home,
+        domain=domain,
+        host=host,
+        port=port,
+        keyring=keyring,
         api_address=api_address or f"{host}:{port}",
         apps_url=apps_url or default_apps_url(domain, edge_port),
-        tls_cert=cert.cert if cert else None, tls_key=cert.key if cert else None,
+        tls_cert=cert.cert if cert else None,
+        tls_key=cert.key if cert else None,
         tls_fingerprint=cert.fingerprint if cert else None,
-        policy=Policy(immediate_restarts=immediate_restarts, backoff_base=backoff,
-                      backoff_max=backoff_max, give_up_after=give_up_after,
-                      reset_after=healthy_reset, node_ttl=node_ttl))
+        policy=Policy(
+            immediate_restarts=immediate_restarts,
+            backoff_base=backoff,
+            backoff_max=backoff_max,
+            give_up_after=give_up_after,
+            reset_after=healthy_reset,
+            node_ttl=node_ttl,
+        ),
+    )
 
 
 def banner(config: ControlConfig, created: Path | None) -> list[str]:
@@ -113,15 +150,19 @@ def banner(config: ControlConfig, created: Path | None) -> list[str]:
     this start wrote, if any)."""
     scheme = "https" if config.tls_cert else "http"
     shown = socket.gethostname() if config.host in ("0.0.0.0", "::", "") else config.host
-    lines = [f"Foundry control plane (home {config.home})",
-             f"  API:         {scheme}://{shown}:{config.port}  "
-             f"(listening on {config.host}:{config.port})",
-             f"  Apps:        {config.apps_url}"]
+    lines = [
+        f"Foundry control plane (home {config.home})",
+        f"  API:         {scheme}://{shown}:{config.port}  "
+        f"(listening on {config.host}:{config.port})",
+        f"  Apps:        {config.apps_url}",
+    ]
     if config.tls_cert:
         lines.append(f"  Certificate: {config.tls_cert}  fingerprint {config.tls_fingerprint}")
     if created:
-        lines.append(f"  Admin token: {created}  (made now, readable only by you; "
-                     "mint other tokens with it, then keep it safe)")
+        lines.append(
+            f"  Admin token: {created}  (made now, readable only by you; "
+            "mint other tokens with it, then keep it safe)"
+        )
     elif (config.home / ADMIN_TOKEN_FILE).exists():
         lines.append(f"  Admin token: {config.home / ADMIN_TOKEN_FILE}")
     return lines
@@ -136,8 +177,8 @@ def default_apps_url(domain: str, edge_port: int) -> str:
 class Rotation:
     """What `foundry rotate-key` did."""
 
-    label: str          # the key every value is now sealed with
-    sealed: int         # values under it
+    label: str  # the key every value is now sealed with
+    sealed: int  # values under it
     dropped: list[str]  # keys removed from the keyring
     keyring: Path
 
@@ -157,7 +198,8 @@ def rotate_key(home: Path, keyring: Path | None, new_key: bool) -> Rotation:
     finally:
         store.close()
     others = sorted(set(sealed) - {label})
-    if others:      # written meanwhile by a control plane that had not seen the new key yet
-        raise BadOption(f"values under key(s) {', '.join(others)} remain; run rotate-key "
-                       "--no-new-key again")
+    if others:  # written meanwhile by a control plane that had not seen the new key yet
+        raise BadOption(
+            f"values under key(s) {', '.join(others)} remain; run rotate-key --no-new-key again"
+        )
     return Rotation(label, len(sealed.get(label, [])), dropped, store.keyring.path)

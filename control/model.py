@@ -47,8 +47,8 @@ class NodeState(StrEnum):
     """A node as the control plane sees it; lower case on the wire since the first API."""
 
     READY = "ready"
-    LOST = "lost"             # silent for longer than the TTL; ready again when heard from
-    DRAINING = "draining"     # an admin asked its instances to move elsewhere
+    LOST = "lost"  # silent for longer than the TTL; ready again when heard from
+    DRAINING = "draining"  # an admin asked its instances to move elsewhere
 
 
 class DeploymentState(StrEnum):
@@ -56,15 +56,15 @@ class DeploymentState(StrEnum):
 
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
-    SUPERSEDED = "SUPERSEDED"   # a newer rollout of the same app started
-    CANCELED = "CANCELED"       # its app was deleted, or a user rolled it back
+    SUPERSEDED = "SUPERSEDED"  # a newer rollout of the same app started
+    CANCELED = "CANCELED"  # its app was deleted, or a user rolled it back
 
 
 class TaskState(StrEnum):
     """A one-off task: RUNNING until its node reports an exit code (or is lost)."""
 
     RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"     # exit code 0
+    SUCCEEDED = "SUCCEEDED"  # exit code 0
     FAILED = "FAILED"
 
 
@@ -74,12 +74,12 @@ class AppSpec:
 
     name: str
     started: bool
-    release: int                      # current release version, 0 = never built
-    processes: dict[str, str]         # process type -> command, from the current release
-    scale: dict[str, int]             # process type -> instance count
+    release: int  # current release version, 0 = never built
+    processes: dict[str, str]  # process type -> command, from the current release
+    scale: dict[str, int]  # process type -> instance count
     memory_mb: int = 256
-    max_in_flight: int = 1            # slots replaced at once during a rolling deploy
-    generation: int = 0               # bumped by a restart: every instance is replaced
+    max_in_flight: int = 1  # slots replaced at once during a rolling deploy
+    generation: int = 0  # bumped by a restart: every instance is replaced
 
     def current(self, release: int, generation: int) -> bool:
         """Whether an instance of (release, generation) is what this app wants now."""
@@ -104,9 +104,9 @@ class Instance:
     release: int
     node: str
     state: InstanceState = InstanceState.STARTING
-    stopping: bool = False             # the control plane has asked the node to stop it
+    stopping: bool = False  # the control plane has asked the node to stop it
     restarts: int = 0
-    since: float = 0.0                 # when it entered `state`
+    since: float = 0.0  # when it entered `state`
     memory_mb: int = 256
     generation: int = 0
 
@@ -135,7 +135,7 @@ class Placement:
     restarts: int = 0
     node: str | None = None
     generation: int = 0
-    reason: str = ""                  # why the scheduler could not place it, for users
+    reason: str = ""  # why the scheduler could not place it, for users
 
 
 @dataclass(frozen=True)
@@ -144,12 +144,18 @@ class Plan:
     is made once, whole, and nothing downstream may edit what was decided."""
 
     start: tuple[Placement, ...] = ()
-    stop: tuple[str, ...] = ()            # instance ids to ask the node to stop
-    forget: tuple[str, ...] = ()          # instance rows to drop (gone for good)
+    stop: tuple[str, ...] = ()  # instance ids to ask the node to stop
+    forget: tuple[str, ...] = ()  # instance rows to drop (gone for good)
     lost_nodes: tuple[str, ...] = ()
     reset_restarts: tuple[str, ...] = ()
     unplaced: tuple[Placement, ...] = ()  # no node had room
 
     def is_empty(self) -> bool:
-        return not (self.start or self.stop or self.forget or self.lost_nodes
-                    or self.reset_restarts or self.unplaced)
+        return not (
+            self.start
+            or self.stop
+            or self.forget
+            or self.lost_nodes
+            or self.reset_restarts
+            or self.unplaced
+        )

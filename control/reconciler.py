@@ -56,7 +56,7 @@ class _Draft:
     stop: list[str] = field(default_factory=list)
     forget: list[str] = field(default_factory=list)
     reset_restarts: list[str] = field(default_factory=list)
-    wanted: list[Placement] = field(default_factory=list)   # for the scheduler to place
+    wanted: list[Placement] = field(default_factory=list)  # for the scheduler to place
 
 
 def restart_delay(restarts: int, policy: Policy) -> float:
@@ -69,12 +69,18 @@ def restart_delay(restarts: int, policy: Policy) -> float:
 
 def lost_node_ids(nodes: list[Node], now: float, policy: Policy) -> set[str]:
     """Nodes already marked lost or silent for longer than the TTL."""
-    return {n.id for n in nodes
-            if n.state == NodeState.LOST or now - n.last_heartbeat > policy.node_ttl}
+    return {
+        n.id for n in nodes if n.state == NodeState.LOST or now - n.last_heartbeat > policy.node_ttl
+    }
 
 
-def reconcile(apps: list[AppSpec], instances: list[Instance], nodes: list[Node],
-              now: float, policy: Policy = Policy()) -> Plan:
+def reconcile(
+    apps: list[AppSpec],
+    instances: list[Instance],
+    nodes: list[Node],
+    now: float,
+    policy: Policy = Policy(),
+) -> Plan:
     """Decide what to start, stop and forget so actual state converges on desired state."""
     lost = lost_node_ids(nodes, now, policy)
     draft = _Draft()
@@ -92,22 +98,33 @@ def reconcile(apps: list[AppSpec], instances: list[Instance], nodes: list[Node],
         for process in sorted(set(app.processes) | {k[1] for k in slots if k[0] == app.name}):
             count = app.desired_count(process)
             indexes = {k[2] for k in slots if k[0] == app.name and k[1] == process}
-            budget = [app.max_in_flight - sum(_replacing(
-                app, slots.get((app.name, process, i), []), draining) for i in range(count))]
+            budget = [
+                app.max_in_flight
+                - sum(
+                    _replacing(app, slots.get((app.name, process, i), []), draining)
+                    for i in range(count)
+                )
+            ]
             for index in sorted(indexes | set(range(count))):
                 slot = slots.get((app.name, process, index), [])
                 if index < count:
-                    _converge_slot(app, slot, now, policy, draft, budget, draining,
-                                   (process, index))
+                    _converge_slot(
+                        app, slot, now, policy, draft, budget, draining, (process, index)
+                    )
                 else:
                     for inst in slot:
                         _drop(inst, draft)
     forgotten = set(draft.forget)
     placed = [i for i in instances if i.id not in forgotten and i.node not in lost]
     ok, failed = place(nodes, placed, draft.wanted, now, policy.node_ttl)
-    return Plan(start=tuple(ok), stop=tuple(draft.stop), forget=tuple(draft.forget),
-                lost_nodes=tuple(n.id for n in nodes if n.id in lost and n.state != NodeState.LOST),
-                reset_restarts=tuple(draft.reset_restarts), unplaced=tuple(failed))
+    return Plan(
+        start=tuple(ok),
+        stop=tuple(draft.stop),
+        forget=tuple(draft.forget),
+        lost_nodes=tuple(n.id for n in nodes if n.id in lost and n.state != NodeState.LOST),
+        reset_restarts=tuple(draft.reset_restarts),
+        unplaced=tuple(failed),
+    )
 
 
 def _drop(inst: Instance, draft: _Draft) -> None:
@@ -127,20 +144,32 @@ def _wanted(app: AppSpec, inst: Instance, draining: frozenset[str]) -> bool:
 def _replacing(app: AppSpec, slot: list[Instance], draining: frozenset[str]) -> bool:
     """A slot mid-replacement: its new instance is not RUNNING yet, an old one still is live."""
     live = [i for i in slot if i.state in LIVE_STATES and not i.stopping]
-    return (any(_wanted(app, i, draining) and i.state != InstanceState.RUNNING for i in live)
-            and any(not _wanted(app, i, draining) for i in live))
+    return any(
+        _wanted(app, i, draining) and i.state != InstanceState.RUNNING for i in live
+    ) and any(not _wanted(app, i, draining) for i in live)
 
 
-def _converge_slot(app: AppSpec, slot: list[Instance], now: float, policy: Policy,
-                   draft: _Draft, budget: list[int], draining: frozenset[str],
-                   key: tuple[str, int]) -> None:
+def _converge_slot(
+    app: AppSpec,
+    slot: list[Instance],
+    now: float,
+    policy: Policy,
+    draft: _Draft,
+    budget: list[int],
+    draining: frozenset[str],
+    key: tuple[str, int],
+) -> None:
     process, index = key
     live = [i for i in slot if i.state in LIVE_STATES and not i.stopping]
     current = [i for i in live if _wanted(app, i, draining)]
     old = [i for i in live if not _wanted(app, i, draining)]
     crashed = [i for i in slot if i.state == InstanceState.CRASHED]
-    draft.forget.extend(i.id for i in slot if i.state not in LIVE_STATES
-                        and i.state not in (InstanceState.CRASHED, InstanceState.STOPPING))
+    draft.forget.extend(
+        i.id
+        for i in slot
+        if i.state not in LIVE_STATES
+        and i.state not in (InstanceState.CRASHED, InstanceState.STOPPING)
+    )
     if current:
         keep = min(current, key=lambda i: (i.state != InstanceState.RUNNING, i.since, i.id))
         draft.stop.extend(i.id for i in current if i is not keep)
@@ -152,7 +181,7 @@ def _converge_slot(app: AppSpec, slot: list[Instance], now: float, policy: Polic
         return
     if old:
         if budget[0] <= 0:
-            return          # wait: enough slots are being replaced already
+            return  # wait: enough slots are being replaced already
         budget[0] -= 1
     restarts = 0
     if crashed:
@@ -165,5 +194,14 @@ def _converge_slot(app: AppSpec, slot: list[Instance], now: float, policy: Polic
                 return
             restarts = last.restarts + 1
         draft.forget.extend(i.id for i in crashed)
-    draft.wanted.append(Placement(app.name, process, index, app.release, app.memory_mb,
-                                  restarts, generation=app.generation))
+    draft.wanted.append(
+        Placement(
+            app.name,
+            process,
+            index,
+            app.release,
+            app.memory_mb,
+            restarts,
+            generation=app.generation,
+        )
+    )

@@ -45,8 +45,11 @@ class Scaling:
             if sample.at < now - 2.0:
                 del mine[who]
         series = self.samples[app]
-        series.append(Sample(now, sum(s.in_flight for s in mine.values()),
-                             sum(s.tunnels for s in mine.values())))
+        series.append(
+            Sample(
+                now, sum(s.in_flight for s in mine.values()), sum(s.tunnels for s in mine.values())
+            )
+        )
         while series and series[0].at < now - KEEP_SECONDS:
             series.popleft()
 
@@ -58,7 +61,7 @@ class Scaling:
             return app in self.waking
         if app not in self.waking:
             self.waking[app] = self.store.clock()
-            self.record(app, 1, 0)          # the held request is traffic
+            self.record(app, 1, 0)  # the held request is traffic
             self.store.update_app(app, scale={**row["scale"], "web": 1})
             self.store.add_event(app, "wake", "a request arrived while at zero", actor)
         return True
@@ -71,21 +74,32 @@ class Scaling:
                 continue
             current = int(row["scale"].get("web", 1))
             first_seen = max(self.started, row["updated_at"] if current == 0 else 0)
-            wanted = desired_instances(list(self.samples.get(row["name"], ())), current,
-                                       settings, now, first_seen=first_seen)
+            wanted = desired_instances(
+                list(self.samples.get(row["name"], ())),
+                current,
+                settings,
+                now,
+                first_seen=first_seen,
+            )
             if row["name"] in self.waking:
                 wanted = max(wanted, 1)
             if wanted != current:
                 self.store.update_app(row["name"], scale={**row["scale"], "web": wanted})
-                what = "scaled to zero after idling" if wanted == 0 else \
-                    f"autoscaled web {current} -> {wanted}"
+                what = (
+                    "scaled to zero after idling"
+                    if wanted == 0
+                    else f"autoscaled web {current} -> {wanted}"
+                )
                 self.store.add_event(row["name"], "autoscale", what)
         self._finish_wakes(now)
 
     def _finish_wakes(self, now: float) -> None:
         for app, began in list(self.waking.items()):
-            running = [r for r in self.store.instance_rows(app=app)
-                       if r["process"] == "web" and r["state"] == InstanceState.RUNNING]
+            running = [
+                r
+                for r in self.store.instance_rows(app=app)
+                if r["process"] == "web" and r["state"] == InstanceState.RUNNING
+            ]
             if not self.store.app_exists(app) or now - began > 300:
                 del self.waking[app]
             elif running:
@@ -100,5 +114,11 @@ def settings_of(data: Autoscale | None) -> Settings | None:
     if not data:
         return None
     window = float(data.get("window", 60.0))
-    return Settings(min=data["min"], max=data["max"], concurrency=data["concurrency"],
-                    idle=data["idle"], stable_window=window, panic_window=window / 10)
+    return Settings(
+        min=data["min"],
+        max=data["max"],
+        concurrency=data["concurrency"],
+        idle=data["idle"],
+        stable_window=window,
+        panic_window=window / 10,
+    )

@@ -26,9 +26,19 @@ RUN_TIMEOUT = 3600.0
 RELEASE_TIMEOUT = 900.0
 
 
-def start_task(store: Store, policy: Policy, app: str, command: str, *, kind: str = "run",
-               droplet: str, env: dict[str, str], release: int, build: str | None = None,
-               payload: TaskData | None = None) -> str:
+def start_task(
+    store: Store,
+    policy: Policy,
+    app: str,
+    command: str,
+    *,
+    kind: str = "run",
+    droplet: str,
+    env: dict[str, str],
+    release: int,
+    build: str | None = None,
+    payload: TaskData | None = None,
+) -> str:
     """Create a task and send it to a node; Unavailable when no node is live."""
     node = pick_stager(store.nodes(), store.clock(), policy.node_ttl)
     if node is None:
@@ -36,16 +46,24 @@ def start_task(store: Store, policy: Policy, app: str, command: str, *, kind: st
     tid = store.create_task(app, kind, command, node, build=build, payload=payload)
     row = store.get_app(app)
     work: TaskPayload = {
-        "task": tid, "app": app, "droplet": droplet, "command": command, "env": env,
-        "memory_mb": row["memory_mb"], "release": release,
+        "task": tid,
+        "app": app,
+        "droplet": droplet,
+        "command": command,
+        "env": env,
+        "memory_mb": row["memory_mb"],
+        "release": release,
         "timeout": RELEASE_TIMEOUT if kind == "release" else RUN_TIMEOUT,
-        "tag": build or tid, "source": "release" if kind == "release" else f"task/{tid}"}
+        "tag": build or tid,
+        "source": "release" if kind == "release" else f"task/{tid}",
+    }
     store.enqueue(node, "task", work)
     return tid
 
 
-def finish_task(store: Store, blobs: BlobStore, tid: str, exit_code: int | None,
-                reason: str | None) -> TaskRow:
+def finish_task(
+    store: Store, blobs: BlobStore, tid: str, exit_code: int | None, reason: str | None
+) -> TaskRow:
     """Record how a task ended; a release phase's end releases or fails its build."""
     store.finish_task(tid, exit_code, reason)
     task = store.get_task(tid)
@@ -62,11 +80,24 @@ def _finish_release_phase(store: Store, blobs: BlobStore, build: str, task: Task
         store.add_event(task["app"], "release-phase-failed", f"build {build}: {why}")
         return
     version = releases.make_release(
-        store, blobs, task["app"], droplet=data["droplet"], env=data["env"],
-        processes=data["processes"], pack=data.get("pack"),
-        description=f"build {build} ({data.get('pack')}), release phase passed", actor=None)
-    store.set_build(build, BuildState.STAGED, droplet=data["droplet"], pack=data.get("pack"),
-                    processes=data["processes"], release=version)
+        store,
+        blobs,
+        task["app"],
+        droplet=data["droplet"],
+        env=data["env"],
+        processes=data["processes"],
+        pack=data.get("pack"),
+        description=f"build {build} ({data.get('pack')}), release phase passed",
+        actor=None,
+    )
+    store.set_build(
+        build,
+        BuildState.STAGED,
+        droplet=data["droplet"],
+        pack=data.get("pack"),
+        processes=data["processes"],
+        release=version,
+    )
 
 
 def fail_lost_tasks(store: Store, blobs: BlobStore, lost: Collection[str]) -> None:

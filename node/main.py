@@ -36,8 +36,10 @@ def tls_verification(config: NodeConfig) -> ssl.SSLContext | bool:
     except OSError as e:
         raise JoinError(f"cannot reach {config.control_url}: {e}") from None
     if not hmac.compare_digest(fingerprint(pem), pin):
-        raise JoinError(f"{config.control_url} presented a certificate that does not match "
-                        "the join token's fingerprint; refusing to join")
+        raise JoinError(
+            f"{config.control_url} presented a certificate that does not match "
+            "the join token's fingerprint; refusing to join"
+        )
     config.home.mkdir(parents=True, exist_ok=True)
     saved.write_text(pem)
     return pinned_context(pem)
@@ -59,8 +61,9 @@ async def _main(config: NodeConfig) -> None:
 
 def run(config: NodeConfig) -> None:
     """Run the agent; JoinError (a refused or missing token) propagates as one line."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s node %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s node %(message)s", stream=sys.stderr
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         trio.run(_main, config)

@@ -22,38 +22,64 @@ app = typer.Typer()
 @app.command()
 def push(
     path: Annotated[Path, typer.Argument(help="app directory")] = Path("."),
-    name: Annotated[str | None, typer.Option(
-        "--name", "-n", help="app name (default: dir name)")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="app name (default: dir name)")
+    ] = None,
     instances: Annotated[int | None, typer.Option("--instances", "-i", min=0, max=100)] = None,
     memory: Annotated[str | None, typer.Option("--memory", "-m", help="e.g. 256M, 1G")] = None,
-    env: Annotated[list[str] | None, typer.Option(
-        "--env", "-e", help="KEY=VALUE, repeatable")] = None,
-    health_check: Annotated[str | None, typer.Option(
-        help="port, process or http:/PATH")] = None,
-    max_in_flight: Annotated[int | None, typer.Option(
-        min=1, max=100, help="instances replaced at once (default 1)")] = None,
-    buildpack: Annotated[str | None, typer.Option(
-        "--buildpack", "-b", help="an installed pack's name, a directory or a git URL")] = None,
-    no_cache: Annotated[bool, typer.Option(
-        "--no-cache", help="build from an empty cache")] = False,
-    manifest_file: Annotated[Path | None, typer.Option(
-        "--manifest", "-f", help="manifest (default DIR/manifest.yml)")] = None,
-    no_manifest: Annotated[bool, typer.Option(
-        "--no-manifest", help="ignore manifest.yml")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="make each app exactly what the "
-                                         "manifest says (shows every change and asks first)")
-                      ] = False,
-    yes: Annotated[bool, typer.Option(
-        "--yes", "-y", help="apply --strict's changes without asking")] = False,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")
+    ] = None,
+    health_check: Annotated[str | None, typer.Option(help="port, process or http:/PATH")] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(min=1, max=100, help="instances replaced at once (default 1)")
+    ] = None,
+    buildpack: Annotated[
+        str | None,
+        typer.Option(
+            "--buildpack", "-b", help="an installed pack's name, a directory or a git URL"
+        ),
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="build from an empty cache")] = False,
+    manifest_file: Annotated[
+        Path | None, typer.Option("--manifest", "-f", help="manifest (default DIR/manifest.yml)")
+    ] = None,
+    no_manifest: Annotated[bool, typer.Option("--no-manifest", help="ignore manifest.yml")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="make each app exactly what the manifest says (shows every change and asks first)",
+        ),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="apply --strict's changes without asking")
+    ] = False,
     wait: Wait = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the rollout")] = 180,
-    watch: Annotated[bool, typer.Option("--watch", help="stay running and push again "
-                                        "whenever a file changes")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="stay running and push again whenever a file changes")
+    ] = False,
 ) -> None:
     """Build DIR and run it; prints the app's URL once every instance runs."""
-    opts = PushOptions(path, name, instances, memory, tuple(env or ()), health_check,
-                       max_in_flight, buildpack, no_cache, manifest_file, no_manifest, strict,
-                       yes, wait, timeout, watch)
+    opts = PushOptions(
+        path,
+        name,
+        instances,
+        memory,
+        tuple(env or ()),
+        health_check,
+        max_in_flight,
+        buildpack,
+        no_cache,
+        manifest_file,
+        no_manifest,
+        strict,
+        yes,
+        wait,
+        timeout,
+        watch,
+    )
     jobs = plan_push(opts, CONSOLE)
     push_all(Api.load(), jobs, opts, CONSOLE)
 
@@ -67,28 +93,44 @@ def list_apps(as_json: AsJson = False) -> None:
 @app.command("app")
 def show_app(name: str, as_json: AsJson = False) -> None:
     """Show an app: release and each instance."""
-    show(Api.load().get(f"/v1/apps/{name}"), as_json,
-         lambda view: views.app_lines(view) + views.table(view["instances"], views.INSTANCES))
+    show(
+        Api.load().get(f"/v1/apps/{name}"),
+        as_json,
+        lambda view: views.app_lines(view) + views.table(view["instances"], views.INSTANCES),
+    )
 
 
 @app.command()
 def scale(
     name: str,
     instances: Annotated[int | None, typer.Option("--instances", "-i", min=0, max=100)] = None,
-    process: Annotated[str | None, typer.Option("--process", "-p", help="process type "
-                                                "(default: web, or the app's only type)")
-                       ] = None,
+    process: Annotated[
+        str | None,
+        typer.Option("--process", "-p", help="process type (default: web, or the app's only type)"),
+    ] = None,
     memory: Annotated[str | None, typer.Option("--memory", "-m")] = None,
-    min_: Annotated[int | None, typer.Option("--min", min=0, max=100, help="autoscale: fewest "
-                                             "instances (0 scales to zero when idle)")] = None,
-    max_: Annotated[int | None, typer.Option("--max", min=1, max=100,
-                                             help="autoscale: most")] = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="autoscale: in-flight "
-                                                    "requests per instance to aim for")] = None,
-    idle: Annotated[str | None, typer.Option(
-        help="autoscale: idle time before zero, e.g. 60s")] = None,
-    window: Annotated[str | None, typer.Option(help="autoscale: averaging window, e.g. 60s "
-                                               "(bursts are judged over a tenth of it)")] = None,
+    min_: Annotated[
+        int | None,
+        typer.Option(
+            "--min", min=0, max=100, help="autoscale: fewest instances (0 scales to zero when idle)"
+        ),
+    ] = None,
+    max_: Annotated[
+        int | None, typer.Option("--max", min=1, max=100, help="autoscale: most")
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="autoscale: in-flight requests per instance to aim for"),
+    ] = None,
+    idle: Annotated[
+        str | None, typer.Option(help="autoscale: idle time before zero, e.g. 60s")
+    ] = None,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            help="autoscale: averaging window, e.g. 60s (bursts are judged over a tenth of it)"
+        ),
+    ] = None,
 ) -> None:
     """Set how many instances of a process type run, or autoscale web on concurrency."""
     auto = {"min": min_, "max": max_, "concurrency": concurrency, "idle": idle, "window": window}
@@ -96,12 +138,15 @@ def scale(
     if autoscaling == (instances is not None):
         raise CLIError("give either -i N, or autoscaling with --min/--max/--concurrency/--idle")
     body = {"process": process, "instances": instances, **auto, "memory": memory or None}
-    view = Api.load().request("POST", f"/v1/apps/{name}/scale",
-                              json={k: v for k, v in body.items() if v is not None})
+    view = Api.load().request(
+        "POST", f"/v1/apps/{name}/scale", json={k: v for k, v in body.items() if v is not None}
+    )
     if autoscaling:
         a = view["autoscale"]
-        typer.echo(f"{name}: web autoscales between {a['min']} and {a['max']} at "
-                   f"{a['concurrency']} in flight per instance (idle {a['idle']:.0f} s)")
+        typer.echo(
+            f"{name}: web autoscales between {a['min']} and {a['max']} at "
+            f"{a['concurrency']} in flight per instance (idle {a['idle']:.0f} s)"
+        )
     else:
         typer.echo(f"{name}: {view.get('scaled', process)} scaled to {instances}")
 
@@ -147,17 +192,21 @@ def start(name: str) -> None:
 
 @app.command()
 def restart(
-    name: str, wait: Wait = True,
-    instance: Annotated[int | None, typer.Option(
-        "--instance", "-i", min=0, help="restart only this instance index")] = None,
-    process: Annotated[str, typer.Option(
-        "--process", "-p", help="with -i: the instance's process type")] = "web",
+    name: str,
+    wait: Wait = True,
+    instance: Annotated[
+        int | None, typer.Option("--instance", "-i", min=0, help="restart only this instance index")
+    ] = None,
+    process: Annotated[
+        str, typer.Option("--process", "-p", help="with -i: the instance's process type")
+    ] = "web",
 ) -> None:
     """Replace every instance of an app, one at a time (or, with -i N, just instance N)."""
     api = Api.load()
     if instance is not None:
-        api.request("POST", f"/v1/apps/{name}/actions/restart",
-                    json={"process": process, "index": instance})
+        api.request(
+            "POST", f"/v1/apps/{name}/actions/restart", json={"process": process, "index": instance}
+        )
         typer.echo(f"{name}: {process}.{instance} restarting (stopped, then started again)")
         return
     view = api.request("POST", f"/v1/apps/{name}/actions/restart")
@@ -168,11 +217,15 @@ def restart(
 
 
 @app.command()
-def delete(name: str, force: Annotated[bool, typer.Option(
-        "--force", "-f", help="do not ask for confirmation")] = False) -> None:
+def delete(
+    name: str,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="do not ask for confirmation")
+    ] = False,
+) -> None:
     """Delete an app, its releases and its logs (asks first unless -f)."""
     api = Api.load()
-    api.get(f"/v1/apps/{name}")             # a missing app is an error before any question
+    api.get(f"/v1/apps/{name}")  # a missing app is an error before any question
     agreed = True if force else CONSOLE.confirm(f"Delete {name}, its releases and its logs?")
     if agreed is None:
         raise CLIError(f"not deleting {name}: no terminal to confirm on; pass -f")
@@ -185,10 +238,10 @@ def delete(name: str, force: Annotated[bool, typer.Option(
 @app.command()
 def logs(
     name: str,
-    follow: Annotated[bool, typer.Option("--follow", "-f", "--tail",
-                                         help="keep printing new lines")] = False,
-    recent: Annotated[bool, typer.Option("--recent",
-                                         help="print recent lines and exit")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", "--tail", help="keep printing new lines")
+    ] = False,
+    recent: Annotated[bool, typer.Option("--recent", help="print recent lines and exit")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", min=1, max=5000)] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
@@ -199,8 +252,11 @@ def logs(
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
-def run(name: str, command: Annotated[list[str], typer.Argument(help="the command, after --")],
-        wait: Wait = True) -> None:
+def run(
+    name: str,
+    command: Annotated[list[str], typer.Argument(help="the command, after --")],
+    wait: Wait = True,
+) -> None:
     """Run a one-off command with the app's droplet and config on a node; exits with its
     exit code (`foundry run NAME -- python manage.py migrate`)."""
     import shlex
@@ -209,8 +265,9 @@ def run(name: str, command: Annotated[list[str], typer.Argument(help="the comman
     if not command:
         raise CLIError("give the command after --, e.g. foundry run NAME -- ls -la")
     api = Api.load()
-    task = api.request("POST", f"/v1/apps/{name}/tasks",
-                       json={"command": shlex.join(command)})["task"]
+    task = api.request("POST", f"/v1/apps/{name}/tasks", json={"command": shlex.join(command)})[
+        "task"
+    ]
     typer.echo(f"Running task {task} of {name}", err=True)
     if not wait:
         return
@@ -221,10 +278,11 @@ def run(name: str, command: Annotated[list[str], typer.Argument(help="the comman
 
 
 @app.command("git-remote")
-def git_remote(name: str,
-               remote: Annotated[str, typer.Option(help="remote name")] = "foundry",
-               directory: Annotated[Path, typer.Option("--dir", help="the git work tree")
-                                    ] = Path(".")) -> None:
+def git_remote(
+    name: str,
+    remote: Annotated[str, typer.Option(help="remote name")] = "foundry",
+    directory: Annotated[Path, typer.Option("--dir", help="the git work tree")] = Path("."),
+) -> None:
     """Add (or update) a git remote that deploys NAME on `git push REMOTE main`, with a
     deploy token limited to NAME (re-running replaces it and revokes the old one)."""
     from control.cli.gitremote import add_remote
@@ -234,5 +292,8 @@ def git_remote(name: str,
         raise CLIError(problem)
     added = add_remote(Api.load(), name, remote, directory)
     typer.echo(f"remote {remote} -> {added.url}; deploy with: git push {remote} main")
-    typer.echo(f"the remote uses deploy token {added.token_id} ({added.label}); "
-               f"`foundry tokens revoke {added.token_id}` withdraws it", err=True)
+    typer.echo(
+        f"the remote uses deploy token {added.token_id} ({added.label}); "
+        f"`foundry tokens revoke {added.token_id}` withdraws it",
+        err=True,
+    )

@@ -17,8 +17,7 @@ import typer
 from control.cli import views
 
 AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-Wait = Annotated[bool, typer.Option("--wait/--no-wait",
-                                    help="watch the rollout until it finishes")]
+Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="watch the rollout until it finishes")]
 Route = Annotated[str, typer.Argument(help=r"HOST\[/PATH]")]  # \[: not rich markup
 
 
@@ -32,8 +31,9 @@ class Console:
         typer.echo(text)
 
     def uploading(self, sent: int, total: int) -> None:
-        typer.echo(f"\rUploading {sent / 1024:.1f} KiB / {total / 1024:.1f} KiB", err=True,
-                   nl=False)
+        typer.echo(
+            f"\rUploading {sent / 1024:.1f} KiB / {total / 1024:.1f} KiB", err=True, nl=False
+        )
 
     def uploaded(self) -> None:
         typer.echo("", err=True)

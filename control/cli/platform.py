@@ -36,12 +36,13 @@ def routes(as_json: AsJson = False) -> None:
 
 @app.command("map-route")
 def map_route(
-    name: str, route: Route,
+    name: str,
+    route: Route,
     balance: Annotated[str | None, typer.Option(help="round-robin or least-in-flight")] = None,
-    timeout: Annotated[int | None, typer.Option(
-        help="backend response timeout, seconds")] = None,
-    sticky: Annotated[bool | None, typer.Option(
-        "--sticky/--no-sticky", help="pin a client to its instance")] = None,
+    timeout: Annotated[int | None, typer.Option(help="backend response timeout, seconds")] = None,
+    sticky: Annotated[
+        bool | None, typer.Option("--sticky/--no-sticky", help="pin a client to its instance")
+    ] = None,
 ) -> None:
     """Route another host (and optional path prefix) to an app."""
     body = {"route": route, "balance": balance, "timeout": timeout, "sticky": sticky}
@@ -62,8 +63,7 @@ def tokens_create(
     kind: Annotated[str, typer.Option(help="join, deploy, read, edge or admin")],
     apps: Annotated[str | None, typer.Option(help="limit to these apps: a,b")] = None,
     ttl: Annotated[str | None, typer.Option(help="expire after e.g. 1h, 7d")] = None,
-    uses: Annotated[int | None, typer.Option(
-        min=1, help="usable for this many requests")] = None,
+    uses: Annotated[int | None, typer.Option(min=1, help="usable for this many requests")] = None,
     label: Annotated[str | None, typer.Option(help="a note to recognise it by")] = None,
     as_json: AsJson = False,
 ) -> None:
@@ -75,8 +75,9 @@ def tokens_create(
     if as_json:
         return show(answer, True, list)
     typer.echo(answer["token"])
-    typer.echo(f"{kind} token {answer['id']} created; the secret above is not shown again",
-               err=True)
+    typer.echo(
+        f"{kind} token {answer['id']} created; the secret above is not shown again", err=True
+    )
 
 
 @tokens_app.command("list")
@@ -111,12 +112,26 @@ def node_ready(name: str) -> None:
 
 
 @node_app.command("remove")
-def node_remove(name: str, force: Annotated[bool, typer.Option(
-        "--force", help="remove a node that is not lost or drained; what still runs on it is "
-        "placed elsewhere and that node can no longer reach the control plane")] = False
-                ) -> None:
+def node_remove(
+    name: str,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="remove a node that is not lost or drained; what still runs on it is "
+            "placed elsewhere and that node can no longer reach the control plane",
+        ),
+    ] = False,
+) -> None:
     """Forget a lost or drained node; it must join again with a join token to come back."""
-    done = Api.load().request("DELETE", f"/v1/nodes/{name}",
-                              params={"force": "1"} if force else None)
-    typer.echo(f"node {name} removed" + (f"; {done['instances']} instance(s) on it are placed "
-                                         "elsewhere" if done["instances"] else ""))
+    done = Api.load().request(
+        "DELETE", f"/v1/nodes/{name}", params={"force": "1"} if force else None
+    )
+    typer.echo(
+        f"node {name} removed"
+        + (
+            f"; {done['instances']} instance(s) on it are placed elsewhere"
+            if done["instances"]
+            else ""
+        )
+    )

@@ -17,13 +17,17 @@ app = typer.Typer()
 @app.command("env")
 def show_env(name: str, as_json: AsJson = False) -> None:
     """Show an app's config vars."""
-    show(Api.load().get(f"/v1/apps/{name}/env")["env"], as_json,
-         lambda env: [f"{key}={env[key]}" for key in sorted(env)])
+    show(
+        Api.load().get(f"/v1/apps/{name}/env")["env"],
+        as_json,
+        lambda env: [f"{key}={env[key]}" for key in sorted(env)],
+    )
 
 
 @app.command("set-env")
-def set_env(name: str, pairs: Annotated[list[str], typer.Argument(help="KEY=VALUE ...")],
-            wait: Wait = True) -> None:
+def set_env(
+    name: str, pairs: Annotated[list[str], typer.Argument(help="KEY=VALUE ...")], wait: Wait = True
+) -> None:
     """Set config vars (a new release, instances replaced; values already set change nothing)."""
     values = {}
     for pair in pairs:
@@ -33,8 +37,16 @@ def set_env(name: str, pairs: Annotated[list[str], typer.Argument(help="KEY=VALU
         values[key] = value
     api = Api.load()
     answer = api.request("PATCH", f"/v1/apps/{name}/env", json={"set": values})
-    typer.echo(views.env_change_line(name, "set", list(values), answer.get("unchanged", []),
-                               "already has that value", "already have those values"))
+    typer.echo(
+        views.env_change_line(
+            name,
+            "set",
+            list(values),
+            answer.get("unchanged", []),
+            "already has that value",
+            "already have those values",
+        )
+    )
     finish(api, name, answer["release"], wait, 180, CONSOLE)
 
 
@@ -43,14 +55,20 @@ def unset_env(name: str, keys: list[str], wait: Wait = True) -> None:
     """Remove config vars (a new release, instances replaced; unset ones change nothing)."""
     api = Api.load()
     answer = api.request("PATCH", f"/v1/apps/{name}/env", json={"unset": keys})
-    typer.echo(views.env_change_line(name, "unset", keys, answer.get("unchanged", []),
-                               "is not set", "are not set"))
+    typer.echo(
+        views.env_change_line(
+            name, "unset", keys, answer.get("unchanged", []), "is not set", "are not set"
+        )
+    )
     finish(api, name, answer["release"], wait, 180, CONSOLE)
 
 
 @app.command()
-def rollback(name: str, version: Annotated[str, typer.Argument(
-        help="release to return to, e.g. v3")], wait: Wait = True) -> None:
+def rollback(
+    name: str,
+    version: Annotated[str, typer.Argument(help="release to return to, e.g. v3")],
+    wait: Wait = True,
+) -> None:
     """Make a new release from an earlier release's droplet and config vars."""
     number = version.lower().lstrip("v")
     if not number.isdigit():
@@ -72,8 +90,9 @@ def cancel_deploy(name: str, wait: Wait = True) -> None:
     """Stop a rollout and go back to the release it started from."""
     api = Api.load()
     answer = api.request("POST", f"/v1/apps/{name}/deployments/cancel")
-    typer.echo(f"{name}: deployment {answer['canceled']} canceled; rolling back as "
-               f"v{answer['release']}")
+    typer.echo(
+        f"{name}: deployment {answer['canceled']} canceled; rolling back as v{answer['release']}"
+    )
     finish(api, name, answer["release"], wait, 180, CONSOLE)
 
 
@@ -84,9 +103,16 @@ def releases(name: str, as_json: AsJson = False) -> None:
 
 
 @app.command()
-def events(name: str, as_json: AsJson = False,
-           limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10000,
-                                              help="show the newest N")] = 100) -> None:
+def events(
+    name: str,
+    as_json: AsJson = False,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=10000, help="show the newest N")
+    ] = 100,
+) -> None:
     """List what happened to an app (the newest 100 unless --limit), oldest first."""
-    show(Api.load().get(f"/v1/apps/{name}/events", params={"limit": limit})["events"], as_json,
-         views.EVENTS)
+    show(
+        Api.load().get(f"/v1/apps/{name}/events", params={"limit": limit})["events"],
+        as_json,
+        views.EVENTS,
+    )

@@ -19,8 +19,9 @@ from control.config import ControlConfig
 from control.store import Store
 
 
-async def wait_for(condition: Callable[[], object], timeout: float = 5,
-                   what: str = "the condition") -> None:
+async def wait_for(
+    condition: Callable[[], object], timeout: float = 5, what: str = "the condition"
+) -> None:
     """Check `condition` every few milliseconds until it holds; fail naming `what` once
     `timeout` seconds (of trio's clock, so autojump tests do not wait) have passed."""
     with trio.move_on_after(timeout):
@@ -47,8 +48,9 @@ class Control:
 
     def client(self, token: str | None) -> httpx.AsyncClient:
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        return httpx.AsyncClient(transport=self.http._transport, base_url="http://control",
-                                 headers=headers)
+        return httpx.AsyncClient(
+            transport=self.http._transport, base_url="http://control", headers=headers
+        )
 
 
 @pytest.fixture
@@ -58,8 +60,9 @@ async def control(tmp_path: Path) -> AsyncIterator[Control]:
     app = create_app(store, ControlConfig(home=tmp_path), converge_loop=False)
     _, admin = store.create_token("admin")
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://control",
-                                 headers={"authorization": f"Bearer {admin}"}) as http:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://control", headers={"authorization": f"Bearer {admin}"}
+    ) as http:
         yield Control(store, clock, http, admin)
     store.close()
 

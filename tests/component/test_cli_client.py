@@ -216,8 +216,10 @@ def test_strict_shows_its_changes_and_needs_agreement(platform: Platform, tmp_pa
 def test_log_lines_are_the_newest_ones(platform: Platform) -> None:
     platform.store.create_app("shop")
     platform.store.append_logs(
-        [{"app": "shop", "source": "app/web.0", "line": f"line {n}", "ts": float(n)}
-         for n in range(5)]
+        [
+            {"app": "shop", "source": "app/web.0", "line": f"line {n}", "ts": float(n)}
+            for n in range(5)
+        ]
     )
     lines = list(log_lines(platform.api(), "shop", 3, follow=False))
     assert [line["line"] for line in lines] == ["line 2", "line 3", "line 4"]

@@ -70,8 +70,13 @@ def bad_invocations(root: Any) -> Iterator[tuple[str, ...]]:
 
 
 # the mistakes new users made (issue 19), on top of the generated ones
-KNOWN = [("scale", "app", "-i", "-1"), ("scale", "app", "-i", "abc"),
-         ("logs", "app", "--tail", "3"), ("lgs",), ("app",)]
+KNOWN = [
+    ("scale", "app", "-i", "-1"),
+    ("scale", "app", "-i", "abc"),
+    ("logs", "app", "--tail", "3"),
+    ("lgs",),
+    ("app",),
+]
 CASES = sorted(set(bad_invocations(typer.main.get_command(foundry.app))) | set(KNOWN))
 
 
@@ -84,13 +89,23 @@ def closed_port() -> int:
 @pytest.fixture(scope="module")
 def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], Any]:
     """Run every case once (a few at a time: each is a fresh interpreter, ~0.5 s)."""
-    env = {**os.environ, "FOUNDRY_API": f"http://127.0.0.1:{closed_port()}",
-           "FOUNDRY_TOKEN": "not-a-token", "FOUNDRY_HOME": str(tmp_path_factory.mktemp("home"))}
+    env = {
+        **os.environ,
+        "FOUNDRY_API": f"http://127.0.0.1:{closed_port()}",
+        "FOUNDRY_TOKEN": "not-a-token",
+        "FOUNDRY_HOME": str(tmp_path_factory.mktemp("home")),
+    }
 
     def run(args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "foundry", *args], cwd=ROOT, env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "foundry", *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     with ThreadPoolExecutor(4) as pool:
         return dict(zip(CASES, pool.map(run, CASES), strict=True))
@@ -104,8 +119,9 @@ def test_the_tree_is_walked() -> None:
 
 
 @pytest.mark.parametrize("args", CASES, ids=" ".join)
-def test_bad_arguments_get_one_line(args: tuple[str, ...],
-                                    answers: dict[tuple[str, ...], Any]) -> None:
+def test_bad_arguments_get_one_line(
+    args: tuple[str, ...], answers: dict[tuple[str, ...], Any]
+) -> None:
     done = answers[args]
     lines = done.stderr.splitlines()
     assert done.returncode != 0, done.stdout

@@ -231,8 +231,12 @@ async def test_stopping_closes_idle_connections_at_once(nursery: trio.Nursery) -
     shutdown, stopped = trio.Event(), trio.Event()
 
     async def run_edge(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(replace(CONFIG, idle_timeout=60, drain_timeout=30), StaticSource(routes),
-                    shutdown=shutdown, task_status=task_status)
+        await serve(
+            replace(CONFIG, idle_timeout=60, drain_timeout=30),
+            StaticSource(routes),
+            shutdown=shutdown,
+            task_status=task_status,
+        )
         stopped.set()
 
     edge = await nursery.start(run_edge)

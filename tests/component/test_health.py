@@ -16,8 +16,9 @@ async def answer_with(status: bytes, stream: trio.SocketStream) -> None:
 
 
 async def serve(nursery: trio.Nursery, status: bytes) -> int:
-    listeners = await nursery.start(partial(trio.serve_tcp, partial(answer_with, status), 0,
-                                            host="127.0.0.1"))
+    listeners = await nursery.start(
+        partial(trio.serve_tcp, partial(answer_with, status), 0, host="127.0.0.1")
+    )
     return int(listeners[0].socket.getsockname()[1])
 
 
@@ -42,6 +43,7 @@ async def test_http_check_wants_a_2xx(nursery: trio.Nursery) -> None:
 async def test_http_check_times_out_on_a_silent_backend(nursery: trio.Nursery) -> None:
     async def silent(stream: trio.SocketStream) -> None:
         await trio.sleep_forever()
+
     listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
     ok, why = await health.check("http:/", "127.0.0.1", port, timeout=0.2)

@@ -91,8 +91,13 @@ def test_pipelined_requests_come_out_in_order() -> None:
     )
     kinds = [type(e).__name__ for e in events]
     assert kinds == [
-        "RequestHead", "EndOfMessage", "RequestHead", "Body", "EndOfMessage",
-        "RequestHead", "EndOfMessage",
+        "RequestHead",
+        "EndOfMessage",
+        "RequestHead",
+        "Body",
+        "EndOfMessage",
+        "RequestHead",
+        "EndOfMessage",
     ]
     targets = [e.target for e in events if isinstance(e, RequestHead)]
     assert targets == [b"/1", b"/2", b"/3"]

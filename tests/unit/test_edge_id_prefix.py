@@ -20,7 +20,7 @@ def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:
     new_request_id()
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:   # the "worker"
+    if pid == 0:  # the "worker"
         try:
             os.write(write, b",".join(new_request_id() for _ in range(5)))
         finally:

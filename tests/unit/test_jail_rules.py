@@ -31,18 +31,22 @@ from node.jail import (
 GOOD = Probe(linux=True, root=True, bwrap=True, setpriv=True, userns=True, cgroup_version=1)
 
 
-@pytest.mark.parametrize(("changes", "tier", "why"), [
-    ({}, FULL, "cgroup v1"),
-    ({"cgroup_version": 2}, FULL, "cgroup v2"),
-    ({"cgroup_version": None}, ROOTLESS, "no usable cgroup"),
-    ({"root": False, "cgroup_version": None}, ROOTLESS, "not root"),
-    ({"root": False, "userns": False, "cgroup_version": None}, PLAIN, "user namespaces"),
-    ({"bwrap": False}, PLAIN, "bubblewrap"),
-    ({"setpriv": False}, PLAIN, "setpriv"),
-    ({"linux": False, "root": False, "bwrap": False}, PLAIN, "not Linux"),
-])
-def test_tier_is_the_strongest_the_probe_allows(changes: dict[str, object], tier: str,
-                                                why: str) -> None:
+@pytest.mark.parametrize(
+    ("changes", "tier", "why"),
+    [
+        ({}, FULL, "cgroup v1"),
+        ({"cgroup_version": 2}, FULL, "cgroup v2"),
+        ({"cgroup_version": None}, ROOTLESS, "no usable cgroup"),
+        ({"root": False, "cgroup_version": None}, ROOTLESS, "not root"),
+        ({"root": False, "userns": False, "cgroup_version": None}, PLAIN, "user namespaces"),
+        ({"bwrap": False}, PLAIN, "bubblewrap"),
+        ({"setpriv": False}, PLAIN, "setpriv"),
+        ({"linux": False, "root": False, "bwrap": False}, PLAIN, "not Linux"),
+    ],
+)
+def test_tier_is_the_strongest_the_probe_allows(
+    changes: dict[str, object], tier: str, why: str
+) -> None:
     probe = Probe(**{**GOOD.__dict__, **changes})
     choice = choose_tier(probe)
     assert choice.tier == tier
@@ -52,8 +56,9 @@ def test_tier_is_the_strongest_the_probe_allows(changes: dict[str, object], tier
 def test_a_weaker_tier_can_be_forced_but_never_a_stronger_one() -> None:
     assert choose_tier(GOOD, PLAIN).tier == PLAIN
     assert choose_tier(GOOD, ROOTLESS).tier == ROOTLESS
-    weak = Probe(linux=True, root=False, bwrap=False, setpriv=True, userns=False,
-                 cgroup_version=None)
+    weak = Probe(
+        linux=True, root=False, bwrap=False, setpriv=True, userns=False, cgroup_version=None
+    )
     forced = choose_tier(weak, FULL)
     assert forced.tier == PLAIN
     assert "unavailable" in forced.reason
@@ -61,9 +66,17 @@ def test_a_weaker_tier_can_be_forced_but_never_a_stronger_one() -> None:
         choose_tier(GOOD, "docker")
 
 
-SPEC = JailSpec("i-1", ("python3", "app.py"), {"PORT": "5000"}, Path("/srv/node/i-1/app"), 64,
-                (Bind(Path("/srv/cache/a"), "/cache", writable=True),
-                 Bind(Path("/root/tools/uv"), "/opt/foundry/bin/uv")))
+SPEC = JailSpec(
+    "i-1",
+    ("python3", "app.py"),
+    {"PORT": "5000"},
+    Path("/srv/node/i-1/app"),
+    64,
+    (
+        Bind(Path("/srv/cache/a"), "/cache", writable=True),
+        Bind(Path("/root/tools/uv"), "/opt/foundry/bin/uv"),
+    ),
+)
 
 
 def pairs(args: list[str], flag: str) -> list[tuple[str, str]]:
@@ -72,11 +85,16 @@ def pairs(args: list[str], flag: str) -> list[tuple[str, str]]:
 
 def test_bwrap_args_build_the_jail_view() -> None:
     args = bwrap_args(SPEC, ["--ro-bind", "/usr", "/usr"], 7, 8, userns=False)
-    for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
-                 "--new-session"):
+    for flag in (
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--die-with-parent",
+        "--new-session",
+    ):
         assert flag in args
     assert "--unshare-user" not in args
-    assert "--unshare-net" not in args   # host network
+    assert "--unshare-net" not in args  # host network
     assert ("/usr", "/usr") in pairs(args, "--ro-bind")
     assert pairs(args, "--bind") == [("/srv/node/i-1/app", APP), ("/srv/cache/a", "/cache")]
     assert ("/root/tools/uv", "/opt/foundry/bin/uv") in pairs(args, "--ro-bind")
@@ -84,7 +102,7 @@ def test_bwrap_args_build_the_jail_view() -> None:
     assert args[-4:] == ["--chdir", APP, "--remount-ro", "/"]
     for tmp in ("/tmp", "/dev/shm"):
         i = args.index(tmp)
-        assert args[i - 5:i] == ["--perms", "1777", "--size", str(64 << 20), "--tmpfs"]
+        assert args[i - 5 : i] == ["--perms", "1777", "--size", str(64 << 20), "--tmpfs"]
     # Parents of bind targets are made world-searchable, outermost first.
     dirs = [args[i + 1] for i, a in enumerate(args) if a == "--dir"]
     assert dirs == ["/opt", "/opt/foundry", "/opt/foundry/bin"]
@@ -106,16 +124,14 @@ def test_the_launcher_joins_the_cgroup_before_bwrap() -> None:
     argv = jailer.argv(SPEC, 20001, 9, group)
     assert argv[:3] == ["/bin/sh", "-c", ENTER_CGROUPS]
     sep = argv.index("--")
-    assert argv[4:sep] == [f"/cg/{c}/x/cgroup.procs" for c in ("memory", "pids", "cpu",
-                                                                "freezer")]
-    assert argv[sep + 1:sep + 4] == ["/usr/bin/bwrap", "--args", "9"]
+    assert argv[4:sep] == [f"/cg/{c}/x/cgroup.procs" for c in ("memory", "pids", "cpu", "freezer")]
+    assert argv[sep + 1 : sep + 4] == ["/usr/bin/bwrap", "--args", "9"]
     assert argv[-2:] == ["python3", "app.py"]
 
 
 def test_plain_tier_runs_the_command_as_is() -> None:
     jailer = Jailer(TierChoice(PLAIN, "test"), prlimit="/usr/bin/prlimit")
-    assert jailer.argv(SPEC, 0, -1, None) == ["/usr/bin/prlimit", "--core=0", "python3",
-                                              "app.py"]
+    assert jailer.argv(SPEC, 0, -1, None) == ["/usr/bin/prlimit", "--core=0", "python3", "app.py"]
     assert jailer.inside("/srv/node/i-1/app/x", SPEC.app_dir) == "/srv/node/i-1/app/x"
 
 

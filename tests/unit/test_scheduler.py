@@ -47,12 +47,20 @@ def test_never_places_on_lost_or_silent_nodes() -> None:
     assert pick_stager(nodes, NOW, 15) is None
 
 
-@given(st.lists(st.tuples(st.integers(0, 8192), st.integers(0, 40), st.booleans()),
-                min_size=1, max_size=5), st.integers(0, 10), st.integers(64, 1024))
-def test_placements_fit_and_avoid_dead_nodes(specs: list[tuple[int, int, bool]], count: int,
-                                             mem: int) -> None:
-    nodes = [Node(f"n{i}", str(i), m, NOW - age, LOST if lost else NodeState.READY)
-             for i, (m, age, lost) in enumerate(specs)]
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 8192), st.integers(0, 40), st.booleans()), min_size=1, max_size=5
+    ),
+    st.integers(0, 10),
+    st.integers(64, 1024),
+)
+def test_placements_fit_and_avoid_dead_nodes(
+    specs: list[tuple[int, int, bool]], count: int, mem: int
+) -> None:
+    nodes = [
+        Node(f"n{i}", str(i), m, NOW - age, LOST if lost else NodeState.READY)
+        for i, (m, age, lost) in enumerate(specs)
+    ]
     done, failed = place(nodes, [], want(count, mem=mem), NOW, 15)
     assert len(done) + len(failed) == count
     live = {n.id: n for n in nodes if n.state == "ready" and NOW - n.last_heartbeat <= 15}
@@ -68,40 +76,76 @@ def on(node: Node, app: str = "other", mem: int = 256, index: int = 0) -> Instan
     return Instance(f"{app}-{node.id}-{index}", app, "web", index, 1, node.id, memory_mb=mem)
 
 
-@pytest.mark.parametrize(("nodes", "placed", "mem", "reason"), [
-    ([], [], 256, "no node has joined (start one with `foundry node join`)"),
-    ([Node("n1", "a", 1024, NOW, LOST)], [], 256,
-     "no ready node: the only node (a) is lost"),
-    ([Node("n1", "a", 1024, NOW - 20)], [], 256,
-     "no ready node: the only node (a) is silent (no heartbeat for 20 s)"),
-    ([Node("n1", "a", 1024, NOW, LOST), Node("n2", "b", 1024, NOW, LOST)], [], 256,
-     "no ready node: all 2 nodes are out: 2 lost"),
-    # The case: the only node drains with 768 MiB free; memory is not the reason.
-    ([Node("n1", "a", 1024, NOW, DRAINING)], [on(A)], 256,
-     "no ready node: the only node (a) is draining"),
-    ([Node("n1", "a", 1024, NOW, DRAINING), Node("n2", "b", 1024, NOW, DRAINING),
-      Node("n3", "c", 1024, NOW, LOST)], [], 256,
-     "no ready node: all 3 nodes are out: 2 draining, 1 lost"),
-    ([A], [on(A, mem=768)], 512,
-     "it needs 512 MiB and the most any ready node has free is 256 MiB (node a, 1024 MiB in all)"),
-    ([A, B, Node("n3", "c", 8192, NOW, DRAINING)], [on(A, mem=768), on(B, mem=1536)], 1000,
-     "it needs 1000 MiB and the most any ready node has free is 512 MiB (node b, 2048 MiB in all)"),
-])
-def test_an_unplaced_instance_says_why(nodes: list[Node], placed: list[Instance], mem: int,
-                                       reason: str) -> None:
+@pytest.mark.parametrize(
+    ("nodes", "placed", "mem", "reason"),
+    [
+        ([], [], 256, "no node has joined (start one with `foundry node join`)"),
+        ([Node("n1", "a", 1024, NOW, LOST)], [], 256, "no ready node: the only node (a) is lost"),
+        (
+            [Node("n1", "a", 1024, NOW - 20)],
+            [],
+            256,
+            "no ready node: the only node (a) is silent (no heartbeat for 20 s)",
+        ),
+        (
+            [Node("n1", "a", 1024, NOW, LOST), Node("n2", "b", 1024, NOW, LOST)],
+            [],
+            256,
+            "no ready node: all 2 nodes are out: 2 lost",
+        ),
+        # The case: the only node drains with 768 MiB free; memory is not the reason.
+        (
+            [Node("n1", "a", 1024, NOW, DRAINING)],
+            [on(A)],
+            256,
+            "no ready node: the only node (a) is draining",
+        ),
+        (
+            [
+                Node("n1", "a", 1024, NOW, DRAINING),
+                Node("n2", "b", 1024, NOW, DRAINING),
+                Node("n3", "c", 1024, NOW, LOST),
+            ],
+            [],
+            256,
+            "no ready node: all 3 nodes are out: 2 draining, 1 lost",
+        ),
+        (
+            [A],
+            [on(A, mem=768)],
+            512,
+            "it needs 512 MiB and the most any ready node has free is 256 MiB "
+            "(node a, 1024 MiB in all)",
+        ),
+        (
+            [A, B, Node("n3", "c", 8192, NOW, DRAINING)],
+            [on(A, mem=768), on(B, mem=1536)],
+            1000,
+            "it needs 1000 MiB and the most any ready node has free is 512 MiB "
+            "(node b, 2048 MiB in all)",
+        ),
+    ],
+)
+def test_an_unplaced_instance_says_why(
+    nodes: list[Node], placed: list[Instance], mem: int, reason: str
+) -> None:
     done, failed = place(nodes, placed, want(1, mem=mem), NOW, 15)
     assert not done
     assert [p.reason for p in failed] == [reason]
 
 
-@pytest.mark.parametrize(("nodes", "placed", "where"), [
-    # Spreading is a preference: an app already on the only node still gets a third there.
-    ([A], [on(A, "a", index=1), on(A, "a", index=2)], "n1"),
-    # ... and a node holding the app but with room wins over a node with none free.
-    ([A, B], [on(A, "a", index=1), on(B, mem=2048)], "n1"),
-])
-def test_spreading_never_leaves_an_instance_unplaced(nodes: list[Node],
-                                                     placed: list[Instance], where: str) -> None:
+@pytest.mark.parametrize(
+    ("nodes", "placed", "where"),
+    [
+        # Spreading is a preference: an app already on the only node still gets a third there.
+        ([A], [on(A, "a", index=1), on(A, "a", index=2)], "n1"),
+        # ... and a node holding the app but with room wins over a node with none free.
+        ([A, B], [on(A, "a", index=1), on(B, mem=2048)], "n1"),
+    ],
+)
+def test_spreading_never_leaves_an_instance_unplaced(
+    nodes: list[Node], placed: list[Instance], where: str
+) -> None:
     done, failed = place(nodes, placed, want(1), NOW, 15)
     assert not failed
     assert [p.node for p in done] == [where]

@@ -57,13 +57,18 @@ def userns() -> dict[str, int | str]:
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
-        body = json.dumps({
-            "uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd(),
-            "home": os.environ.get("HOME"), "processes": processes(),
-            "read": {p: can_read(p) for p in query.get("read", [])},
-            "write": {p: can_write(p) for p in query.get("write", [])},
-            "userns": userns() if query.get("userns") else None,
-        }).encode()
+        body = json.dumps(
+            {
+                "uid": os.getuid(),
+                "gid": os.getgid(),
+                "cwd": os.getcwd(),
+                "home": os.environ.get("HOME"),
+                "processes": processes(),
+                "read": {p: can_read(p) for p in query.get("read", [])},
+                "write": {p: can_write(p) for p in query.get("write", [])},
+                "userns": userns() if query.get("userns") else None,
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

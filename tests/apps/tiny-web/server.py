@@ -6,8 +6,9 @@ import os
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = (f"{os.environ.get('FOUNDRY_APP_NAME')} "
-                f"{os.environ.get('FOUNDRY_INSTANCE_INDEX')}\n").encode()
+        body = (
+            f"{os.environ.get('FOUNDRY_APP_NAME')} {os.environ.get('FOUNDRY_INSTANCE_INDEX')}\n"
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
