@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, Foundry  # noqa: E402
+from benchmarks.common import ROOT, Foundry
 
 APP = "hello-python"
 EXAMPLE = str(ROOT / "examples" / APP)

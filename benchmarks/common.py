@@ -33,11 +33,23 @@ class Foundry:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Foundry:
-        out = open(Path(self.tmp.name) / "up.out", "wb")  # noqa: SIM115
+        out = open(Path(self.tmp.name) / "up.out", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "foundry", "up", "--http-port", str(self.http_port),
-             "--api-port", str(self.api_port)], env=self.env, cwd=ROOT, stdout=out,
-            stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "foundry",
+                "up",
+                "--http-port",
+                str(self.http_port),
+                "--api-port",
+                str(self.api_port),
+            ],
+            env=self.env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while b"Foundry is up" not in (Path(self.tmp.name) / "up.out").read_bytes():
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -52,16 +64,26 @@ class Foundry:
         self.tmp.cleanup()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "foundry", *args], env=self.env,
-                                cwd=ROOT, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "foundry", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if result.returncode != 0:
-            raise RuntimeError(f"foundry {' '.join(args)} failed:\n{result.stdout}\n"
-                               f"{result.stderr}")
+            raise RuntimeError(
+                f"foundry {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def get(self, app: str, path: str = "/") -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.http_port}{path}",
-                         headers={"host": f"{app}.localhost"}, timeout=10)
+        return httpx.get(
+            f"http://127.0.0.1:{self.http_port}{path}",
+            headers={"host": f"{app}.localhost"},
+            timeout=10,
+        )
 
     def role_pids(self) -> dict[str, int]:
         pids = {}
@@ -72,10 +94,14 @@ class Foundry:
                 cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "-m foundry" in cmd and str(self.home) in cmd or (
-                    "-m foundry edge" in cmd and f":{self.http_port}" in cmd):
-                for role, needle in (("control", "foundry control"), ("node", "node join"),
-                                     ("edge", "foundry edge")):
+            if ("-m foundry" in cmd and str(self.home) in cmd) or (
+                "-m foundry edge" in cmd and f":{self.http_port}" in cmd
+            ):
+                for role, needle in (
+                    ("control", "foundry control"),
+                    ("node", "node join"),
+                    ("edge", "foundry edge"),
+                ):
                     if needle in cmd:
                         pids[role] = int(entry)
         return pids

@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.edge_support.servers import (  # noqa: E402
+from benchmarks.edge_support.servers import (
     cpu_seconds,
     free_port,
     process_tree,

@@ -18,14 +18,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, Foundry  # noqa: E402
+from benchmarks.common import ROOT, Foundry
 
 IDENTITY = ["-c", "user.email=bench@example.test", "-c", "user.name=bench"]
 
 
 def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), *IDENTITY, *args], check=True, capture_output=True,
-                   env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    subprocess.run(
+        ["git", "-C", str(repo), *IDENTITY, *args],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+    )
 
 
 def main() -> None:
@@ -46,10 +50,12 @@ def main() -> None:
             git(repo, "push", "-q", "foundry", "main")
             while f.get("bench", "/env?FOUNDRY_RELEASE").text != f"v{n}":
                 time.sleep(0.005)
-            if n > 1:   # the first push creates the app and fills the build cache
+            if n > 1:  # the first push creates the app and fills the build cache
                 times.append(time.monotonic() - began)
-    print(f"git push -> new release answering, warm, median of {runs}: "
-          f"{statistics.median(times):.2f} s (runs: {', '.join(f'{t:.2f}' for t in times)})")
+    print(
+        f"git push -> new release answering, warm, median of {runs}: "
+        f"{statistics.median(times):.2f} s (runs: {', '.join(f'{t:.2f}' for t in times)})"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node import seccomp  # noqa: E402
-from node.jail import PLAIN, Jailer, JailSpec, choose_tier, make_jailer, probe  # noqa: E402
+from node import seccomp
+from node.jail import PLAIN, Jailer, JailSpec, choose_tier, make_jailer, probe
 
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 CALLS = 200_000
@@ -84,10 +84,13 @@ async def main(runs: int) -> None:
     for work in WORKLOADS:
         bare = statistics.median(times[(work, "none")])
         filt = statistics.median(times[(work, "filter")])
-        print(f"{work:<10}{bare * 1000:>9.1f} ms{filt * 1000:>9.1f} ms"
-              f"{(filt - bare) * 1000:>+10.1f} ms")
+        print(
+            f"{work:<10}{bare * 1000:>9.1f} ms{filt * 1000:>9.1f} ms"
+            f"{(filt - bare) * 1000:>+10.1f} ms"
+        )
     extra = statistics.median(times[("syscalls", "filter")]) - statistics.median(
-        times[("syscalls", "none")])
+        times[("syscalls", "none")]
+    )
     print(f"per passing syscall: {extra / (2 * CALLS) * 1e9:+.0f} ns")
 
 

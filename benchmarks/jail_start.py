@@ -23,7 +23,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.jail import TIERS, Jailer, JailSpec, choose_tier, make_jailer, probe  # noqa: E402
+from node.jail import TIERS, Jailer, JailSpec, choose_tier, make_jailer, probe
 
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 ARGV = ("python3", "-c", "pass")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, Foundry, rss_mib  # noqa: E402
+from benchmarks.common import ROOT, Foundry, rss_mib
 
 EXAMPLE = str(ROOT / "examples" / "hello-python")
 
@@ -42,10 +42,14 @@ def main() -> None:
         cold = [timed_push(f, f"cold-{n}", f"cold{n}") for n in range(runs)]
         warm = [timed_push(f, "cold-0", f"warm{n}") for n in range(runs)]
     print(f"push -> first 200 through the edge, median of {runs}:")
-    print(f"  cold (new app, empty cache): {statistics.median(cold):.2f} s  "
-          f"(runs: {', '.join(f'{x:.2f}' for x in cold)})")
-    print(f"  warm (same app again):       {statistics.median(warm):.2f} s  "
-          f"(runs: {', '.join(f'{x:.2f}' for x in warm)})")
+    print(
+        f"  cold (new app, empty cache): {statistics.median(cold):.2f} s  "
+        f"(runs: {', '.join(f'{x:.2f}' for x in cold)})"
+    )
+    print(
+        f"  warm (same app again):       {statistics.median(warm):.2f} s  "
+        f"(runs: {', '.join(f'{x:.2f}' for x in warm)})"
+    )
     print("idle resident memory: " + ", ".join(f"{r} {m:.0f} MiB" for r, m in idle.items()))
 
 

@@ -20,15 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, Foundry  # noqa: E402
-from foundry import (  # noqa: E402
-    Api,
-    follow_build,
-    pack_source,
-    scan_resources,
-    send_listing,
-    upload_files,
-)
+from benchmarks.common import ROOT, Foundry
+from control.cli.client import Api
+from control.cli.common import Console
+from control.cli.follow import follow_build
+from control.cli.sources import pack_source, scan_resources, send_listing, upload_files
 
 
 def make_app(root: Path, files: int) -> None:
@@ -44,13 +40,16 @@ def push_counted(api: Api, name: str, directory: Path) -> dict[str, int]:
     found = scan_resources(directory)
     assert found is not None
     listing, missing, listing_bytes = send_listing(api, name, found)
-    files_bytes = upload_files(api, directory, found, missing)
+    files_bytes = upload_files(api, name, directory, found, missing, Console())
     build_body = {"listing": listing}
     started = api.request("POST", f"/v1/apps/{name}/builds", json=build_body, timeout=600)
-    assert follow_build(api, name, started["build"])["state"] == "STAGED"
-    return {"listing_delta_bytes": listing_bytes, "file_tar_bytes": files_bytes,
-            "build_request_bytes": len(json.dumps(build_body)),
-            "total": listing_bytes + files_bytes + len(json.dumps(build_body))}
+    assert follow_build(api, name, started["build"], Console())["state"] == "STAGED"
+    return {
+        "listing_delta_bytes": listing_bytes,
+        "file_tar_bytes": files_bytes,
+        "build_request_bytes": len(json.dumps(build_body)),
+        "total": listing_bytes + files_bytes + len(json.dumps(build_body)),
+    }
 
 
 def pack_step_seconds(api: Api, name: str) -> float:
@@ -77,8 +76,10 @@ def main() -> None:
         changed = next(app.glob("d010/*.txt"))
         changed.write_text(changed.read_text() + "one more line\n")
         second = push_counted(api, "many", app)
-        print(f"app: {args.files} files; whole source as one tarball: "
-              f"{(Path(tmp) / 'full.tgz').stat().st_size} bytes")
+        print(
+            f"app: {args.files} files; whole source as one tarball: "
+            f"{(Path(tmp) / 'full.tgz').stat().st_size} bytes"
+        )
         print(f"first push:            {first}")
         print(f"one file changed:      {second}")
         for example, name in (("hello-python", "bench-py"), ("hello-node", "bench-node")):

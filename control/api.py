@@ -52,10 +52,16 @@ async def openapi(request: Request) -> Response:
             doc = (route.endpoint.__doc__ or "").strip()
             paths.setdefault(route.path, {})[method.lower()] = {
                 "summary": doc.splitlines()[0] if doc else route.name,
-                "responses": {"200": {"description": "JSON"}}}
-    return JSONResponse({"openapi": "3.1.0",
-                         "info": {"title": "Foundry control API", "version": "1"},
-                         "paths": paths})
+                "responses": {"200": {"description": "JSON"}},
+            }
+    return JSONResponse(
+        {
+            "openapi": "3.1.0",
+            "info": {"title": "Foundry control API", "version": "1"},
+            "paths": paths,
+        }
+    )
+
 
 ROUTES = [
     Route("/v1/health", health),
@@ -114,16 +120,18 @@ async def _foundry_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    message = {404: f"no such endpoint: {request.url.path}",
-               405: f"method {request.method} not allowed on {request.url.path}"}
-    return JSONResponse({"error": message.get(exc.status_code, exc.detail)},
-                        status_code=exc.status_code)
+    message = {
+        404: f"no such endpoint: {request.url.path}",
+        405: f"method {request.method} not allowed on {request.url.path}",
+    }
+    return JSONResponse(
+        {"error": message.get(exc.status_code, exc.detail)}, status_code=exc.status_code
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("request-failed path=%s", request.url.path, exc_info=exc)
-    return JSONResponse({"error": "internal error; see the control plane's log"},
-                        status_code=500)
+    return JSONResponse({"error": "internal error; see the control plane's log"}, status_code=500)
 
 
 def create_app(store: Store, config: ControlConfig, *, converge_loop: bool = True) -> Starlette:
@@ -134,12 +142,25 @@ def create_app(store: Store, config: ControlConfig, *, converge_loop: bool = Tru
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tasks:
             if converge_loop:
-                tasks.start_soon(converge.run, store, control.notifier, config.policy,
-                                 control.scaling, control.blobs)
+                tasks.start_soon(
+                    converge.run,
+                    store,
+                    control.notifier,
+                    config.policy,
+                    control.scaling,
+                    control.blobs,
+                )
             yield
             tasks.cancel_scope.cancel()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
-        FoundryError: _foundry_error, HTTPException: _http_error, Exception: _unexpected})
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={
+            FoundryError: _foundry_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
     app.state.control = control
     return app

@@ -3,7 +3,6 @@ vars, releases, rollbacks, deployments, events and logs."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -30,49 +29,69 @@ from control.errors import (
     NotFound,
     Unprocessable,
 )
-from control.model import LIVE_STATES
+from control.model import BUILD_ENDED, LIVE_STATES, DeploymentState, InstanceState, TaskState
 from control.names import (
     env_name_problem,
     parse_memory,
     process_name_problem,
 )
+from control.rows import AppChanges, AppRow, Autoscale, DeploymentRow, LogRow
 from control.scaling import settings_of
 
 
-def app_view(ctl: Control, app: dict[str, Any]) -> dict[str, Any]:
+def app_view(ctl: Control, app: AppRow) -> dict[str, Any]:
     """An app with its current release and instances, as `foundry app` shows it."""
     now = ctl.store.clock()
-    instances = [{
-        "id": r["id"], "process": r["process"], "index": r["idx"], "release": r["release"],
-        "state": "STOPPING" if r["stopping"] else r["state"], "node": r["node"],
-        "address": r["address"], "port": r["port"], "restarts": r["restarts"],
-        "reason": r["reason"],
-        "uptime": round(now - r["started_at"], 1) if r["started_at"] and r["state"] == "RUNNING"
-        else None,
-    } for r in ctl.store.instance_rows(app=app["name"])]
-    return {"name": app["name"], "state": "started" if app["started"] else "stopped",
-            "release": app["release"], "memory_mb": app["memory_mb"], "scale": app["scale"],
-            "url": ctl.config.apps_url.format(app=app["name"]), "instances": instances,
-            "processes": _processes(ctl, app),
-            "health_check": app["health_check"], "max_in_flight": app["max_in_flight"],
-            "autoscale": json.loads(app["autoscale"]) if app["autoscale"] else None,
-            "last_cold_start": app["last_cold_start"],
-            "created_at": app["created_at"]}
+    instances = [
+        {
+            "id": r["id"],
+            "process": r["process"],
+            "index": r["idx"],
+            "release": r["release"],
+            "state": InstanceState.STOPPING if r["stopping"] else r["state"],
+            "node": r["node"],
+            "address": r["address"],
+            "port": r["port"],
+            "restarts": r["restarts"],
+            "reason": r["reason"],
+            "uptime": round(now - r["started_at"], 1)
+            if r["started_at"] and r["state"] == InstanceState.RUNNING
+            else None,
+        }
+        for r in ctl.store.instance_rows(app=app["name"])
+    ]
+    return {
+        "name": app["name"],
+        "state": "started" if app["started"] else "stopped",
+        "release": app["release"],
+        "memory_mb": app["memory_mb"],
+        "scale": app["scale"],
+        "url": ctl.config.apps_url.format(app=app["name"]),
+        "instances": instances,
+        "processes": _processes(ctl, app),
+        "health_check": app["health_check"],
+        "max_in_flight": app["max_in_flight"],
+        "autoscale": app["autoscale"],
+        "last_cold_start": app["last_cold_start"],
+        "created_at": app["created_at"],
+    }
 
 
-def _processes(ctl: Control, app: dict[str, Any]) -> dict[str, str]:
+def _processes(ctl: Control, app: AppRow) -> dict[str, str]:
     if not app["release"]:
         return {}
-    processes: dict[str, str] = ctl.store.get_release(app["name"], app["release"])["processes"]
-    return processes
+    return ctl.store.get_release(app["name"], app["release"])["processes"]
 
 
 async def list_apps(request: Request) -> Response:
     """List apps with their instances."""
     ctl = control_of(request)
     token = require(request, ctl.store, READ_KINDS)
-    apps = [app_view(ctl, a) for a in ctl.store.list_apps()
-            if token.apps is None or a["name"] in token.apps]
+    apps = [
+        app_view(ctl, a)
+        for a in ctl.store.list_apps()
+        if token.apps is None or a["name"] in token.apps
+    ]
     return JSONResponse({"apps": apps})
 
 
@@ -107,15 +126,18 @@ async def scale(request: Request) -> Response:
             raise BadRequest(problem)
     app = ctl.store.get_app(name)
     autoscaling = any(body.get(k) is not None for k in AUTOSCALE_KEYS)
-    process = process_to_scale(name, None if requested is None else str(requested),
-                               list(_processes(ctl, app)), autoscaling)
-    changes: dict[str, Any] = {}
+    process = process_to_scale(
+        name, None if requested is None else str(requested), list(_processes(ctl, app)), autoscaling
+    )
+    changes: AppChanges = {}
     if autoscaling:
-        auto = _autoscale_settings(body, settings_of(app))
-        changes["autoscale"] = json.dumps(auto)
+        auto = _autoscale_settings(body, settings_of(app["autoscale"]))
+        changes["autoscale"] = auto
         count = max(auto["min"], min(auto["max"], app["scale"].get("web", 1)))
-        what = (f"web autoscaled {auto['min']}..{auto['max']} at {auto['concurrency']} "
-                f"in flight per instance, idle {auto['idle']:.0f} s")
+        what = (
+            f"web autoscaled {auto['min']}..{auto['max']} at {auto['concurrency']} "
+            f"in flight per instance, idle {auto['idle']:.0f} s"
+        )
     else:
         count = int_between(body.get("instances"), "instances", 0, 100)
         if process == "web":
@@ -135,14 +157,13 @@ async def scale(request: Request) -> Response:
 AUTOSCALE_KEYS = ("min", "max", "concurrency", "idle", "window")
 
 
-def process_to_scale(app: str, requested: str | None, types: list[str], autoscaling: bool
-                     ) -> str:
+def process_to_scale(app: str, requested: str | None, types: list[str], autoscaling: bool) -> str:
     """The process type a scale request means: the one named, else `web` when the app has
     it, else its only type. Refused (with the known types) when the type is unknown or
     several types leave it ambiguous. Before the first release no type is known yet (the
     release says which types the build made): the scale is recorded as asked (default
     `web`), and a type the build does not make runs no instances."""
-    types = [t for t in types if t != "release"]     # the release phase is never scaled
+    types = [t for t in types if t != "release"]  # the release phase is never scaled
     known = ", ".join(sorted(types))
     if requested is None:
         if not types or "web" in types or autoscaling:
@@ -158,7 +179,7 @@ def process_to_scale(app: str, requested: str | None, types: list[str], autoscal
     return requested
 
 
-def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[str, Any]:
+def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> Autoscale:
     base = before or Settings(min=1, max=10, concurrency=20, idle=60)
     lo = int_between(body.get("min", base.min), "min", 0, 100)
     hi = int_between(body.get("max", base.max), "max", 1, 100)
@@ -173,8 +194,7 @@ def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> dict[s
     window_s = parse_duration(window) if isinstance(window, str) else float(window)
     if not 6 <= window_s <= 3600:
         raise BadRequest("window must be between 6 s and 1 h")
-    return {"min": lo, "max": hi, "concurrency": concurrency, "idle": seconds,
-            "window": window_s}
+    return {"min": lo, "max": hi, "concurrency": concurrency, "idle": seconds, "window": window_s}
 
 
 async def app_action(request: Request) -> Response:
@@ -183,8 +203,9 @@ async def app_action(request: Request) -> Response:
     ctl, name, token = app_call(request, APP_KINDS)
     action = request.path_params["action"]
     ctl.store.get_app(name)
-    sent = request.headers.get("content-length", "0") != "0" \
-        or "transfer-encoding" in request.headers
+    sent = (
+        request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    )
     body = await json_body(request) if action == "restart" and sent else {}
     if action == "stop":
         ctl.store.update_app(name, started=0)
@@ -206,12 +227,18 @@ def _restart_instance(ctl: Control, name: str, body: dict[str, Any]) -> str:
     """Stop the live instance of slot (process, index); returns its name, e.g. web.1."""
     process = str(body.get("process", "web"))
     index = int_between(body.get("index"), "index", 0, 100)
-    live = [r for r in ctl.store.instance_rows(app=name)
-            if r["process"] == process and r["idx"] == index and not r["stopping"]
-            and r["state"] in LIVE_STATES]
+    live = [
+        r
+        for r in ctl.store.instance_rows(app=name)
+        if r["process"] == process
+        and r["idx"] == index
+        and not r["stopping"]
+        and r["state"] in LIVE_STATES
+    ]
     if not live:
-        raise NotFound(f"{name} has no running instance {process}.{index} "
-                       f"(see `foundry app {name}`)")
+        raise NotFound(
+            f"{name} has no running instance {process}.{index} (see `foundry app {name}`)"
+        )
     for row in live:
         stop_instance(ctl.store, row)
     return f"{process}.{index}"
@@ -230,7 +257,7 @@ async def patch_env(request: Request) -> Response:
     sets = body.get("set") or {}
     unsets = body.get("unset") or []
     if not isinstance(sets, dict) or not isinstance(unsets, list):
-        raise BadRequest("body must be {\"set\": {KEY: VALUE}, \"unset\": [KEY]}")
+        raise BadRequest('body must be {"set": {KEY: VALUE}, "unset": [KEY]}')
     env_changes = env_pairs([f"{k}={v}" for k, v in sets.items()])
     for key in unsets:
         if env_name_problem(str(key)):
@@ -239,26 +266,40 @@ async def patch_env(request: Request) -> Response:
     env = {k: v for k, v in {**app["env"], **env_changes}.items() if k not in unsets}
     check_config(ctl, app["env"], env)
     idle = unchanged_keys(app["env"], env_changes, [str(k) for k in unsets])
-    if env == app["env"]:               # nothing to change: no release, no restarts
+    if env == app["env"]:  # nothing to change: no release, no restarts
         return JSONResponse({"env": env, "release": None, "unchanged": idle})
     ctl.store.update_app(name, env=env)
     version = None
     if app["release"]:
         current = ctl.store.get_release(name, app["release"])
-        summary = ", ".join([*(f"set {k}" for k in env_changes if k not in idle),
-                             *(f"unset {k}" for k in unsets if k not in idle)])
+        summary = ", ".join(
+            [
+                *(f"set {k}" for k in env_changes if k not in idle),
+                *(f"unset {k}" for k in unsets if k not in idle),
+            ]
+        )
         version = releases.make_release(
-            ctl.store, ctl.blobs, name, droplet=current["droplet"], env=env,
-            processes=current["processes"], pack=current["pack"],
-            description=summary or "config unchanged", actor=token.id, kind="config")
+            ctl.store,
+            ctl.blobs,
+            name,
+            droplet=current["droplet"],
+            env=env,
+            processes=current["processes"],
+            pack=current["pack"],
+            description=summary or "config unchanged",
+            actor=token.id,
+            kind="config",
+        )
     return JSONResponse({"env": env, "release": version, "unchanged": idle})
 
 
 def unchanged_keys(env: dict[str, str], sets: dict[str, str], unsets: list[str]) -> list[str]:
     """The keys of a config change that change nothing: set to the value they have, or
     unset while not set."""
-    return [*(k for k, v in sets.items() if env.get(k) == v and k not in unsets),
-            *(k for k in unsets if k not in env and k not in sets)]
+    return [
+        *(k for k, v in sets.items() if env.get(k) == v and k not in unsets),
+        *(k for k in unsets if k not in env and k not in sets),
+    ]
 
 
 async def list_releases(request: Request) -> Response:
@@ -279,12 +320,22 @@ async def rollback(request: Request) -> Response:
 async def list_deployments(request: Request) -> Response:
     """An app's rollouts, newest first, with the progress of a running one."""
     ctl, name, _ = app_call(request, READ_KINDS, exists=True)
-    rows = ctl.store.deployments(name)
     spec = next((a for a in ctl.store.app_specs() if a.name == name), None)
-    for row in rows:
-        if row["state"] == "RUNNING" and spec is not None:
-            row["updated"], row["wanted"], _ = releases.progress(spec, ctl.store.instances())
+    rows: list[DeploymentRow | RunningDeployment] = []
+    for row in ctl.store.deployments(name):
+        if row["state"] == DeploymentState.RUNNING and spec is not None:
+            updated, wanted, _ = releases.progress(spec, ctl.store.instances())
+            rows.append({**row, "updated": updated, "wanted": wanted})
+        else:
+            rows.append(row)
     return JSONResponse({"deployments": rows})
+
+
+class RunningDeployment(DeploymentRow):
+    """A rollout under way as the API lists it: with its progress."""
+
+    updated: int  # slots running the wanted release
+    wanted: int
 
 
 async def cancel_deploy(request: Request) -> Response:
@@ -296,10 +347,15 @@ async def cancel_deploy(request: Request) -> Response:
     dep = running[0]
     if dep["from_release"] == 0 or dep["from_release"] == dep["to_release"]:
         raise Conflict(f"the running {dep['kind']} of {name} has no earlier release to return to")
-    ctl.store.finish_deployment(dep["id"], "CANCELED")
-    new = releases.rollback(ctl.store, ctl.blobs, name, dep["from_release"], token.id,
-                            f"rollback to v{dep['from_release']} (deploy of "
-                            f"v{dep['to_release']} canceled)")
+    ctl.store.finish_deployment(dep["id"], DeploymentState.CANCELED)
+    new = releases.rollback(
+        ctl.store,
+        ctl.blobs,
+        name,
+        dep["from_release"],
+        token.id,
+        f"rollback to v{dep['from_release']} (deploy of v{dep['to_release']} canceled)",
+    )
     return JSONResponse({"release": new, "canceled": dep["id"]})
 
 
@@ -320,13 +376,13 @@ async def read_logs(request: Request) -> Response:
     if build is not None:
         _owned_build_or_task(ctl, name, build)
 
-    def check() -> list[dict[str, Any]] | bool:
+    def check() -> list[LogRow] | bool:
         lines = ctl.store.read_logs(name, after=after, limit=limit, build=build)
         if lines or build is None:
             return lines
-        if build.startswith("t-"):                          # a task's lines
-            return bool(ctl.store.get_task(build)["state"] != "RUNNING")
-        return ctl.store.get_build(build)["state"] in ("STAGED", "FAILED")  # nothing more
+        if build.startswith("t-"):  # a task's lines
+            return ctl.store.get_task(build)["state"] != TaskState.RUNNING
+        return ctl.store.get_build(build)["state"] in BUILD_ENDED  # nothing more
 
     found = await ctl.wait(request, check, logs=True)
     lines = found if isinstance(found, list) else []
@@ -339,8 +395,9 @@ def _owned_build_or_task(ctl: Control, app: str, bid: str) -> None:
     another app's build is not followed through this app's logs."""
     missing = NotFound(f"no task {bid}" if bid.startswith("t-") else f"no build {bid}")
     try:
-        owner = (ctl.store.get_task(bid) if bid.startswith("t-") else
-                 ctl.store.get_build(bid))["app"]
+        owner = (ctl.store.get_task(bid) if bid.startswith("t-") else ctl.store.get_build(bid))[
+            "app"
+        ]
     except NotFound:
         raise missing from None
     if owner != app:
@@ -358,9 +415,15 @@ async def run_task(request: Request) -> Response:
     if not app["release"]:
         raise Conflict(f"{name} has no release to run a command with yet")
     release = ctl.store.get_release(name, app["release"])
-    tid = tasks.start_task(ctl.store, ctl.config.policy, name, command,
-                           droplet=release["droplet"], env=release["env"],
-                           release=app["release"])
+    tid = tasks.start_task(
+        ctl.store,
+        ctl.config.policy,
+        name,
+        command,
+        droplet=release["droplet"],
+        env=release["env"],
+        release=app["release"],
+    )
     ctl.store.add_event(name, "run", f"task {tid}: {command}", token.id)
     return JSONResponse({"task": tid}, status_code=201)
 
@@ -372,7 +435,6 @@ async def get_task(request: Request) -> Response:
     tid = request.path_params["task"]
     task = ctl.store.get_task(tid)
     hide_unless_visible(token, task["app"], NotFound(f"no task {tid}"))
-    await ctl.wait(request, lambda: ctl.store.get_task(task["id"])["state"] != "RUNNING")
+    await ctl.wait(request, lambda: ctl.store.get_task(task["id"])["state"] != TaskState.RUNNING)
     row = ctl.store.get_task(task["id"])
-    del row["payload"]
-    return JSONResponse(row)
+    return JSONResponse({k: v for k, v in row.items() if k != "payload"})

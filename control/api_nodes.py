@@ -24,13 +24,14 @@ from control.errors import (
     NotFound,
 )
 from control.heartbeats import apply_heartbeat, node_text
-from control.model import NODE_DRAINING, NODE_LOST
+from control.model import BuildState, InstanceState, NodeState
 from control.names import (
     process_name_problem,
 )
 from control.policy import sees_infrastructure
 
 log = logging.getLogger("foundry.control")
+KNOWN_STATES = frozenset(InstanceState)
 
 
 async def join(request: Request) -> Response:
@@ -42,8 +43,9 @@ async def join(request: Request) -> Response:
     name = str(body.get("name") or "node")
     memory = int_between(body.get("memory_mb"), "memory_mb", 64, 1 << 24)
     address = str(body.get("address") or "127.0.0.1")
-    nid = ctl.store.add_node(name, address, memory, body.get("tier"),
-                             node_text(body.get("seccomp")))
+    nid = ctl.store.add_node(
+        name, address, memory, body.get("tier"), node_text(body.get("seccomp"))
+    )
     _, secret = ctl.store.create_token("node", node=nid, label=name)
     ctl.store.add_event(None, "node-joined", f"node {name} ({nid}) joined at {address}")
     log.info("node-joined node=%s name=%s address=%s", nid, name, address)
@@ -59,15 +61,16 @@ async def list_nodes(request: Request) -> Response:
     # "missing" answer to imitate, and "no nodes" would tell a developer the platform
     # is down when it is not.
     if not sees_infrastructure(token.kind, scope_of(token)):
-        raise Forbidden("nodes are platform infrastructure: listing them needs an admin "
-                        "or an unscoped read token")
-    rows = ctl.store.node_rows()
+        raise Forbidden(
+            "nodes are platform infrastructure: listing them needs an admin "
+            "or an unscoped read token"
+        )
     instances = ctl.store.instance_rows()
-    for row in rows:
+    nodes = []
+    for row in ctl.store.node_rows():
         mine = [i for i in instances if i["node"] == row["id"]]
-        row["instances"] = len(mine)
-        row["used_mb"] = sum(i["memory_mb"] for i in mine)
-    return JSONResponse({"nodes": rows})
+        nodes.append({**row, "instances": len(mine), "used_mb": sum(i["memory_mb"] for i in mine)})
+    return JSONResponse({"nodes": nodes})
 
 
 async def node_state(request: Request) -> Response:
@@ -76,28 +79,35 @@ async def node_state(request: Request) -> Response:
     caller = require(request, ctl.store, ("admin",))
     node = ctl.store.get_node(request.path_params["node"])
     body = await json_body(request)
-    state = body.get("state")
-    if state not in ("draining", "ready"):
+    asked = body.get("state")
+    if asked not in (NodeState.DRAINING, NodeState.READY):
         raise BadRequest("state must be draining or ready")
-    if node["state"] == "lost":
-        raise Conflict(f"node {node['name']} is lost; it becomes ready when it is heard from "
-                       "(or `foundry node remove` forgets it)")
+    state = NodeState(asked)
+    if node["state"] == NodeState.LOST:
+        raise Conflict(
+            f"node {node['name']} is lost; it becomes ready when it is heard from "
+            "(or `foundry node remove` forgets it)"
+        )
     ctl.store.set_node_state(node["id"], state)
     ctl.store.add_event(None, f"node-{state}", f"node {node['name']} is {state}", caller.id)
     return JSONResponse({"id": node["id"], "state": state})
 
 
-def removal_problem(name: str, state: str, instances: int, force: bool) -> str | None:
+def removal_problem(name: str, state: NodeState, instances: int, force: bool) -> str | None:
     """Why node `name` may not be removed now, or None. A lost node, or a drained one with
     nothing left on it, goes at once; anything else only with `force`, because its
     instances would be cut off from the control plane while they still run."""
-    if force or state == NODE_LOST or (state == NODE_DRAINING and instances == 0):
+    if force or state == NodeState.LOST or (state == NodeState.DRAINING and instances == 0):
         return None
     if instances:
-        return (f"node {name} is {state} and still has {instances} instance(s): drain it "
-                f"first (`foundry node drain {name}`) or remove it with --force")
-    return (f"node {name} is {state}: drain it first (`foundry node drain {name}`) or "
-            "remove it with --force")
+        return (
+            f"node {name} is {state} and still has {instances} instance(s): drain it "
+            f"first (`foundry node drain {name}`) or remove it with --force"
+        )
+    return (
+        f"node {name} is {state}: drain it first (`foundry node drain {name}`) or "
+        "remove it with --force"
+    )
 
 
 async def remove_node(request: Request) -> Response:
@@ -114,8 +124,13 @@ async def remove_node(request: Request) -> Response:
     ctl.store.remove_node(node["id"])
     fail_lost_builds(ctl.store, [node["id"]])
     tasks.fail_lost_tasks(ctl.store, ctl.blobs, [node["id"]])
-    ctl.store.add_event(None, "node-removed", f"node {node['name']} ({node['id']}) was removed"
-                        + (f" with {len(mine)} instance(s) on it" if mine else ""), caller.id)
+    ctl.store.add_event(
+        None,
+        "node-removed",
+        f"node {node['name']} ({node['id']}) was removed"
+        + (f" with {len(mine)} instance(s) on it" if mine else ""),
+        caller.id,
+    )
     log.info("node-removed node=%s name=%s instances=%d", node["id"], node["name"], len(mine))
     return JSONResponse({"id": node["id"], "removed": True, "instances": len(mine)})
 
@@ -126,8 +141,16 @@ async def heartbeat(request: Request) -> Response:
     nid = request.path_params["node"]
     require_node(request, ctl.store, nid)
     body = await json_body(request, ctl.config.requests.node_report)
-    if not isinstance(body.get("instances", []), list) or "address" not in body:
+    reported = body.get("instances", [])
+    if not isinstance(reported, list) or "address" not in body:
         raise BadRequest("heartbeat needs address, memory_mb and an instances list")
+    if not all(
+        isinstance(i, dict) and isinstance(i.get("id"), str) and i.get("state") in KNOWN_STATES
+        for i in reported
+    ):
+        raise BadRequest(
+            "each reported instance needs an id and a state, one of " + ", ".join(InstanceState)
+        )
     apply_heartbeat(ctl.store, nid, body, ctl.asked_to_stop.setdefault(nid, set()))
     return JSONResponse({"ok": True})
 
@@ -147,56 +170,92 @@ async def work(request: Request) -> Response:
 async def build_result(request: Request) -> Response:
     """A stager reports how a build ended; success makes a new release."""
     ctl = control_of(request)
-    token = require(request, ctl.store, ("admin", "node"))       # before the lookup
+    token = require(request, ctl.store, ("admin", "node"))  # before the lookup
     build = ctl.store.get_build(request.path_params["build"])
     check_node(token, build["node"] or "")
     body = await json_body(request)
-    if build["state"] != "STAGING":
+    if build["state"] != BuildState.STAGING:
         raise Conflict(f"build {build['id']} is {build['state']}, not STAGING")
     if not body.get("ok"):
         error = str(body.get("error") or "build failed")
-        ctl.store.set_build(build["id"], "FAILED", error=error)
+        ctl.store.set_build(build["id"], BuildState.FAILED, error=error)
         ctl.store.add_event(build["app"], "build-failed", f"build {build['id']}: {error}")
-        return JSONResponse({"state": "FAILED"})
+        return JSONResponse({"state": BuildState.FAILED})
     droplet = str(body.get("droplet", ""))
     ctl.blobs.existing(droplet)
     processes = body.get("processes") or {}
     if not isinstance(processes, dict) or not all(
-            isinstance(v, str) and not process_name_problem(k) for k, v in processes.items()):
+        isinstance(v, str) and not process_name_problem(k) for k, v in processes.items()
+    ):
         raise BadRequest("processes must map process type names to commands")
     if not ctl.store.app_exists(build["app"]):
         raise NotFound(f"app {build['app']!r} was deleted while it was being built")
     env = ctl.store.get_app(build["app"])["env"]
-    same = releases.current_if_same(ctl.store, build["app"], build=build["id"],
-                                    droplet=droplet, env=env, processes=processes)
+    same = releases.current_if_same(
+        ctl.store, build["app"], build=build["id"], droplet=droplet, env=env, processes=processes
+    )
     if same is not None:
-        ctl.store.set_build(build["id"], "STAGED", droplet=droplet, pack=body.get("pack"),
-                            processes=processes, release=same)
-        ctl.store.add_event(build["app"], "build-unchanged",
-                            f"build {build['id']}: no change, v{same} stays current")
-        return JSONResponse({"state": "STAGED", "release": same})
+        ctl.store.set_build(
+            build["id"],
+            BuildState.STAGED,
+            droplet=droplet,
+            pack=body.get("pack"),
+            processes=processes,
+            release=same,
+        )
+        ctl.store.add_event(
+            build["app"],
+            "build-unchanged",
+            f"build {build['id']}: no change, v{same} stays current",
+        )
+        return JSONResponse({"state": BuildState.STAGED, "release": same})
     if processes.get("release"):
         # Release phase first: the release is made only if the command succeeds.
         current = ctl.store.get_app(build["app"])["release"]
         tid = tasks.start_task(
-            ctl.store, ctl.config.policy, build["app"], processes["release"], kind="release",
-            droplet=droplet, env=env, release=current + 1, build=build["id"],
-            payload={"droplet": droplet, "env": env, "processes": processes,
-                     "pack": body.get("pack")})
-        return JSONResponse({"state": "STAGING", "release_phase": tid})
+            ctl.store,
+            ctl.config.policy,
+            build["app"],
+            processes["release"],
+            kind="release",
+            droplet=droplet,
+            env=env,
+            release=current + 1,
+            build=build["id"],
+            payload={
+                "droplet": droplet,
+                "env": env,
+                "processes": processes,
+                "pack": body.get("pack"),
+            },
+        )
+        return JSONResponse({"state": BuildState.STAGING, "release_phase": tid})
     version = releases.make_release(
-        ctl.store, ctl.blobs, build["app"], droplet=droplet, env=env, processes=processes,
-        pack=body.get("pack"), description=f"build {build['id']} ({body.get('pack')})",
-        actor=None)
-    ctl.store.set_build(build["id"], "STAGED", droplet=droplet, pack=body.get("pack"),
-                        processes=processes, release=version)
-    return JSONResponse({"state": "STAGED", "release": version})
+        ctl.store,
+        ctl.blobs,
+        build["app"],
+        droplet=droplet,
+        env=env,
+        processes=processes,
+        pack=body.get("pack"),
+        description=f"build {build['id']} ({body.get('pack')})",
+        actor=None,
+    )
+    ctl.store.set_build(
+        build["id"],
+        BuildState.STAGED,
+        droplet=droplet,
+        pack=body.get("pack"),
+        processes=processes,
+        release=version,
+    )
+    return JSONResponse({"state": BuildState.STAGED, "release": version})
 
 
 async def task_result(request: Request) -> Response:
     """A node reports how a task ended: {"exit_code": int | null, "reason": str | null}."""
     ctl = control_of(request)
-    token = require(request, ctl.store, ("admin", "node"))       # before the lookup
+    token = require(request, ctl.store, ("admin", "node"))  # before the lookup
     task = ctl.store.get_task(request.path_params["task"])
     check_node(token, task["node"] or "")
     body = await json_body(request)
@@ -204,8 +263,9 @@ async def task_result(request: Request) -> Response:
     if code is not None and not isinstance(code, int):
         raise BadRequest("exit_code must be an integer or null")
     reason = body.get("reason")
-    done = tasks.finish_task(ctl.store, ctl.blobs, task["id"], code,
-                             str(reason) if reason else None)
+    done = tasks.finish_task(
+        ctl.store, ctl.blobs, task["id"], code, str(reason) if reason else None
+    )
     return JSONResponse({"state": done["state"]})
 
 
@@ -216,7 +276,8 @@ async def post_logs(request: Request) -> Response:
     body = await json_body(request, ctl.config.requests.node_report)
     lines = body.get("lines")
     if not isinstance(lines, list) or not all(
-            isinstance(r, dict) and {"app", "source", "line"} <= r.keys() for r in lines):
+        isinstance(r, dict) and {"app", "source", "line"} <= r.keys() for r in lines
+    ):
         raise BadRequest("lines must be a list of {app, source, line}")
     if token.kind == "edge" and any(r["source"] != "router" for r in lines):
         raise Forbidden("an edge token may only post router lines")
@@ -228,8 +289,9 @@ async def get_blob(request: Request) -> Response:
     """Download a source package or droplet (nodes only)."""
     ctl = control_of(request)
     require(request, ctl.store, ("node", "admin"))
-    return FileResponse(ctl.blobs.existing(request.path_params["digest"]),
-                        media_type="application/octet-stream")
+    return FileResponse(
+        ctl.blobs.existing(request.path_params["digest"]), media_type="application/octet-stream"
+    )
 
 
 async def put_blob(request: Request) -> Response:

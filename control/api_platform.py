@@ -7,7 +7,6 @@ infrastructure tokens only."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -35,10 +34,11 @@ from control.names import (
 from control.policy import MappedRoute, route_claim_problem, scoped_table
 from control.routing import routing_table
 from control.scaling import settings_of
+from control.wire_edge import RouteOptions
 
 
-def _route_options(body: dict[str, Any]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
+def _route_options(body: dict[str, Any]) -> RouteOptions:
+    options: RouteOptions = {}
     if body.get("balance") is not None:
         if body["balance"] not in ("round-robin", "least-in-flight"):
             raise BadRequest("balance must be round-robin or least-in-flight")
@@ -71,8 +71,10 @@ async def map_route(request: Request) -> Response:
     options = _route_options(body)
     # Decided and written with no await in between: no other request can claim the
     # host in the gap (the store is used from this one event loop).
-    claims = [MappedRoute(r["host"], r["path"], r["app"], r["created_at"])
-              for r in ctl.store.routes_on_host(host)]
+    claims = [
+        MappedRoute(r["host"], r["path"], r["app"], r["created_at"])
+        for r in ctl.store.routes_on_host(host)
+    ]
     problem = route_claim_problem(host, ctl.config.domain, claims, scope_of(token))
     if problem:
         raise Forbidden(problem)
@@ -95,6 +97,7 @@ async def unmap_route(request: Request) -> Response:
     ctl.store.add_event(name, "route-unmapped", f"{host}{path}", token.id)
     return JSONResponse({"routes": ctl.store.mapped_routes(name)})
 
+
 TOKEN_KINDS = ("admin", "deploy", "read", "join", "edge")
 
 
@@ -115,11 +118,12 @@ async def create_token(request: Request) -> Response:
                 raise BadRequest(app_name_problem(str(name)) or "")
     ttl = parse_duration(str(body["ttl"])) if body.get("ttl") else None
     uses = int_between(body["uses"], "uses", 1, 1 << 30) if body.get("uses") is not None else None
-    tid, secret = ctl.store.create_token(kind, apps=apps, ttl=ttl, uses=uses,
-                                         label=str(body.get("label") or "")[:80] or None)
+    tid, secret = ctl.store.create_token(
+        kind, apps=apps, ttl=ttl, uses=uses, label=str(body.get("label") or "")[:80] or None
+    )
     ctl.store.add_event(None, "token-created", f"{kind} token {tid}", caller.id)
     if kind == "join" and ctl.config.tls_fingerprint:
-        secret = f"{secret}#{ctl.config.tls_fingerprint}"    # the node pins this certificate
+        secret = f"{secret}#{ctl.config.tls_fingerprint}"  # the node pins this certificate
     return JSONResponse({"id": tid, "kind": kind, "token": secret}, status_code=201)
 
 
@@ -127,10 +131,7 @@ async def list_tokens(request: Request) -> Response:
     """Tokens without their secrets."""
     ctl = control_of(request)
     require(request, ctl.store, ("admin",))
-    rows = ctl.store.list_tokens()
-    for row in rows:
-        row["apps"] = json.loads(row["apps"]) if row["apps"] else None
-    return JSONResponse({"tokens": rows})
+    return JSONResponse({"tokens": ctl.store.list_tokens()})
 
 
 async def revoke_token(request: Request) -> Response:
@@ -162,11 +163,21 @@ async def routes(request: Request) -> Response:
 
 
 def _table(ctl: Control) -> dict[str, Any]:
-    wakeable = frozenset(a["name"] for a in ctl.store.autoscale_rows()
-                         if (s := settings_of(a)) is not None and s.min == 0)
-    return dict(routing_table(ctl.store.app_specs(), ctl.store.instance_rows(),
-                              ctl.config.domain, ctl.config.api_address,
-                              ctl.store.mapped_routes(), wakeable))
+    wakeable = frozenset(
+        a["name"]
+        for a in ctl.store.autoscale_rows()
+        if (s := settings_of(a["autoscale"])) is not None and s.min == 0
+    )
+    return dict(
+        routing_table(
+            ctl.store.app_specs(),
+            ctl.store.instance_rows(),
+            ctl.config.domain,
+            ctl.config.api_address,
+            ctl.store.mapped_routes(),
+            wakeable,
+        )
+    )
 
 
 async def wake(request: Request) -> Response:
@@ -189,6 +200,10 @@ async def metrics(request: Request) -> Response:
     reporter = str(body.get("reporter") or "")
     for name, sample in apps.items():
         if isinstance(sample, dict):
-            ctl.scaling.record(str(name), float(sample.get("in_flight") or 0),
-                               int(sample.get("tunnels") or 0), reporter)
+            ctl.scaling.record(
+                str(name),
+                float(sample.get("in_flight") or 0),
+                int(sample.get("tunnels") or 0),
+                reporter,
+            )
     return JSONResponse({"ok": True})

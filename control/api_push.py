@@ -51,11 +51,13 @@ from control.errors import (
     Unauthorized,
     Unprocessable,
 )
+from control.model import BUILD_ENDED
 from control.names import (
     app_name_problem,
     parse_memory,
     process_name_problem,
 )
+from control.rows import AppChanges, BuildOptions
 from control.store import Token
 from control.uploads import check_archive
 from packs import ordered_names
@@ -69,9 +71,11 @@ async def push(request: Request) -> Response:
     ctl, name, token = app_call(request, APP_KINDS)
     q = request.query_params
     if "env" in q or "replace_env" in q:
-        raise BadRequest("config vars travel in the request body, not in the URL (where "
-                         "logs would keep them); upgrade the foundry CLI")
-    settings: dict[str, Any] = {}
+        raise BadRequest(
+            "config vars travel in the request body, not in the URL (where "
+            "logs would keep them); upgrade the foundry CLI"
+        )
+    settings: AppChanges = {}
     if "instances" in q:
         settings["scale"] = {"web": int_between(q["instances"], "instances", 0, 100)}
     if "memory" in q:
@@ -86,22 +90,25 @@ async def push(request: Request) -> Response:
     options = _build_options(ctl, q, scope_of(token))
     referenced: set[str] = set()
     if request.headers.get("content-type", "").startswith("application/json"):
-        body = await json_body(request, ctl.config.requests.resource_list,
-                               ctl.config.requests.resource_list_expanded)
+        body = await json_body(
+            request, ctl.config.requests.resource_list, ctl.config.requests.resource_list_expanded
+        )
         env, replace = _push_config(body)
         _check_push_config(ctl, name, env, replace)
-        digest = await _assemble_source(ctl, body, token, referenced)   # resource matching
+        digest = await _assemble_source(ctl, body, token, referenced)  # resource matching
     else:
         (env, replace), prefix, chunks = await _config_prefix(ctl, request, name)
         digest = await _receive_source(ctl, request, chunks, prefix)
-    release_files(ctl, name, referenced)       # this push supersedes the app's older files
+    release_files(ctl, name, referenced)  # this push supersedes the app's older files
     created = _save_push_settings(ctl, name, settings, env, replace)
     # A build that ends on this release changed nothing: it made no new release.
     current = ctl.store.get_app(name)["release"]
     build = ctl.store.create_build(name, digest, options)
     ctl.store.add_event(name, "build-queued", f"build {build} queued", token.id)
-    return JSONResponse({"app": name, "build": build, "created": created,
-                         "current_release": current}, status_code=201)
+    return JSONResponse(
+        {"app": name, "build": build, "created": created, "current_release": current},
+        status_code=201,
+    )
 
 
 def _push_config(body: dict[str, Any]) -> tuple[dict[str, str], bool]:
@@ -119,8 +126,9 @@ def _check_push_config(ctl: Control, name: str, env: dict[str, str], replace: bo
     check_config(ctl, before, env if replace else {**before, **env})
 
 
-async def _config_prefix(ctl: Control, request: Request, name: str
-                         ) -> tuple[tuple[dict[str, str], bool], int, AsyncGenerator[bytes, None]]:
+async def _config_prefix(
+    ctl: Control, request: Request, name: str
+) -> tuple[tuple[dict[str, str], bool], int, AsyncGenerator[bytes, None]]:
     """The push config sent as the first `Foundry-Config-Length` bytes of a tarball body
     (checked against app `name`'s cap), its length, and the rest of the body (the
     tarball) as a stream."""
@@ -135,8 +143,9 @@ async def _config_prefix(ctl: Control, request: Request, name: str
     try:
         while len(head) < length:
             head += await anext(stream)
-        config = (({}, False) if not length
-                  else _push_config(json_object(head[:length], "push config")))
+        config = (
+            ({}, False) if not length else _push_config(json_object(head[:length], "push config"))
+        )
         _check_push_config(ctl, name, *config)
     except StopAsyncIteration:
         await stream.aclose()
@@ -155,9 +164,12 @@ async def _config_prefix(ctl: Control, request: Request, name: str
     return config, length, rest()
 
 
-async def _receive_source(ctl: Control, request: Request,
-                          chunks: AsyncGenerator[bytes, None] | None = None,
-                          prefix: int = 0) -> str:
+async def _receive_source(
+    ctl: Control,
+    request: Request,
+    chunks: AsyncGenerator[bytes, None] | None = None,
+    prefix: int = 0,
+) -> str:
     """Store a checked source package from the body (after a `prefix` of that many bytes,
     already taken off as `chunks` began)."""
     check_length(request, ctl.config.max_upload + prefix, "upload")
@@ -169,7 +181,7 @@ async def _receive_source(ctl: Control, request: Request,
         temp.unlink(missing_ok=True)
 
 
-RESOURCE, BUILDPACK = "resource", "buildpack"     # kinds of file the store records owners of
+RESOURCE, BUILDPACK = "resource", "buildpack"  # kinds of file the store records owners of
 
 
 def _files(ctl: Control) -> BlobStore:
@@ -177,8 +189,9 @@ def _files(ctl: Control) -> BlobStore:
     return BlobStore(ctl.config.home / "files")
 
 
-async def _assemble_source(ctl: Control, body: dict[str, Any], token: Token,
-                           referenced: set[str]) -> str:
+async def _assemble_source(
+    ctl: Control, body: dict[str, Any], token: Token, referenced: set[str]
+) -> str:
     """The source package built from a resource list (or a stored listing, by digest) of
     files the store has and the caller may use; adds the files it used to `referenced`."""
     if "listing" in body:
@@ -199,9 +212,9 @@ async def _assemble_source(ctl: Control, body: dict[str, Any], token: Token,
         temp.unlink(missing_ok=True)
 
 
-def _build_options(ctl: Control, q: Any, scope: frozenset[str] | None) -> dict[str, Any]:
+def _build_options(ctl: Control, q: Any, scope: frozenset[str] | None) -> BuildOptions:
     """What the stager is told beyond the source: buildpack, no_cache, commands."""
-    options: dict[str, Any] = {}
+    options: BuildOptions = {}
     if q.get("buildpack"):
         options["buildpack"] = _buildpack(ctl, q["buildpack"], scope)
     if q.get("no_cache") in ("1", "true"):
@@ -216,6 +229,7 @@ def _build_options(ctl: Control, q: Any, scope: frozenset[str] | None) -> dict[s
         options["processes"] = commands
     return options
 
+
 _GIT_URL = re.compile(r"^(https?|git)://[^\s#]+(#[A-Za-z0-9._/-]+)?$")
 
 
@@ -227,15 +241,20 @@ def _buildpack(ctl: Control, text: str, scope: frozenset[str] | None) -> str:
         return text
     if text.startswith("blob:"):
         digest = text.removeprefix("blob:")
-        ctl.blobs.path(digest)                                  # 400 unless a digest
+        ctl.blobs.path(digest)  # 400 unless a digest
         # Another app's pack, or any other blob (a source, a droplet), answers as absent.
-        if not ctl.store.owned_files(BUILDPACK, [digest], scope) or \
-                not ctl.blobs.path(digest).exists():
-            raise Unprocessable(f"no uploaded buildpack {text}: upload the pack directory "
-                                "with this app's push")
+        if (
+            not ctl.store.owned_files(BUILDPACK, [digest], scope)
+            or not ctl.blobs.path(digest).exists()
+        ):
+            raise Unprocessable(
+                f"no uploaded buildpack {text}: upload the pack directory with this app's push"
+            )
         return text
-    raise Unprocessable(f"no buildpack {text!r}: use one of {', '.join(names)}, "
-                        "blob:<sha256> of an uploaded pack, or an http(s):// or git:// URL")
+    raise Unprocessable(
+        f"no buildpack {text!r}: use one of {', '.join(names)}, "
+        "blob:<sha256> of an uploaded pack, or an http(s):// or git:// URL"
+    )
 
 
 def _health_check(text: str) -> str:
@@ -245,13 +264,18 @@ def _health_check(text: str) -> str:
     raise BadRequest(f"health check {text!r} must be port, process or http:/PATH")
 
 
-def _save_push_settings(ctl: Control, name: str, settings: dict[str, Any],
-                        env: dict[str, str], replace_env: bool = False) -> bool:
+def _save_push_settings(
+    ctl: Control, name: str, settings: AppChanges, env: dict[str, str], replace_env: bool = False
+) -> bool:
     """Create the app or update it with a push's settings; config vars merge into the
     app's (or, with `replace_env`, replace them; `_check_push_config` has passed them)."""
     if not ctl.store.app_exists(name):
-        ctl.store.create_app(name, memory_mb=settings.pop("memory_mb", 256),
-                             scale=settings.pop("scale", None), env=env)
+        ctl.store.create_app(
+            name,
+            memory_mb=settings.pop("memory_mb", 256),
+            scale=settings.pop("scale", None),
+            env=env,
+        )
         if settings:
             ctl.store.update_app(name, **settings)
         return True
@@ -267,8 +291,9 @@ def _save_push_settings(ctl: Control, name: str, settings: dict[str, Any],
 async def list_buildpacks(request: Request) -> Response:
     """The installed buildpacks, in detection order."""
     require(request, control_of(request).store, READ_KINDS)
-    return JSONResponse({"buildpacks": [{"position": i, "name": n}
-                                        for i, n in enumerate(ordered_names(), start=1)]})
+    return JSONResponse(
+        {"buildpacks": [{"position": i, "name": n} for i, n in enumerate(ordered_names(), start=1)]}
+    )
 
 
 async def upload_buildpack(request: Request) -> Response:
@@ -283,8 +308,9 @@ async def match_resources(request: Request) -> Response:
     """Resource matching for ?app=NAME: which of these file digests the caller must
     upload (all but large files its apps uploaded)."""
     ctl, _, token = _files_call(request)
-    body = await json_body(request, ctl.config.requests.resource_list,
-                           ctl.config.requests.resource_list_expanded)
+    body = await json_body(
+        request, ctl.config.requests.resource_list, ctl.config.requests.resource_list_expanded
+    )
     digests = resources.parse_digests(body, ctl.config.limits)
     return JSONResponse({"missing": resources.missing(digests, _present(ctl, token, digests))})
 
@@ -304,8 +330,7 @@ def _files_call(request: Request) -> tuple[Control, str, Token]:
 
 def _present(ctl: Control, token: Token, digests: list[str]) -> set[str]:
     """Those of `digests` a push by `token` need not upload."""
-    return resources.matchable(ctl.store.owned_files(RESOURCE, digests, token.apps),
-                               _files(ctl))
+    return resources.matchable(ctl.store.owned_files(RESOURCE, digests, token.apps), _files(ctl))
 
 
 def _stored_listing(ctl: Control, digest: str, token: Token) -> list[resources.Resource]:
@@ -334,8 +359,9 @@ async def update_listing(request: Request) -> Response:
     {"base": digest | null, "changed": [resources], "removed": [paths]} ->
     {"listing": digest, "missing": [digests of changed files the store lacks]}."""
     ctl, app, token = _files_call(request)
-    body = await json_body(request, ctl.config.requests.resource_list,
-                           ctl.config.requests.resource_list_expanded)
+    body = await json_body(
+        request, ctl.config.requests.resource_list, ctl.config.requests.resource_list_expanded
+    )
     changed = resources.parse_resources(body, ctl.config.limits, key="changed")
     removed = body.get("removed") or []
     if not isinstance(removed, list) or not all(isinstance(p, str) for p in removed):
@@ -362,8 +388,9 @@ async def upload_resources(request: Request) -> Response:
     check_length(request, ctl.config.max_upload, "upload")
     temp = await ctl.blobs.receive(request.stream(), ctl.config.max_upload)
     try:
-        stored = await anyio.to_thread.run_sync(resources.store_files, temp, _files(ctl),
-                                                ctl.config.limits)
+        stored = await anyio.to_thread.run_sync(
+            resources.store_files, temp, _files(ctl), ctl.config.limits
+        )
     finally:
         temp.unlink(missing_ok=True)
     ctl.store.own_files(app, RESOURCE, stored)
@@ -377,8 +404,7 @@ async def get_build(request: Request) -> Response:
     bid = request.path_params["build"]
     build = ctl.store.get_build(bid)
     hide_unless_visible(token, build["app"], NotFound(f"no build {bid}"))
-    await ctl.wait(request, lambda: ctl.store.get_build(build["id"])["state"]
-                   in ("STAGED", "FAILED"))
+    await ctl.wait(request, lambda: ctl.store.get_build(build["id"])["state"] in BUILD_ENDED)
     return JSONResponse(ctl.store.get_build(build["id"]))
 
 
@@ -402,17 +428,27 @@ async def git_rpc(request: Request) -> Response:
         app, service = gitserve.authorize_rpc(request, ctl.store)
     except Unauthorized as e:
         return gitserve.challenge(e.message)
-    env = {"FOUNDRY_API": ctl.config.self_url,
-           "FOUNDRY_MAX_EXPANDED": str(ctl.config.limits.max_expanded),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {
+        "FOUNDRY_API": ctl.config.self_url,
+        "FOUNDRY_MAX_EXPANDED": str(ctl.config.limits.max_expanded),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
     on_done: Callable[[], None] = _nothing
-    if service == "git-receive-pack":       # only a push runs the hook, which needs a token
+    if service == "git-receive-pack":  # only a push runs the hook, which needs a token
         tid, env["FOUNDRY_TOKEN"] = ctl.store.create_token(
-            "deploy", apps=[app], ttl=3600, label="git push hook")
+            "deploy", apps=[app], ttl=3600, label="git push hook"
+        )
         on_done = functools.partial(ctl.store.revoke_token, tid)
     try:
-        return await gitserve.rpc(request, app, service, _git_root(ctl), env, on_done=on_done,
-                                  max_bytes=ctl.config.requests.git_push)
+        return await gitserve.rpc(
+            request,
+            app,
+            service,
+            _git_root(ctl),
+            env,
+            on_done=on_done,
+            max_bytes=ctl.config.requests.git_push,
+        )
     except FoundryError:
         on_done()
         raise

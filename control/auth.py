@@ -32,8 +32,9 @@ def bearer(request: Request, store: Store) -> Token:
     return token
 
 
-def require(request: Request, store: Store, kinds: tuple[str, ...], app: str | None = None
-            ) -> Token:
+def require(
+    request: Request, store: Store, kinds: tuple[str, ...], app: str | None = None
+) -> Token:
     """The token, if its kind is one of `kinds` and (for scoped tokens) covers `app`."""
     token = bearer(request, store)
     if token.kind not in kinds:

@@ -103,7 +103,7 @@ async def read_body(request: Request, limit: int, what: str = "request body") ->
     check_length(request, limit, what)
     chunks: list[bytes] = []
     size = 0
-    async with contextlib.aclosing(request.stream()) as stream:   # closed when cut off
+    async with contextlib.aclosing(request.stream()) as stream:  # closed when cut off
         async for chunk in stream:
             size += len(chunk)
             if size > limit:
@@ -124,8 +124,9 @@ def gunzip(raw: bytes, limit: int, what: str = "request body") -> bytes:
     return out
 
 
-async def json_body(request: Request, limit: int | None = None,
-                    expanded: int | None = None) -> dict[str, Any]:
+async def json_body(
+    request: Request, limit: int | None = None, expanded: int | None = None
+) -> dict[str, Any]:
     """The request's JSON object (gzip'd bodies are welcome), at most `limit` bytes as
     sent and `expanded` bytes inflated (both default to the ordinary JSON cap);
     BadRequest or TooLarge otherwise."""
@@ -184,8 +185,9 @@ def parse_duration(text: str) -> float:
     return int(number) * units[unit]
 
 
-def app_call(request: Request, kinds: tuple[str, ...], *, exists: bool = False
-             ) -> tuple[Control, str, Token]:
+def app_call(
+    request: Request, kinds: tuple[str, ...], *, exists: bool = False
+) -> tuple[Control, str, Token]:
     """What an app handler starts with: the context, the app named in the path (a valid
     DNS label), and the caller's token, allowed for `kinds` and scoped to the app; with
     `exists`, NotFound unless the app exists. The token is checked before the name is

@@ -30,6 +30,12 @@ class BadRequest(FoundryError):
     status = 400
 
 
+class BadOption(FoundryError):
+    """A role started with an option or state directory it cannot use (one line to the user)."""
+
+    status = 400
+
+
 class Unauthorized(FoundryError):
     status = 401
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from control.model import BUILD_ENDED, BuildState, DeploymentState
+
 DEPLOY_BRANCHES = ("refs/heads/main", "refs/heads/master")
 ZERO = "0" * 40
 # The stager's closing line of a failed build: the hook's refusal says the same, once.
@@ -34,8 +36,9 @@ class HookError(Exception):
 
 class Api:
     def __init__(self, url: str, token: str, app: str) -> None:
-        self.http = httpx.Client(base_url=url, timeout=60,
-                                 headers={"authorization": f"Bearer {token}"})
+        self.http = httpx.Client(
+            base_url=url, timeout=60, headers={"authorization": f"Bearer {token}"}
+        )
         self.app = app
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
@@ -51,14 +54,18 @@ def say(line: str) -> None:
 
 
 def archive(commit: str, dest: Path) -> None:
-    subprocess.run(["git", "archive", "--format=tar.gz", "-o", str(dest), commit], check=True,
-                   env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1"})
+    subprocess.run(
+        ["git", "archive", "--format=tar.gz", "-o", str(dest), commit],
+        check=True,
+        env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1"},
+    )
 
 
 def tree_size(commit: str) -> int:
     """What the commit's files add up to, from git's object headers (nothing inflated)."""
-    listing = subprocess.run(["git", "ls-tree", "-r", "-l", "-z", commit], check=True,
-                             capture_output=True).stdout
+    listing = subprocess.run(
+        ["git", "ls-tree", "-r", "-l", "-z", commit], check=True, capture_output=True
+    ).stdout
     total = 0
     for entry in listing.split(b"\0"):
         fields = entry.partition(b"\t")[0].split()
@@ -71,17 +78,22 @@ def check_size(commit: str, limit: int) -> None:
     """Refuse a commit whose files expand past the package cap before archiving them."""
     size = tree_size(commit)
     if size > limit:
-        raise HookError(f"the pushed files add up to {size} bytes; an app's source may "
-                        f"expand to at most {limit} bytes")
+        raise HookError(
+            f"the pushed files add up to {size} bytes; an app's source may "
+            f"expand to at most {limit} bytes"
+        )
 
 
 def follow(api: Api, build: str) -> dict[str, Any]:
     after = 0
     while True:
         state: dict[str, Any] = api.call("GET", f"/v1/builds/{build}")
-        done = state["state"] in ("STAGED", "FAILED")
-        page = api.call("GET", f"/v1/apps/{api.app}/logs",
-                        params={"build": build, "after": after, "wait": 0 if done else 5})
+        done = state["state"] in BUILD_ENDED
+        page = api.call(
+            "GET",
+            f"/v1/apps/{api.app}/logs",
+            params={"build": build, "after": after, "wait": 0 if done else 5},
+        )
         for line in page["lines"]:
             if not line["line"].startswith(BUILD_FAILED_LINE):
                 say(line["line"])
@@ -94,14 +106,18 @@ def wait_rollout(api: Api, release: int, timeout: float = 180) -> dict[str, Any]
     deadline = time.monotonic() + timeout
     revision = ""
     while time.monotonic() < deadline:
-        view: dict[str, Any] = api.call("GET", f"/v1/apps/{api.app}",
-                                        params={"wait": 5, "revision": revision})
+        view: dict[str, Any] = api.call(
+            "GET", f"/v1/apps/{api.app}", params={"wait": 5, "revision": revision}
+        )
         revision = view["revision"]
-        deps = [d for d in api.call("GET", f"/v1/apps/{api.app}/deployments")["deployments"]
-                if d["to_release"] == release]
-        if deps and deps[0]["state"] == "SUCCEEDED":
+        deps = [
+            d
+            for d in api.call("GET", f"/v1/apps/{api.app}/deployments")["deployments"]
+            if d["to_release"] == release
+        ]
+        if deps and deps[0]["state"] == DeploymentState.SUCCEEDED:
             return view
-        if deps and deps[0]["state"] in ("SUPERSEDED", "CANCELED"):
+        if deps and deps[0]["state"] in (DeploymentState.SUPERSEDED, DeploymentState.CANCELED):
             raise HookError(f"the rollout of v{release} was replaced by a newer change")
     raise HookError(f"v{release} did not start within {timeout:.0f} s")
 
@@ -125,9 +141,8 @@ def deploy(api: Api, commit: str, max_expanded: int) -> None:
             started = api.call("POST", f"/v1/apps/{api.app}/builds", content=body.read())
     say(f"-----> Building {api.app} from {commit[:10]} (build {started['build']})")
     build = follow(api, started["build"])
-    if build["state"] == "FAILED":
-        after = forget_new_app(api) if started["created"] else \
-            "the running release keeps serving"
+    if build["state"] == BuildState.FAILED:
+        after = forget_new_app(api) if started["created"] else "the running release keeps serving"
         raise HookError(f"build failed: {build['error']}; the push is refused and {after}")
     if build["release"] == started.get("current_release"):
         say(f"-----> {api.app}: no change: release v{build['release']} is current")

@@ -45,8 +45,12 @@ exec {python} -m control.githook
 
 def challenge(message: str) -> Response:
     """A 401 that asks git for credentials."""
-    return Response(message + "\n", status_code=401, media_type="text/plain",
-                    headers={"www-authenticate": 'Basic realm="foundry"'})
+    return Response(
+        message + "\n",
+        status_code=401,
+        media_type="text/plain",
+        headers={"www-authenticate": 'Basic realm="foundry"'},
+    )
 
 
 def git_token(request: Request, store: Store) -> Token | None:
@@ -80,15 +84,22 @@ def ensure_repo(root: Path, app: str) -> Path:
     repo = root / f"{app}.git"
     if not (repo / "HEAD").exists():
         repo.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(repo)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "init", "--quiet", "--bare", "--initial-branch=main", str(repo)],
+            check=True,
+            capture_output=True,
+        )
         hooks = repo / "foundry-hooks"
         hooks.mkdir(exist_ok=True)
         hook = hooks / "pre-receive"
         hook.write_text(HOOK.format(python=sys.executable))
-        hook.chmod(0o700)    # the control plane's home is private (control/vault.py)
-        for key, value in (("core.hooksPath", str(hooks)), ("receive.fsckObjects", "true"),
-                           ("receive.denyDeletes", "true"), ("http.receivepack", "true")):
+        hook.chmod(0o700)  # the control plane's home is private (control/vault.py)
+        for key, value in (
+            ("core.hooksPath", str(hooks)),
+            ("receive.fsckObjects", "true"),
+            ("receive.denyDeletes", "true"),
+            ("http.receivepack", "true"),
+        ):
             subprocess.run(["git", "-C", str(repo), "config", key, value], check=True)
     return repo
 
@@ -108,11 +119,15 @@ async def info_refs(request: Request, store: Store, root: Path) -> Response:
     if service == "git-upload-pack" and not (root / f"{app}.git").exists():
         raise NotFound(f"no repository for app {app!r}")
     repo = ensure_repo(root, app)
-    result = await anyio.run_process(["git", service[4:], "--stateless-rpc",
-                                      "--advertise-refs", str(repo)])
+    result = await anyio.run_process(
+        ["git", service[4:], "--stateless-rpc", "--advertise-refs", str(repo)]
+    )
     body = _pkt(f"# service={service}\n") + b"0000" + result.stdout
-    return Response(body, media_type=f"application/x-{service}-advertisement",
-                    headers={"cache-control": "no-cache"})
+    return Response(
+        body,
+        media_type=f"application/x-{service}-advertisement",
+        headers={"cache-control": "no-cache"},
+    )
 
 
 def authorize_rpc(request: Request, store: Store) -> tuple[str, str]:
@@ -126,19 +141,39 @@ def authorize_rpc(request: Request, store: Store) -> tuple[str, str]:
     return app, service
 
 
-async def rpc(request: Request, app: str, service: str, root: Path, env: dict[str, str],
-              on_done: Callable[[], None], max_bytes: int) -> Response:
+async def rpc(
+    request: Request,
+    app: str,
+    service: str,
+    root: Path,
+    env: dict[str, str],
+    on_done: Callable[[], None],
+    max_bytes: int,
+) -> Response:
     """One receive-pack / upload-pack exchange (already authorized), streamed both ways."""
     repo = ensure_repo(root, app)
     hook_env = {**os.environ, **env, "FOUNDRY_APP": app}
     body = await _spool_body(request, max_bytes)
     # index-pack refuses a pack past the cap too: what git reads is capped by git itself.
-    proc = await anyio.open_process(["git", "-c", f"receive.maxInputSize={max_bytes}",
-                                     service[4:], "--stateless-rpc", str(repo)],
-                                    env=hook_env, stdin=body, stderr=subprocess.DEVNULL)
+    proc = await anyio.open_process(
+        [
+            "git",
+            "-c",
+            f"receive.maxInputSize={max_bytes}",
+            service[4:],
+            "--stateless-rpc",
+            str(repo),
+        ],
+        env=hook_env,
+        stdin=body,
+        stderr=subprocess.DEVNULL,
+    )
     body.close()
-    return StreamingResponse(_pump(proc, on_done), media_type=f"application/x-{service}-result",
-                             headers={"cache-control": "no-cache"})
+    return StreamingResponse(
+        _pump(proc, on_done),
+        media_type=f"application/x-{service}-result",
+        headers={"cache-control": "no-cache"},
+    )
 
 
 async def _spool_body(request: Request, max_bytes: int) -> BinaryIO:
@@ -147,9 +182,12 @@ async def _spool_body(request: Request, max_bytes: int) -> BinaryIO:
     messages. Refused (TooLarge) past `max_bytes` as sent or as inflated, never holding
     more than one chunk's worth of inflated bytes in memory."""
     check_length(request, max_bytes, "push")
-    body = tempfile.TemporaryFile()
-    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) \
-        if request.headers.get("content-encoding", "") == "gzip" else None
+    body = tempfile.TemporaryFile()  # noqa: SIM115 -- returned open; the caller closes it
+    inflate = (
+        zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if request.headers.get("content-encoding", "") == "gzip"
+        else None
+    )
     sent = size = 0
     try:
         async with contextlib.aclosing(request.stream()) as stream:

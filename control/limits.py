@@ -21,12 +21,12 @@ from dataclasses import dataclass
 class RequestLimits:
     """Byte caps per kind of request body (uploads are capped by `ControlConfig.max_upload`)."""
 
-    json: int = 1 << 20               # an ordinary JSON request (scale, env, routes, tokens)
-    node_report: int = 32 << 20       # heartbeats and log batches (500 lines of 8 KiB, escaped)
-    resource_list: int = 16 << 20     # resource lists and listing deltas, as sent (gzip'd)
+    json: int = 1 << 20  # an ordinary JSON request (scale, env, routes, tokens)
+    node_report: int = 32 << 20  # heartbeats and log batches (500 lines of 8 KiB, escaped)
+    resource_list: int = 16 << 20  # resource lists and listing deltas, as sent (gzip'd)
     resource_list_expanded: int = 64 << 20  # ...and as they inflate (200,000 entries)
-    git_push: int = 1 << 30           # a git push's request body, as sent and as it inflates
-    config_vars: int = 32 * 1024      # one app's config vars in total (Heroku's limit)
+    git_push: int = 1 << 30  # a git push's request body, as sent and as it inflates
+    config_vars: int = 32 * 1024  # one app's config vars in total (Heroku's limit)
 
 
 def config_size(env: Mapping[str, str]) -> int:
@@ -39,5 +39,7 @@ def config_problem(before: Mapping[str, str], after: Mapping[str, str], cap: int
     size = config_size(after)
     if size <= cap or size <= config_size(before):
         return None
-    return (f"config vars would add up to {size} bytes; an app's config vars (keys and "
-            f"values) may total at most {cap} bytes")
+    return (
+        f"config vars would add up to {size} bytes; an app's config vars (keys and "
+        f"values) may total at most {cap} bytes"
+    )

@@ -29,10 +29,28 @@ from control.names import (
 )
 
 HEALTH_CHECK_TYPES = ("port", "http", "process", "none")
-COMMON_KEYS = frozenset({"instances", "memory", "disk_quota", "command", "health-check-type",
-                         "health-check-http-endpoint", "timeout"})
-APP_KEYS = COMMON_KEYS | {"name", "routes", "no-route", "random-route", "env", "buildpack",
-                          "buildpacks", "path", "processes"}
+COMMON_KEYS = frozenset(
+    {
+        "instances",
+        "memory",
+        "disk_quota",
+        "command",
+        "health-check-type",
+        "health-check-http-endpoint",
+        "timeout",
+    }
+)
+APP_KEYS = COMMON_KEYS | {
+    "name",
+    "routes",
+    "no-route",
+    "random-route",
+    "env",
+    "buildpack",
+    "buildpacks",
+    "path",
+    "processes",
+}
 PROCESS_KEYS = COMMON_KEYS | {"type"}
 TOP_ONLY_KEYS = frozenset({"applications", "version"})
 MAX_INSTANCES = 100
@@ -52,7 +70,7 @@ class ProcessManifest:
     memory_mb: int | None = None
     disk_mb: int | None = None
     command: str | None = None
-    health_check: str | None = None      # port, process or http:/PATH (Foundry's spelling)
+    health_check: str | None = None  # port, process or http:/PATH (Foundry's spelling)
     timeout: int | None = None
 
 
@@ -73,7 +91,7 @@ class AppManifest:
     health_check: str | None = None
     timeout: int | None = None
     path: str | None = None
-    processes: tuple[ProcessManifest, ...] | None = None   # None: the manifest names none
+    processes: tuple[ProcessManifest, ...] | None = None  # None: the manifest names none
 
     def process(self, kind: str) -> ProcessManifest | None:
         return next((p for p in self.processes or () if p.type == kind), None)
@@ -94,8 +112,11 @@ class Manifest:
 
 # --- values ---------------------------------------------------------------------------
 def _int(value: Any, where: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str) or \
-            not str(value).strip().isdigit():
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | str)
+        or not str(value).strip().isdigit()
+    ):
         raise ManifestError(f"{where}: {value!r} is not a whole number")
     number = int(value)
     if not lo <= number <= hi:
@@ -177,14 +198,16 @@ def _health_check(attrs: dict[str, Any], where: str) -> str | None:
         return None
     kind = "http" if kind is None else kind
     if kind not in HEALTH_CHECK_TYPES:
-        raise ManifestError(f"{where}.health-check-type: {kind!r} is not one of "
-                            f"{', '.join(HEALTH_CHECK_TYPES)}")
+        raise ManifestError(
+            f"{where}.health-check-type: {kind!r} is not one of {', '.join(HEALTH_CHECK_TYPES)}"
+        )
     if kind != "http":
         return "process" if kind == "none" else str(kind)
     path = "/" if endpoint is None else _str(endpoint, f"{where}.health-check-http-endpoint")
     if not path.startswith("/") or " " in path:
-        raise ManifestError(f"{where}.health-check-http-endpoint: {path!r} must be a path "
-                            "starting with /")
+        raise ManifestError(
+            f"{where}.health-check-http-endpoint: {path!r} must be a path starting with /"
+        )
     return f"http:{path}"
 
 
@@ -205,8 +228,7 @@ def _common(attrs: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def _unknown(attrs: dict[str, Any], known: frozenset[str], where: str,
-             warnings: list[str]) -> None:
+def _unknown(attrs: dict[str, Any], known: frozenset[str], where: str, warnings: list[str]) -> None:
     for key in attrs:
         if key not in known:
             warnings.append(f"{where}.{key}: unknown key, ignored")
@@ -244,14 +266,18 @@ def _app(attrs: dict[str, Any], where: str, warnings: list[str]) -> AppManifest:
         warnings.append(f"{where}.routes: ignored because no-route is true")
         routes = ()
     return AppManifest(
-        name=name, routes=routes, no_route=no_route,
+        name=name,
+        routes=routes,
+        no_route=no_route,
         random_route=_bool(attrs.get("random-route", False), f"{where}.random-route"),
         env=_env(attrs.get("env") or {}, f"{where}.env"),
         buildpacks=_buildpacks(attrs, where),
         path=_str(attrs["path"], f"{where}.path") if "path" in attrs else None,
         processes=_processes(attrs["processes"], f"{where}.processes", warnings)
-        if "processes" in attrs else None,
-        **_common(attrs, where))
+        if "processes" in attrs
+        else None,
+        **_common(attrs, where),
+    )
 
 
 def parse_manifest(text: str) -> Manifest:
@@ -294,23 +320,38 @@ class StrictDiff:
     scale_to_zero: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
-        return ([f"- env {k}" for k in self.unset_env] +
-                [f"- route {r}" for r in self.unmap_routes] +
-                [f"- process {p} (scaled to 0)" for p in self.scale_to_zero])
+        return (
+            [f"- env {k}" for k in self.unset_env]
+            + [f"- route {r}" for r in self.unmap_routes]
+            + [f"- process {p} (scaled to 0)" for p in self.scale_to_zero]
+        )
 
 
-def strict_diff(app: AppManifest, env: dict[str, str], routes: list[str],
-                scale: dict[str, int], process_types: list[str]) -> StrictDiff:
+def strict_diff(
+    app: AppManifest,
+    env: dict[str, str],
+    routes: list[str],
+    scale: dict[str, int],
+    process_types: list[str],
+) -> StrictDiff:
     """Env vars, mapped routes and process types the app has but the manifest does not
     name. Process types are judged only when the manifest lists `processes`; `web`
     is always named by the app's own attributes."""
     named = {p.type for p in app.processes} if app.processes is not None else None
-    extra = () if named is None else tuple(sorted(
-        p for p in process_types if p not in named and p != "web" and scale.get(p, 1) > 0))
+    extra = (
+        ()
+        if named is None
+        else tuple(
+            sorted(
+                p for p in process_types if p not in named and p != "web" and scale.get(p, 1) > 0
+            )
+        )
+    )
     return StrictDiff(
         unset_env=tuple(sorted(k for k in env if k not in app.env)),
         unmap_routes=tuple(sorted(r for r in routes if r not in app.routes)),
-        scale_to_zero=extra)
+        scale_to_zero=extra,
+    )
 
 
 @dataclass(frozen=True)
@@ -320,7 +361,7 @@ class AppNow:
     env: dict[str, str]
     routes: tuple[str, ...]
     scale: dict[str, int]
-    processes: dict[str, str]          # the current release's process types and commands
+    processes: dict[str, str]  # the current release's process types and commands
     memory_mb: int
     health_check: str
 
@@ -329,8 +370,13 @@ def _wanted(app: AppManifest) -> dict[str, tuple[int | None, str | None, str | N
     """(instances, command, health check) the manifest sets per process type (None: unset);
     the app's own attributes are its `web` process's, which a `web` entry overrides."""
     web = app.process("web") or ProcessManifest(type="web")
-    wanted = {"web": (web.instances if web.instances is not None else app.instances,
-                      app.command or web.command, web.health_check or app.health_check)}
+    wanted = {
+        "web": (
+            web.instances if web.instances is not None else app.instances,
+            app.command or web.command,
+            web.health_check or app.health_check,
+        )
+    }
     for p in app.processes or ():
         if p.type != "web":
             wanted[p.type] = (p.instances, p.command, None)
@@ -354,12 +400,20 @@ def strict_changes(app: AppManifest, now: AppNow, removals: StrictDiff) -> list[
             lines.append(f"health check: {now.health_check} -> {health}")
     if app.memory_mb is not None and app.memory_mb != now.memory_mb:
         lines.append(f"memory: {now.memory_mb}M -> {app.memory_mb}M")
-    lines += [f"env {k}: added" if k not in now.env else f"env {k}: changed"
-              for k in sorted(app.env) if now.env.get(k) != app.env[k]]
+    lines += [
+        f"env {k}: added" if k not in now.env else f"env {k}: changed"
+        for k in sorted(app.env)
+        if now.env.get(k) != app.env[k]
+    ]
     lines += [f"env {k}: removed" for k in removals.unset_env]
-    lines += [f"route {r}: mapped" for r in app.routes
-              if r not in now.routes and not r.startswith(f"{app.name}.")]
+    lines += [
+        f"route {r}: mapped"
+        for r in app.routes
+        if r not in now.routes and not r.startswith(f"{app.name}.")
+    ]
     lines += [f"route {r}: unmapped" for r in removals.unmap_routes]
-    lines += [f"instances ({p}): {now.scale.get(p, 1)} -> 0 (the manifest does not name it)"
-              for p in removals.scale_to_zero]
+    lines += [
+        f"instances ({p}): {now.scale.get(p, 1)} -> 0 (the manifest does not name it)"
+        for p in removals.scale_to_zero
+    ]
     return lines

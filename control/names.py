@@ -14,8 +14,16 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PROCESS = re.compile(r"^[a-z0-9][a-z0-9_-]{0,29}$")
 RESERVED_APP_NAMES = frozenset({"api"})
 # Variables the platform sets for every instance; users may not override them.
-RESERVED_ENV = frozenset({"PORT", "FOUNDRY_APP_NAME", "FOUNDRY_INSTANCE_INDEX", "FOUNDRY_RELEASE",
-                          "VCAP_APPLICATION", "VCAP_SERVICES"})
+RESERVED_ENV = frozenset(
+    {
+        "PORT",
+        "FOUNDRY_APP_NAME",
+        "FOUNDRY_INSTANCE_INDEX",
+        "FOUNDRY_RELEASE",
+        "VCAP_APPLICATION",
+        "VCAP_SERVICES",
+    }
+)
 
 
 def app_name_problem(name: str) -> str | None:
@@ -25,8 +33,10 @@ def app_name_problem(name: str) -> str | None:
     if len(name) > 63:
         return f"app name {name!r} is longer than 63 characters"
     if not _LABEL.match(name):
-        return (f"app name {name!r} is not a DNS label: use lower-case letters, digits and "
-                "hyphens, not starting or ending with a hyphen")
+        return (
+            f"app name {name!r} is not a DNS label: use lower-case letters, digits and "
+            "hyphens, not starting or ending with a hyphen"
+        )
     if name in RESERVED_APP_NAMES:
         return f"app name {name!r} is reserved"
     return None
@@ -71,6 +81,7 @@ def parse_route(text: str) -> tuple[str, str]:
         raise ValueError(f"route host {host!r} is not a DNS name")
     path = "/" + rest.strip("/") if slash else "/"
     if any(part in (".", "..") for part in path.split("/")) or not re.fullmatch(
-            r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", path):
+        r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", path
+    ):
         raise ValueError(f"route path {path!r} is not a plain URL path")
     return host, path

@@ -52,8 +52,9 @@ def host_owner(host: str, domain: str, mapped: Iterable[MappedRoute]) -> str | N
     return on_host[0].app if on_host else None
 
 
-def route_claim_problem(host: str, domain: str, mapped: Iterable[MappedRoute],
-                        scope: frozenset[str] | None) -> str | None:
+def route_claim_problem(
+    host: str, domain: str, mapped: Iterable[MappedRoute], scope: frozenset[str] | None
+) -> str | None:
     """Why a caller with `scope` may not map a route under `host`, or None when it may."""
     owner = host_owner(host, domain, mapped)
     if owner is None or may_access(scope, owner):
@@ -61,14 +62,16 @@ def route_claim_problem(host: str, domain: str, mapped: Iterable[MappedRoute],
     return f"host {host} is reserved for another owner"
 
 
-def scoped_table(table: dict[str, Any], kind: str, scope: frozenset[str] | None
-                 ) -> dict[str, Any]:
+def scoped_table(table: dict[str, Any], kind: str, scope: frozenset[str] | None) -> dict[str, Any]:
     """The routing table ({etag, routes}) as a caller sees it, with an etag of exactly
     that view: only routes of apps in its scope, and backends reduced to instance ids
     (their count stays visible) unless it sees infrastructure."""
     if sees_infrastructure(kind, scope):
         return table
-    view = [{**r, "backends": [{"instance": b["instance"]} for b in r["backends"]]}
-            for r in table["routes"] if r["app"] != "api" and may_access(scope, r["app"])]
+    view = [
+        {**r, "backends": [{"instance": b["instance"]} for b in r["backends"]]}
+        for r in table["routes"]
+        if r["app"] != "api" and may_access(scope, r["app"])
+    ]
     body = json.dumps(view, sort_keys=True).encode()
     return {"etag": hashlib.sha256(body).hexdigest()[:16], "routes": view}

@@ -15,23 +15,22 @@ Cloud Foundry's health manager, without the bus. Rules kept here:
 - nothing is ever placed on a lost or draining node (the scheduler enforces it); an
   instance on a draining node is replaced like an old release: its successor runs
   elsewhere before it is stopped (Diego's evacuation).
-The clock is an argument; nothing here sleeps or reads the time.
+The clock is an argument; nothing here sleeps or reads the time. A pass collects its
+decisions in a private `_Draft` and hands back one immutable `Plan`.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from control.model import (
-    CRASHED,
     LIVE_STATES,
-    NODE_DRAINING,
-    NODE_LOST,
-    RUNNING,
     AppSpec,
     Instance,
+    InstanceState,
     Node,
+    NodeState,
     Placement,
     Plan,
 )
@@ -50,6 +49,16 @@ class Policy:
     node_ttl: float = 15.0
 
 
+@dataclass
+class _Draft:
+    """The lists of a plan while one pass is still deciding (a Plan is made once, at the end)."""
+
+    stop: list[str] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)
+    reset_restarts: list[str] = field(default_factory=list)
+    wanted: list[Placement] = field(default_factory=list)  # for the scheduler to place
+
+
 def restart_delay(restarts: int, policy: Policy) -> float:
     """Seconds to wait before restart number `restarts + 1` of a crashed slot."""
     if restarts < policy.immediate_restarts:
@@ -60,55 +69,71 @@ def restart_delay(restarts: int, policy: Policy) -> float:
 
 def lost_node_ids(nodes: list[Node], now: float, policy: Policy) -> set[str]:
     """Nodes already marked lost or silent for longer than the TTL."""
-    return {n.id for n in nodes
-            if n.state == NODE_LOST or now - n.last_heartbeat > policy.node_ttl}
+    return {
+        n.id for n in nodes if n.state == NodeState.LOST or now - n.last_heartbeat > policy.node_ttl
+    }
 
 
-def reconcile(apps: list[AppSpec], instances: list[Instance], nodes: list[Node],
-              now: float, policy: Policy = Policy()) -> Plan:
+def reconcile(
+    apps: list[AppSpec],
+    instances: list[Instance],
+    nodes: list[Node],
+    now: float,
+    policy: Policy = Policy(),
+) -> Plan:
     """Decide what to start, stop and forget so actual state converges on desired state."""
-    plan = Plan()
     lost = lost_node_ids(nodes, now, policy)
-    plan.lost_nodes.extend(n.id for n in nodes if n.id in lost and n.state != NODE_LOST)
+    draft = _Draft()
     by_app = {a.name: a for a in apps}
     slots: dict[tuple[str, str, int], list[Instance]] = defaultdict(list)
     for inst in instances:
         if inst.node in lost:
-            plan.forget.append(inst.id)
+            draft.forget.append(inst.id)
         elif inst.app not in by_app:
-            _drop(inst, plan)
+            _drop(inst, draft)
         else:
             slots[(inst.app, inst.process, inst.index)].append(inst)
-    wanted: list[Placement] = []
-    draining = frozenset(n.id for n in nodes if n.state == NODE_DRAINING)
+    draining = frozenset(n.id for n in nodes if n.state == NodeState.DRAINING)
     for app in apps:
         for process in sorted(set(app.processes) | {k[1] for k in slots if k[0] == app.name}):
             count = app.desired_count(process)
             indexes = {k[2] for k in slots if k[0] == app.name and k[1] == process}
-            budget = [app.max_in_flight - sum(_replacing(
-                app, slots.get((app.name, process, i), []), draining) for i in range(count))]
+            budget = [
+                app.max_in_flight
+                - sum(
+                    _replacing(app, slots.get((app.name, process, i), []), draining)
+                    for i in range(count)
+                )
+            ]
             for index in sorted(indexes | set(range(count))):
                 slot = slots.get((app.name, process, index), [])
                 if index < count:
-                    _converge_slot(app, slot, now, policy, plan, wanted, budget, draining,
-                                   (process, index))
+                    _converge_slot(
+                        app, slot, now, policy, draft, budget, draining, (process, index)
+                    )
                 else:
                     for inst in slot:
-                        _drop(inst, plan)
-    forgotten = set(plan.forget)
+                        _drop(inst, draft)
+    forgotten = set(draft.forget)
     placed = [i for i in instances if i.id not in forgotten and i.node not in lost]
-    ok, failed = place(nodes, placed, wanted, now, policy.node_ttl)
-    plan.start.extend(ok)
-    plan.unplaced.extend(failed)
-    return plan
+    ok, failed = place(nodes, placed, draft.wanted, now, policy.node_ttl)
+    return Plan(
+        start=tuple(ok),
+        stop=tuple(draft.stop),
+        forget=tuple(draft.forget),
+        lost_nodes=tuple(n.id for n in nodes if n.id in lost and n.state != NodeState.LOST),
+        reset_restarts=tuple(draft.reset_restarts),
+        unplaced=tuple(failed),
+    )
 
 
-def _drop(inst: Instance, plan: Plan) -> None:
-    """An instance nobody wants: stop it if it may still run, else forget it."""
+def _drop(inst: Instance, draft: _Draft) -> None:
+    """An instance nobody wants: stop it if it may still run, else forget it (a STOPPING
+    one is left until its node reports it STOPPED)."""
     if inst.state in LIVE_STATES and not inst.stopping:
-        plan.stop.append(inst.id)
-    elif inst.state not in LIVE_STATES and inst.state != "STOPPING":
-        plan.forget.append(inst.id)
+        draft.stop.append(inst.id)
+    elif inst.state not in LIVE_STATES and inst.state != InstanceState.STOPPING:
+        draft.forget.append(inst.id)
 
 
 def _wanted(app: AppSpec, inst: Instance, draining: frozenset[str]) -> bool:
@@ -119,43 +144,64 @@ def _wanted(app: AppSpec, inst: Instance, draining: frozenset[str]) -> bool:
 def _replacing(app: AppSpec, slot: list[Instance], draining: frozenset[str]) -> bool:
     """A slot mid-replacement: its new instance is not RUNNING yet, an old one still is live."""
     live = [i for i in slot if i.state in LIVE_STATES and not i.stopping]
-    return (any(_wanted(app, i, draining) and i.state != RUNNING for i in live)
-            and any(not _wanted(app, i, draining) for i in live))
+    return any(
+        _wanted(app, i, draining) and i.state != InstanceState.RUNNING for i in live
+    ) and any(not _wanted(app, i, draining) for i in live)
 
 
-def _converge_slot(app: AppSpec, slot: list[Instance], now: float, policy: Policy, plan: Plan,
-                   wanted: list[Placement], budget: list[int], draining: frozenset[str],
-                   key: tuple[str, int]) -> None:
+def _converge_slot(
+    app: AppSpec,
+    slot: list[Instance],
+    now: float,
+    policy: Policy,
+    draft: _Draft,
+    budget: list[int],
+    draining: frozenset[str],
+    key: tuple[str, int],
+) -> None:
     process, index = key
     live = [i for i in slot if i.state in LIVE_STATES and not i.stopping]
     current = [i for i in live if _wanted(app, i, draining)]
     old = [i for i in live if not _wanted(app, i, draining)]
-    crashed = [i for i in slot if i.state == CRASHED]
-    plan.forget.extend(i.id for i in slot if i.state not in LIVE_STATES
-                       and i.state not in (CRASHED, "STOPPING"))
+    crashed = [i for i in slot if i.state == InstanceState.CRASHED]
+    draft.forget.extend(
+        i.id
+        for i in slot
+        if i.state not in LIVE_STATES
+        and i.state not in (InstanceState.CRASHED, InstanceState.STOPPING)
+    )
     if current:
-        keep = min(current, key=lambda i: (i.state != RUNNING, i.since, i.id))
-        plan.stop.extend(i.id for i in current if i is not keep)
-        if keep.state == RUNNING:
-            plan.stop.extend(i.id for i in old)
+        keep = min(current, key=lambda i: (i.state != InstanceState.RUNNING, i.since, i.id))
+        draft.stop.extend(i.id for i in current if i is not keep)
+        if keep.state == InstanceState.RUNNING:
+            draft.stop.extend(i.id for i in old)
             if keep.restarts and now - keep.since >= policy.reset_after:
-                plan.reset_restarts.append(keep.id)
-        plan.forget.extend(i.id for i in crashed)
+                draft.reset_restarts.append(keep.id)
+        draft.forget.extend(i.id for i in crashed)
         return
     if old:
         if budget[0] <= 0:
-            return          # wait: enough slots are being replaced already
+            return  # wait: enough slots are being replaced already
         budget[0] -= 1
     restarts = 0
     if crashed:
         last = max(crashed, key=lambda i: (i.restarts, i.since))
         if app.current(last.release, last.generation):
             if last.restarts >= policy.give_up_after:
-                plan.forget.extend(i.id for i in crashed if i is not last)
+                draft.forget.extend(i.id for i in crashed if i is not last)
                 return
             if now < last.since + restart_delay(last.restarts, policy):
                 return
             restarts = last.restarts + 1
-        plan.forget.extend(i.id for i in crashed)
-    wanted.append(Placement(app.name, process, index, app.release, app.memory_mb, restarts,
-                            generation=app.generation))
+        draft.forget.extend(i.id for i in crashed)
+    draft.wanted.append(
+        Placement(
+            app.name,
+            process,
+            index,
+            app.release,
+            app.memory_mb,
+            restarts,
+            generation=app.generation,
+        )
+    )

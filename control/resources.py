@@ -69,10 +69,6 @@ class UploadPlan:
     upload: tuple[Resource, ...]
     matched: tuple[Resource, ...]
 
-    @property
-    def upload_bytes(self) -> int:
-        return sum(r.size for r in self.upload)
-
 
 def upload_plan(resources: Iterable[Resource], missing: Iterable[str]) -> UploadPlan:
     """Split the source into files to send (first file of each missing digest) and
@@ -114,12 +110,11 @@ def _resource(raw: Any, where: str) -> Resource:
     return Resource(path, digest, mode, size)
 
 
-def parse_resources(body: Any, limits: ArchiveLimits, key: str = "resources"
-                    ) -> list[Resource]:
+def parse_resources(body: Any, limits: ArchiveLimits, key: str = "resources") -> list[Resource]:
     """The resource list of a request body; BadRequest naming the first bad entry."""
     raw = body.get(key) if isinstance(body, dict) else None
     if not isinstance(raw, list):
-        raise BadRequest(f"body must be {{\"{key}\": [...]}}")
+        raise BadRequest(f'body must be {{"{key}": [...]}}')
     if len(raw) > limits.max_files:
         raise Unprocessable(f"more than {limits.max_files} files")
     found = [_resource(item, f"{key}[{i}]") for i, item in enumerate(raw)]
@@ -132,8 +127,10 @@ def parse_digests(body: Any, limits: ArchiveLimits) -> list[str]:
     """The digests a match request asks about."""
     raw = body.get("resources") if isinstance(body, dict) else None
     if not isinstance(raw, list) or len(raw) > limits.max_files:
-        raise BadRequest(f"body must be {{\"resources\": [{{\"sha256\": ...}}]}} with at most "
-                         f"{limits.max_files} entries")
+        raise BadRequest(
+            f'body must be {{"resources": [{{"sha256": ...}}]}} with at most '
+            f"{limits.max_files} entries"
+        )
     digests = [r.get("sha256") if isinstance(r, dict) else None for r in raw]
     for i, d in enumerate(digests):
         if not isinstance(d, str) or not _DIGEST.match(d):
@@ -154,8 +151,10 @@ def store_files(upload: Path, files: BlobStore, limits: ArchiveLimits) -> list[s
                 if len(staged) >= limits.max_files:
                     raise Unprocessable(f"more than {limits.max_files} files")
                 if not member.isfile() or not _DIGEST.match(member.name):
-                    raise Unprocessable(f"member {member.name!r}: only regular files named "
-                                        "by their sha256 may be uploaded")
+                    raise Unprocessable(
+                        f"member {member.name!r}: only regular files named "
+                        "by their sha256 may be uploaded"
+                    )
                 expanded += member.size
                 if expanded > limits.max_expanded:
                     raise Unprocessable(f"files expand past {limits.max_expanded} bytes")
@@ -186,8 +185,10 @@ def _stage_member(tar: tarfile.TarFile, member: tarfile.TarInfo, files: BlobStor
         raise
     if h.hexdigest() != member.name:
         Path(name).unlink()
-        raise Unprocessable(f"member {member.name[:12]}: its content does not hash to its "
-                            f"name (it hashes to {h.hexdigest()})")
+        raise Unprocessable(
+            f"member {member.name[:12]}: its content does not hash to its "
+            f"name (it hashes to {h.hexdigest()})"
+        )
     return Path(name)
 
 
@@ -216,23 +217,29 @@ def matchable(digests: Iterable[str], files: BlobStore) -> set[str]:
     return found
 
 
-def assemble(resources: list[Resource], files: BlobStore, dest: Path,
-             usable: AbstractSet[str]) -> None:
+def assemble(
+    resources: list[Resource], files: BlobStore, dest: Path, usable: AbstractSet[str]
+) -> None:
     """Write the source package (gzip'd tar) for `resources` from the file store, taking
     only files whose digest is in `usable` (the caller's)."""
-    absent = [r.path for r in resources
-              if r.sha256 not in usable or not files.path(r.sha256).exists()]
+    absent = [
+        r.path for r in resources if r.sha256 not in usable or not files.path(r.sha256).exists()
+    ]
     if absent:
-        raise Unprocessable(f"the control plane does not have {absent[0]!r} "
-                            f"({len(absent)} file(s) missing): upload them first")
+        raise Unprocessable(
+            f"the control plane does not have {absent[0]!r} "
+            f"({len(absent)} file(s) missing): upload them first"
+        )
     paths = [r.path for r in resources]
     if len(set(paths)) != len(paths):
         raise BadRequest("a path appears twice in the resource list")
     # No time or file name in the gzip header (members carry mtime 0, sorted): the same
     # resource list always makes the same package, so an unchanged re-push is seen as one.
-    with open(dest, "wb") as out, gzip.GzipFile(filename="", mode="wb", fileobj=out,
-                                                 compresslevel=1, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as tar:
+    with (
+        open(dest, "wb") as out,
+        gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=1, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         for r in sorted(resources, key=lambda r: r.path):
             blob = files.path(r.sha256)
             info = tarfile.TarInfo(r.path)
@@ -266,13 +273,20 @@ def parse_listing(data: bytes, limits: ArchiveLimits) -> list[Resource]:
         raise Unprocessable("a stored listing is not valid JSON") from None
     if not isinstance(rows, list):
         raise Unprocessable("a stored listing must be a list")
-    body = {"resources": [{"path": r[0], "sha256": r[1], "mode": r[2], "size": r[3]}
-                          if isinstance(r, list) and len(r) == 4 else r for r in rows]}
+    body = {
+        "resources": [
+            {"path": r[0], "sha256": r[1], "mode": r[2], "size": r[3]}
+            if isinstance(r, list) and len(r) == 4
+            else r
+            for r in rows
+        ]
+    }
     return parse_resources(body, limits)
 
 
-def apply_delta(base: Iterable[Resource], changed: Iterable[Resource],
-                removed: Iterable[str]) -> list[Resource]:
+def apply_delta(
+    base: Iterable[Resource], changed: Iterable[Resource], removed: Iterable[str]
+) -> list[Resource]:
     """The listing after a push: the base, less removed paths, with changed entries
     added or replaced; sorted by path."""
     by_path = {r.path: r for r in base}
@@ -283,11 +297,11 @@ def apply_delta(base: Iterable[Resource], changed: Iterable[Resource],
     return [by_path[p] for p in sorted(by_path)]
 
 
-def listing_delta(previous: dict[str, tuple[str, int, int]], found: Iterable[Resource]
-                  ) -> tuple[list[Resource], list[str]]:
+def listing_delta(
+    previous: dict[str, tuple[str, int, int]], found: Iterable[Resource]
+) -> tuple[list[Resource], list[str]]:
     """What changed since the listing the control plane already has: (changed, removed)."""
     now = {r.path: r for r in found}
-    changed = [r for p, r in sorted(now.items()) if previous.get(p) != (r.sha256, r.mode,
-                                                                          r.size)]
+    changed = [r for p, r in sorted(now.items()) if previous.get(p) != (r.sha256, r.mode, r.size)]
     removed = sorted(set(previous) - set(now))
     return changed, removed

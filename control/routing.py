@@ -15,31 +15,50 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, cast
 
-from control.model import RUNNING, AppSpec
-from control.wire_edge import Backend, Route, RouteOptions, RouteTable
+from control.model import AppSpec, InstanceState
+from control.rows import InstanceRow, MappedRoute
+from control.wire_edge import Backend, Route, RouteTable
 
 
-def routing_table(apps: list[AppSpec], instances: list[dict[str, Any]], domain: str,
-                  api_address: str | None, mapped: list[dict[str, Any]] | None = None,
-                  wakeable: frozenset[str] = frozenset()) -> RouteTable:
+def routing_table(
+    apps: list[AppSpec],
+    instances: list[InstanceRow],
+    domain: str,
+    api_address: str | None,
+    mapped: list[MappedRoute] | None = None,
+    wakeable: frozenset[str] = frozenset(),
+) -> RouteTable:
     """Build the table and its etag from desired apps and instance rows."""
     backends: dict[str, list[Backend]] = {}
     for row in instances:
-        if row["process"] == "web" and row["state"] == RUNNING and not row["stopping"] \
-                and row["port"]:
+        if (
+            row["process"] == "web"
+            and row["state"] == InstanceState.RUNNING
+            and not row["stopping"]
+            and row["port"]
+        ):
             backends.setdefault(row["app"], []).append(
-                {"address": f"{row['address']}:{row['port']}", "instance": row["id"]})
+                {"address": f"{row['address']}:{row['port']}", "instance": row["id"]}
+            )
     routes: list[Route] = []
     if api_address:
-        routes.append({"host": f"api.{domain}", "path": "/", "app": "api",
-                       "backends": [{"address": api_address, "instance": "control"}]})
+        routes.append(
+            {
+                "host": f"api.{domain}",
+                "path": "/",
+                "app": "api",
+                "backends": [{"address": api_address, "instance": "control"}],
+            }
+        )
     for app in sorted(apps, key=lambda a: a.name):
         if "web" in app.processes or app.release == 0:
-            route: Route = {"host": f"{app.name}.{domain}", "path": "/", "app": app.name,
-                           "backends": sorted(backends.get(app.name, []),
-                                              key=lambda b: b["instance"])}
+            route: Route = {
+                "host": f"{app.name}.{domain}",
+                "path": "/",
+                "app": app.name,
+                "backends": sorted(backends.get(app.name, []), key=lambda b: b["instance"]),
+            }
             if app.name in wakeable:
                 route["wakeable"] = True
             routes.append(route)
@@ -47,17 +66,15 @@ def routing_table(apps: list[AppSpec], instances: list[dict[str, Any]], domain: 
     for mapped_route in mapped or []:
         if mapped_route["app"] in web:
             app_name = mapped_route["app"]
-            extra: Route = {"host": mapped_route["host"], "path": mapped_route["path"],
-                            "app": app_name, "options": _options(mapped_route["options"]),
-                            "backends": sorted(backends.get(app_name, []),
-                                               key=lambda b: b["instance"])}
+            extra: Route = {
+                "host": mapped_route["host"],
+                "path": mapped_route["path"],
+                "app": app_name,
+                "options": mapped_route["options"],
+                "backends": sorted(backends.get(app_name, []), key=lambda b: b["instance"]),
+            }
             if app_name in wakeable:
                 extra["wakeable"] = True
             routes.append(extra)
     body = json.dumps(routes, sort_keys=True).encode()
     return {"etag": hashlib.sha256(body).hexdigest()[:16], "routes": routes}
-
-
-def _options(stored: dict[str, Any]) -> RouteOptions:
-    # Stored only by `map-route`, which accepts exactly these keys (api_platform._route_options).
-    return cast(RouteOptions, stored)

@@ -15,12 +15,12 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
-from control.model import NODE_READY, Instance, Node, Placement
+from control.model import Instance, Node, NodeState, Placement
 
 
 def node_is_live(node: Node, now: float, ttl: float) -> bool:
     """A node may receive work when it is ready and has been heard from within `ttl`."""
-    return node.state == NODE_READY and now - node.last_heartbeat <= ttl
+    return node.state == NodeState.READY and now - node.last_heartbeat <= ttl
 
 
 def free_memory(nodes: Iterable[Node], placed: Iterable[Instance]) -> dict[str, int]:
@@ -31,8 +31,9 @@ def free_memory(nodes: Iterable[Node], placed: Iterable[Instance]) -> dict[str, 
     return {n.id: n.memory_mb - used[n.id] for n in nodes}
 
 
-def place(nodes: list[Node], placed: list[Instance], wanted: list[Placement],
-          now: float, ttl: float) -> tuple[list[Placement], list[Placement]]:
+def place(
+    nodes: list[Node], placed: list[Instance], wanted: list[Placement], now: float, ttl: float
+) -> tuple[list[Placement], list[Placement]]:
     """Assign a node to each wanted placement; returns (placed, could-not-place)."""
     live = [n for n in nodes if node_is_live(n, now, ttl)]
     free = free_memory(live, placed)
@@ -51,8 +52,9 @@ def place(nodes: list[Node], placed: list[Instance], wanted: list[Placement],
     return done, failed
 
 
-def unplaced_reason(nodes: list[Node], live: list[Node], free: dict[str, int],
-                    want: Placement, now: float) -> str:
+def unplaced_reason(
+    nodes: list[Node], live: list[Node], free: dict[str, int], want: Placement, now: float
+) -> str:
     """Why `want` fits on no node: `live` are the nodes that may take work, `free` their
     memory still free."""
     if not nodes:
@@ -60,15 +62,19 @@ def unplaced_reason(nodes: list[Node], live: list[Node], free: dict[str, int],
     if not live:
         return "no ready node: " + _not_ready(nodes, now)
     best = max(live, key=lambda n: (free[n.id], n.id))
-    return (f"it needs {want.memory_mb} MiB and the most any ready node has free is "
-            f"{max(free[best.id], 0)} MiB (node {best.name}, {best.memory_mb} MiB in all)")
+    return (
+        f"it needs {want.memory_mb} MiB and the most any ready node has free is "
+        f"{max(free[best.id], 0)} MiB (node {best.name}, {best.memory_mb} MiB in all)"
+    )
 
 
 def _not_ready(nodes: list[Node], now: float) -> str:
     """Why none of `nodes` takes work, e.g. "the only node (a) is draining"."""
+
     def status(n: Node) -> str:
         # Marked ready but past its TTL: the reconciler marks it lost on this same pass.
-        return "silent" if n.state == NODE_READY else n.state
+        return "silent" if n.state == NodeState.READY else n.state
+
     if len(nodes) == 1:
         node = nodes[0]
         said = status(node)
@@ -77,7 +83,8 @@ def _not_ready(nodes: list[Node], now: float) -> str:
         return f"the only node ({node.name}) is {said}"
     counts = Counter(status(n) for n in nodes)
     return f"all {len(nodes)} nodes are out: " + ", ".join(
-        f"{count} {state}" for state, count in sorted(counts.items()))
+        f"{count} {state}" for state, count in sorted(counts.items())
+    )
 
 
 def pick_stager(nodes: list[Node], now: float, ttl: float) -> str | None:

@@ -8,6 +8,10 @@ the revision is not persisted because every long-poll also carries a durable cur
 (work sequence, log sequence, routing etag) that stays valid across restarts.
 Each method is one short statement or one short transaction.
 
+Rows go out typed (control/rows.py) and hold Python values: this module alone encodes
+and decodes columns (JSON, sealed values, states as control.model's StrEnums). The
+schema is control/migrations.py's list of steps, applied when the store is opened.
+
 Columns that can carry config var values (`SEALED`) are stored sealed by control.vault
 with keys kept outside the database; they are sealed inside the write transaction, so a
 key rotation that drops an unused key (also in a transaction) cannot race a writer still
@@ -25,73 +29,63 @@ import secrets
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack, cast
 
 import sqlite_utils
 
 from control import vault
 from control.errors import Conflict, NotFound
-from control.model import BUILD_TRANSITIONS, NODE_LOST, NODE_READY, AppSpec, Instance, Node
+from control.migrations import migrate
+from control.model import (
+    BUILD_ENDED,
+    BUILD_TRANSITIONS,
+    AppSpec,
+    BuildState,
+    DeploymentState,
+    Instance,
+    InstanceState,
+    Node,
+    NodeState,
+    TaskState,
+)
+from control.rows import (
+    AppChanges,
+    AppRow,
+    AutoscaledApp,
+    BuildChanges,
+    BuildOptions,
+    BuildRow,
+    DeploymentRow,
+    EventRow,
+    InstanceChanges,
+    InstanceRow,
+    LogRow,
+    MappedRoute,
+    NodeRow,
+    ReleaseRow,
+    ReleaseSummary,
+    RouteClaim,
+    RunningTask,
+    TaskData,
+    TaskRow,
+    TokenRow,
+)
+from control.wire_edge import RouteOptions
+from control.wire_node import (
+    LogLine,
+    StagePayload,
+    StartPayload,
+    StopPayload,
+    TaskPayload,
+    WorkItem,
+)
 
 log = logging.getLogger("control.store")
 
 LOG_LINES_KEPT = 2000
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, kind TEXT NOT NULL, hash TEXT NOT NULL,
-  apps TEXT, node TEXT, expires_at REAL, uses_left INTEGER, created_at REAL NOT NULL,
-  revoked INTEGER NOT NULL DEFAULT 0, label TEXT);
-CREATE TABLE IF NOT EXISTS apps (name TEXT PRIMARY KEY, started INTEGER NOT NULL DEFAULT 1,
-  release INTEGER NOT NULL DEFAULT 0, memory_mb INTEGER NOT NULL DEFAULT 256,
-  scale TEXT NOT NULL DEFAULT '{}', env TEXT NOT NULL DEFAULT '{}',
-  health_check TEXT NOT NULL DEFAULT 'port', max_in_flight INTEGER NOT NULL DEFAULT 1,
-  generation INTEGER NOT NULL DEFAULT 0, autoscale TEXT, last_cold_start REAL,
-  created_at REAL NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS releases (app TEXT NOT NULL, version INTEGER NOT NULL,
-  droplet TEXT NOT NULL, env TEXT NOT NULL, processes TEXT NOT NULL, pack TEXT,
-  description TEXT, created_at REAL NOT NULL, PRIMARY KEY (app, version));
-CREATE TABLE IF NOT EXISTS builds (id TEXT PRIMARY KEY, app TEXT NOT NULL, state TEXT NOT NULL,
-  source TEXT NOT NULL, node TEXT, droplet TEXT, pack TEXT, processes TEXT, error TEXT,
-  release INTEGER, created_at REAL NOT NULL, finished_at REAL);
-CREATE INDEX IF NOT EXISTS builds_state ON builds (state);
-CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL,
-  tier TEXT, memory_mb INTEGER NOT NULL, state TEXT NOT NULL, last_heartbeat REAL NOT NULL,
-  work_acked INTEGER NOT NULL DEFAULT 0, boot TEXT, created_at REAL NOT NULL, seccomp TEXT);
-CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, app TEXT NOT NULL,
-  process TEXT NOT NULL, idx INTEGER NOT NULL, release INTEGER NOT NULL, node TEXT NOT NULL,
-  state TEXT NOT NULL, stopping INTEGER NOT NULL DEFAULT 0, restarts INTEGER NOT NULL DEFAULT 0,
-  since REAL NOT NULL, started_at REAL, port INTEGER, address TEXT, reason TEXT,
-  memory_mb INTEGER NOT NULL, work_seq INTEGER NOT NULL DEFAULT 0,
-  generation INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS instances_app ON instances (app);
-CREATE TABLE IF NOT EXISTS work (seq INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL,
-  kind TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS work_node ON work (node, seq);
-CREATE TABLE IF NOT EXISTS logs (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL,
-  ts REAL NOT NULL, source TEXT NOT NULL, build TEXT, line TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS logs_app ON logs (app, seq);
-CREATE TABLE IF NOT EXISTS deployments (id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL,
-  from_release INTEGER NOT NULL, to_release INTEGER NOT NULL, kind TEXT NOT NULL,
-  state TEXT NOT NULL, created_at REAL NOT NULL, finished_at REAL, actor TEXT);
-CREATE INDEX IF NOT EXISTS deployments_app ON deployments (app, id);
-CREATE TABLE IF NOT EXISTS build_options (build TEXT PRIMARY KEY, app TEXT NOT NULL,
-  options TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS routes (host TEXT NOT NULL, path TEXT NOT NULL, app TEXT NOT NULL,
-  options TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, PRIMARY KEY (host, path));
-CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, app TEXT NOT NULL, kind TEXT NOT NULL,
-  command TEXT NOT NULL, state TEXT NOT NULL, node TEXT, build TEXT, exit_code INTEGER,
-  reason TEXT, payload TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, finished_at REAL);
-CREATE TABLE IF NOT EXISTS file_owners (kind TEXT NOT NULL, digest TEXT NOT NULL,
-  app TEXT NOT NULL, PRIMARY KEY (kind, digest, app));
-CREATE INDEX IF NOT EXISTS file_owners_app ON file_owners (app, kind);
-CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT,
-  ts REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL, actor TEXT);
-"""
-# Columns added since the first schema, with their types: a database made before one was
-# added gets it when it is opened.
-ADDED_COLUMNS = {("nodes", "seccomp"): "TEXT"}
 # table -> the column of it that can hold config var values, stored sealed
 SEALED = {"apps": "env", "releases": "env", "work": "payload", "tasks": "payload"}
 RESEAL_BATCH = 64
@@ -114,8 +108,9 @@ def _hash(secret: str) -> str:
 class Store:
     """Desired state, releases, builds, nodes, instances, work queues, logs and events."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time,
-                 keyring: Path | None = None) -> None:
+    def __init__(
+        self, path: Path, clock: Callable[[], float] = time.time, keyring: Path | None = None
+    ) -> None:
         """Open the database and its keyring (default: keyring.json beside it)."""
         self.path = path
         self.clock = clock
@@ -127,11 +122,8 @@ class Store:
         self.db.execute("PRAGMA busy_timeout=5000")
         # Freed space is zeroed, so a value resealed or deleted leaves no old bytes behind.
         self.db.execute("PRAGMA secure_delete=ON")
-        self.db.conn.executescript(SCHEMA)
-        for (table, column), kind in ADDED_COLUMNS.items():
-            if column not in self.db[table].columns_dict:
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         try:
+            migrate(conn, self.clock(), str(path))
             self.keyring = self._open_keyring(keyring or vault.keyring_path(path.parent))
             if self.reseal():
                 # pre-encryption pages may still hold plaintext in free space and the WAL
@@ -161,9 +153,10 @@ class Store:
         n = len(vault.PREFIX)
         for table, col in SEALED.items():
             for row in self._rows(
-                    f"SELECT rowid AS id, CASE WHEN substr({col}, 1, {n}) = '{vault.PREFIX}' "
-                    f"THEN substr({col}, {n + 1}, instr(substr({col}, {n + 1}), ':') - 1) "
-                    f"ELSE '' END AS label FROM {table}"):
+                f"SELECT rowid AS id, CASE WHEN substr({col}, 1, {n}) = '{vault.PREFIX}' "
+                f"THEN substr({col}, {n + 1}, instr(substr({col}, {n + 1}), ':') - 1) "
+                f"ELSE '' END AS label FROM {table}"
+            ):
                 found.setdefault(row["label"], []).append((table, row["id"]))
         return found
 
@@ -174,8 +167,9 @@ class Store:
         for label, rows in in_use.items():
             if label:
                 table, rowid = rows[0]
-                row = self._one(f"SELECT {SEALED[table]} AS v FROM {table} WHERE rowid = ?",
-                                [rowid])
+                row = self._one(
+                    f"SELECT {SEALED[table]} AS v FROM {table} WHERE rowid = ?", [rowid]
+                )
                 if row is not None:
                     ring.unseal(row["v"], f"{table}.{SEALED[table]}")
         return ring
@@ -186,12 +180,16 @@ class Store:
         transactions leaves every value readable; a batch per transaction keeps the fsyncs
         few (2,500 rows one by one took 16 s) and the write lock short."""
         current = self.keyring.keys.current
-        todo = [(table, rowid) for label, rows in self.sealed_labels().items()
-                if label != current for table, rowid in rows]
+        todo = [
+            (table, rowid)
+            for label, rows in self.sealed_labels().items()
+            if label != current
+            for table, rowid in rows
+        ]
         done = 0
         for start in range(0, len(todo), RESEAL_BATCH):
             with self._tx():
-                for table, rowid in todo[start:start + RESEAL_BATCH]:
+                for table, rowid in todo[start : start + RESEAL_BATCH]:
                     done += self._reseal_row(table, rowid)
         if done:
             log.info("values-resealed count=%d key=%s", done, current)
@@ -208,12 +206,14 @@ class Store:
             try:
                 data = json.loads(old)
             except ValueError:
-                raise vault.VaultError(f"a value in {table}.{col} is neither sealed nor "
-                                       "JSON") from None
+                raise vault.VaultError(
+                    f"a value in {table}.{col} is neither sealed nor JSON"
+                ) from None
         else:
             data = self._unseal(table, old)
-        cur = self.db.execute(f"UPDATE {table} SET {col} = ? WHERE rowid = ?",
-                              [self._seal(table, data), rowid])
+        cur = self.db.execute(
+            f"UPDATE {table} SET {col} = ? WHERE rowid = ?", [self._seal(table, data), rowid]
+        )
         return int(cur.rowcount)
 
     def drop_unused_keys(self) -> list[str]:
@@ -232,6 +232,8 @@ class Store:
         self.revision += 1
         self.on_change()
 
+    # Raw rows are plain dicts of column values, seen only inside this module: every
+    # public method turns them into control/rows.py's types.
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         return list(self.db.query(sql, list(params)))
 
@@ -239,38 +241,55 @@ class Store:
         rows = self._rows(sql, params)
         return rows[0] if rows else None
 
-    def _tx(self) -> Any:
+    def _tx(self) -> _Transaction:
         return _Transaction(self.db.conn)
 
     # Plain SQL for writes: sqlite-utils' own writes commit on their own, which would
     # end a surrounding BEGIN IMMEDIATE early.
-    def _insert(self, table: str, row: dict[str, Any]) -> None:
+    def _insert(self, table: str, row: Mapping[str, object]) -> None:
         cols = ", ".join(row)
-        self.db.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})",
-                        list(row.values()))
+        self.db.execute(
+            f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+        )
 
-    def _insert_all(self, table: str, rows: list[dict[str, Any]]) -> None:
+    def _insert_all(self, table: str, rows: list[dict[str, object]]) -> None:
         with self._tx():
             for row in rows:
                 self._insert(table, row)
 
-    def _update(self, table: str, key: str, fields: dict[str, Any]) -> None:
+    def _update(self, table: str, key: str, fields: Mapping[str, object]) -> None:
         pk = "name" if table == "apps" else "id"
         sets = ", ".join(f"{k} = ?" for k in fields)
         self.db.execute(f"UPDATE {table} SET {sets} WHERE {pk} = ?", [*fields.values(), key])
 
     # --- tokens -----------------------------------------------------------------
-    def create_token(self, kind: str, *, apps: list[str] | None = None, node: str | None = None,
-                     ttl: float | None = None, uses: int | None = None,
-                     label: str | None = None) -> tuple[str, str]:
+    def create_token(
+        self,
+        kind: str,
+        *,
+        apps: list[str] | None = None,
+        node: str | None = None,
+        ttl: float | None = None,
+        uses: int | None = None,
+        label: str | None = None,
+    ) -> tuple[str, str]:
         """Mint a token; returns (id, full secret). Only the hash is stored."""
         tid = secrets.token_hex(6)
         secret = f"fdy_{tid}_{secrets.token_urlsafe(24)}"
-        self._insert("tokens", {
-            "id": tid, "kind": kind, "hash": _hash(secret),
-            "apps": json.dumps(apps) if apps is not None else None, "node": node,
-            "expires_at": self.clock() + ttl if ttl else None, "uses_left": uses,
-            "created_at": self.clock(), "label": label})
+        self._insert(
+            "tokens",
+            {
+                "id": tid,
+                "kind": kind,
+                "hash": _hash(secret),
+                "apps": json.dumps(apps) if apps is not None else None,
+                "node": node,
+                "expires_at": self.clock() + ttl if ttl else None,
+                "uses_left": uses,
+                "created_at": self.clock(),
+                "label": label,
+            },
+        )
         return tid, secret
 
     def authenticate(self, secret: str) -> Token | None:
@@ -293,56 +312,88 @@ class Store:
 
     def _spend_use(self, tid: str) -> bool:
         """Count one use of a limited token; False when it has none left."""
-        cur = self.db.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ? "
-                              "AND uses_left > 0", [tid])
+        cur = self.db.execute(
+            "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ? AND uses_left > 0", [tid]
+        )
         return bool(cur.rowcount)
 
-    def list_tokens(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT id, kind, apps, node, expires_at, uses_left, created_at, "
-                          "revoked, label FROM tokens ORDER BY created_at")
+    def list_tokens(self) -> list[TokenRow]:
+        rows = self._rows(
+            "SELECT id, kind, apps, node, expires_at, uses_left, created_at, "
+            "revoked, label FROM tokens ORDER BY created_at"
+        )
+        return [
+            cast(TokenRow, {**r, "apps": json.loads(r["apps"]) if r["apps"] else None})
+            for r in rows
+        ]
 
     def revoke_token(self, tid: str) -> None:
         if self.db.execute("UPDATE tokens SET revoked = 1 WHERE id = ?", [tid]).rowcount == 0:
             raise NotFound(f"no token {tid}")
 
     # --- apps -------------------------------------------------------------------
-    def get_app(self, name: str) -> dict[str, Any]:
+    def get_app(self, name: str) -> AppRow:
         row = self._one("SELECT * FROM apps WHERE name = ?", [name])
         if row is None:
             raise NotFound(f"no app named {name!r}")
-        row["scale"] = json.loads(row["scale"])
-        row["env"] = self._unseal("apps", row["env"])
-        return row
+        return cast(
+            AppRow,
+            {
+                **row,
+                "scale": json.loads(row["scale"]),
+                "env": self._unseal("apps", row["env"]),
+                "autoscale": _json_or_none(row["autoscale"]),
+            },
+        )
 
     def app_exists(self, name: str) -> bool:
         return self._one("SELECT name FROM apps WHERE name = ?", [name]) is not None
 
-    def list_apps(self) -> list[dict[str, Any]]:
+    def list_apps(self) -> list[AppRow]:
         return [self.get_app(r["name"]) for r in self._rows("SELECT name FROM apps ORDER BY name")]
 
-    def autoscale_rows(self) -> list[dict[str, Any]]:
+    def autoscale_rows(self) -> list[AutoscaledApp]:
         """Name and autoscale settings of each autoscaled app (no config vars read)."""
-        return self._rows("SELECT name, autoscale FROM apps WHERE autoscale IS NOT NULL")
+        rows = self._rows("SELECT name, autoscale FROM apps WHERE autoscale IS NOT NULL")
+        return [{"name": r["name"], "autoscale": json.loads(r["autoscale"])} for r in rows]
 
-    def create_app(self, name: str, *, memory_mb: int = 256, scale: dict[str, int] | None = None,
-                   env: dict[str, str] | None = None) -> None:
+    def create_app(
+        self,
+        name: str,
+        *,
+        memory_mb: int = 256,
+        scale: dict[str, int] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         now = self.clock()
         with self._tx():
-            self._insert("apps", {"name": name, "started": 1, "release": 0,
-                                  "memory_mb": memory_mb, "scale": json.dumps(scale or {"web": 1}),
-                                  "env": self._seal("apps", env or {}), "health_check": "port",
-                                  "created_at": now, "updated_at": now})
+            self._insert(
+                "apps",
+                {
+                    "name": name,
+                    "started": 1,
+                    "release": 0,
+                    "memory_mb": memory_mb,
+                    "scale": json.dumps(scale or {"web": 1}),
+                    "env": self._seal("apps", env or {}),
+                    "health_check": "port",
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
         self.changed()
 
-    def update_app(self, name: str, **fields: Any) -> None:
-        """Change columns of an app (scale/env given as dicts)."""
+    def update_app(self, name: str, **changes: Unpack[AppChanges]) -> None:
+        """Change columns of an app."""
         self.get_app(name)
-        if "scale" in fields:
-            fields["scale"] = json.dumps(fields["scale"])
-        fields["updated_at"] = self.clock()
+        fields: dict[str, object] = {**changes, "updated_at": self.clock()}
+        if "scale" in changes:
+            fields["scale"] = json.dumps(changes["scale"])
+        if "autoscale" in changes:
+            fields["autoscale"] = _json_or_null(changes["autoscale"])
         with self._tx():
-            if "env" in fields:
-                fields["env"] = self._seal("apps", fields["env"])
+            if "env" in changes:
+                fields["env"] = self._seal("apps", changes["env"])
             self._update("apps", name, fields)
         self.changed()
 
@@ -351,8 +402,16 @@ class Store:
         by the reconciler, which sees them belong to no app."""
         self.get_app(name)
         with self._tx():
-            for table in ("apps", "releases", "builds", "logs", "events", "routes",
-                          "deployments", "build_options"):
+            for table in (
+                "apps",
+                "releases",
+                "builds",
+                "logs",
+                "events",
+                "routes",
+                "deployments",
+                "build_options",
+            ):
                 key = "name" if table == "apps" else "app"
                 self.db.execute(f"DELETE FROM {table} WHERE {key} = ?", [name])
         self.changed()
@@ -362,107 +421,168 @@ class Store:
         specs = []
         # Named columns, never env: the routing table is built from these on every change,
         # and an app's config must not make that slower.
-        for row in self._rows("SELECT a.name, a.started, a.release, a.scale, a.memory_mb, "
-                              "a.max_in_flight, a.generation, r.processes FROM apps a "
-                              "LEFT JOIN releases r ON r.app = a.name AND r.version = a.release"):
-            specs.append(AppSpec(
-                name=row["name"], started=bool(row["started"]), release=row["release"],
-                processes=json.loads(row["processes"] or "{}"),
-                scale=json.loads(row["scale"]), memory_mb=row["memory_mb"],
-                max_in_flight=row["max_in_flight"], generation=row["generation"]))
+        for row in self._rows(
+            "SELECT a.name, a.started, a.release, a.scale, a.memory_mb, "
+            "a.max_in_flight, a.generation, r.processes FROM apps a "
+            "LEFT JOIN releases r ON r.app = a.name AND r.version = a.release"
+        ):
+            specs.append(
+                AppSpec(
+                    name=row["name"],
+                    started=bool(row["started"]),
+                    release=row["release"],
+                    processes=json.loads(row["processes"] or "{}"),
+                    scale=json.loads(row["scale"]),
+                    memory_mb=row["memory_mb"],
+                    max_in_flight=row["max_in_flight"],
+                    generation=row["generation"],
+                )
+            )
         return specs
 
     # --- releases ---------------------------------------------------------------
-    def create_release(self, app: str, *, droplet: str, env: dict[str, str],
-                       processes: dict[str, str], pack: str | None, description: str) -> int:
+    def create_release(
+        self,
+        app: str,
+        *,
+        droplet: str,
+        env: dict[str, str],
+        processes: dict[str, str],
+        pack: str | None,
+        description: str,
+    ) -> int:
         """Make release v(N+1) of `app` current; returns its version."""
         with self._tx():
-            row = self._one("SELECT COALESCE(MAX(version), 0) AS v FROM releases WHERE app = ?",
-                            [app])
+            row = self._one(
+                "SELECT COALESCE(MAX(version), 0) AS v FROM releases WHERE app = ?", [app]
+            )
             version = (row["v"] if row else 0) + 1
-            self._insert("releases", {
-                "app": app, "version": version, "droplet": droplet,
-                "env": self._seal("releases", env),
-                "processes": json.dumps(processes), "pack": pack, "description": description,
-                "created_at": self.clock()})
-            self.db.execute("UPDATE apps SET release = ?, updated_at = ? WHERE name = ?",
-                            [version, self.clock(), app])
+            self._insert(
+                "releases",
+                {
+                    "app": app,
+                    "version": version,
+                    "droplet": droplet,
+                    "env": self._seal("releases", env),
+                    "processes": json.dumps(processes),
+                    "pack": pack,
+                    "description": description,
+                    "created_at": self.clock(),
+                },
+            )
+            self.db.execute(
+                "UPDATE apps SET release = ?, updated_at = ? WHERE name = ?",
+                [version, self.clock(), app],
+            )
         self.changed()
         return version
 
-    def get_release(self, app: str, version: int) -> dict[str, Any]:
+    def get_release(self, app: str, version: int) -> ReleaseRow:
         row = self._one("SELECT * FROM releases WHERE app = ? AND version = ?", [app, version])
         if row is None:
             raise NotFound(f"app {app!r} has no release v{version}")
-        row["env"] = self._unseal("releases", row["env"])
-        row["processes"] = json.loads(row["processes"])
-        return row
+        return cast(
+            ReleaseRow,
+            {
+                **row,
+                "env": self._unseal("releases", row["env"]),
+                "processes": json.loads(row["processes"]),
+            },
+        )
 
-    def list_releases(self, app: str) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT app, version, droplet, pack, processes, description, created_at "
-                          "FROM releases WHERE app = ? ORDER BY version DESC", [app])
-        for row in rows:
-            row["processes"] = json.loads(row["processes"])
-        return rows
+    def list_releases(self, app: str) -> list[ReleaseSummary]:
+        rows = self._rows(
+            "SELECT app, version, droplet, pack, processes, description, created_at "
+            "FROM releases WHERE app = ? ORDER BY version DESC",
+            [app],
+        )
+        return [cast(ReleaseSummary, {**r, "processes": json.loads(r["processes"])}) for r in rows]
 
     # --- builds -----------------------------------------------------------------
-    def create_build(self, app: str, source: str,
-                     options: dict[str, Any] | None = None) -> str:
+    def create_build(self, app: str, source: str, options: BuildOptions | None = None) -> str:
         """Queue a build; `options` (buildpack, no_cache, processes) travel to the stager."""
         bid = "b-" + uuid.uuid4().hex[:12]
         with self._tx():
-            self._insert("builds", {"id": bid, "app": app, "state": "QUEUED", "source": source,
-                                    "created_at": self.clock()})
+            self._insert(
+                "builds",
+                {
+                    "id": bid,
+                    "app": app,
+                    "state": BuildState.QUEUED,
+                    "source": source,
+                    "created_at": self.clock(),
+                },
+            )
             if options:
-                self._insert("build_options", {"build": bid, "app": app,
-                                               "options": json.dumps(options)})
+                self._insert(
+                    "build_options", {"build": bid, "app": app, "options": json.dumps(options)}
+                )
         self.changed()
         return bid
 
-    def build_options(self, bid: str) -> dict[str, Any]:
+    def build_options(self, bid: str) -> BuildOptions:
         row = self._one("SELECT options FROM build_options WHERE build = ?", [bid])
-        return dict(json.loads(row["options"])) if row else {}
+        return cast(BuildOptions, json.loads(row["options"])) if row else {}
 
-    def get_build(self, bid: str) -> dict[str, Any]:
+    def get_build(self, bid: str) -> BuildRow:
         row = self._one("SELECT * FROM builds WHERE id = ?", [bid])
         if row is None:
             raise NotFound(f"no build {bid}")
-        row["processes"] = json.loads(row["processes"]) if row["processes"] else None
-        return row
+        return _build(row)
 
-    def builds_of_release(self, app: str, version: int) -> list[dict[str, Any]]:
+    def builds_of_release(self, app: str, version: int) -> list[BuildRow]:
         """The staged builds whose outcome was release `version` of `app`."""
-        return self._rows("SELECT * FROM builds WHERE app = ? AND release = ? AND state = ?",
-                          [app, version, "STAGED"])
+        return [
+            _build(r)
+            for r in self._rows(
+                "SELECT * FROM builds WHERE app = ? AND release = ? AND state = ?",
+                [app, version, BuildState.STAGED],
+            )
+        ]
 
-    def builds_in(self, state: str) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM builds WHERE state = ? ORDER BY created_at", [state])
+    def builds_in(self, state: BuildState) -> list[BuildRow]:
+        return [
+            _build(r)
+            for r in self._rows("SELECT * FROM builds WHERE state = ? ORDER BY created_at", [state])
+        ]
 
-    def set_build(self, bid: str, state: str, **fields: Any) -> None:
+    def set_build(self, bid: str, state: BuildState, **changes: Unpack[BuildChanges]) -> None:
         """Move a build to `state`, refusing transitions the lifecycle does not allow."""
         current = self.get_build(bid)["state"]
         if state not in BUILD_TRANSITIONS[current]:
             raise Conflict(f"build {bid} is {current}, cannot become {state}")
-        if "processes" in fields:
-            fields["processes"] = json.dumps(fields["processes"])
-        if state in ("STAGED", "FAILED"):
+        fields: dict[str, object] = {"state": state, **changes}
+        if "processes" in changes:
+            fields["processes"] = json.dumps(changes["processes"])
+        if state in BUILD_ENDED:
             fields["finished_at"] = self.clock()
-        self._update("builds", bid, {"state": state, **fields})
+        self._update("builds", bid, fields)
         self.changed()
 
     # --- nodes ------------------------------------------------------------------
-    def add_node(self, name: str, address: str, memory_mb: int, tier: str | None,
-                 seccomp: str | None = None) -> str:
+    def add_node(
+        self, name: str, address: str, memory_mb: int, tier: str | None, seccomp: str | None = None
+    ) -> str:
         nid = "n-" + uuid.uuid4().hex[:10]
         now = self.clock()
-        self._insert("nodes", {"id": nid, "name": name, "address": address, "tier": tier,
-                                 "seccomp": seccomp,
-                                 "memory_mb": memory_mb, "state": NODE_READY,
-                                 "last_heartbeat": now, "created_at": now})
+        self._insert(
+            "nodes",
+            {
+                "id": nid,
+                "name": name,
+                "address": address,
+                "tier": tier,
+                "seccomp": seccomp,
+                "memory_mb": memory_mb,
+                "state": NodeState.READY,
+                "last_heartbeat": now,
+                "created_at": now,
+            },
+        )
         self.changed()
         return nid
 
-    def get_node(self, nid: str) -> dict[str, Any]:
+    def get_node(self, nid: str) -> NodeRow:
         """A node by id, or by name when the name is unique."""
         row = self._one("SELECT * FROM nodes WHERE id = ?", [nid])
         if row is None:
@@ -470,31 +590,49 @@ class Store:
             row = named[0] if len(named) == 1 else None
         if row is None:
             raise NotFound(f"no node {nid}")
-        return row
+        return _node(row)
 
-    def node_rows(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM nodes ORDER BY name")
+    def node_rows(self) -> list[NodeRow]:
+        return [_node(r) for r in self._rows("SELECT * FROM nodes ORDER BY name")]
 
     def nodes(self) -> list[Node]:
-        return [Node(r["id"], r["name"], r["memory_mb"], r["last_heartbeat"], r["state"],
-                     r["address"]) for r in self.node_rows()]
+        return [
+            Node(r["id"], r["name"], r["memory_mb"], r["last_heartbeat"], r["state"], r["address"])
+            for r in self.node_rows()
+        ]
 
-    def touch_node(self, nid: str, *, address: str, memory_mb: int, tier: str | None,
-                   boot: str, seccomp: str | None = None) -> dict[str, Any]:
+    def touch_node(
+        self,
+        nid: str,
+        *,
+        address: str,
+        memory_mb: int,
+        tier: str | None,
+        boot: str,
+        seccomp: str | None = None,
+    ) -> NodeRow:
         """Record a heartbeat; a lost node that speaks again is ready again. Returns the
         node row as it was before."""
         before = self.get_node(nid)
-        state = NODE_READY if before["state"] == NODE_LOST else before["state"]
-        self._update("nodes", nid, {"address": address, "memory_mb": memory_mb, "tier": tier,
-                                    "seccomp": seccomp, "last_heartbeat": self.clock(),
-                                    "state": state,
-                                    "boot": boot})
-        if (before["state"], before["memory_mb"], before["address"]) != (
-                state, memory_mb, address):
+        state = NodeState.READY if before["state"] == NodeState.LOST else before["state"]
+        self._update(
+            "nodes",
+            nid,
+            {
+                "address": address,
+                "memory_mb": memory_mb,
+                "tier": tier,
+                "seccomp": seccomp,
+                "last_heartbeat": self.clock(),
+                "state": state,
+                "boot": boot,
+            },
+        )
+        if (before["state"], before["memory_mb"], before["address"]) != (state, memory_mb, address):
             self.changed()
         return before
 
-    def set_node_state(self, nid: str, state: str) -> None:
+    def set_node_state(self, nid: str, state: NodeState) -> None:
         self._update("nodes", nid, {"state": state})
         self.changed()
 
@@ -502,25 +640,47 @@ class Store:
         """Forget a node in one transaction: its row, instance rows and queued work go,
         and its tokens are revoked so it cannot heartbeat its way back in."""
         with self._tx():
-            self.db.execute("UPDATE tokens SET revoked = 1 WHERE kind = 'node' AND node = ?",
-                            [nid])
+            self.db.execute("UPDATE tokens SET revoked = 1 WHERE kind = 'node' AND node = ?", [nid])
             self.db.execute("DELETE FROM work WHERE node = ?", [nid])
             self.db.execute("DELETE FROM instances WHERE node = ?", [nid])
             self.db.execute("DELETE FROM nodes WHERE id = ?", [nid])
         self.changed()
 
     # --- instances --------------------------------------------------------------
-    def add_instance(self, *, app: str, process: str, index: int, release: int, node: str,
-                     memory_mb: int, restarts: int, work_seq: int, iid: str,
-                     generation: int = 0) -> None:
-        self._insert("instances", {
-            "id": iid, "app": app, "process": process, "idx": index, "release": release,
-            "node": node, "state": "STARTING", "restarts": restarts, "since": self.clock(),
-            "memory_mb": memory_mb, "work_seq": work_seq, "generation": generation})
+    def add_instance(
+        self,
+        *,
+        app: str,
+        process: str,
+        index: int,
+        release: int,
+        node: str,
+        memory_mb: int,
+        restarts: int,
+        work_seq: int,
+        iid: str,
+        generation: int = 0,
+    ) -> None:
+        self._insert(
+            "instances",
+            {
+                "id": iid,
+                "app": app,
+                "process": process,
+                "idx": index,
+                "release": release,
+                "node": node,
+                "state": InstanceState.STARTING,
+                "restarts": restarts,
+                "since": self.clock(),
+                "memory_mb": memory_mb,
+                "work_seq": work_seq,
+                "generation": generation,
+            },
+        )
         self.changed()
 
-    def instance_rows(self, app: str | None = None, node: str | None = None
-                      ) -> list[dict[str, Any]]:
+    def instance_rows(self, app: str | None = None, node: str | None = None) -> list[InstanceRow]:
         where, params = [], []
         if app is not None:
             where.append("app = ?")
@@ -529,15 +689,32 @@ class Store:
             where.append("node = ?")
             params.append(node)
         sql = "SELECT * FROM instances" + (" WHERE " + " AND ".join(where) if where else "")
-        return self._rows(sql + " ORDER BY app, process, idx, since", params)
+        return [
+            cast(InstanceRow, {**r, "state": InstanceState(r["state"])})
+            for r in self._rows(sql + " ORDER BY app, process, idx, since", params)
+        ]
 
     def instances(self) -> list[Instance]:
-        return [Instance(r["id"], r["app"], r["process"], r["idx"], r["release"], r["node"],
-                         r["state"], bool(r["stopping"]), r["restarts"], r["since"],
-                         r["memory_mb"], r["generation"]) for r in self.instance_rows()]
+        return [
+            Instance(
+                r["id"],
+                r["app"],
+                r["process"],
+                r["idx"],
+                r["release"],
+                r["node"],
+                r["state"],
+                bool(r["stopping"]),
+                r["restarts"],
+                r["since"],
+                r["memory_mb"],
+                r["generation"],
+            )
+            for r in self.instance_rows()
+        ]
 
-    def update_instance(self, iid: str, **fields: Any) -> None:
-        self._update("instances", iid, fields)
+    def update_instance(self, iid: str, **changes: Unpack[InstanceChanges]) -> None:
+        self._update("instances", iid, changes)
         self.changed()
 
     def forget_instances(self, ids: Iterable[str]) -> None:
@@ -548,104 +725,142 @@ class Store:
             self.changed()
 
     # --- work queues ------------------------------------------------------------
-    def enqueue(self, node: str, kind: str, payload: dict[str, Any]) -> int:
+    def enqueue(
+        self, node: str, kind: str, payload: StagePayload | StartPayload | StopPayload | TaskPayload
+    ) -> int:
         """Append a work item to a node's queue; returns its sequence number."""
         with self._tx():
-            cur = self.db.execute("INSERT INTO work (node, kind, payload, created_at) "
-                                  "VALUES (?, ?, ?, ?)", [node, kind, self._seal("work", payload),
-                                                          self.clock()])
+            cur = self.db.execute(
+                "INSERT INTO work (node, kind, payload, created_at) VALUES (?, ?, ?, ?)",
+                [node, kind, self._seal("work", payload), self.clock()],
+            )
         self.changed()
         return int(cur.lastrowid or 0)
 
-    def work_after(self, node: str, after: int, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT seq, kind, payload FROM work WHERE node = ? AND seq > ? "
-                          "ORDER BY seq LIMIT ?", [node, after, limit])
-        return [{"seq": r["seq"], "kind": r["kind"], **self._unseal("work", r["payload"])}
-                for r in rows]
+    def work_after(self, node: str, after: int, limit: int = 100) -> list[WorkItem]:
+        """A node's queued items after `after`: each its payload with `seq` and `kind`."""
+        rows = self._rows(
+            "SELECT seq, kind, payload FROM work WHERE node = ? AND seq > ? ORDER BY seq LIMIT ?",
+            [node, after, limit],
+        )
+        return [
+            cast(
+                WorkItem, {"seq": r["seq"], "kind": r["kind"], **self._unseal("work", r["payload"])}
+            )
+            for r in rows
+        ]
 
     def ack_work(self, node: str, upto: int) -> None:
         """Drop work items the node has confirmed it received."""
         self.db.execute("DELETE FROM work WHERE node = ? AND seq <= ?", [node, upto])
 
     # --- logs and events --------------------------------------------------------
-    def append_logs(self, records: list[dict[str, Any]]) -> None:
+    def append_logs(self, records: Iterable[LogLine]) -> None:
         """Append log lines [{app, source, line, ts?, build?}] and keep each app's tail bounded."""
         known = {r["name"] for r in self._rows("SELECT name FROM apps")}
-        rows = [{"app": r["app"], "ts": r.get("ts") or self.clock(), "source": r["source"],
-                 "build": r.get("build"), "line": r["line"]} for r in records if r["app"] in known]
+        rows: list[dict[str, object]] = [
+            {
+                "app": r["app"],
+                "ts": r.get("ts") or self.clock(),
+                "source": r["source"],
+                "build": r.get("build"),
+                "line": r["line"],
+            }
+            for r in records
+            if r["app"] in known
+        ]
         if not rows:
             return
         self._insert_all("logs", rows)
         for app in {r["app"] for r in rows}:
-            self.db.execute("DELETE FROM logs WHERE app = ? AND seq <= (SELECT MAX(seq) FROM logs "
-                            "WHERE app = ?) - ?", [app, app, LOG_LINES_KEPT * 4])
+            self.db.execute(
+                "DELETE FROM logs WHERE app = ? AND seq <= (SELECT MAX(seq) FROM logs "
+                "WHERE app = ?) - ?",
+                [app, app, LOG_LINES_KEPT * 4],
+            )
         self.on_logs()
 
-    def read_logs(self, app: str, *, after: int | None, limit: int, build: str | None = None
-                  ) -> list[dict[str, Any]]:
+    def read_logs(
+        self, app: str, *, after: int | None, limit: int, build: str | None = None
+    ) -> list[LogRow]:
         """Lines after `after`; with `after=None`, the last `limit` lines."""
         cond, params = "app = ?", [app]
         if build is not None:
             cond += " AND build = ?"
             params.append(build)
         if after is None:
-            rows = self._rows(f"SELECT seq, ts, source, line FROM logs WHERE {cond} "
-                              "ORDER BY seq DESC LIMIT ?", [*params, limit])
-            return rows[::-1]
-        return self._rows(f"SELECT seq, ts, source, line FROM logs WHERE {cond} AND seq > ? "
-                          "ORDER BY seq LIMIT ?", [*params, after, limit])
+            rows = self._rows(
+                f"SELECT seq, ts, source, line FROM logs WHERE {cond} ORDER BY seq DESC LIMIT ?",
+                [*params, limit],
+            )[::-1]
+        else:
+            rows = self._rows(
+                f"SELECT seq, ts, source, line FROM logs WHERE {cond} AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                [*params, after, limit],
+            )
+        return cast(list[LogRow], rows)
 
     # --- routes -----------------------------------------------------------------
-    def mapped_routes(self, app: str | None = None) -> list[dict[str, Any]]:
+    def mapped_routes(self, app: str | None = None) -> list[MappedRoute]:
         """Routes added with map-route (each app's default route is implicit)."""
         sql = "SELECT host, path, app, options FROM routes"
-        rows = self._rows(sql + (" WHERE app = ?" if app else "") + " ORDER BY host, path",
-                          [app] if app else [])
-        for row in rows:
-            row["options"] = json.loads(row["options"])
-        return rows
+        rows = self._rows(
+            sql + (" WHERE app = ?" if app else "") + " ORDER BY host, path", [app] if app else []
+        )
+        return [cast(MappedRoute, {**r, "options": json.loads(r["options"])}) for r in rows]
 
-    def map_route(self, app: str, host: str, path: str, options: dict[str, Any]) -> None:
+    def map_route(self, app: str, host: str, path: str, options: RouteOptions) -> None:
         row = self._one("SELECT app FROM routes WHERE host = ? AND path = ?", [host, path])
         if row is not None and row["app"] != app:
             raise Conflict(f"{host}{path} is already routed to another app")
         # A re-map changes options only: the first claim's time orders a host's owners.
-        self.db.execute("INSERT INTO routes (host, path, app, options, created_at) "
-                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (host, path) DO UPDATE SET "
-                        "options = excluded.options", [host, path, app, json.dumps(options),
-                                                       self.clock()])
+        self.db.execute(
+            "INSERT INTO routes (host, path, app, options, created_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (host, path) DO UPDATE SET "
+            "options = excluded.options",
+            [host, path, app, json.dumps(options), self.clock()],
+        )
         self.changed()
 
     def unmap_route(self, app: str, host: str, path: str) -> None:
-        cur = self.db.execute("DELETE FROM routes WHERE app = ? AND host = ? AND path = ?",
-                              [app, host, path])
+        cur = self.db.execute(
+            "DELETE FROM routes WHERE app = ? AND host = ? AND path = ?", [app, host, path]
+        )
         if not cur.rowcount:
             raise NotFound(f"{host}{path} is not routed to {app}")
         self.changed()
 
-    def routes_on_host(self, host: str) -> list[dict[str, Any]]:
+    def routes_on_host(self, host: str) -> list[RouteClaim]:
         """The mapped routes under one host, with when each was first mapped."""
-        return self._rows("SELECT host, path, app, created_at FROM routes WHERE host = ?",
-                          [host])
+        return cast(
+            list[RouteClaim],
+            self._rows("SELECT host, path, app, created_at FROM routes WHERE host = ?", [host]),
+        )
 
     # --- file ownership (which apps uploaded or reference a stored file) -----------
     def own_files(self, app: str, kind: str, digests: Iterable[str]) -> None:
         """Record that `app` uploaded (or its source references) these files."""
         with self._tx():
             for digest in set(digests):
-                self.db.execute("INSERT OR IGNORE INTO file_owners (kind, digest, app) "
-                                "VALUES (?, ?, ?)", [kind, digest, app])
+                self.db.execute(
+                    "INSERT OR IGNORE INTO file_owners (kind, digest, app) VALUES (?, ?, ?)",
+                    [kind, digest, app],
+                )
 
-    def owned_files(self, kind: str, digests: Iterable[str], apps: Iterable[str] | None
-                    ) -> set[str]:
+    def owned_files(
+        self, kind: str, digests: Iterable[str], apps: Iterable[str] | None
+    ) -> set[str]:
         """Those of `digests` owned by any of `apps` (by any app when None)."""
         wanted = sorted(set(digests))
         scope = None if apps is None else sorted(set(apps))
         found: set[str] = set()
-        for start in range(0, len(wanted), 500):       # SQLite's bound-parameter limit
-            chunk = wanted[start:start + 500]
-            sql = (f"SELECT DISTINCT digest FROM file_owners WHERE kind = ? AND digest IN "
-                   f"({','.join('?' * len(chunk))})")
+        for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+            chunk = wanted[start : start + 500]
+            sql = (
+                f"SELECT DISTINCT digest FROM file_owners WHERE kind = ? AND digest IN "
+                f"({','.join('?' * len(chunk))})"
+            )
             params: list[Any] = [kind, *chunk]
             if scope is not None:
                 sql += f" AND app IN ({','.join('?' * len(scope))})"
@@ -658,77 +873,129 @@ class Store:
         that no app owns any more (the caller deletes them)."""
         keep = set(digests)
         with self._tx():
-            before = {r["digest"] for r in self._rows(
-                "SELECT digest FROM file_owners WHERE app = ? AND kind = ?", [app, kind])}
+            before = {
+                r["digest"]
+                for r in self._rows(
+                    "SELECT digest FROM file_owners WHERE app = ? AND kind = ?", [app, kind]
+                )
+            }
             dropped = sorted(before - keep)
             for digest in dropped:
-                self.db.execute("DELETE FROM file_owners WHERE kind = ? AND digest = ? "
-                                "AND app = ?", [kind, digest, app])
+                self.db.execute(
+                    "DELETE FROM file_owners WHERE kind = ? AND digest = ? AND app = ?",
+                    [kind, digest, app],
+                )
             for digest in keep - before:
-                self.db.execute("INSERT INTO file_owners (kind, digest, app) VALUES (?, ?, ?)",
-                                [kind, digest, app])
-            orphans = [d for d in dropped if self._one(
-                "SELECT 1 AS x FROM file_owners WHERE kind = ? AND digest = ?", [kind, d]) is None]
+                self.db.execute(
+                    "INSERT INTO file_owners (kind, digest, app) VALUES (?, ?, ?)",
+                    [kind, digest, app],
+                )
+            orphans = [
+                d
+                for d in dropped
+                if self._one(
+                    "SELECT 1 AS x FROM file_owners WHERE kind = ? AND digest = ?", [kind, d]
+                )
+                is None
+            ]
         return orphans
 
     # --- tasks --------------------------------------------------------------------
-    def create_task(self, app: str, kind: str, command: str, node: str,
-                    build: str | None = None, payload: dict[str, Any] | None = None) -> str:
+    def create_task(
+        self,
+        app: str,
+        kind: str,
+        command: str,
+        node: str,
+        build: str | None = None,
+        payload: TaskData | None = None,
+    ) -> str:
         tid = "t-" + uuid.uuid4().hex[:12]
         with self._tx():
-            self._insert("tasks", {"id": tid, "app": app, "kind": kind, "command": command,
-                                   "state": "RUNNING", "node": node, "build": build,
-                                   "payload": self._seal("tasks", payload or {}),
-                                   "created_at": self.clock()})
+            self._insert(
+                "tasks",
+                {
+                    "id": tid,
+                    "app": app,
+                    "kind": kind,
+                    "command": command,
+                    "state": TaskState.RUNNING,
+                    "node": node,
+                    "build": build,
+                    "payload": self._seal("tasks", payload or {}),
+                    "created_at": self.clock(),
+                },
+            )
         self.changed()
         return tid
 
-    def get_task(self, tid: str) -> dict[str, Any]:
+    def get_task(self, tid: str) -> TaskRow:
         row = self._one("SELECT * FROM tasks WHERE id = ?", [tid])
         if row is None:
             raise NotFound(f"no task {tid}")
-        row["payload"] = self._unseal("tasks", row["payload"])
-        return row
+        return cast(
+            TaskRow,
+            {
+                **row,
+                "state": TaskState(row["state"]),
+                "payload": self._unseal("tasks", row["payload"]),
+            },
+        )
 
-    def running_tasks(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT id, node FROM tasks WHERE state = 'RUNNING'")
+    def running_tasks(self) -> list[RunningTask]:
+        return cast(
+            list[RunningTask],
+            self._rows("SELECT id, node FROM tasks WHERE state = ?", [TaskState.RUNNING]),
+        )
 
     def finish_task(self, tid: str, exit_code: int | None, reason: str | None) -> None:
-        state = "SUCCEEDED" if exit_code == 0 else "FAILED"
-        cur = self.db.execute("UPDATE tasks SET state = ?, exit_code = ?, reason = ?, "
-                              "finished_at = ? WHERE id = ? AND state = 'RUNNING'",
-                              [state, exit_code, reason, self.clock(), tid])
+        state = TaskState.SUCCEEDED if exit_code == 0 else TaskState.FAILED
+        cur = self.db.execute(
+            "UPDATE tasks SET state = ?, exit_code = ?, reason = ?, "
+            "finished_at = ? WHERE id = ? AND state = ?",
+            [state, exit_code, reason, self.clock(), tid, TaskState.RUNNING],
+        )
         if not cur.rowcount:
             raise Conflict(f"task {tid} has already ended")
         self.changed()
 
     # --- deployments ------------------------------------------------------------
-    def start_deployment(self, app: str, from_release: int, to_release: int, kind: str,
-                         actor: str | None) -> int:
+    def start_deployment(
+        self, app: str, from_release: int, to_release: int, kind: str, actor: str | None
+    ) -> int:
         """Record a rollout; an unfinished earlier one of the same app is superseded."""
         with self._tx():
-            self.db.execute("UPDATE deployments SET state = 'SUPERSEDED', finished_at = ? "
-                            "WHERE app = ? AND state = 'RUNNING'", [self.clock(), app])
+            self.db.execute(
+                "UPDATE deployments SET state = ?, finished_at = ? WHERE app = ? AND state = ?",
+                [DeploymentState.SUPERSEDED, self.clock(), app, DeploymentState.RUNNING],
+            )
             cur = self.db.execute(
                 "INSERT INTO deployments (app, from_release, to_release, kind, state, "
-                "created_at, actor) VALUES (?, ?, ?, ?, 'RUNNING', ?, ?)",
-                [app, from_release, to_release, kind, self.clock(), actor])
+                "created_at, actor) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [app, from_release, to_release, kind, DeploymentState.RUNNING, self.clock(), actor],
+            )
         self.changed()
         return int(cur.lastrowid or 0)
 
-    def deployments(self, app: str | None = None, running: bool = False) -> list[dict[str, Any]]:
+    def deployments(self, app: str | None = None, running: bool = False) -> list[DeploymentRow]:
         where, params = [], []
         if app is not None:
             where.append("app = ?")
             params.append(app)
         if running:
-            where.append("state = 'RUNNING'")
+            where.append("state = ?")
+            params.append(DeploymentState.RUNNING)
         sql = "SELECT * FROM deployments" + (" WHERE " + " AND ".join(where) if where else "")
-        return self._rows(sql + " ORDER BY id DESC LIMIT 50", params)
+        return [
+            cast(DeploymentRow, {**r, "state": DeploymentState(r["state"])})
+            for r in self._rows(sql + " ORDER BY id DESC LIMIT 50", params)
+        ]
 
-    def finish_deployment(self, did: int, state: str) -> None:
-        self.db.execute("UPDATE deployments SET state = ?, finished_at = ? WHERE id = ?",
-                        [state, self.clock(), did])
+    def finish_deployment(self, did: int, state: DeploymentState) -> None:
+        self.db.execute(
+            "UPDATE deployments SET state = ?, finished_at = ? WHERE id = ?",
+            [state, self.clock(), did],
+        )
         self.changed()
 
     def droplets_in_use(self, keep: int) -> tuple[set[str], set[str]]:
@@ -745,19 +1012,44 @@ class Store:
     def grace_nodes(self) -> None:
         """After a control-plane restart, give every node a full TTL to be heard from again:
         the control plane's own absence is not the nodes' silence."""
-        self.db.execute("UPDATE nodes SET last_heartbeat = MAX(last_heartbeat, ?) "
-                        "WHERE state = 'ready'", [self.clock()])
+        self.db.execute(
+            "UPDATE nodes SET last_heartbeat = MAX(last_heartbeat, ?) WHERE state = ?",
+            [self.clock(), NodeState.READY],
+        )
 
     def add_event(self, app: str | None, kind: str, detail: str, actor: str | None = None) -> None:
-        self._insert("events", {"app": app, "ts": self.clock(), "kind": kind,
-                                  "detail": detail, "actor": actor})
+        self._insert(
+            "events",
+            {"app": app, "ts": self.clock(), "kind": kind, "detail": detail, "actor": actor},
+        )
 
-    def list_events(self, app: str, limit: int = 100) -> list[dict[str, Any]]:
+    def list_events(self, app: str, limit: int = 100) -> list[EventRow]:
         rows = self._rows(
             "SELECT e.seq, e.ts, e.kind, e.detail, COALESCE(t.kind || COALESCE(' (' || t.label "
             "|| ')', ''), e.actor, 'platform') AS actor FROM events e LEFT JOIN tokens t "
-            "ON t.id = e.actor WHERE e.app = ? ORDER BY e.seq DESC LIMIT ?", [app, limit])
-        return rows[::-1]
+            "ON t.id = e.actor WHERE e.app = ? ORDER BY e.seq DESC LIMIT ?",
+            [app, limit],
+        )
+        return cast(list[EventRow], rows[::-1])
+
+
+def _json_or_none(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def _json_or_null(value: object) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _build(row: dict[str, Any]) -> BuildRow:
+    return cast(
+        BuildRow,
+        {**row, "state": BuildState(row["state"]), "processes": _json_or_none(row["processes"])},
+    )
+
+
+def _node(row: dict[str, Any]) -> NodeRow:
+    return cast(NodeRow, {**row, "state": NodeState(row["state"])})
 
 
 class _Transaction:

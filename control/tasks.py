@@ -10,12 +10,14 @@ phase fails the build, so the old release keeps serving.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Collection
 
 from control import releases
 from control.blobs import BlobStore
 from control.errors import Unavailable
+from control.model import BuildState, TaskState
 from control.reconciler import Policy
+from control.rows import TaskData, TaskRow, TaskView
 from control.scheduler import pick_stager
 from control.store import Store
 from control.wire_node import TaskPayload
@@ -24,9 +26,19 @@ RUN_TIMEOUT = 3600.0
 RELEASE_TIMEOUT = 900.0
 
 
-def start_task(store: Store, policy: Policy, app: str, command: str, *, kind: str = "run",
-               droplet: str, env: dict[str, str], release: int, build: str | None = None,
-               payload: dict[str, Any] | None = None) -> str:
+def start_task(
+    store: Store,
+    policy: Policy,
+    app: str,
+    command: str,
+    *,
+    kind: str = "run",
+    droplet: str,
+    env: dict[str, str],
+    release: int,
+    build: str | None = None,
+    payload: TaskData | None = None,
+) -> str:
     """Create a task and send it to a node; Unavailable when no node is live."""
     node = pick_stager(store.nodes(), store.clock(), policy.node_ttl)
     if node is None:
@@ -34,46 +46,67 @@ def start_task(store: Store, policy: Policy, app: str, command: str, *, kind: st
     tid = store.create_task(app, kind, command, node, build=build, payload=payload)
     row = store.get_app(app)
     work: TaskPayload = {
-        "task": tid, "app": app, "droplet": droplet, "command": command, "env": env,
-        "memory_mb": row["memory_mb"], "release": release,
+        "task": tid,
+        "app": app,
+        "droplet": droplet,
+        "command": command,
+        "env": env,
+        "memory_mb": row["memory_mb"],
+        "release": release,
         "timeout": RELEASE_TIMEOUT if kind == "release" else RUN_TIMEOUT,
-        "tag": build or tid, "source": "release" if kind == "release" else f"task/{tid}"}
-    store.enqueue(node, "task", dict(work))
+        "tag": build or tid,
+        "source": "release" if kind == "release" else f"task/{tid}",
+    }
+    store.enqueue(node, "task", work)
     return tid
 
 
-def finish_task(store: Store, blobs: BlobStore, tid: str, exit_code: int | None,
-                reason: str | None) -> dict[str, Any]:
+def finish_task(
+    store: Store, blobs: BlobStore, tid: str, exit_code: int | None, reason: str | None
+) -> TaskRow:
     """Record how a task ended; a release phase's end releases or fails its build."""
     store.finish_task(tid, exit_code, reason)
     task = store.get_task(tid)
     if task["kind"] == "release" and task["build"] and store.app_exists(task["app"]):
-        _finish_release_phase(store, blobs, task)
+        _finish_release_phase(store, blobs, task["build"], task)
     return task
 
 
-def _finish_release_phase(store: Store, blobs: BlobStore, task: dict[str, Any]) -> None:
-    build, data = task["build"], task["payload"]
-    if task["state"] != "SUCCEEDED":
+def _finish_release_phase(store: Store, blobs: BlobStore, build: str, task: TaskRow) -> None:
+    data = task["payload"]
+    if task["state"] != TaskState.SUCCEEDED:
         why = reason_of(task)
-        store.set_build(build, "FAILED", error=f"release phase failed: {why}")
+        store.set_build(build, BuildState.FAILED, error=f"release phase failed: {why}")
         store.add_event(task["app"], "release-phase-failed", f"build {build}: {why}")
         return
     version = releases.make_release(
-        store, blobs, task["app"], droplet=data["droplet"], env=data["env"],
-        processes=data["processes"], pack=data.get("pack"),
-        description=f"build {build} ({data.get('pack')}), release phase passed", actor=None)
-    store.set_build(build, "STAGED", droplet=data["droplet"], pack=data.get("pack"),
-                    processes=data["processes"], release=version)
+        store,
+        blobs,
+        task["app"],
+        droplet=data["droplet"],
+        env=data["env"],
+        processes=data["processes"],
+        pack=data.get("pack"),
+        description=f"build {build} ({data.get('pack')}), release phase passed",
+        actor=None,
+    )
+    store.set_build(
+        build,
+        BuildState.STAGED,
+        droplet=data["droplet"],
+        pack=data.get("pack"),
+        processes=data["processes"],
+        release=version,
+    )
 
 
-def fail_lost_tasks(store: Store, blobs: BlobStore, lost: list[str]) -> None:
+def fail_lost_tasks(store: Store, blobs: BlobStore, lost: Collection[str]) -> None:
     for task in store.running_tasks():
         if task["node"] in lost:
             finish_task(store, blobs, task["id"], None, "the node running it was lost")
 
 
-def reason_of(task: dict[str, Any]) -> str:
+def reason_of(task: TaskView) -> str:
     if task["exit_code"] is not None:
         return f"exit code {task['exit_code']}"
     return str(task["reason"] or "unknown")

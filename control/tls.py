@@ -40,10 +40,29 @@ def self_signed(directory: Path, names: list[str]) -> TLS:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     sans = ",".join(f"IP:{n}" if _is_ip(n) else f"DNS:{n}" for n in dict.fromkeys(names))
     result = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "3650", "-subj", "/CN=foundry-control", "-keyout", str(tls.key),
-         "-out", str(tls.cert), "-addext", f"subjectAltName={sans}"],
-        capture_output=True, text=True)
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=foundry-control",
+            "-keyout",
+            str(tls.key),
+            "-out",
+            str(tls.cert),
+            "-addext",
+            f"subjectAltName={sans}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise FoundryError(f"could not make a certificate: {result.stderr.strip()}")
     tls.key.chmod(0o600)

@@ -21,7 +21,7 @@ from control.errors import Unprocessable
 @dataclass(frozen=True)
 class ArchiveLimits:
     max_files: int = 200_000
-    max_expanded: int = 1 << 30      # 1 GiB, as Cloud Foundry's package limit
+    max_expanded: int = 1 << 30  # 1 GiB, as Cloud Foundry's package limit
 
 
 def member_problem(member: tarfile.TarInfo) -> str | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import json
 import os
@@ -43,8 +44,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from control.errors import FoundryError
 
 PREFIX = "fdy1:"
-KEY_BYTES = 32          # AES-256
-NONCE_BYTES = 12        # GCM's standard nonce; random per value (2^-32 collision bound
+KEY_BYTES = 32  # AES-256
+NONCE_BYTES = 12  # GCM's standard nonce; random per value (2^-32 collision bound
 #                         is reached only after ~2^32 values under one key)
 LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 KEYRING_ENV = "FOUNDRY_KEYRING"
@@ -80,8 +81,9 @@ def parse_keyring(text: str, where: str) -> Keys:
         except (binascii.Error, ValueError):
             raise VaultError(f"keyring {where}: key {label!r} is not base64") from None
         if len(key) != KEY_BYTES:
-            raise VaultError(f"keyring {where}: key {label!r} must be {KEY_BYTES} bytes "
-                             f"(base64), not {len(key)}")
+            raise VaultError(
+                f"keyring {where}: key {label!r} must be {KEY_BYTES} bytes (base64), not {len(key)}"
+            )
         keys[label] = key
     current = data.get("current")
     if current not in keys:
@@ -90,9 +92,19 @@ def parse_keyring(text: str, where: str) -> Keys:
 
 
 def render_keyring(keys: Keys) -> str:
-    return json.dumps({"current": keys.current,
-                       "keys": {label: base64.b64encode(key).decode()
-                                for label, key in sorted(keys.keys.items())}}, indent=2) + "\n"
+    return (
+        json.dumps(
+            {
+                "current": keys.current,
+                "keys": {
+                    label: base64.b64encode(key).decode()
+                    for label, key in sorted(keys.keys.items())
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def new_label(now: float, taken: Iterable[str], salt: str) -> str:
@@ -107,7 +119,7 @@ def sealed_label(value: str) -> str | None:
     """The label a sealed value names, or None when it is not sealed."""
     if not value.startswith(PREFIX):
         return None
-    label, sep, _ = value[len(PREFIX):].partition(":")
+    label, sep, _ = value[len(PREFIX) :].partition(":")
     return label if sep else None
 
 
@@ -123,17 +135,21 @@ def unseal(keys: Keys, value: str, context: str) -> str:
     if label is None:
         raise VaultError(f"a value in {context} is not sealed")
     if label not in keys.keys:
-        raise VaultError(f"a value in {context} is sealed with key {label!r}, which the "
-                         "keyring does not hold")
+        raise VaultError(
+            f"a value in {context} is sealed with key {label!r}, which the keyring does not hold"
+        )
     try:
         # not validate=True: its regex costs more than the decryption, and GCM's tag
         # already refuses any changed byte
-        raw = base64.b64decode(value[len(PREFIX) + len(label) + 1:])
-        text = _aead(keys.keys[label]).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:],
-                                                context.encode())
+        raw = base64.b64decode(value[len(PREFIX) + len(label) + 1 :])
+        text = _aead(keys.keys[label]).decrypt(
+            raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode()
+        )
     except (binascii.Error, ValueError, InvalidTag):
-        raise VaultError(f"a value in {context} does not open with key {label!r}: the key is "
-                         "wrong or the value was altered") from None
+        raise VaultError(
+            f"a value in {context} does not open with key {label!r}: the key is "
+            "wrong or the value was altered"
+        ) from None
     return text.decode()
 
 
@@ -163,16 +179,20 @@ class Keyring:
         needed = sorted(set(labels_in_use))
         if not path.exists():
             if needed:
-                raise VaultError(f"the database holds config vars sealed with key(s) "
-                                 f"{', '.join(needed)}, but the keyring {path} is missing: "
-                                 f"restore it, or name it with --keyring / {KEYRING_ENV}")
+                raise VaultError(
+                    f"the database holds config vars sealed with key(s) "
+                    f"{', '.join(needed)}, but the keyring {path} is missing: "
+                    f"restore it, or name it with --keyring / {KEYRING_ENV}"
+                )
             label = new_label(time.time(), (), secrets.token_hex(2))
             write_keyring(path, Keys(label, {label: AESGCM.generate_key(KEY_BYTES * 8)}))
         ring = cls(path, *_read(path))
         missing = [label for label in needed if label not in ring.keys.keys]
         if missing:
-            raise VaultError(f"the database holds config vars sealed with key(s) "
-                             f"{', '.join(missing)}, which the keyring {path} does not hold")
+            raise VaultError(
+                f"the database holds config vars sealed with key(s) "
+                f"{', '.join(missing)}, which the keyring {path} does not hold"
+            )
         return ring
 
     def refresh(self) -> None:
@@ -180,7 +200,7 @@ class Keyring:
         try:
             st = os.stat(self.path)
         except OSError:
-            return      # keep the keys in memory; the next start reports the missing file
+            return  # keep the keys in memory; the next start reports the missing file
         if (st.st_ino, st.st_mtime_ns, st.st_size) != self._seen:
             self.keys, self._seen = _read(self.path)
 
@@ -204,8 +224,9 @@ class Keyring:
         """Remove keys (never the current one)."""
         self.refresh()
         doomed = set(labels) - {self.keys.current}
-        self._write(Keys(self.keys.current,
-                         {k: v for k, v in self.keys.keys.items() if k not in doomed}))
+        self._write(
+            Keys(self.keys.current, {k: v for k, v in self.keys.keys.items() if k not in doomed})
+        )
 
     def _write(self, keys: Keys) -> None:
         write_keyring(self.path, keys)
@@ -268,7 +289,5 @@ def secure_home(home: Path) -> int:
 def create_private(path: Path) -> None:
     """Create an empty file 0600 if there is none (SQLite gives its WAL and SHM files the
     database file's mode, so this keeps all three private)."""
-    try:
+    with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass

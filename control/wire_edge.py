@@ -3,7 +3,7 @@
 Rules kept here:
 - `control/routing.py` builds the table with these types; `edge/wire.py` declares the
   same shapes on the edge's side (the roles never import each other) and
-  `tests/contract/test_roles.py` feeds the real table into the edge's parser and
+  `tests/component/test_contract.py` feeds the real table into the edge's parser and
   declaration, so a field renamed on one side only fails a test.
 """
 
@@ -14,23 +14,23 @@ from typing import NotRequired, TypedDict
 
 
 class Backend(TypedDict):
-    address: str          # host:port of a RUNNING instance (or the control plane for api.)
+    address: str  # host:port of a RUNNING instance (or the control plane for api.)
     instance: str
 
 
 class RouteOptions(TypedDict, total=False):
-    balance: str          # round-robin | least-in-flight
-    timeout: int          # seconds
+    balance: str  # round-robin | least-in-flight
+    timeout: int  # seconds
     sticky: bool
 
 
 class Route(TypedDict):
     host: str
-    path: str             # a prefix; "/" for the whole host
+    path: str  # a prefix; "/" for the whole host
     app: str
     backends: list[Backend]
     options: NotRequired[RouteOptions]
-    wakeable: NotRequired[bool]   # no backend: hold the request and wake the app
+    wakeable: NotRequired[bool]  # no backend: hold the request and wake the app
 
 
 class RouteTable(TypedDict):

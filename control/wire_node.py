@@ -4,7 +4,7 @@ Rules kept here:
 - this is the one place in `control/` that names the fields of a control <-> node
   message; handlers and the converge loop build and read them through these types;
 - `node/wire.py` declares the same shapes on the node's side (the roles never import
-  each other); `tests/contract/test_roles.py` feeds what each side really sends into
+  each other); `tests/component/test_contract.py` feeds what each side really sends into
   the other's declaration, so a field renamed on one side only fails a test;
 - a work item on the wire is its payload plus `seq` and `kind` (the store adds them).
 """
@@ -37,7 +37,7 @@ class StagePayload(TypedDict):
     app: str
     source: str
     env: dict[str, str]
-    buildpack: NotRequired[str]          # a pack name, a git URL or blob:<sha256>
+    buildpack: NotRequired[str]  # a pack name, a git URL or blob:<sha256>
     no_cache: NotRequired[bool]
     processes: NotRequired[dict[str, str]]  # commands the push named; they win over the pack's
 
@@ -75,8 +75,8 @@ class TaskPayload(TypedDict):
     memory_mb: int
     release: int
     timeout: float
-    tag: str          # log lines carry it so a caller can follow just this task
-    source: str       # the log source: `release` or `task/<id>`
+    tag: str  # log lines carry it so a caller can follow just this task
+    source: str  # the log source: `release` or `task/<id>`
 
 
 class Envelope(TypedDict):
@@ -100,8 +100,12 @@ class TaskWork(Envelope, TaskPayload):
 
 
 WorkItem = StageWork | StartWork | StopWork | TaskWork
-WORK_KINDS: dict[str, type] = {"stage": StageWork, "start": StartWork, "stop": StopWork,
-                               "task": TaskWork}
+WORK_KINDS: dict[str, type] = {
+    "stage": StageWork,
+    "start": StartWork,
+    "stop": StopWork,
+    "task": TaskWork,
+}
 
 
 class WorkAnswer(TypedDict):
@@ -138,20 +142,20 @@ class Heartbeat(TypedDict):
     tier: str
     seccomp: str
     memory_mb: int
-    work_seq: int             # every work item up to here has been taken in hand
+    work_seq: int  # every work item up to here has been taken in hand
     instances: list[InstanceReport]
 
 
 class BuildResult(TypedDict):
     ok: bool
-    error: NotRequired[str]                  # when not ok
-    droplet: NotRequired[str]                # when ok: the uploaded droplet's digest
+    error: NotRequired[str]  # when not ok
+    droplet: NotRequired[str]  # when ok: the uploaded droplet's digest
     processes: NotRequired[dict[str, str]]
     pack: NotRequired[str]
 
 
 class TaskResult(TypedDict):
-    exit_code: int | None     # None: it did not exit by itself (killed, timed out, node error)
+    exit_code: int | None  # None: it did not exit by itself (killed, timed out, node error)
     reason: str | None
 
 
@@ -160,7 +164,7 @@ class LogLine(TypedDict):
     source: str
     line: str
     ts: float
-    build: NotRequired[str]   # a build id or task tag, so one run's lines can be followed
+    build: NotRequired[str]  # a build id or task tag, so one run's lines can be followed
 
 
 class LogBatch(TypedDict):

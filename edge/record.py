@@ -29,18 +29,18 @@ class RequestRecord:
     everything known at its start passed at once)."""
 
     __slots__ = (
-        "via",
-        "method",
-        "host",
-        "path",
-        "route",
         "backend",
-        "request_id",
-        "pinned",
-        "started",
-        "status",
         "bytes_sent",
         "counted",
+        "host",
+        "method",
+        "path",
+        "pinned",
+        "request_id",
+        "route",
+        "started",
+        "status",
+        "via",
     )
 
     def __init__(

@@ -48,9 +48,9 @@ class NodeConfig:
     grace: float = 10.0
     start_timeout: float = 60.0
     liveness_interval: float = 30.0
-    base_env: dict[str, str] = field(default_factory=dict)    # every process the node starts
-    build_env: dict[str, str] = field(default_factory=dict)   # added for builds: staging env, tools
-    tier: str | None = None   # force a weaker jail tier (tests); None = the strongest there is
+    base_env: dict[str, str] = field(default_factory=dict)  # every process the node starts
+    build_env: dict[str, str] = field(default_factory=dict)  # added for builds: staging env, tools
+    tier: str | None = None  # force a weaker jail tier (tests); None = the strongest there is
 
 
 class JoinError(Exception):
@@ -70,14 +70,26 @@ class Agent:
         self.jail = make_jailer(config.tier, str(config.home.resolve()))
         droplets = DropletCache(home / "droplets", self.client)
         self.supervisor = Supervisor(
-            home=home, droplets=droplets, logs=self.logs,
-            address=config.address, base_env=config.base_env, grace=config.grace,
-            start_timeout=config.start_timeout, liveness_interval=config.liveness_interval,
-            on_change=self.changed.set, jail=self.jail)
-        self.stager = Stager(home, config.packs_dir, self.client, self.logs,
-                             {**config.base_env, **config.build_env}, self.jail)
-        self.tasks = TaskRunner(home, droplets, self.logs, self.client, self.jail,
-                                config.base_env)
+            home=home,
+            droplets=droplets,
+            logs=self.logs,
+            address=config.address,
+            base_env=config.base_env,
+            grace=config.grace,
+            start_timeout=config.start_timeout,
+            liveness_interval=config.liveness_interval,
+            on_change=self.changed.set,
+            jail=self.jail,
+        )
+        self.stager = Stager(
+            home,
+            config.packs_dir,
+            self.client,
+            self.logs,
+            {**config.base_env, **config.build_env},
+            self.jail,
+        )
+        self.tasks = TaskRunner(home, droplets, self.logs, self.client, self.jail, config.base_env)
 
     async def identify(self) -> None:
         """Load this node's identity, or join with the join token."""
@@ -95,16 +107,22 @@ class Agent:
         self.config.home.mkdir(parents=True, exist_ok=True)
         fd = os.open(ident, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"id": self.node_id, "token": answer["token"],
-                       "control": self.config.control_url}, f)
+            json.dump(
+                {"id": self.node_id, "token": answer["token"], "control": self.config.control_url},
+                f,
+            )
         log.info("node-joined id=%s", self.node_id)
 
     async def _join(self, token: str) -> JoinAnswer:
         """Exchange the join token, waiting (capped backoff) while the control plane is
         unreachable; a refused token is final."""
-        body: JoinRequest = {"name": self.config.name, "address": self.config.address,
-                "memory_mb": self.config.memory_mb, "tier": self.jail.tier,
-                "seccomp": self.jail.seccomp.summary}
+        body: JoinRequest = {
+            "name": self.config.name,
+            "address": self.config.address,
+            "memory_mb": self.config.memory_mb,
+            "tier": self.jail.tier,
+            "seccomp": self.jail.seccomp.summary,
+        }
         delay = 0.2
         while True:
             try:
@@ -127,10 +145,9 @@ class Agent:
             shutil.rmtree(leftover, ignore_errors=True)
             log.info("instance-reaped id=%s processes=%d", leftover.name, killed)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.identify()
-        spawn.adopt_orphans()    # jails' orphaned bwrap processes come to us to be reaped
+        spawn.adopt_orphans()  # jails' orphaned bwrap processes come to us to be reaped
         self.reap_leftovers()
         try:
             async with trio.open_nursery() as nursery:
@@ -158,10 +175,14 @@ class Agent:
     async def heartbeat_once(self) -> None:
         instances = self.supervisor.report()
         body: Heartbeat = {
-            "boot": self.boot, "address": self.config.address, "tier": self.jail.tier,
+            "boot": self.boot,
+            "address": self.config.address,
+            "tier": self.jail.tier,
             "seccomp": self.jail.seccomp.summary,
-            "memory_mb": self.config.memory_mb, "work_seq": self.work_seq,
-            "instances": instances}
+            "memory_mb": self.config.memory_mb,
+            "work_seq": self.work_seq,
+            "instances": instances,
+        }
         await self.client.heartbeat(self.node_id, body)
         self.supervisor.prune(instances)
 
@@ -207,5 +228,5 @@ class Agent:
             nursery.start_soon(self.stager.stage, item)
         elif item["kind"] == "task":
             nursery.start_soon(self.tasks.run, item)
-        else:   # a newer control plane's kind: say so, never crash the loop
+        else:  # a newer control plane's kind: say so, never crash the loop
             log.warning("work-unknown kind=%s", item["kind"])

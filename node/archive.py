@@ -42,8 +42,14 @@ def _problem(member: tarfile.TarInfo, absolute_symlinks: bool = False) -> str | 
     return None
 
 
-def extract(archive: Path, target: Path, *, max_files: int = MAX_FILES,
-            max_expanded: int = MAX_EXPANDED, absolute_symlinks: bool = False) -> int:
+def extract(
+    archive: Path,
+    target: Path,
+    *,
+    max_files: int = MAX_FILES,
+    max_expanded: int = MAX_EXPANDED,
+    absolute_symlinks: bool = False,
+) -> int:
     """Extract a gzip'd tar into `target` (which must not exist); returns the member count.
 
     `absolute_symlinks` admits symlinks to absolute paths (a droplet's virtualenv links
@@ -81,8 +87,9 @@ def extract(archive: Path, target: Path, *, max_files: int = MAX_FILES,
 def _droplet_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
     problem = _problem(member, absolute_symlinks=True)
     if problem:
-        raise ArchiveError(f"the build left {member.name!r}, which a droplet may not hold: "
-                           f"{problem}")
+        raise ArchiveError(
+            f"the build left {member.name!r}, which a droplet may not hold: {problem}"
+        )
     # Which throwaway uid built it, and when the build made a folder, say nothing about
     # the app (nodes unpack without owners) and would make every droplet differ.
     member.uid = member.gid = 0
@@ -102,8 +109,10 @@ def create(source: Path, archive: Path) -> None:
     The same build output gives the same bytes (no gzip timestamp or name, no owners,
     folders undated; files keep their times, which Python's bytecode checks compare),
     so an unchanged re-push yields the droplet digest of the release it already runs."""
-    with open(archive, "wb") as raw, \
-            gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as tar:
+    with (
+        open(archive, "wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         for child in sorted(source.iterdir()):
             tar.add(child, arcname=child.name, filter=_droplet_member)

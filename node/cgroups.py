@@ -208,13 +208,16 @@ class Driver:
         removed = 0
         for parent in self.parents:
             for scope in parent.parent.glob("node-*"):
-                if scope != parent and scope.is_dir() and not any(
-                        c.is_dir() for c in scope.iterdir()):
+                if (
+                    scope != parent
+                    and scope.is_dir()
+                    and not any(c.is_dir() for c in scope.iterdir())
+                ):
                     try:
                         scope.rmdir()
                         removed += 1
                     except OSError:
-                        pass   # busy, or gone already: either way not ours to force
+                        pass  # busy, or gone already: either way not ours to force
         return removed
 
 

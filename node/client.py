@@ -81,9 +81,12 @@ class ControlClient:
         await self._call("POST", f"/v1/nodes/{node}/heartbeat", json=body)
 
     async def work(self, node: str, after: int, wait: float) -> list[WorkItem]:
-        answer = await self._call("GET", f"/v1/nodes/{node}/work",
-                                  params={"after": after, "wait": wait},
-                                  timeout=wait + 10)
+        answer = await self._call(
+            "GET",
+            f"/v1/nodes/{node}/work",
+            params={"after": after, "wait": wait},
+            timeout=wait + 10,
+        )
         items: list[WorkItem] = answer["work"]
         return items
 
@@ -108,14 +111,17 @@ class ControlClient:
             raise
         if got != digest:
             dest.unlink(missing_ok=True)
-            raise ControlError(f"download {digest[:12]}: the content's sha256 is {got[:12]}, "
-                               "not the digest the control plane named; refused")
+            raise ControlError(
+                f"download {digest[:12]}: the content's sha256 is {got[:12]}, "
+                "not the digest the control plane named; refused"
+            )
 
     async def _fetch(self, digest: str, dest: Path) -> str:
         h = hashlib.sha256()
         try:
-            async with self.http.stream("GET", f"/v1/blobs/{digest}", headers=self._headers(),
-                                        timeout=300) as resp:
+            async with self.http.stream(
+                "GET", f"/v1/blobs/{digest}", headers=self._headers(), timeout=300
+            ) as resp:
                 if resp.status_code != 200:
                     raise ControlError(f"download {digest[:12]}: {resp.status_code}")
                 async with await trio.open_file(dest, "wb") as out:
@@ -128,8 +134,10 @@ class ControlClient:
 
     async def upload(self, digest: str, path: Path) -> None:
         """Send a blob whose sha256 is `digest`."""
+
         async def chunks() -> Any:
             async with await trio.open_file(path, "rb") as f:
                 while block := await f.read(1 << 20):
                     yield block
+
         await self._call("PUT", f"/v1/blobs/{digest}", content=chunks(), timeout=300)

@@ -37,8 +37,9 @@ def _step(name: str, dir_fd: int, shown: str) -> int | None:
         return None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise ConfinedError(f"{shown} is a symbolic link: the build must leave a real "
-                                "file there, not a link") from None
+            raise ConfinedError(
+                f"{shown} is a symbolic link: the build must leave a real file there, not a link"
+            ) from None
         raise ConfinedError(f"{shown} cannot be opened ({os.strerror(e.errno or 0)})") from None
 
 
@@ -51,7 +52,7 @@ def read_confined(root: Path, relative: str, max_bytes: int) -> bytes | None:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         for i, part in enumerate(parts):
-            shown = "/".join(parts[:i + 1])
+            shown = "/".join(parts[: i + 1])
             child = _step(part, fd, shown)
             if child is None:
                 return None
@@ -59,7 +60,7 @@ def read_confined(root: Path, relative: str, max_bytes: int) -> bytes | None:
             fd = child
             mode = os.fstat(fd).st_mode
             if i < len(parts) - 1 and not stat.S_ISDIR(mode):
-                return None   # a file where a directory would be: nothing at `relative`
+                return None  # a file where a directory would be: nothing at `relative`
         return _read_regular(fd, relative, max_bytes)
     finally:
         os.close(fd)
@@ -76,6 +77,6 @@ def _read_regular(fd: int, shown: str, max_bytes: int) -> bytes:
     while chunk := os.read(fd, min(1 << 16, max_bytes + 1 - size)):
         chunks.append(chunk)
         size += len(chunk)
-        if size > max_bytes:   # it grew after the fstat
+        if size > max_bytes:  # it grew after the fstat
             raise ConfinedError(f"{shown} is larger than {max_bytes} bytes")
     return b"".join(chunks)

@@ -38,7 +38,8 @@ class DropletCache:
                 await self.client.download(digest, blob)
                 await trio.to_thread.run_sync(shutil.rmtree, partial, True)
                 await trio.to_thread.run_sync(
-                    functools.partial(extract, blob, partial, absolute_symlinks=True))
+                    functools.partial(extract, blob, partial, absolute_symlinks=True)
+                )
                 partial.rename(target)
             finally:
                 blob.unlink(missing_ok=True)

@@ -13,13 +13,12 @@ import trio
 TIMEOUT = 1.0
 
 
-async def check(kind: str, host: str, port: int, timeout: float = TIMEOUT
-                ) -> tuple[bool, str]:
+async def check(kind: str, host: str, port: int, timeout: float = TIMEOUT) -> tuple[bool, str]:
     """Run one check; (healthy?, reason when not)."""
     if kind == "process":
         return True, ""
     if kind.startswith("http:"):
-        return await _http(host, port, kind[len("http:"):] or "/", timeout)
+        return await _http(host, port, kind[len("http:") :] or "/", timeout)
     with trio.move_on_after(timeout):
         try:
             stream = await trio.open_tcp_stream(host, port)
@@ -31,8 +30,10 @@ async def check(kind: str, host: str, port: int, timeout: float = TIMEOUT
 
 
 async def _http(host: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
-    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: foundry-health\r\n"
-               "Connection: close\r\n\r\n").encode()
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: foundry-health\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
     with trio.move_on_after(timeout):
         try:
             stream = await trio.open_tcp_stream(host, port)

@@ -23,7 +23,6 @@ import logging
 import shutil
 import signal
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,12 @@ from node.wire import InstanceReport, StartWork
 log = logging.getLogger("foundry.node")
 
 STARTING, RUNNING, STOPPING, STOPPED, CRASHED = (
-    "STARTING", "RUNNING", "STOPPING", "STOPPED", "CRASHED")
+    "STARTING",
+    "RUNNING",
+    "STOPPING",
+    "STOPPED",
+    "CRASHED",
+)
 TRANSITIONS: dict[str, frozenset[str]] = {
     STARTING: frozenset({RUNNING, STOPPING, CRASHED}),
     RUNNING: frozenset({STOPPING, CRASHED}),
@@ -47,8 +51,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     STOPPED: frozenset(),
     CRASHED: frozenset(),
 }
-LAUNCHER = ('for f in "$HOME"/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
-            'exec /bin/sh -c "$FOUNDRY_COMMAND"')
+LAUNCHER = (
+    'for f in "$HOME"/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
+    'exec /bin/sh -c "$FOUNDRY_COMMAND"'
+)
 
 
 class InvalidTransition(RuntimeError):
@@ -62,7 +68,6 @@ class Instance:
     port: int | None = None
     pid: int | None = None
     reason: str | None = None
-    started_at: float | None = None
     stop_requested: trio.Event = field(default_factory=trio.Event)
     drain: float = 0.0
     done: trio.Event = field(default_factory=trio.Event)
@@ -81,12 +86,16 @@ class Instance:
         self.state = state
         if reason:
             self.reason = reason
-        if state == RUNNING:
-            self.started_at = time.time()
 
     def report(self) -> InstanceReport:
-        return {"id": self.id, "app": self.spec["app"], "state": self.state, "port": self.port,
-                "reason": self.reason, "pid": self.pid}
+        return {
+            "id": self.id,
+            "app": self.spec["app"],
+            "state": self.state,
+            "port": self.port,
+            "reason": self.reason,
+            "pid": self.pid,
+        }
 
 
 def exit_reason(code: int) -> str:
@@ -154,8 +163,14 @@ class Supervisor:
 
     def _move(self, inst: Instance, state: str, reason: str | None = None) -> None:
         inst.move(state, reason)
-        log.info("instance-%s id=%s app=%s port=%s%s", state.lower(), inst.id, inst.spec["app"],
-                 inst.port, f" reason={reason!r}" if reason else "")
+        log.info(
+            "instance-%s id=%s app=%s port=%s%s",
+            state.lower(),
+            inst.id,
+            inst.spec["app"],
+            inst.port,
+            f" reason={reason!r}" if reason else "",
+        )
         if state in (CRASHED, STOPPED, RUNNING):
             note = f"{state.lower()}" + (f": {reason}" if reason else "")
             self.logs.emit(inst.spec["app"], inst.source, f"[foundry] instance {note}")
@@ -163,17 +178,30 @@ class Supervisor:
 
     def _env(self, inst: Instance, app_dir: str) -> dict[str, str]:
         spec = inst.spec
-        vcap = {"application_name": spec["app"], "application_id": spec["app"],
-                "instance_id": inst.id, "instance_index": spec["index"], "port": inst.port,
-                "application_version": f"v{spec['release']}",
-                "limits": {"mem": spec.get("memory_mb", 256)},
-                "application_uris": [], "process_type": spec["process"]}
-        return {**self.base_env, **{str(k): str(v) for k, v in spec.get("env", {}).items()},
-                "HOME": app_dir, "PORT": str(inst.port), "FOUNDRY_APP_NAME": spec["app"],
-                "FOUNDRY_INSTANCE_INDEX": str(spec["index"]),
-                "FOUNDRY_RELEASE": f"v{spec['release']}", "FOUNDRY_PROCESS_TYPE": spec["process"],
-                "VCAP_APPLICATION": json.dumps(vcap), "VCAP_SERVICES": "{}",
-                "FOUNDRY_COMMAND": spec["command"]}
+        vcap = {
+            "application_name": spec["app"],
+            "application_id": spec["app"],
+            "instance_id": inst.id,
+            "instance_index": spec["index"],
+            "port": inst.port,
+            "application_version": f"v{spec['release']}",
+            "limits": {"mem": spec.get("memory_mb", 256)},
+            "application_uris": [],
+            "process_type": spec["process"],
+        }
+        return {
+            **self.base_env,
+            **{str(k): str(v) for k, v in spec.get("env", {}).items()},
+            "HOME": app_dir,
+            "PORT": str(inst.port),
+            "FOUNDRY_APP_NAME": spec["app"],
+            "FOUNDRY_INSTANCE_INDEX": str(spec["index"]),
+            "FOUNDRY_RELEASE": f"v{spec['release']}",
+            "FOUNDRY_PROCESS_TYPE": spec["process"],
+            "VCAP_APPLICATION": json.dumps(vcap),
+            "VCAP_SERVICES": "{}",
+            "FOUNDRY_COMMAND": spec["command"],
+        }
 
     async def _run(self, inst: Instance) -> None:
         workdir = self.home / "instances" / inst.id
@@ -202,8 +230,9 @@ class Supervisor:
         inst.port = free_port(self.address)
         memory_mb = int(inst.spec.get("memory_mb") or 256)
         env = self._env(inst, self.jail.inside(str(app_dir), app_dir))
-        jailed = await self.jail.spawn(JailSpec(inst.id, ("/bin/sh", "-c", LAUNCHER), env,
-                                                app_dir, memory_mb))
+        jailed = await self.jail.spawn(
+            JailSpec(inst.id, ("/bin/sh", "-c", LAUNCHER), env, app_dir, memory_mb)
+        )
         try:
             await self._supervise(inst, jailed)
         finally:
@@ -259,7 +288,7 @@ class Supervisor:
             return
         while inst.state == RUNNING:
             await trio.sleep(self.liveness_interval)
-            for _ in range(3):      # three failures in a row, a second apart, mean unhealthy
+            for _ in range(3):  # three failures in a row, a second apart, mean unhealthy
                 ok, why = await health.check(kind, self.address, inst.port or 0)
                 if ok or inst.state != RUNNING:
                     break
@@ -280,5 +309,3 @@ class Supervisor:
         with trio.move_on_after(self.grace):
             await jailed.proc.wait()
         jailed.kill()
-
-

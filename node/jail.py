@@ -44,14 +44,33 @@ FULL, ROOTLESS, PLAIN = "full", "rootless", "plain"
 TIERS = (FULL, ROOTLESS, PLAIN)  # strongest first
 APP = "/app"
 UID_BASE, UID_BLOCK = 20000, 1000  # node k's jail uids: UID_BASE + k*UID_BLOCK, 1000 of them
-ETC = ("ssl", "ca-certificates", "ca-certificates.conf", "resolv.conf", "hosts", "host.conf",
-       "nsswitch.conf", "gai.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
-       "alternatives", "localtime", "timezone", "mime.types", "protocols", "services",
-       "os-release", "debian_version")
+UNFILTERED = seccomp.Filter(None, "none: not configured")  # frozen, so one shared default
+ETC = (
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "resolv.conf",
+    "hosts",
+    "host.conf",
+    "nsswitch.conf",
+    "gai.conf",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "localtime",
+    "timezone",
+    "mime.types",
+    "protocols",
+    "services",
+    "os-release",
+    "debian_version",
+)
 SYSTEM_LINKS = ("bin", "lib", "lib64", "sbin")
 # Puts the launcher shell into each cgroup.procs file given before "--", then execs the rest.
-ENTER_CGROUPS = ('for f do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; '
-                 'shift; exec "$@"')
+ENTER_CGROUPS = (
+    'for f do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
+)
 
 
 class JailError(RuntimeError):
@@ -86,8 +105,9 @@ def _best_tier(p: Probe) -> TierChoice:
     if p.root and p.cgroup_version:
         return TierChoice(FULL, f"root with bubblewrap and cgroup v{p.cgroup_version}")
     if p.root:
-        return TierChoice(ROOTLESS, "no usable cgroup memory/pids controllers: limits by "
-                                    "watchdog and rlimits")
+        return TierChoice(
+            ROOTLESS, "no usable cgroup memory/pids controllers: limits by watchdog and rlimits"
+        )
     if p.userns:
         return TierChoice(ROOTLESS, "not root: user namespaces; limits by watchdog and rlimits")
     return TierChoice(PLAIN, "not root and user namespaces do not work")
@@ -114,10 +134,22 @@ def probe(bwrap: str | None = None) -> tuple[Probe, cgroups.Driver | None]:
     userns = False
     if linux and bwrap:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            userns = subprocess.run([bwrap, "--unshare-user", "--ro-bind", "/", "/", "true"],
-                                    capture_output=True, timeout=10).returncode == 0
-    return Probe(linux=linux, root=root, bwrap=bool(bwrap), setpriv=bool(shutil.which("setpriv")),
-                 userns=userns, cgroup_version=driver.version if driver else None), driver
+            userns = (
+                subprocess.run(
+                    [bwrap, "--unshare-user", "--ro-bind", "/", "/", "true"],
+                    capture_output=True,
+                    timeout=10,
+                ).returncode
+                == 0
+            )
+    return Probe(
+        linux=linux,
+        root=root,
+        bwrap=bool(bwrap),
+        setpriv=bool(shutil.which("setpriv")),
+        userns=userns,
+        cgroup_version=driver.version if driver else None,
+    ), driver
 
 
 @dataclass(frozen=True)
@@ -131,10 +163,10 @@ class Bind:
 
 @dataclass(frozen=True)
 class JailSpec:
-    name: str                  # unique per jail: an instance or build id
-    argv: tuple[str, ...]      # in the jail's paths
+    name: str  # unique per jail: an instance or build id
+    argv: tuple[str, ...]  # in the jail's paths
     env: dict[str, str]
-    app_dir: Path              # read-write at /app; the working directory
+    app_dir: Path  # read-write at /app; the working directory
     memory_mb: int = 256
     binds: tuple[Bind, ...] = ()
 
@@ -155,18 +187,46 @@ def system_view(etc_root: Path = Path("/etc"), root: Path = Path("/")) -> list[s
     return args
 
 
-def bwrap_args(spec: JailSpec, system: Sequence[str], passwd_fd: int, group_fd: int,
-               userns: bool, seccomp_fd: int | None = None) -> list[str]:
+def bwrap_args(
+    spec: JailSpec,
+    system: Sequence[str],
+    passwd_fd: int,
+    group_fd: int,
+    userns: bool,
+    seccomp_fd: int | None = None,
+) -> list[str]:
     """bubblewrap's arguments for `spec` (pure: fds and the system view are given)."""
-    args = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--hostname", "app"]
+    args = [
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "app",
+    ]
     if userns:
         args += ["--unshare-user", "--disable-userns"]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
-    args += [*system, "--perms", "0444", "--ro-bind-data", str(passwd_fd), "/etc/passwd",
-             "--perms", "0444", "--ro-bind-data", str(group_fd), "/etc/group",
-             "--proc", "/proc", "--dev", "/dev"]
+    args += [
+        *system,
+        "--perms",
+        "0444",
+        "--ro-bind-data",
+        str(passwd_fd),
+        "/etc/passwd",
+        "--perms",
+        "0444",
+        "--ro-bind-data",
+        str(group_fd),
+        "/etc/group",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+    ]
     tmp_size = str(spec.memory_mb << 20)
     for tmp in ("/tmp", "/dev/shm"):
         args += ["--perms", "1777", "--size", tmp_size, "--tmpfs", tmp]
@@ -183,15 +243,25 @@ def bwrap_args(spec: JailSpec, system: Sequence[str], passwd_fd: int, group_fd: 
 
 def drop_to(uid: int) -> list[str]:
     """argv prefix that becomes `uid` with no groups, capabilities or new privileges."""
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
-            "--inh-caps=-all", "--bounding-set=-all", "--"]
+    return [
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={uid}",
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ]
 
 
 def identity_files(uid: int) -> tuple[bytes, bytes]:
     """/etc/passwd and /etc/group as a jail shows them: root, nobody and the app user."""
-    passwd = (f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-              f"app:x:{uid}:{uid}:app:{APP}:/bin/sh\n"
-              "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+    passwd = (
+        f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"app:x:{uid}:{uid}:app:{APP}:/bin/sh\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    )
     group = f"root:x:0:\napp:x:{uid}:\nnogroup:x:65534:\n"
     return passwd.encode(), group.encode()
 
@@ -222,7 +292,7 @@ class Jailer:
     pids_limit: int = 512
     system: list[str] = field(default_factory=list)
     prlimit: str | None = None
-    seccomp: seccomp.Filter = seccomp.Filter(None, "none: not configured")
+    seccomp: seccomp.Filter = UNFILTERED
     _uids: set[int] = field(default_factory=set)
 
     @property
@@ -244,7 +314,7 @@ class Jailer:
             return host
         for src, dest in [(str(spec_app), APP), *((str(b.host), b.inside) for b in binds)]:
             if host == src or host.startswith(src + "/"):
-                return dest + host[len(src):]
+                return dest + host[len(src) :]
         return host
 
     def _take_uid(self) -> int:
@@ -254,8 +324,9 @@ class Jailer:
                 return uid
         raise JailError("no free jail uid")
 
-    def argv(self, spec: JailSpec, uid: int, args_fd: int,
-             group: cgroups.Cgroup | None) -> list[str]:
+    def argv(
+        self, spec: JailSpec, uid: int, args_fd: int, group: cgroups.Cgroup | None
+    ) -> list[str]:
         """The full command line that starts `spec` in this tier (bwrap's options, host
         paths included, come from `args_fd`: neither `ps` nor the app sees them)."""
         rlimits = [self.prlimit, "--core=0"] if self.prlimit and not group else []
@@ -277,15 +348,22 @@ class Jailer:
         program = self.seccomp.program
         if program is not None:
             fds.append(_memfd("seccomp", program))
-        options = bwrap_args(spec, self.system, fds[0], fds[1], userns=not self.drops_uid,
-                             seccomp_fd=fds[2] if program is not None else None)
+        options = bwrap_args(
+            spec,
+            self.system,
+            fds[0],
+            fds[1],
+            userns=not self.drops_uid,
+            seccomp_fd=fds[2] if program is not None else None,
+        )
         fds.append(_memfd("bwrap-args", b"".join(o.encode() + b"\0" for o in options)))
         return fds
 
     async def _own(self, spec: JailSpec, uid: int) -> None:
         owned = [spec.app_dir, *(b.host for b in spec.binds if b.writable)]
-        done = await trio.run_process(["chown", "-R", f"{uid}:{uid}", *map(str, owned)],
-                                      check=False, capture_stderr=True)
+        done = await trio.run_process(
+            ["chown", "-R", f"{uid}:{uid}", *map(str, owned)], check=False, capture_stderr=True
+        )
         if done.returncode != 0:
             raise JailError(f"chown failed: {done.stderr.decode(errors='replace')}")
 
@@ -304,8 +382,10 @@ class Jailer:
             # (bwrap's --die-with-parent follows the forking thread, not the agent).
             proc = await spawn.open_process(
                 self.argv(spec, uid, fds[-1] if fds else -1, group),
-                env={**spec.env, MARKER: spec.name}, cwd=None if self.isolates else spec.app_dir,
-                pass_fds=fds)
+                env={**spec.env, MARKER: spec.name},
+                cwd=None if self.isolates else spec.app_dir,
+                pass_fds=fds,
+            )
         except BaseException:
             if group is not None:
                 await trio.to_thread.run_sync(group.remove)
@@ -314,8 +394,7 @@ class Jailer:
         finally:
             for fd in fds:
                 os.close(fd)
-        log.info("jail-started name=%s tier=%s pid=%s uid=%s", spec.name, self.tier, proc.pid,
-                 uid)
+        log.info("jail-started name=%s tier=%s pid=%s uid=%s", spec.name, self.tier, proc.pid, uid)
         return Jailed(proc, spec.name, self, uid, group, spec.memory_mb << 20)
 
     def release(self, uid: int) -> None:
@@ -429,7 +508,7 @@ class Jailed:
                     self.kill()
         if self.jailer.drops_uid:
             self.jailer.release(self.uid)
-        spawn.reap_orphans()    # the jail's inner bwrap, orphaned when the outer one exited
+        spawn.reap_orphans()  # the jail's inner bwrap, orphaned when the outer one exited
         log.info("jail-closed name=%s", self.name)
 
 
@@ -454,16 +533,25 @@ def make_jailer(forced: str | None = None, home: str = "") -> Jailer:
         if empty:
             log.info("jail-sweep empty-scopes=%d", empty)
     if choice.tier == PLAIN:
-        log.warning("jail-tier tier=plain reason=%r: apps run as plain child processes; "
-                    "this is NOT a security boundary", choice.reason)
+        log.warning(
+            "jail-tier tier=plain reason=%r: apps run as plain child processes; "
+            "this is NOT a security boundary",
+            choice.reason,
+        )
     elif choice.tier == ROOTLESS:
         log.warning("jail-tier tier=rootless reason=%r: no cgroup limits", choice.reason)
     else:
         log.info("jail-tier tier=full reason=%r", choice.reason)
-    return Jailer(choice, driver if choice.tier == FULL else None,
-                  bwrap=shutil.which("bwrap") or "bwrap", uid_base=uid_base, uid_count=UID_BLOCK,
-                  system=system_view(), prlimit=shutil.which("prlimit"),
-                  seccomp=jail_filter(choice.tier, os.uname().machine))
+    return Jailer(
+        choice,
+        driver if choice.tier == FULL else None,
+        bwrap=shutil.which("bwrap") or "bwrap",
+        uid_base=uid_base,
+        uid_count=UID_BLOCK,
+        system=system_view(),
+        prlimit=shutil.which("prlimit"),
+        seccomp=jail_filter(choice.tier, os.uname().machine),
+    )
 
 
 def jail_filter(tier: str, machine: str) -> seccomp.Filter:
@@ -473,8 +561,11 @@ def jail_filter(tier: str, machine: str) -> seccomp.Filter:
         return seccomp.Filter(None, "none: the plain tier has no jail to filter")
     found = seccomp.for_machine(machine)
     if found.program is None:
-        log.warning("jail-seccomp tier=%s filter=%r: jailed apps may use every system call",
-                    tier, found.summary)
+        log.warning(
+            "jail-seccomp tier=%s filter=%r: jailed apps may use every system call",
+            tier,
+            found.summary,
+        )
     else:
         log.info("jail-seccomp tier=%s filter=%r", tier, found.summary)
     return found

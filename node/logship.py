@@ -22,8 +22,9 @@ log = logging.getLogger("foundry.node")
 
 
 class LogShipper:
-    def __init__(self, client: ControlClient, *, limit: int = 10_000, interval: float = 0.1
-                 ) -> None:
+    def __init__(
+        self, client: ControlClient, *, limit: int = 10_000, interval: float = 0.1
+    ) -> None:
         self.client = client
         self.limit = limit
         self.interval = interval
@@ -35,8 +36,7 @@ class LogShipper:
         self._progress = trio.Event()
 
     def emit(self, app: str, source: str, line: str, build: str | None = None) -> None:
-        record: LogLine = {"app": app, "source": source, "line": line[:8192],
-                                  "ts": time.time()}
+        record: LogLine = {"app": app, "source": source, "line": line[:8192], "ts": time.time()}
         if build:
             record["build"] = build
         if len(self.queue) >= self.limit:

@@ -68,9 +68,13 @@ async def detect(packs: list[Pack], build_dir: Path, env: dict[str, str]) -> Pac
     """The first pack that claims the build directory."""
     for pack in packs:
         with trio.move_on_after(30):
-            result = await trio.run_process([*pack.script("detect"), str(build_dir)],
-                                            capture_stdout=True, capture_stderr=True,
-                                            check=False, env=env)
+            result = await trio.run_process(
+                [*pack.script("detect"), str(build_dir)],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env=env,
+            )
             if result.returncode == 0:
                 return pack
     return None
@@ -83,8 +87,9 @@ def _checked(path: Path, name: str) -> Pack:
     return Pack(name, path)
 
 
-async def fetch_pack(spec: str, packs_dir: Path, home: Path, client: ControlClient,
-                     env: dict[str, str]) -> Pack:
+async def fetch_pack(
+    spec: str, packs_dir: Path, home: Path, client: ControlClient, env: dict[str, str]
+) -> Pack:
     """The pack a push named: installed, uploaded (`blob:`) or a git URL."""
     for pack in installed_packs(packs_dir):
         if pack.name == spec:
@@ -95,8 +100,9 @@ async def fetch_pack(spec: str, packs_dir: Path, home: Path, client: ControlClie
     if GIT_URL.match(spec):
         return await _cloned(spec, home / "buildpacks", env)
     names = ", ".join(p.name for p in installed_packs(packs_dir))
-    raise PackError(f"no buildpack {redact_urls(spec)!r}: use one of {names}, a directory "
-                    "or a git URL")
+    raise PackError(
+        f"no buildpack {redact_urls(spec)!r}: use one of {names}, a directory or a git URL"
+    )
 
 
 async def _uploaded(digest: str, cache: Path, client: ControlClient) -> Pack:
@@ -117,10 +123,24 @@ async def _uploaded(digest: str, cache: Path, client: ControlClient) -> Pack:
 def clone_argv(url: str, dest: Path) -> list[str]:
     """`git clone` of one ref, shallow, with submodules and hooks off (pure)."""
     repo, _, ref = url.partition("#")
-    return ["git", "-c", "core.hooksPath=/dev/null", "-c", "protocol.file.allow=never",
-            "-c", "protocol.ext.allow=never", "clone", "--quiet", "--depth", "1",
-            "--no-recurse-submodules", *(["--branch", ref] if ref else []), "--", repo,
-            str(dest)]
+    return [
+        "git",
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "protocol.file.allow=never",
+        "-c",
+        "protocol.ext.allow=never",
+        "clone",
+        "--quiet",
+        "--depth",
+        "1",
+        "--no-recurse-submodules",
+        *(["--branch", ref] if ref else []),
+        "--",
+        repo,
+        str(dest),
+    ]
 
 
 async def _cloned(url: str, cache: Path, env: dict[str, str]) -> Pack:
@@ -129,15 +149,27 @@ async def _cloned(url: str, cache: Path, env: dict[str, str]) -> Pack:
         cache.mkdir(parents=True, exist_ok=True)
         partial = cache / f".partial-{target.name}"
         shutil.rmtree(partial, ignore_errors=True)
-        git_env = {**env, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1",
-                   "GIT_CONFIG_GLOBAL": "/dev/null"}
+        git_env = {
+            **env,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": "/dev/null",
+        }
         with trio.move_on_after(CLONE_TIMEOUT) as scope:
-            done = await trio.run_process(clone_argv(url, partial), env=git_env, check=False,
-                                          capture_stdout=True, capture_stderr=True)
+            done = await trio.run_process(
+                clone_argv(url, partial),
+                env=git_env,
+                check=False,
+                capture_stdout=True,
+                capture_stderr=True,
+            )
         if scope.cancelled_caught or done.returncode != 0:
             shutil.rmtree(partial, ignore_errors=True)
-            why = "timed out" if scope.cancelled_caught else \
-                done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["failed"]
+            why = (
+                "timed out"
+                if scope.cancelled_caught
+                else done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["failed"]
+            )
             raise PackError(redact_urls(f"could not clone buildpack {url}: {''.join(why)}"))
         partial.rename(target)
     base = url.partition("#")[0].rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")

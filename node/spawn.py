@@ -90,8 +90,8 @@ def reap_orphans() -> int:
             text = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        name = text[text.find("(") + 1:text.rfind(")")]
-        state, ppid = text[text.rfind(")") + 2:].split()[:2]
+        name = text[text.find("(") + 1 : text.rfind(")")]
+        state, ppid = text[text.rfind(")") + 2 :].split()[:2]
         if state == "Z" and int(ppid) == me and name == "bwrap":
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(int(entry), os.WNOHANG)
@@ -110,16 +110,24 @@ def _pidfd(pid: int) -> int | None:
     return fd
 
 
-async def open_process(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None,
-                       pass_fds: Sequence[int] = ()) -> Child:
+async def open_process(
+    argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None, pass_fds: Sequence[int] = ()
+) -> Child:
     """Fork `argv` from this thread in a new session, stdin from /dev/null, stdout and
     stderr merged into one pipe the caller reads as `child.stdout`."""
     await trio.lowlevel.checkpoint()
     read_end, write_end = os.pipe()
     try:
-        popen = subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
-                                 stdout=write_end, stderr=write_end, start_new_session=True,
-                                 pass_fds=tuple(pass_fds))
+        popen = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=write_end,
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
+        )
     except BaseException:
         os.close(read_end)
         raise

@@ -39,10 +39,10 @@ from node.procfile import ProcfileError, process_types
 from node.wire import BuildResult, StageWork
 
 COMPILE_TIMEOUT = 15 * 60
-STAGING_MEMORY_MB = 1024   # at least this much for a build, whatever the app's size
+STAGING_MEMORY_MB = 1024  # at least this much for a build, whatever the app's size
 TOOL_VARS = ("FOUNDRY_UV",)  # build env vars naming a tool binary the jail must show
-PROCFILE_MAX = 64 << 10     # bytes; a Procfile is a few lines
-RELEASE_MAX = 64 << 10      # bytes of `bin/release` output kept
+PROCFILE_MAX = 64 << 10  # bytes; a Procfile is a few lines
+RELEASE_MAX = 64 << 10  # bytes of `bin/release` output kept
 RELEASE_TIMEOUT = 60
 Say = Callable[[str], None]
 
@@ -71,8 +71,16 @@ class Stager:
         result: BuildResult
         try:
             result = await self._stage(item, work, say)
-        except (BuildFailed, ControlError, ArchiveError, ProcfileError, JailError, PackError,
-                ConfinedError, OSError) as e:
+        except (
+            BuildFailed,
+            ControlError,
+            ArchiveError,
+            ProcfileError,
+            JailError,
+            PackError,
+            ConfinedError,
+            OSError,
+        ) as e:
             say(f"-----> Build failed: {e}")
             result = {"ok": False, "error": str(e)}
         finally:
@@ -94,7 +102,7 @@ class Stager:
         pack = await self._pack(item, app_dir, say)
         await self._compile(pack, item, app_dir, work, say)
         processes = await self._process_types(pack, app_dir, work)
-        processes.update(item.get("processes") or {})   # the manifest's commands win
+        processes.update(item.get("processes") or {})  # the manifest's commands win
         if not processes:
             raise BuildFailed("the app has no process types: add a Procfile")
         say(f"-----> Process types: {', '.join(sorted(processes))}")
@@ -112,21 +120,25 @@ class Stager:
         claims the app."""
         if item.get("buildpack"):
             say(f"-----> Using buildpack {redact_urls(str(item['buildpack']))}")
-            return await fetch_pack(str(item["buildpack"]), self.packs_dir, self.home,
-                                    self.client, self.base_env)
+            return await fetch_pack(
+                str(item["buildpack"]), self.packs_dir, self.home, self.client, self.base_env
+            )
         pack = await detect(installed_packs(self.packs_dir), app_dir, self.base_env)
         if pack is None:
-            raise BuildFailed("no pack detected this app: add a requirements.txt or "
-                              "pyproject.toml (python), a package.json (node), an index.html "
-                              "(static) or a Procfile")
+            raise BuildFailed(
+                "no pack detected this app: add a requirements.txt or "
+                "pyproject.toml (python), a package.json (node), an index.html "
+                "(static) or a Procfile"
+            )
         say(f"-----> {pack.name} app detected")
         return pack
 
-    async def _compile(self, pack: Pack, item: StageWork, app_dir: Path, work: Path,
-                       say: Say) -> None:
+    async def _compile(
+        self, pack: Pack, item: StageWork, app_dir: Path, work: Path, say: Say
+    ) -> None:
         last: list[str] = []
 
-        def keep(line: str) -> None:   # the last line usually says why a compile failed
+        def keep(line: str) -> None:  # the last line usually says why a compile failed
             if line.strip():
                 last[:] = [line.strip()]
             say(line)
@@ -142,8 +154,9 @@ class Stager:
             why = f": {last[0][:300]}" if last and not jailed.limit_reason(code) else ""
             raise BuildFailed(f"{pack.name} pack compile failed ({reason}){why}")
 
-    def _compile_spec(self, pack: Pack, item: StageWork, app_dir: Path,
-                      work: Path, say: Say) -> JailSpec:
+    def _compile_spec(
+        self, pack: Pack, item: StageWork, app_dir: Path, work: Path, say: Say
+    ) -> JailSpec:
         """`bin/compile BUILD_DIR CACHE_DIR ENV_DIR`, in the jail's paths."""
         env_dir = work / "env"
         env_dir.mkdir()
@@ -154,8 +167,11 @@ class Stager:
             say("-----> --no-cache: starting from an empty build cache")
             shutil.rmtree(cache)
         cache.mkdir(parents=True, exist_ok=True)
-        binds = [Bind(cache, "/cache", writable=True), Bind(env_dir, "/env"),
-                 Bind(pack.path, "/pack")]
+        binds = [
+            Bind(cache, "/cache", writable=True),
+            Bind(env_dir, "/env"),
+            Bind(pack.path, "/pack"),
+        ]
         env = dict(self.base_env)
         for var in TOOL_VARS:
             tool = Path(env.get(var, ""))
@@ -170,27 +186,43 @@ class Stager:
         env.update({var: inside(env[var]) for var in TOOL_VARS if var in env})
         parts: list[Path | str] = [*pack.script("compile"), app_dir, cache, env_dir]
         argv = [inside(a) for a in parts]
-        return JailSpec(f"build-{item['build']}", tuple(argv), {**env, "HOME": inside(app_dir)},
-                        app_dir, STAGING_MEMORY_MB, tuple(binds))
+        return JailSpec(
+            f"build-{item['build']}",
+            tuple(argv),
+            {**env, "HOME": inside(app_dir)},
+            app_dir,
+            STAGING_MEMORY_MB,
+            tuple(binds),
+        )
 
     async def _process_types(self, pack: Pack, app_dir: Path, work: Path) -> dict[str, str]:
         # Even a built-in pack's release reads what the build wrote: it runs jailed.
         code, out = await self._jailed_release(pack, app_dir, work)
         if code != 0:
             raise BuildFailed(f"{pack.name} pack release failed (exit {code})")
-        procfile = await trio.to_thread.run_sync(read_confined, app_dir, "Procfile",
-                                                 PROCFILE_MAX)
+        procfile = await trio.to_thread.run_sync(read_confined, app_dir, "Procfile", PROCFILE_MAX)
         text = procfile.decode(errors="replace") if procfile is not None else None
         return process_types(text, out.decode(errors="replace"))
 
     async def _jailed_release(self, pack: Pack, app_dir: Path, work: Path) -> tuple[int, bytes]:
         binds = (Bind(pack.path, "/pack"),)
         script = [self.jail.inside(a, app_dir, binds) for a in pack.script("release")]
-        argv = ("/bin/sh", "-c", '"$@" 2>/dev/null', "release", *script,
-                self.jail.inside(str(app_dir), app_dir, binds))
-        spec = JailSpec(f"release-{work.name}", argv,
-                        {**self.base_env, "HOME": self.jail.inside(str(app_dir), app_dir)},
-                        app_dir, STAGING_MEMORY_MB, binds)
+        argv = (
+            "/bin/sh",
+            "-c",
+            '"$@" 2>/dev/null',
+            "release",
+            *script,
+            self.jail.inside(str(app_dir), app_dir, binds),
+        )
+        spec = JailSpec(
+            f"release-{work.name}",
+            argv,
+            {**self.base_env, "HOME": self.jail.inside(str(app_dir), app_dir)},
+            app_dir,
+            STAGING_MEMORY_MB,
+            binds,
+        )
         jailed = await self.jail.spawn(spec)
         out = b""
         try:
@@ -200,8 +232,9 @@ class Stager:
                 async for chunk in jailed.proc.stdout:
                     out += chunk
                     if len(out) > RELEASE_MAX:
-                        raise BuildFailed(f"{pack.name} pack release printed more than "
-                                          f"{RELEASE_MAX} bytes")
+                        raise BuildFailed(
+                            f"{pack.name} pack release printed more than {RELEASE_MAX} bytes"
+                        )
                 code = jailed.exit_code(await jailed.proc.wait())
         finally:
             with trio.CancelScope(shield=True):

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 BASE = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-ENV_FILE = "staging.env"   # in the node's home, used when no file is named
+ENV_FILE = "staging.env"  # in the node's home, used when no file is named
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_BYTES = 64 << 10
 
@@ -55,9 +55,9 @@ def load_staging_env(path: Path) -> dict[str, str]:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise StagingEnvError(f"cannot read the staging env file {path}: "
-                              f"{e.strerror or e}") from None
+        raise StagingEnvError(
+            f"cannot read the staging env file {path}: {e.strerror or e}"
+        ) from None
     if len(data) > MAX_BYTES:
         raise StagingEnvError(f"the staging env file {path} is larger than {MAX_BYTES} bytes")
     return parse_env_file(data.decode(errors="replace"), str(path))
-

@@ -59,18 +59,29 @@ class TaskRunner:
         except ControlError as e:
             log.warning("task-result-failed id=%s error=%s", task, e)
 
-    async def _run(self, item: TaskWork, workdir: Path, source: str, tag: str
-                   ) -> TaskResult:
+    async def _run(self, item: TaskWork, workdir: Path, source: str, tag: str) -> TaskResult:
         app_dir = await self.droplets.checkout(item["droplet"], workdir / "app")
         home = self.jail.inside(str(app_dir), app_dir)
-        env = {**self.base_env, **{str(k): str(v) for k, v in item.get("env", {}).items()},
-               "HOME": home, "FOUNDRY_APP_NAME": item["app"],
-               "FOUNDRY_RELEASE": f"v{item.get('release', 0)}", "FOUNDRY_PROCESS_TYPE": "task",
-               "VCAP_APPLICATION": json.dumps({"application_name": item["app"]}),
-               "VCAP_SERVICES": "{}", "FOUNDRY_COMMAND": item["command"]}
-        jailed = await self.jail.spawn(JailSpec(f"task-{item['task']}", ("/bin/sh", "-c",
-                                                                            LAUNCHER),
-                                                env, app_dir, int(item.get("memory_mb") or 256)))
+        env = {
+            **self.base_env,
+            **{str(k): str(v) for k, v in item.get("env", {}).items()},
+            "HOME": home,
+            "FOUNDRY_APP_NAME": item["app"],
+            "FOUNDRY_RELEASE": f"v{item.get('release', 0)}",
+            "FOUNDRY_PROCESS_TYPE": "task",
+            "VCAP_APPLICATION": json.dumps({"application_name": item["app"]}),
+            "VCAP_SERVICES": "{}",
+            "FOUNDRY_COMMAND": item["command"],
+        }
+        jailed = await self.jail.spawn(
+            JailSpec(
+                f"task-{item['task']}",
+                ("/bin/sh", "-c", LAUNCHER),
+                env,
+                app_dir,
+                int(item.get("memory_mb") or 256),
+            )
+        )
         timed_out = False
         try:
             async with trio.open_nursery() as nursery:
@@ -89,8 +100,10 @@ class TaskRunner:
             return {"exit_code": None, "reason": f"timed out after {item.get('timeout')} s"}
         limit = jailed.limit_reason(code)
         real = jailed.exit_code(code)
-        return {"exit_code": real if real >= 0 and not limit else None,
-                "reason": limit or (None if real >= 0 else exit_reason(real))}
+        return {
+            "exit_code": real if real >= 0 and not limit else None,
+            "reason": limit or (None if real >= 0 else exit_reason(real)),
+        }
 
     async def _pump(self, app: str, source: str, tag: str, proc: spawn.Child) -> None:
         assert proc.stdout is not None

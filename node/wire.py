@@ -6,7 +6,7 @@ Rules kept here:
   these types and build their reports with them;
 - `control/wire_node.py` declares the same shapes on the control plane's side (the
   roles never import each other: a copy is cheaper than a coupling);
-  `tests/contract/test_roles.py` feeds what each side really sends into the other's
+  `tests/component/test_contract.py` feeds what each side really sends into the other's
   declaration, so a field renamed on one side only fails a test;
 - a work item arrives as its payload plus `seq` and `kind`.
 """
@@ -39,7 +39,7 @@ class StagePayload(TypedDict):
     app: str
     source: str
     env: dict[str, str]
-    buildpack: NotRequired[str]          # a pack name, a git URL or blob:<sha256>
+    buildpack: NotRequired[str]  # a pack name, a git URL or blob:<sha256>
     no_cache: NotRequired[bool]
     processes: NotRequired[dict[str, str]]  # commands the push named; they win over the pack's
 
@@ -77,8 +77,8 @@ class TaskPayload(TypedDict):
     memory_mb: int
     release: int
     timeout: float
-    tag: str          # log lines carry it so a caller can follow just this task
-    source: str       # the log source: `release` or `task/<id>`
+    tag: str  # log lines carry it so a caller can follow just this task
+    source: str  # the log source: `release` or `task/<id>`
 
 
 class Envelope(TypedDict):
@@ -102,8 +102,12 @@ class TaskWork(Envelope, TaskPayload):
 
 
 WorkItem = StageWork | StartWork | StopWork | TaskWork
-WORK_KINDS: dict[str, type] = {"stage": StageWork, "start": StartWork, "stop": StopWork,
-                               "task": TaskWork}
+WORK_KINDS: dict[str, type] = {
+    "stage": StageWork,
+    "start": StartWork,
+    "stop": StopWork,
+    "task": TaskWork,
+}
 
 
 class WorkAnswer(TypedDict):
@@ -140,20 +144,20 @@ class Heartbeat(TypedDict):
     tier: str
     seccomp: str
     memory_mb: int
-    work_seq: int             # every work item up to here has been taken in hand
+    work_seq: int  # every work item up to here has been taken in hand
     instances: list[InstanceReport]
 
 
 class BuildResult(TypedDict):
     ok: bool
-    error: NotRequired[str]                  # when not ok
-    droplet: NotRequired[str]                # when ok: the uploaded droplet's digest
+    error: NotRequired[str]  # when not ok
+    droplet: NotRequired[str]  # when ok: the uploaded droplet's digest
     processes: NotRequired[dict[str, str]]
     pack: NotRequired[str]
 
 
 class TaskResult(TypedDict):
-    exit_code: int | None     # None: it did not exit by itself (killed, timed out, node error)
+    exit_code: int | None  # None: it did not exit by itself (killed, timed out, node error)
     reason: str | None
 
 
@@ -162,7 +166,7 @@ class LogLine(TypedDict):
     source: str
     line: str
     ts: float
-    build: NotRequired[str]   # a build id or task tag, so one run's lines can be followed
+    build: NotRequired[str]  # a build id or task tag, so one run's lines can be followed
 
 
 class LogBatch(TypedDict):

@@ -100,7 +100,7 @@ async def _main(port: int, backend: int) -> None:
 
 def main() -> None:
     port, backend, workers = (int(arg) for arg in sys.argv[1:4])
-    children = []
+    children: list[int] = []
     for _ in range(workers - 1):
         pid = os.fork()
         if pid == 0:

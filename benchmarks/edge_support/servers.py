@@ -162,7 +162,7 @@ class RouteServer(ThreadingHTTPServer):
 class _RouteHandler(BaseHTTPRequestHandler):
     server: RouteServer
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         query = parse_qs(urlparse(self.path).query)
         if query.get("etag") == [self.server.etag]:
             time.sleep(float(query.get("wait", ["25"])[0]))  # long-poll: nothing changes
@@ -173,7 +173,7 @@ class _RouteHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_POST(self) -> None:
         """The edge's metrics reports (and anything else posted): read and accepted."""
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.send_response(200)

@@ -1,9 +1,15 @@
 """A tiny WSGI app: says which app and which instance answered."""
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the type checker only: wsgiref.types is new in Python 3.11
+    from wsgiref.types import StartResponse, WSGIEnvironment
 
 
-def app(environ, start_response):
+def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
     if environ.get("PATH_INFO") == "/env":
         key = environ.get("QUERY_STRING", "")
         body = os.environ.get(key, "").encode()

@@ -1,20 +1,34 @@
 """The control plane as a real starlette app over a real SQLite store, driven through
-httpx's ASGI transport (no sockets), with a clock the test moves."""
+httpx's ASGI transport (no sockets), with a clock the test moves; and `wait_for`, the one
+way a component test waits for something to happen (never a fixed sleep)."""
 
 from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from control.api import create_app
 from control.config import ControlConfig
 from control.store import Store
+
+
+async def wait_for(
+    condition: Callable[[], object], timeout: float = 5, what: str = "the condition"
+) -> None:
+    """Check `condition` every few milliseconds until it holds; fail naming `what` once
+    `timeout` seconds (of trio's clock, so autojump tests do not wait) have passed."""
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(0.005)
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass
@@ -34,8 +48,9 @@ class Control:
 
     def client(self, token: str | None) -> httpx.AsyncClient:
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        return httpx.AsyncClient(transport=self.http._transport, base_url="http://control",
-                                 headers=headers)
+        return httpx.AsyncClient(
+            transport=self.http._transport, base_url="http://control", headers=headers
+        )
 
 
 @pytest.fixture
@@ -45,8 +60,9 @@ async def control(tmp_path: Path) -> AsyncIterator[Control]:
     app = create_app(store, ControlConfig(home=tmp_path), converge_loop=False)
     _, admin = store.create_token("admin")
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://control",
-                                 headers={"authorization": f"Bearer {admin}"}) as http:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://control", headers={"authorization": f"Bearer {admin}"}
+    ) as http:
         yield Control(store, clock, http, admin)
     store.close()
 

@@ -6,8 +6,9 @@ import h11
 import trio
 
 
-async def read_request(stream: trio.SocketStream, conn: h11.Connection
-                       ) -> tuple[h11.Request, bytes] | None:
+async def read_request(
+    stream: trio.SocketStream, conn: h11.Connection
+) -> tuple[h11.Request, bytes] | None:
     """The next whole request on `conn` with its body, or None when the peer closed."""
     request, body = None, b""
     while True:

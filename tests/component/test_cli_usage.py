@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 import typing
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 import typer.main
+from typer.testing import CliRunner
 
 import foundry
 
@@ -38,8 +40,11 @@ def commands(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, 
 
 
 def annotation(cmd: Any, param: Any) -> Any:
-    """The Python type a parameter was declared with (typer builds params from hints)."""
-    return typing.get_type_hints(inspect.unwrap(cmd.callback)).get(param.name)
+    """The Python type a parameter was declared with (typer builds params from hints), seen
+    through `X | None` (an option without a default is declared that way)."""
+    hint = typing.get_type_hints(inspect.unwrap(cmd.callback)).get(param.name)
+    given = [a for a in typing.get_args(hint) if a is not type(None)]
+    return given[0] if isinstance(hint, types.UnionType) and len(given) == 1 else hint
 
 
 def filler(cmd: Any, param: Any) -> list[str]:
@@ -65,27 +70,42 @@ def bad_invocations(root: Any) -> Iterator[tuple[str, ...]]:
 
 
 # the mistakes new users made (issue 19), on top of the generated ones
-KNOWN = [("scale", "app", "-i", "-1"), ("scale", "app", "-i", "abc"),
-         ("logs", "app", "--tail", "3"), ("lgs",), ("app",)]
+KNOWN = [
+    ("scale", "app", "-i", "-1"),
+    ("scale", "app", "-i", "abc"),
+    ("logs", "app", "--tail", "3"),
+    ("lgs",),
+    ("app",),
+]
 CASES = sorted(set(bad_invocations(typer.main.get_command(foundry.app))) | set(KNOWN))
 
 
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], Any]:
     """Run every case once (a few at a time: each is a fresh interpreter, ~0.5 s)."""
-    env = {**os.environ, "FOUNDRY_API": f"http://127.0.0.1:{closed_port()}",
-           "FOUNDRY_TOKEN": "not-a-token", "FOUNDRY_HOME": str(tmp_path_factory.mktemp("home"))}
+    env = {
+        **os.environ,
+        "FOUNDRY_API": f"http://127.0.0.1:{closed_port()}",
+        "FOUNDRY_TOKEN": "not-a-token",
+        "FOUNDRY_HOME": str(tmp_path_factory.mktemp("home")),
+    }
 
     def run(args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "foundry", *args], cwd=ROOT, env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "foundry", *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     with ThreadPoolExecutor(4) as pool:
         return dict(zip(CASES, pool.map(run, CASES), strict=True))
@@ -99,10 +119,25 @@ def test_the_tree_is_walked() -> None:
 
 
 @pytest.mark.parametrize("args", CASES, ids=" ".join)
-def test_bad_arguments_get_one_line(args: tuple[str, ...],
-                                    answers: dict[tuple[str, ...], Any]) -> None:
+def test_bad_arguments_get_one_line(
+    args: tuple[str, ...], answers: dict[tuple[str, ...], Any]
+) -> None:
     done = answers[args]
     lines = done.stderr.splitlines()
     assert done.returncode != 0, done.stdout
     assert "Traceback" not in done.stderr + done.stdout
-    assert len(lines) == 1 and lines[0].startswith("foundry: ") and lines[0][9:].strip(), lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("foundry: "), lines
+    assert lines[0][9:].strip(), lines
+
+
+HELPS = [path for path, _ in commands(typer.main.get_command(foundry.app))]
+
+
+@pytest.mark.parametrize("path", HELPS, ids=lambda path: " ".join(path) or "foundry")
+def test_every_help_is_shown(path: tuple[str, ...]) -> None:
+    # help text is rich markup to typer: "[/PATH]" once made `map-route --help` a traceback
+    done = CliRunner().invoke(foundry.app, [*path, "--help"])
+    assert done.exit_code == 0, done.output
+    assert done.exception is None, done.output
+    assert "Usage:" in done.output

@@ -12,16 +12,21 @@ async def table(control: Control) -> dict[str, dict[str, object]]:
 
 async def test_mapped_route_reaches_the_app_with_its_options(control: Control) -> None:
     control.store.create_app("shop")
-    r = await control.http.post("/v1/apps/shop/routes", json={
-        "route": "Shop.Example.COM/api/", "balance": "least-in-flight", "timeout": 30})
+    r = await control.http.post(
+        "/v1/apps/shop/routes",
+        json={"route": "Shop.Example.COM/api/", "balance": "least-in-flight", "timeout": 30},
+    )
     assert r.status_code == 200, r.text
     routes = await table(control)
     assert routes["shop.example.com/api"]["app"] == "shop"
-    assert routes["shop.example.com/api"]["options"] == {"balance": "least-in-flight",
-                                                          "timeout": 30}
+    assert routes["shop.example.com/api"]["options"] == {
+        "balance": "least-in-flight",
+        "timeout": 30,
+    }
     assert "shop.localhost/" in routes
-    r = await control.http.request("DELETE", "/v1/apps/shop/routes",
-                                   json={"route": "shop.example.com/api"})
+    r = await control.http.request(
+        "DELETE", "/v1/apps/shop/routes", json={"route": "shop.example.com/api"}
+    )
     assert r.status_code == 200
     assert "shop.example.com/api" not in await table(control)
 
@@ -29,17 +34,22 @@ async def test_mapped_route_reaches_the_app_with_its_options(control: Control) -
 async def test_a_route_belongs_to_one_app(control: Control) -> None:
     control.store.create_app("one")
     control.store.create_app("two")
-    assert (await control.http.post("/v1/apps/one/routes",
-                                    json={"route": "x.test"})).status_code == 200
+    assert (
+        await control.http.post("/v1/apps/one/routes", json={"route": "x.test"})
+    ).status_code == 200
     r = await control.http.post("/v1/apps/two/routes", json={"route": "x.test"})
-    assert r.status_code == 409 and "another app" in r.json()["error"]
+    assert r.status_code == 409
+    assert "another app" in r.json()["error"]
 
 
 async def test_bad_routes_are_refused(control: Control) -> None:
     control.store.create_app("one")
-    for body, status in (({"route": "bad_host"}, 400), ({"route": "api.localhost"}, 409),
-                         ({"route": "x.test", "balance": "random"}, 400),
-                         ({"route": "one.localhost"}, 409)):
+    for body, status in (
+        ({"route": "bad_host"}, 400),
+        ({"route": "api.localhost"}, 409),
+        ({"route": "x.test", "balance": "random"}, 400),
+        ({"route": "one.localhost"}, 409),
+    ):
         r = await control.http.post("/v1/apps/one/routes", json=body)
         assert r.status_code == status, (body, r.text)
     r = await control.http.request("DELETE", "/v1/apps/one/routes", json={"route": "no.test"})

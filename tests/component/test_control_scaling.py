@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from control.model import InstanceState
 from control.scaling import Scaling
 from tests.component.conftest import Control
 
@@ -23,10 +24,8 @@ async def autoscaled(control: Control, **settings: object) -> None:
 async def test_settings_are_validated_and_shown(control: Control) -> None:
     await autoscaled(control, min=0, max=4, concurrency=5, idle="30s")
     view = (await control.http.get("/v1/apps/lazy")).json()
-    assert view["autoscale"] == {"min": 0, "max": 4, "concurrency": 5, "idle": 30.0,
-                                 "window": 60.0}
-    for bad in ({"min": 5, "max": 2}, {"min": 0, "idle": "soon"},
-                {"process": "worker", "min": 0}):
+    assert view["autoscale"] == {"min": 0, "max": 4, "concurrency": 5, "idle": 30.0, "window": 60.0}
+    for bad in ({"min": 5, "max": 2}, {"min": 0, "idle": "soon"}, {"process": "worker", "min": 0}):
         assert (await control.http.post("/v1/apps/lazy/scale", json=bad)).status_code == 400
     routes = (await control.http.get("/v1/routes")).json()["routes"]
     assert next(r for r in routes if r["app"] == "lazy")["wakeable"] is True
@@ -44,7 +43,7 @@ async def test_idle_app_scales_to_zero_and_one_wake_brings_it_back(control: Cont
     assert all(a["waking"] for a in answers)
     assert control.store.get_app("lazy")["scale"]["web"] == 1
     events = [e["kind"] for e in control.store.list_events("lazy")]
-    assert events.count("wake") == 1                   # five held requests, one wake
+    assert events.count("wake") == 1  # five held requests, one wake
 
 
 async def test_concurrency_reports_scale_out(control: Control) -> None:
@@ -68,9 +67,18 @@ async def test_cold_start_is_measured_when_the_first_instance_runs(control: Cont
     s.wake("lazy", None)
     control.clock.now += 0.4
     nid = control.store.add_node("n", "127.0.0.1", 1024, "plain")
-    control.store.add_instance(app="lazy", process="web", index=0, release=1, node=nid,
-                               memory_mb=256, restarts=0, work_seq=1, iid="lazy-web-0-x")
-    control.store.update_instance("lazy-web-0-x", state="RUNNING")
+    control.store.add_instance(
+        app="lazy",
+        process="web",
+        index=0,
+        release=1,
+        node=nid,
+        memory_mb=256,
+        restarts=0,
+        work_seq=1,
+        iid="lazy-web-0-x",
+    )
+    control.store.update_instance("lazy-web-0-x", state=InstanceState.RUNNING)
     s.autoscale_once()
     view = (await control.http.get("/v1/apps/lazy")).json()
     assert view["last_cold_start"] == 0.4
@@ -84,7 +92,8 @@ async def test_reports_of_several_edge_workers_add_up(control: Control) -> None:
         for _ in range(6):
             control.clock.now += 1
             for worker in ("edge-1", "edge-2"):
-                await c.post("/v1/metrics", json={"reporter": worker,
-                                                  "apps": {"lazy": {"in_flight": 20}}})
+                await c.post(
+                    "/v1/metrics", json={"reporter": worker, "apps": {"lazy": {"in_flight": 20}}}
+                )
     scaling(control).autoscale_once()
-    assert control.store.get_app("lazy")["scale"]["web"] == 4     # 40 in flight, not 20
+    assert control.store.get_app("lazy")["scale"]["web"] == 4  # 40 in flight, not 20

@@ -136,7 +136,7 @@ def instance_backend(name: str, *, session: bool = False) -> object:
         conn = h11.Connection(h11.SERVER)
         while True:
             try:
-                request, _ = await read_request(stream, conn)
+                await read_request(stream, conn)
             except (h11.RemoteProtocolError, trio.BrokenResourceError):
                 return
             headers = {"Set_Cookie": "session=abc; Path=/"} if session else {}
@@ -189,7 +189,8 @@ async def test_websocket_honours_the_pin(
         assert head.startswith(b"HTTP/1.1 101 ")
     await trio.testing.wait_all_tasks_blocked()
     lines = [r.getMessage() for r in caplog.records if "edge-request" in r.getMessage()]
-    assert len(lines) == 3 and all("instance=i-2 " in line for line in lines)
+    assert len(lines) == 3
+    assert all("instance=i-2 " in line for line in lines)
 
 
 async def test_least_in_flight_avoids_the_busy_instance(nursery: trio.Nursery) -> None:
@@ -297,7 +298,8 @@ async def test_stop_drains_in_flight_requests_and_refuses_new_ones(nursery: trio
     release.set()
     with trio.fail_after(5):
         await stopped.wait()
-    assert results[0].text == "finished" and results[0].headers["connection"] == "close"
+    assert results[0].text == "finished"
+    assert results[0].headers["connection"] == "close"
 
 
 async def test_healthz_on_the_admin_listener(nursery: trio.Nursery) -> None:
@@ -309,7 +311,8 @@ async def test_healthz_on_the_admin_listener(nursery: trio.Nursery) -> None:
         report["status"] = "draining"
         draining = await http.get("/healthz")
     assert health.status_code == 200
-    assert health.json()["control"] == "unreachable" and health.json()["serving_last_table"]
+    assert health.json()["control"] == "unreachable"
+    assert health.json()["serving_last_table"]
     assert other.status_code == 404
     assert draining.status_code == 503
 
@@ -335,7 +338,8 @@ async def test_access_lines_are_shipped_to_the_control_plane(nursery: trio.Nurse
             await http.get("/shipped")
         assert await shipper.flush_once()
     (line,) = posted
-    assert line["app"] == "hello" and line["source"] == "router"
+    assert line["app"] == "hello"
+    assert line["source"] == "router"
     assert "GET hello.localhost/shipped 200" in str(line["line"])
 
 

@@ -26,10 +26,13 @@ HOST = b"hello.localhost:8080"
 async def two_apps(nursery: trio.Nursery) -> RouteTable:
     """`hello.localhost` with app `api` under `/api` and app `root` for the rest."""
     api, root = [await start_server(nursery, json_backend(name)) for name in ("api", "root")]
-    return RouteTable(routes=(
-        Route("hello.localhost", "/api", "api", (Backend(f"127.0.0.1:{api}", "a-0"),)),
-        Route("hello.localhost", "/", "root", (Backend(f"127.0.0.1:{root}", "r-0"),)),
-    ), etag="t")
+    return RouteTable(
+        routes=(
+            Route("hello.localhost", "/api", "api", (Backend(f"127.0.0.1:{api}", "a-0"),)),
+            Route("hello.localhost", "/", "root", (Backend(f"127.0.0.1:{root}", "r-0"),)),
+        ),
+        etag="t",
+    )
 
 
 async def send(port: int, method: bytes, target: bytes, extra: bytes = b"") -> tuple[int, bytes]:
@@ -38,16 +41,19 @@ async def send(port: int, method: bytes, target: bytes, extra: bytes = b"") -> t
     framing = b"Content-Length: %d\r\n" % len(body) if body else b""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        await stream.send_all(b"%b %b HTTP/1.1\r\nHost: %b\r\nConnection: close\r\n%b%b\r\n%b"
-                              % (method, target, HOST, framing, extra, body))
+        await stream.send_all(
+            b"%b %b HTTP/1.1\r\nHost: %b\r\nConnection: close\r\n%b%b\r\n%b"
+            % (method, target, HOST, framing, extra, body)
+        )
         with trio.fail_after(10):
             answer = await read_raw_response(stream)
     head, _, content = answer.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), content
 
 
-async def seen_by_backend(port: int, method: bytes, target: bytes,
-                          extra: bytes = b"") -> dict[str, object]:
+async def seen_by_backend(
+    port: int, method: bytes, target: bytes, extra: bytes = b""
+) -> dict[str, object]:
     status, content = await send(port, method, target, extra)
     assert status == 200, content
     seen = json.loads(content)
@@ -92,9 +98,15 @@ async def test_a_path_reaches_the_app_its_normal_form_names(
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("target", [
-    b"/api\\..\\admin", b"/api/x#/../../admin", b"/api/%zz", b"/api/%2",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/api\\..\\admin",
+        b"/api/x#/../../admin",
+        b"/api/%zz",
+        b"/api/%2",
+    ],
+)
 async def test_a_path_the_edge_cannot_read_one_way_is_refused(
     nursery: trio.Nursery, method: bytes, target: bytes
 ) -> None:
@@ -104,9 +116,12 @@ async def test_a_path_the_edge_cannot_read_one_way_is_refused(
         hits.append(await stream.receive_some(65536))
 
     port = await start_server(nursery, backend)
-    edge = await start_edge(nursery, RouteTable(routes=(
-        Route("hello.localhost", "/", "root", (Backend(f"127.0.0.1:{port}", "r-0"),)),
-    )))
+    edge = await start_edge(
+        nursery,
+        RouteTable(
+            routes=(Route("hello.localhost", "/", "root", (Backend(f"127.0.0.1:{port}", "r-0"),)),)
+        ),
+    )
     status, content = await send(edge, method, target)
     assert status == 400, content
     assert hits == []

@@ -208,7 +208,8 @@ async def _upload_and_download(edge: int) -> int:
 def test_config_default_limits_match_the_contract() -> None:
     config = EdgeConfig(host="127.0.0.1", port=0, control_url=None, token=None)
     assert (config.header_timeout, config.max_header_bytes) == (10.0, 64 * 1024)
-    assert config.response_timeout == 900.0 and config.workers == 0
+    assert config.response_timeout == 900.0
+    assert config.workers == 0
     assert config.ship_access_logs is False
 
 
@@ -220,7 +221,8 @@ async def test_an_idle_keep_alive_connection_is_closed_silently(nursery: trio.Nu
         started = trio.current_time()
         with trio.fail_after(5):
             wire = await read_raw_response(stream)
-    assert wire.startswith(b"HTTP/1.1 200 ") and wire.count(b"HTTP/1.1") == 1  # nothing after
+    assert wire.startswith(b"HTTP/1.1 200 ")
+    assert wire.count(b"HTTP/1.1") == 1  # nothing after
     assert 0.3 <= trio.current_time() - started < 1.5
 
 
@@ -229,8 +231,12 @@ async def test_stopping_closes_idle_connections_at_once(nursery: trio.Nursery) -
     shutdown, stopped = trio.Event(), trio.Event()
 
     async def run_edge(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(replace(CONFIG, idle_timeout=60, drain_timeout=30), StaticSource(routes),
-                    shutdown=shutdown, task_status=task_status)
+        await serve(
+            replace(CONFIG, idle_timeout=60, drain_timeout=30),
+            StaticSource(routes),
+            shutdown=shutdown,
+            task_status=task_status,
+        )
         stopped.set()
 
     edge = await nursery.start(run_edge)
@@ -258,5 +264,6 @@ async def test_a_backend_stalling_mid_body_aborts_the_response(nursery: trio.Nur
         started = trio.current_time()
         with trio.fail_after(5):
             wire = await read_raw_response(stream)
-    assert wire.startswith(b"HTTP/1.1 200 ") and wire.endswith(b"\r\n\r\nhalf")  # cut short
+    assert wire.startswith(b"HTTP/1.1 200 ")
+    assert wire.endswith(b"\r\n\r\nhalf")  # cut short
     assert 0.3 <= trio.current_time() - started < 1.5

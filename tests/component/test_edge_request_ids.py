@@ -36,23 +36,34 @@ async def serve_control_and_backend(stream: trio.SocketStream, port: int) -> Non
             head += chunk
         if head.startswith(b"GET /v1/routes"):
             if b"etag=one" in head.split(b"\r\n", 1)[0]:
-                await trio.sleep(2)    # the long-poll: nothing changed
-            body = json.dumps({"etag": "one", "routes": [{
-                "host": "ids.localhost", "app": "ids",
-                "backends": [{"address": f"127.0.0.1:{port}", "instance": "i0"}]}]}).encode()
+                await trio.sleep(2)  # the long-poll: nothing changed
+            body = json.dumps(
+                {
+                    "etag": "one",
+                    "routes": [
+                        {
+                            "host": "ids.localhost",
+                            "app": "ids",
+                            "backends": [{"address": f"127.0.0.1:{port}", "instance": "i0"}],
+                        }
+                    ],
+                }
+            ).encode()
         else:
             body = b"ok"
-        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                              b"Connection: close\r\nContent-Length: %d\r\n\r\n%b"
-                              % (len(body), body))
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
 
 
 async def test_two_workers_never_log_the_same_request_id() -> None:
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners,
-                           lambda s: serve_control_and_backend(s, port), [listener])
+        nursery.start_soon(
+            trio.serve_listeners, lambda s: serve_control_and_backend(s, port), [listener]
+        )
         command = [sys.executable, "-c", SCRIPT, f"http://127.0.0.1:{port}"]
         process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE, cwd=REPO)
         assert process.stderr is not None
@@ -62,12 +73,13 @@ async def test_two_workers_never_log_the_same_request_id() -> None:
                 log += await read_until(process.stderr, b"\n")
                 edge = int(log.split(b"edge-started port=")[1].split()[0])
                 ok = 0
-                for _ in range(40):    # new connections: the kernel spreads them over workers
+                for _ in range(40):  # new connections: the kernel spreads them over workers
                     async with httpx.AsyncClient() as client:
-                        response = await client.get(f"http://127.0.0.1:{edge}/",
-                                                    headers={"Host": "ids.localhost"})
+                        response = await client.get(
+                            f"http://127.0.0.1:{edge}/", headers={"Host": "ids.localhost"}
+                        )
                     ok += response.status_code == 200
-                    await trio.sleep(0.01)
+                    await trio.sleep(0.01)  # pacing between connections, not a wait for anything
                 process.send_signal(signal.SIGTERM)
                 while True:
                     chunk = await process.stderr.receive_some(65536)
@@ -82,6 +94,7 @@ async def test_two_workers_never_log_the_same_request_id() -> None:
         nursery.cancel_scope.cancel()
     lines = re.findall(rb"edge-request id=(\S+) .* status=200", log)
     pids = set(re.findall(rb"edge-stopping signal=SIGTERM pid=(\d+)", log))
-    assert ok == 40 and len(lines) == 40, log.decode()[-2000:]
+    assert ok == 40, log.decode()[-2000:]
+    assert len(lines) == 40, log.decode()[-2000:]
     assert len(pids) >= 2, "both workers must have run"
     assert len(set(lines)) == len(lines), f"repeated ids: {sorted(lines)}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -14,6 +13,7 @@ import trio
 
 from edge.routesync import RouteSync
 from tests.component import peers
+from tests.component.conftest import wait_for
 
 
 def routes(app: str, port: int) -> list[dict[str, object]]:
@@ -81,13 +81,6 @@ async def start_control(nursery: trio.Nursery, control: FakeControl, port: int =
     return int(listeners[0].socket.getsockname()[1])
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Check `condition` at every scheduling point until it holds (at most 5 s)."""
-    with trio.fail_after(5):
-        while not condition():
-            await trio.sleep(0.01)
-
-
 def failures(caplog: pytest.LogCaptureFixture) -> int:
     return sum("route-sync-failed" in r.getMessage() for r in caplog.records)
 
@@ -100,7 +93,8 @@ async def test_first_table_then_updates(nursery: trio.Nursery) -> None:
         await nursery.start(sync.run)
         assert sync.table.etag == "e1"
         route = sync.table.lookup("hello.localhost", "/")
-        assert route is not None and route.backends[0].address == "127.0.0.1:1001"
+        assert route is not None
+        assert route.backends[0].address == "127.0.0.1:1001"
 
         await control.next_poll_with("e1")  # the edge now holds a long-poll open
         control.update("e2", routes("other", 1002))
@@ -124,7 +118,7 @@ async def test_table_is_kept_while_control_is_away_and_refreshed_after(
             await first.next_poll_with("e1")
             control_nursery.cancel_scope.cancel()  # control goes away mid long-poll
 
-        await wait_until(lambda: failures(caplog) >= 2)
+        await wait_for(lambda: failures(caplog) >= 2)
         assert sync.table.etag == "e1"
         assert sync.table.lookup("hello.localhost", "/") is not None
 
@@ -146,7 +140,7 @@ async def test_error_answers_keep_the_last_table(
         await nursery.start(sync.run)
         control.broken = True
         control.update("e2", routes("other", 1002))
-        await wait_until(lambda: failures(caplog) >= 1)
+        await wait_for(lambda: failures(caplog) >= 1)
         assert sync.table.etag == "e1"
         nursery.cancel_scope.cancel()
 

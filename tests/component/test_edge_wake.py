@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
@@ -20,6 +21,7 @@ from edge.metrics import report
 from edge.proxy import Edge, EdgeConfig, serve
 from edge.routesync import RouteSync
 from tests.component import peers
+from tests.component.conftest import wait_for
 from tests.component.test_edge_proxy import (
     WEBSOCKET_HANDSHAKE,
     read_raw_response,
@@ -145,13 +147,6 @@ async def get(port: int, target: str = "/") -> bytes:
         return await read_raw_response(stream)
 
 
-async def wait_for(condition: object) -> None:
-    assert callable(condition)
-    with trio.fail_after(5):
-        while not condition():
-            await trio.sleep(0.005)
-
-
 async def test_held_requests_cause_one_wake_then_go_through_in_order(
     nursery: trio.Nursery,
 ) -> None:
@@ -164,12 +159,15 @@ async def test_held_requests_cause_one_wake_then_go_through_in_order(
     async def request(n: int) -> None:
         answers[n] = await get(port, f"/?n={n}")
 
+    def held(count: int) -> Callable[[], bool]:
+        return lambda: edge.wakes.held("hello") == count
+
     async with trio.open_nursery() as clients:
         for n in range(20):
             clients.start_soon(request, n)
-            await wait_for(lambda n=n: edge.wakes.held("hello") == n + 1)  # type: ignore[misc]
+            await wait_for(held(n + 1), what=f"request {n} to be held")
         await wait_for(lambda: len(control.wakes) == 1)
-        await trio.sleep(0.2)
+        await trio.sleep(0.2)  # the test: a while passes and the held requests stay held
         assert not answers  # still held: nothing answered 503
         control.update([route(backend)])
 
@@ -179,10 +177,12 @@ async def test_held_requests_cause_one_wake_then_go_through_in_order(
         head = answers[n].partition(b"\r\n\r\n")[0]
         assert head.startswith(b"HTTP/1.1 200 "), answers[n]
         waited = re.search(rb"\r\nX-Foundry-Cold-Start: (\d+)ms", head)
-        assert waited is not None and int(waited.group(1)) >= 200
+        assert waited is not None
+        assert int(waited.group(1)) >= 200
     # Warm now: no wake, no header.
     warm = await get(port, "/?n=99")
-    assert warm.startswith(b"HTTP/1.1 200 ") and b"Cold-Start" not in warm
+    assert warm.startswith(b"HTTP/1.1 200 ")
+    assert b"Cold-Start" not in warm
     assert len(control.wakes) == 1
 
 
@@ -219,7 +219,7 @@ async def test_a_route_that_does_not_wake_is_503_at_once(nursery: trio.Nursery) 
         wire = await get(port)
     assert wire.startswith(b"HTTP/1.1 503 ")
     assert b"X-Foundry-Router-Error: no-instance" in wire
-    await trio.sleep(0.1)
+    await trio.sleep(0.1)  # the test: no wake is asked for, even a while later
     assert control.wakes == []
 
 
@@ -252,7 +252,7 @@ async def test_in_flight_requests_and_tunnels_are_reported(nursery: trio.Nursery
     # Activity stopped: one last zero sample, then silence.
     await wait_for(lambda: control.metrics[-1] == {"hello": {"in_flight": 0.0, "tunnels": 0}})
     count = len(control.metrics)
-    await trio.sleep(0.3)
+    await trio.sleep(0.3)  # the test: several report intervals pass and nothing is sent
     assert len(control.metrics) == count
     assert all(set(m) == {"hello"} for m in control.metrics)
 

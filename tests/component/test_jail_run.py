@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import trio
 
 from node.jail import FULL, PLAIN, ROOTLESS, Jailed, Jailer, JailSpec, choose_tier, make_jailer
 from node.jail import probe as probe_machine
+from tests.component.conftest import wait_for
 
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 PROBE, _ = probe_machine()
@@ -24,10 +24,12 @@ BEST = choose_tier(PROBE).tier
 # are skipped; CI runs as root with bubblewrap installed by .ci/run, so there a missing
 # tier means the probe or the install is broken, and the tests fail instead.
 IN_CI = bool(os.environ.get("CI"))
-needs_full = pytest.mark.skipif(BEST != FULL and not IN_CI,
-                                reason="needs root, bubblewrap and cgroups")
-needs_jail = pytest.mark.skipif(BEST == PLAIN and not IN_CI,
-                                reason="needs bubblewrap with namespaces")
+needs_full = pytest.mark.skipif(
+    BEST != FULL and not IN_CI, reason="needs root, bubblewrap and cgroups"
+)
+needs_jail = pytest.mark.skipif(
+    BEST == PLAIN and not IN_CI, reason="needs bubblewrap with namespaces"
+)
 
 
 def unavailable(tier: str) -> None:
@@ -36,6 +38,8 @@ def unavailable(tier: str) -> None:
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
+
+
 SEE = """
 import json, os
 def can(f):
@@ -58,9 +62,8 @@ print(json.dumps({
 
 
 @pytest.fixture
-async def jailers() -> AsyncIterator[dict[str, Jailer]]:
-    made = {t: make_jailer(t, f"test-{t}-{os.getpid()}") for t in (FULL, ROOTLESS, PLAIN)}
-    yield made
+async def jailers() -> dict[str, Jailer]:
+    return {t: make_jailer(t, f"test-{t}-{os.getpid()}") for t in (FULL, ROOTLESS, PLAIN)}
 
 
 def spec(tmp_path: Path, *argv: str, memory_mb: int = 256, **env: str) -> JailSpec:
@@ -82,21 +85,26 @@ async def output(jailed: Jailed) -> tuple[int, str]:
 @needs_jail
 @pytest.mark.parametrize("tier", [FULL, ROOTLESS])
 async def test_a_jailed_process_sees_only_itself_and_its_dirs(
-        tmp_path: Path, jailers: dict[str, Jailer], tier: str) -> None:
+    tmp_path: Path, jailers: dict[str, Jailer], tier: str
+) -> None:
     if tier == FULL and BEST != FULL:
         unavailable(tier)
     secret = tmp_path / "secret"
     secret.write_text("node secret")
-    jailed = await jailers[tier].spawn(
-        spec(tmp_path, "python3", "-c", SEE, SECRET=str(secret)))
+    jailed = await jailers[tier].spawn(spec(tmp_path, "python3", "-c", SEE, SECRET=str(secret)))
     code, out = await output(jailed)
     assert code == 0, out
     seen = json.loads(out)
     assert seen["cwd"] == "/app"
-    assert len(seen["pids"]) <= 2            # bwrap's init and itself, nothing of the host
-    assert not seen["read_root"] and not seen["read_secret"]
-    assert seen["write_app"] and seen["write_tmp"] and seen["write_shm"]
-    assert not (seen["write_usr"] or seen["write_etc"] or seen["write_root_fs"])
+    assert len(seen["pids"]) <= 2  # bwrap's init and itself, nothing of the host
+    assert not seen["read_root"]
+    assert not seen["read_secret"]
+    assert seen["write_app"]
+    assert seen["write_tmp"]
+    assert seen["write_shm"]
+    assert not seen["write_usr"]
+    assert not seen["write_etc"]
+    assert not seen["write_root_fs"]
     assert (tmp_path / "app" / "app.txt").read_text() == "x"
     if os.geteuid() == 0:
         assert seen["uid"] >= 20000
@@ -117,7 +125,8 @@ async def test_two_jails_get_different_uids(tmp_path: Path, jailers: dict[str, J
 
 @needs_full
 async def test_memory_limit_kill_is_reported_as_out_of_memory(
-        tmp_path: Path, jailers: dict[str, Jailer]) -> None:
+    tmp_path: Path, jailers: dict[str, Jailer]
+) -> None:
     hog = "b = []\nwhile True: b.append(bytearray(8 << 20))"
     jailed = await jailers[FULL].spawn(spec(tmp_path, "python3", "-c", hog, memory_mb=64))
     with trio.fail_after(30):
@@ -128,7 +137,8 @@ async def test_memory_limit_kill_is_reported_as_out_of_memory(
 
 @needs_full
 async def test_a_sigkill_without_oom_is_not_out_of_memory(
-        tmp_path: Path, jailers: dict[str, Jailer]) -> None:
+    tmp_path: Path, jailers: dict[str, Jailer]
+) -> None:
     jailed = await jailers[FULL].spawn(spec(tmp_path, "sh", "-c", "kill -9 $$"))
     code, _ = await output(jailed)
     assert jailed.exit_code(code) == -signal.SIGKILL
@@ -136,13 +146,16 @@ async def test_a_sigkill_without_oom_is_not_out_of_memory(
 
 
 @needs_full
-async def test_the_pids_limit_contains_a_fork_bomb(tmp_path: Path,
-                                                   jailers: dict[str, Jailer]) -> None:
+async def test_the_pids_limit_contains_a_fork_bomb(
+    tmp_path: Path, jailers: dict[str, Jailer]
+) -> None:
     jailer = jailers[FULL]
     jailer.pids_limit = 40
-    bomb = ("import os, time\nn = 0\nwhile n < 200:\n    try:\n        if os.fork() == 0:\n"
-            "            time.sleep(30); os._exit(0)\n        n += 1\n    except OSError:\n"
-            "        print('refused after', n, flush=True); time.sleep(30)\n")
+    bomb = (
+        "import os, time\nn = 0\nwhile n < 200:\n    try:\n        if os.fork() == 0:\n"
+        "            time.sleep(30); os._exit(0)\n        n += 1\n    except OSError:\n"
+        "        print('refused after', n, flush=True); time.sleep(30)\n"
+    )
     jailed = await jailer.spawn(spec(tmp_path, "python3", "-c", bomb))
     assert jailed.proc.stdout is not None
     with trio.fail_after(20):
@@ -154,34 +167,35 @@ async def test_the_pids_limit_contains_a_fork_bomb(tmp_path: Path,
     await jailed.close()
 
 
-IGNORER = ("trap '' TERM; setsid sh -c 'trap \"\" TERM; sleep 300' & "
-           "echo started; while true; do sleep 1; done")
+IGNORER = (
+    "trap '' TERM; setsid sh -c 'trap \"\" TERM; sleep 300' & "
+    "echo started; while true; do sleep 1; done"
+)
 
 
 @pytest.mark.parametrize("tier", [FULL, ROOTLESS, PLAIN])
-async def test_stop_leaves_nothing_behind(tmp_path: Path, jailers: dict[str, Jailer],
-                                          tier: str) -> None:
+async def test_stop_leaves_nothing_behind(
+    tmp_path: Path, jailers: dict[str, Jailer], tier: str
+) -> None:
     if TIER_RANK[tier] < TIER_RANK[BEST]:
         unavailable(tier)
     jailed = await jailers[tier].spawn(spec(tmp_path, "sh", "-c", IGNORER))
     assert jailed.proc.stdout is not None
     with trio.fail_after(10):
         assert b"started" in await jailed.proc.stdout.receive_some()
-    await trio.sleep(0.2)
+    # The shell said it started; its setsid'd child may not be running yet.
+    await wait_for(lambda: len(jailed.pids()) >= 3, what="the shell, its child and the sleep")
     before = jailed.pids()
-    assert len(before) >= 3
     assert jailed.terminate() >= 2
     with trio.move_on_after(0.5):
         await jailed.proc.wait()
-    assert jailed.proc.returncode is None          # SIGTERM was ignored
+    assert jailed.proc.returncode is None  # SIGTERM was ignored
     jailed.kill()
     with trio.fail_after(5):
         await jailed.proc.wait()
     await jailed.close()
-    with trio.fail_after(2):   # a pid namespace's init may take a moment to finish exiting
-        while alive := {p for p in before if _alive(p)}:
-            await trio.sleep(0.02)
-    assert not alive
+    # A pid namespace's init may take a moment to finish exiting.
+    await wait_for(lambda: not any(_alive(p) for p in before), 2, "every jailed process to exit")
     if jailed.cgroup is not None:
         assert not any(Path(d).exists() for d in jailed.cgroup.dirs)
 
@@ -197,8 +211,9 @@ def _alive(pid: int) -> bool:
 
 
 @needs_jail
-async def test_rootless_watchdog_reports_out_of_memory(tmp_path: Path,
-                                                       jailers: dict[str, Jailer]) -> None:
+async def test_rootless_watchdog_reports_out_of_memory(
+    tmp_path: Path, jailers: dict[str, Jailer]
+) -> None:
     hog = "import time\nb = []\nwhile True: b.append(bytearray(8 << 20)); time.sleep(0.01)"
     jailed = await jailers[ROOTLESS].spawn(spec(tmp_path, "python3", "-c", hog, memory_mb=64))
     async with trio.open_nursery() as nursery:
@@ -209,16 +224,24 @@ async def test_rootless_watchdog_reports_out_of_memory(tmp_path: Path,
 
 
 async def test_plain_tier_runs_in_the_app_dir_with_a_clean_env(
-        tmp_path: Path, jailers: dict[str, Jailer]) -> None:
+    tmp_path: Path, jailers: dict[str, Jailer]
+) -> None:
     os.environ["FOUNDRY_TEST_LEAK"] = "leaked"
     try:
         jailed = await jailers[PLAIN].spawn(
-            spec(tmp_path, sys.executable, "-c",
-                 "import os, json; print(json.dumps([os.getcwd(), dict(os.environ)]))"))
+            spec(
+                tmp_path,
+                sys.executable,
+                "-c",
+                "import os, json; print(json.dumps([os.getcwd(), dict(os.environ)]))",
+            )
+        )
         code, out = await output(jailed)
     finally:
         del os.environ["FOUNDRY_TEST_LEAK"]
     cwd, env = json.loads(out)
-    assert code == 0 and cwd == str(tmp_path / "app")
-    assert "FOUNDRY_TEST_LEAK" not in env and env["PATH"] == ENV["PATH"]
+    assert code == 0
+    assert cwd == str(tmp_path / "app")
+    assert "FOUNDRY_TEST_LEAK" not in env
+    assert env["PATH"] == ENV["PATH"]
     assert jailers[PLAIN].tier == PLAIN

@@ -12,14 +12,17 @@ from packs import PACKS_DIR
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 
 
-@pytest.mark.parametrize(("files", "pack"), [
-    ({"requirements.txt": "flask\n"}, "python"),
-    ({"pyproject.toml": "[project]\nname='x'\n", "Procfile": "web: x"}, "python"),
-    ({"package.json": "{}", "server.js": ""}, "node"),
-    ({"index.html": "<p>hi</p>"}, "static"),
-    ({"Procfile": "worker: python3 w.py", "w.py": ""}, "procfile"),
-    ({"README": "nothing to run"}, None),
-])
+@pytest.mark.parametrize(
+    ("files", "pack"),
+    [
+        ({"requirements.txt": "flask\n"}, "python"),
+        ({"pyproject.toml": "[project]\nname='x'\n", "Procfile": "web: x"}, "python"),
+        ({"package.json": "{}", "server.js": ""}, "node"),
+        ({"index.html": "<p>hi</p>"}, "static"),
+        ({"Procfile": "worker: python3 w.py", "w.py": ""}, "procfile"),
+        ({"README": "nothing to run"}, None),
+    ],
+)
 async def test_detection_order(tmp_path: Path, files: dict[str, str], pack: str | None) -> None:
     for name, text in files.items():
         (tmp_path / name).write_text(text)

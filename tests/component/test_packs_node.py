@@ -13,6 +13,7 @@ import pytest
 from node.jail import PLAIN, choose_tier, make_jailer, probe
 from node.packs import Pack
 from node.stager import BuildFailed, Stager
+from node.wire import StageWork
 from packs import PACKS_DIR
 
 PACK = PACKS_DIR / "node"
@@ -26,9 +27,17 @@ def app(tmp_path: Path, package: dict[str, object], lock: bool = False) -> Path:
     build.mkdir()
     (build / "package.json").write_text(json.dumps({"name": "t", "version": "1.0.0", **package}))
     if lock:
-        (build / "package-lock.json").write_text(json.dumps({
-            "name": "t", "version": "1.0.0", "lockfileVersion": 3, "requires": True,
-            "packages": {"": {"name": "t", "version": "1.0.0"}}}))
+        (build / "package-lock.json").write_text(
+            json.dumps(
+                {
+                    "name": "t",
+                    "version": "1.0.0",
+                    "lockfileVersion": 3,
+                    "requires": True,
+                    "packages": {"": {"name": "t", "version": "1.0.0"}},
+                }
+            )
+        )
     return build
 
 
@@ -38,14 +47,23 @@ def compile_(build: Path, tmp_path: Path, **env: str) -> subprocess.CompletedPro
     env_dir.mkdir(exist_ok=True)
     for key, value in env.items():
         (env_dir / key).write_text(value)
-    return subprocess.run([str(PACK / "bin" / "compile"), str(build), str(cache), str(env_dir)],
-                          env={**ENV, "HOME": str(build)}, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [str(PACK / "bin" / "compile"), str(build), str(cache), str(env_dir)],
+        env={**ENV, "HOME": str(build)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def release(build: Path) -> str:
-    return subprocess.run([str(PACK / "bin" / "release"), str(build)], env=ENV,
-                          capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        [str(PACK / "bin" / "release"), str(build)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def test_without_a_lock_file_npm_install_runs(tmp_path: Path) -> None:
@@ -58,12 +76,13 @@ def test_without_a_lock_file_npm_install_runs(tmp_path: Path) -> None:
 
 
 def test_a_lock_file_means_npm_ci_and_an_unchanged_rebuild_restores_the_cache(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     first = compile_(app(tmp_path, {}, lock=True), tmp_path)
     assert first.returncode == 0, first.stderr
     assert "npm ci (package-lock.json)" in first.stdout
     assert (tmp_path / "cache" / "node_modules.key").exists()
-    assert (tmp_path / "cache" / "npm").is_dir()          # npm's cache is the app's
+    assert (tmp_path / "cache" / "npm").is_dir()  # npm's cache is the app's
     (tmp_path / "build").rename(tmp_path / "old")
     again = compile_(app(tmp_path, {}, lock=True), tmp_path)
     assert again.returncode == 0, again.stderr
@@ -80,21 +99,31 @@ def test_node_env_comes_from_the_apps_config_when_set(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("wanted", [">=99", "^12", "<1 || 30.x"])
 def test_an_engines_node_this_node_cannot_satisfy_names_the_version_there(
-        tmp_path: Path, wanted: str) -> None:
+    tmp_path: Path, wanted: str
+) -> None:
     done = compile_(app(tmp_path, {"engines": {"node": wanted}}), tmp_path)
     assert done.returncode == 1
     assert f"asks for Node.js {wanted}" in done.stderr
     assert f"this node has {NODE_VERSION}" in done.stderr
 
 
-@pytest.mark.parametrize(("rng", "ok"), [
-    (">=18", True), ("^20 || ^22", NODE_VERSION.startswith(("v20.", "v22."))), ("*", True),
-    (f"{NODE_VERSION[1:].split('.')[0]}.x", True), (f"~{NODE_VERSION[1:]}", True),
-    (f">{NODE_VERSION[1:]}", False), ("16 - 99", True), (">=14 <15", False),
-])
+@pytest.mark.parametrize(
+    ("rng", "ok"),
+    [
+        (">=18", True),
+        ("^20 || ^22", NODE_VERSION.startswith(("v20.", "v22."))),
+        ("*", True),
+        (f"{NODE_VERSION[1:].split('.')[0]}.x", True),
+        (f"~{NODE_VERSION[1:]}", True),
+        (f">{NODE_VERSION[1:]}", False),
+        ("16 - 99", True),
+        (">=14 <15", False),
+    ],
+)
 def test_engine_ranges(rng: str, ok: bool) -> None:
-    done = subprocess.run(["node", str(PACK / "lib" / "pkg.js"), "satisfies", NODE_VERSION, rng],
-                          capture_output=True)
+    done = subprocess.run(
+        ["node", str(PACK / "lib" / "pkg.js"), "satisfies", NODE_VERSION, rng], capture_output=True
+    )
     assert (done.returncode == 0) is ok
 
 
@@ -116,7 +145,7 @@ async def test_hello_node_compiles_inside_the_staging_jail(tmp_path: Path) -> No
     work.mkdir(parents=True)
     subprocess.run(["cp", "-r", str(EXAMPLE), str(app_dir)], check=True)
     lines: list[str] = []
-    item = {"build": "b-1", "app": "hello-node", "env": {}}
+    item = StageWork(seq=1, kind="stage", build="b-1", app="hello-node", source="", env={})
     await stager._compile(Pack("node", PACK), item, app_dir, work, lines.append)
     assert any(f"Using Node.js {NODE_VERSION}" in line for line in lines), lines
     (app_dir / "package.json").write_text('{"engines": {"node": ">=99"}}')

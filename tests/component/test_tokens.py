@@ -8,6 +8,7 @@ import tarfile
 
 import pytest
 
+from control.model import BuildState
 from tests.component.conftest import Control
 
 
@@ -31,7 +32,8 @@ async def test_no_token_and_bad_tokens_are_401(control: Control) -> None:
     for token in (None, "nonsense", "fdy_abc_def", control.admin + "x"):
         async with control.client(token) as c:
             r = await c.get("/v1/apps")
-        assert r.status_code == 401 and "token" in r.json()["error"]
+        assert r.status_code == 401
+        assert "token" in r.json()["error"]
 
 
 async def test_expired_token_stops_working(control: Control) -> None:
@@ -49,7 +51,7 @@ async def test_join_token_uses_are_counted(control: Control) -> None:
         assert (await c.post("/v1/nodes/join", json=body)).status_code == 201
         assert (await c.post("/v1/nodes/join", json=body)).status_code == 201
         assert (await c.post("/v1/nodes/join", json=body)).status_code == 401
-        assert (await c.get("/v1/apps")).status_code == 401   # a join token does nothing else
+        assert (await c.get("/v1/apps")).status_code == 401  # a join token does nothing else
 
 
 @pytest.mark.parametrize("kind", ["deploy", "read", "admin", "edge"])
@@ -59,7 +61,8 @@ async def test_every_kind_spends_its_uses(control: Control, kind: str) -> None:
     async with control.client(token) as c:
         assert (await c.get(path)).status_code == 200
         r = await c.get(path)
-        assert r.status_code == 401 and "token" in r.json()["error"]
+        assert r.status_code == 401
+        assert "token" in r.json()["error"]
     listed = {t["kind"]: t for t in (await control.http.get("/v1/tokens")).json()["tokens"]}
     assert listed[kind]["uses_left"] == 0
 
@@ -69,7 +72,7 @@ async def test_a_use_limited_deploy_token_pushes_once(control: Control) -> None:
     async with control.client(token) as c:
         assert (await c.post("/v1/apps/once/builds", content=tarball())).status_code == 201
         assert (await c.post("/v1/apps/once/builds", content=tarball())).status_code == 401
-    assert len(control.store.builds_in("QUEUED")) == 1
+    assert len(control.store.builds_in(BuildState.QUEUED)) == 1
 
 
 @pytest.mark.parametrize("kind", ["deploy", "edge", "join"])
@@ -78,9 +81,11 @@ async def test_expired_tokens_of_every_kind_are_401(control: Control, kind: str)
     control.clock.now += 61
     path = {"deploy": "/v1/apps", "edge": "/v1/routes", "join": "/v1/nodes/join"}[kind]
     async with control.client(token) as c:
-        r = await c.request("POST" if kind == "join" else "GET", path,
-                            json={"name": "n", "memory_mb": 1024})
-    assert r.status_code == 401 and "expired" in r.json()["error"]
+        r = await c.request(
+            "POST" if kind == "join" else "GET", path, json={"name": "n", "memory_mb": 1024}
+        )
+    assert r.status_code == 401
+    assert "expired" in r.json()["error"]
 
 
 async def test_revoked_token_stops_at_once(control: Control) -> None:
@@ -99,10 +104,15 @@ async def test_deploy_token_is_limited_to_its_apps(control: Control) -> None:
     async with control.client(token) as c:
         assert (await c.post("/v1/apps/app-a/builds", content=tarball())).status_code == 201
         r = await c.post("/v1/apps/app-b/builds", content=tarball())
-        assert r.status_code == 403 and "app-b" in r.json()["error"]
+        assert r.status_code == 403
+        assert "app-b" in r.json()["error"]
         assert (await c.delete("/v1/apps/app-a")).status_code == 200
-        for method, path in (("GET", "/v1/apps/app-b"), ("DELETE", "/v1/apps/app-b"),
-                             ("POST", "/v1/tokens"), ("GET", "/v1/nodes/x/work")):
+        for method, path in (
+            ("GET", "/v1/apps/app-b"),
+            ("DELETE", "/v1/apps/app-b"),
+            ("POST", "/v1/tokens"),
+            ("GET", "/v1/nodes/x/work"),
+        ):
             assert (await c.request(method, path)).status_code == 403, path
     assert not control.store.app_exists("app-b")
 
@@ -115,22 +125,32 @@ async def test_read_token_cannot_change_anything(control: Control) -> None:
         assert (await c.post("/v1/tokens", json={"kind": "admin"})).status_code == 403
 
 
-@pytest.mark.parametrize("body", [{"kind": "root"}, {"kind": "join", "apps": ["a"]},
-                                  {"kind": "read", "ttl": "soon"}, {"kind": "read", "uses": 0}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"kind": "root"},
+        {"kind": "join", "apps": ["a"]},
+        {"kind": "read", "ttl": "soon"},
+        {"kind": "read", "uses": 0},
+    ],
+)
 async def test_bad_token_requests_say_why(control: Control, body: dict[str, object]) -> None:
     r = await control.http.post("/v1/tokens", json=body)
-    assert r.status_code == 400 and r.json()["error"]
+    assert r.status_code == 400
+    assert r.json()["error"]
 
 
-async def test_secrets_are_compared_in_constant_time(control: Control,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_secrets_are_compared_in_constant_time(
+    control: Control, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = []
     real = hmac.compare_digest
 
     def spy(a: str, b: str) -> bool:
         calls.append((a, b))
         return real(a, b)
+
     monkeypatch.setattr(hmac, "compare_digest", spy)
     assert (await control.http.get("/v1/apps")).status_code == 200
     assert calls, "token hashes must be compared with hmac.compare_digest"
-    assert control.admin not in {x for pair in calls for x in pair}   # hashes, not secrets
+    assert control.admin not in {x for pair in calls for x in pair}  # hashes, not secrets

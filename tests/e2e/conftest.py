@@ -51,21 +51,43 @@ class Platform:
         self.http_port = free_port()
         self.api_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.env = {**os.environ, "FOUNDRY_HOME": str(home), "PYTHONPATH": str(ROOT),
-                    # liveness checks every 2 s instead of 30 s, so a test sees one fail
-                    "FOUNDRY_LIVENESS_INTERVAL": "2"}
+        self.env = {
+            **os.environ,
+            "FOUNDRY_HOME": str(home),
+            "PYTHONPATH": str(ROOT),
+            # liveness checks every 2 s instead of 30 s, so a test sees one fail
+            "FOUNDRY_LIVENESS_INTERVAL": "2",
+        }
         self.env.pop("FOUNDRY_API", None)
         self.env.pop("FOUNDRY_TOKEN", None)
 
     def start(self) -> None:
         with open(self.home.parent / "up.out", "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "foundry", "up", "--http-port", str(self.http_port),
-                 "--api-port", str(self.api_port)], env=self.env, cwd=ROOT,
-                stdout=out, stderr=subprocess.STDOUT)
-        eventually(lambda: b"Foundry is up" in (self.home.parent / "up.out").read_bytes()
-                   or self.proc.poll() is not None, 60, "foundry up to start")
-        assert self.proc.poll() is None, self.logs()
+            self.proc = proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "foundry",
+                    "up",
+                    "--http-port",
+                    str(self.http_port),
+                    "--api-port",
+                    str(self.api_port),
+                ],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        eventually(
+            lambda: (
+                b"Foundry is up" in (self.home.parent / "up.out").read_bytes()
+                or proc.poll() is not None
+            ),
+            60,
+            "foundry up to start",
+        )
+        assert proc.poll() is None, self.logs()
 
     def stop(self) -> float:
         """Stop `foundry up` as Ctrl-C would; returns how long it took."""
@@ -81,30 +103,44 @@ class Platform:
 
     def logs(self) -> str:
         out = []
-        for f in sorted((self.home / "logs").glob("*.log")) + [self.home.parent / "up.out"]:
+        for f in [*sorted((self.home / "logs").glob("*.log")), self.home.parent / "up.out"]:
             if f.exists():
                 out.append(f"== {f.name}\n" + f.read_text(errors="replace")[-4000:])
         return "\n".join(out)
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 240
-            ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "foundry", *args], env=self.env,
-                                cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 240
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "foundry", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"foundry {' '.join(args)} exited {result.returncode}:\n"
-                                 f"{result.stdout}\n{result.stderr}\n{self.logs()}")
+            raise AssertionError(
+                f"foundry {' '.join(args)} exited {result.returncode}:\n"
+                f"{result.stdout}\n{result.stderr}\n{self.logs()}"
+            )
         return result
 
     def get(self, app: str, path: str = "/", **kw: Any) -> httpx.Response:
         """A request through the edge, as a browser would send it."""
-        return httpx.get(f"http://127.0.0.1:{self.http_port}{path}",
-                         headers={"host": f"{app}.localhost:{self.http_port}"}, timeout=10, **kw)
+        return httpx.get(
+            f"http://127.0.0.1:{self.http_port}{path}",
+            headers={"host": f"{app}.localhost:{self.http_port}"},
+            timeout=10,
+            **kw,
+        )
 
     def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
         token = (self.home / "admin-token").read_text().strip()
         headers = {"authorization": f"Bearer {token}", **kw.pop("headers", {})}
-        return httpx.request(method, f"http://127.0.0.1:{self.api_port}{path}",
-                             headers=headers, timeout=30, **kw)
+        return httpx.request(
+            method, f"http://127.0.0.1:{self.api_port}{path}", headers=headers, timeout=30, **kw
+        )
 
 
 @contextlib.contextmanager

@@ -16,8 +16,9 @@ import httpx
 
 
 class Load:
-    def __init__(self, port: int, host: str, *, workers: int = 4, max_seconds: float = 120,
-                 path: str = "/") -> None:
+    def __init__(
+        self, port: int, host: str, *, workers: int = 4, max_seconds: float = 120, path: str = "/"
+    ) -> None:
         self.url = f"http://127.0.0.1:{port}{path}"
         self.host = host
         self.workers = workers
@@ -54,8 +55,12 @@ class Load:
             self._threads.append(t)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._stop.set()
         for t in self._threads:
             t.join(15)

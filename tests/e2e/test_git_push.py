@@ -16,10 +16,13 @@ GIT_ID = ["-c", "user.email=dev@example.test", "-c", "user.name=dev"]
 
 
 def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["git", "-C", str(repo), *GIT_ID, *args], capture_output=True,
-                            text=True, timeout=240, env={"PATH": "/usr/bin:/bin",
-                                                         "HOME": str(repo.parent),
-                                                         "GIT_TERMINAL_PROMPT": "0"})
+    result = subprocess.run(
+        ["git", "-C", str(repo), *GIT_ID, *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(repo.parent), "GIT_TERMINAL_PROMPT": "0"},
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"git {' '.join(args)}: {result.stdout}\n{result.stderr}")
     return result
@@ -51,7 +54,7 @@ def test_git_push_deploys_and_a_broken_push_is_refused(platform: Platform, repo:
     assert "pre-receive hook declined" in refused.stderr
     assert "remote: !      build failed" in refused.stderr
     remote_head = git(repo, "ls-remote", "foundry", "refs/heads/main").stdout.split()[0]
-    assert remote_head == head                       # the ref did not move
+    assert remote_head == head  # the ref did not move
     assert platform.get("pushed").status_code == 200  # the old release still serves
 
 
@@ -63,8 +66,9 @@ def test_git_push_needs_a_deploy_token(platform: Platform, repo: Path) -> None:
     read_token = platform.cli("tokens", "create", "--kind", "read").stdout.strip()
     git(repo, "config", f"http.{url}.extraHeader", f"Authorization: Bearer {read_token}")
     refused = git(repo, "push", "foundry", "main", check=False)
-    assert refused.returncode != 0 and "403" in refused.stderr
-    assert platform.cli("app", "readonly", check=False).returncode == 1   # nothing created
+    assert refused.returncode != 0
+    assert "403" in refused.stderr
+    assert platform.cli("app", "readonly", check=False).returncode == 1  # nothing created
     deploy = platform.cli("tokens", "create", "--kind", "deploy", "--apps", "other").stdout
     git(repo, "config", f"http.{url}.extraHeader", f"Authorization: Bearer {deploy.strip()}")
     assert git(repo, "push", "foundry", "main", check=False).returncode != 0

@@ -9,6 +9,7 @@ push nothing at all is asked of any of them for longer than any thread-cache tim
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -24,17 +25,21 @@ from node.jail import FULL, TIERS, choose_tier, probe
 from tests.e2e.conftest import EXAMPLES, ROOT, Platform, eventually
 
 pytestmark = pytest.mark.slow
-IDLE_SECONDS = 60          # trio retires worker threads after 10 s; anyio's pool similar
+IDLE_SECONDS = 60  # trio retires worker threads after 10 s; anyio's pool similar
 
 
 def instances(p: Platform, app: str) -> list[dict[str, Any]]:
     return list(json.loads(p.cli("app", app, "--json").stdout)["instances"])
 
 
+def running(p: Platform, app: str, count: int) -> bool:
+    return sum(1 for i in instances(p, app) if i["state"] == "RUNNING") == count
+
+
 @pytest.fixture(scope="module")
 def platforms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Platform]]:
     best = choose_tier(probe()[0]).tier
-    tiers = TIERS[TIERS.index(best):]   # every tier this machine can run, strongest first
+    tiers = TIERS[TIERS.index(best) :]  # every tier this machine can run, strongest first
     started: dict[str, Platform] = {}
     try:
         for tier in tiers:
@@ -45,7 +50,7 @@ def platforms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pl
         yield started
     finally:
         running = [p.proc for p in started.values() if p.proc is not None and p.proc.poll() is None]
-        for proc in running:                  # stop them together, as Ctrl-C would
+        for proc in running:  # stop them together, as Ctrl-C would
             proc.send_signal(signal.SIGINT)
         for proc in running:
             proc.wait(30)
@@ -64,8 +69,9 @@ def test_idle_instances_are_never_restarted(platforms: dict[str, Platform]) -> N
     for p in platforms.values():
         p.cli("push", str(EXAMPLES / "hello-python"), "--name", "quiet", "-i", "2")
     for tier, p in platforms.items():
-        eventually(lambda p=p: sum(i["state"] == "RUNNING" for i in instances(p, "quiet")) == 2,
-                   60, f"2 running instances on the {tier} tier")
+        eventually(
+            functools.partial(running, p, "quiet", 2), 60, f"2 running instances on the {tier} tier"
+        )
         started[tier] = {i["id"] for i in instances(p, "quiet")}
         assert p.get("quiet").status_code == 200
 
@@ -83,11 +89,28 @@ def test_idle_instances_are_never_restarted(platforms: dict[str, Platform]) -> N
 
 def test_a_task_started_on_an_idle_node_runs_to_its_end(platforms: dict[str, Platform]) -> None:
     """One-off tasks come from the same spawner: one outliving the thread timeout finishes."""
-    tasks = {tier: subprocess.Popen(
-        [sys.executable, "-m", "foundry", "run", "quiet", "--", "python3", "-c",
-         "import time; time.sleep(14); print('task-finished')"], env=p.env, cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for tier, p in platforms.items()}       # all at once: each node idles on its own
+    tasks = {
+        tier: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "foundry",
+                "run",
+                "quiet",
+                "--",
+                "python3",
+                "-c",
+                "import time; time.sleep(14); print('task-finished')",
+            ],
+            env=p.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for tier, p in platforms.items()
+    }  # all at once: each node idles on its own
     for tier, task in tasks.items():
         out, _ = task.communicate(timeout=120)
-        assert task.returncode == 0 and "task-finished" in out, (tier, out)
+        assert task.returncode == 0, (tier, out)
+        assert "task-finished" in out, (tier, out)

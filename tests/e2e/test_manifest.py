@@ -12,7 +12,7 @@ from tests.e2e.conftest import EXAMPLES, Platform, eventually
 
 pytestmark = pytest.mark.slow
 
-SERVER = '''
+SERVER = """
 import http.server, os
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -24,7 +24,7 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 http.server.HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
-'''
+"""
 
 
 def write_apps(root: Path) -> None:
@@ -37,7 +37,8 @@ def write_apps(root: Path) -> None:
 
 
 def test_a_manifest_with_two_apps_a_no_route_worker_and_an_http_health_check(
-        platform: Platform, tmp_path: Path) -> None:
+    platform: Platform, tmp_path: Path
+) -> None:
     write_apps(tmp_path)
     (tmp_path / "manifest.yml").write_text("""
 memory: 128M
@@ -58,7 +59,8 @@ applications:
   health-check-type: process
 """)
     result = platform.cli("push", str(tmp_path))
-    assert "warning:" in result.stderr and "applications[0].stack: unknown key" in result.stderr
+    assert "warning:" in result.stderr
+    assert "applications[0].stack: unknown key" in result.stderr
     assert "mf-web v1 is running" in result.stdout
     assert "mf-worker v1 is running: no web process" in result.stdout
     web = json.loads(platform.cli("app", "mf-web", "--json").stdout)
@@ -66,38 +68,46 @@ applications:
     assert web["memory_mb"] == 128
     assert sum(1 for i in web["instances"] if i["state"] == "RUNNING") == 2
     assert platform.get("mf-web").text == "from-the-manifest"
-    eventually(lambda: platform.get("mf-extra", "/extra").status_code == 200, 20,
-               "the manifest's extra route")
+    eventually(
+        lambda: platform.get("mf-extra", "/extra").status_code == 200,
+        20,
+        "the manifest's extra route",
+    )
     worker = json.loads(platform.cli("app", "mf-worker", "--json").stdout)
-    assert list(worker["processes"]) == ["worker"] and worker["memory_mb"] == 128
-    assert platform.get("mf-worker").status_code == 404     # no route at all
+    assert list(worker["processes"]) == ["worker"]
+    assert worker["memory_mb"] == 128
+    assert platform.get("mf-worker").status_code == 404  # no route at all
 
 
-def test_strict_removes_an_env_var_the_manifest_no_longer_names(platform: Platform,
-                                                                tmp_path: Path) -> None:
+def test_strict_removes_an_env_var_the_manifest_no_longer_names(
+    platform: Platform, tmp_path: Path
+) -> None:
     write_apps(tmp_path)
     manifest = tmp_path / "strict.yml"
-    manifest.write_text("applications:\n- name: mf-strict\n  path: web\n"
-                        "  env: {GREETING: kept, DROPPED: soon}\n")
+    manifest.write_text(
+        "applications:\n- name: mf-strict\n  path: web\n  env: {GREETING: kept, DROPPED: soon}\n"
+    )
     platform.cli("push", str(tmp_path), "-f", str(manifest))
     assert platform.api("GET", "/v1/apps/mf-strict/env").json()["env"] == {
-        "GREETING": "kept", "DROPPED": "soon"}
+        "GREETING": "kept",
+        "DROPPED": "soon",
+    }
     platform.cli("set-env", "mf-strict", "ADDED=by-hand")
-    manifest.write_text("applications:\n- name: mf-strict\n  path: web\n"
-                        "  env: {GREETING: kept}\n")
-    plain = platform.cli("push", str(tmp_path), "-f", str(manifest))   # a manifest only adds
+    manifest.write_text("applications:\n- name: mf-strict\n  path: web\n  env: {GREETING: kept}\n")
+    plain = platform.cli("push", str(tmp_path), "-f", str(manifest))  # a manifest only adds
     assert "ADDED" in platform.api("GET", "/v1/apps/mf-strict/env").json()["env"]
     assert "--strict" not in plain.stderr
     strict = platform.cli("push", str(tmp_path), "-f", str(manifest), "--strict", "--yes")
-    assert "env ADDED: removed" in strict.stdout and "env DROPPED: removed" in strict.stdout
+    assert "env ADDED: removed" in strict.stdout
+    assert "env DROPPED: removed" in strict.stdout
     assert platform.api("GET", "/v1/apps/mf-strict/env").json()["env"] == {"GREETING": "kept"}
     assert platform.get("mf-strict").text == "kept"
 
 
 def test_invalid_manifest_is_one_line_naming_the_key(platform: Platform, tmp_path: Path) -> None:
-    (tmp_path / "manifest.yml").write_text("applications:\n- name: a\n- name: b\n"
-                                           "  memory: lots\n")
+    (tmp_path / "manifest.yml").write_text("applications:\n- name: a\n- name: b\n  memory: lots\n")
     result = platform.cli("push", str(tmp_path), check=False)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "applications[1].memory: memory 'lots'" in lines[0]
+    assert len(lines) == 1
+    assert "applications[1].memory: memory 'lots'" in lines[0]

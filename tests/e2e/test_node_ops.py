@@ -20,11 +20,16 @@ pytestmark = pytest.mark.slow
 
 def test_a_route_less_worker_shows_no_url(platform: Platform) -> None:
     platform.cli("push", str(EXAMPLES / "worker"), "--name", "quiet-worker")
-    row = next(line for line in platform.cli("apps").stdout.splitlines()
-               if line.startswith("quiet-worker "))
-    assert row.split()[-1] == "-" and "http" not in row, row
+    row = next(
+        line
+        for line in platform.cli("apps").stdout.splitlines()
+        if line.startswith("quiet-worker ")
+    )
+    assert row.split()[-1] == "-", row
+    assert "http" not in row, row
     head = platform.cli("app", "quiet-worker").stdout.splitlines()[0]
-    assert "http" not in head and head.endswith("no route (no web process)"), head
+    assert "http" not in head, head
+    assert head.endswith("no route (no web process)"), head
 
 
 def test_removing_the_busy_only_node_is_refused(platform: Platform) -> None:
@@ -36,16 +41,18 @@ def test_removing_the_busy_only_node_is_refused(platform: Platform) -> None:
     out = platform.cli("node", "remove", node, check=False)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"foundry: node {node} is ready"), lines
-    assert lines[0].endswith(f"drain it first (`foundry node drain {node}`) or remove it "
-                             "with --force"), lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"foundry: node {node} is ready"), lines
+    assert lines[0].endswith(
+        f"drain it first (`foundry node drain {node}`) or remove it with --force"
+    ), lines
     assert [n["name"] for n in json.loads(platform.cli("nodes", "--json").stdout)] == before
 
 
 def proc_stat(pid: str) -> tuple[str, int, str]:
     """(command name, parent pid, state letter) of a process, from /proc/<pid>/stat."""
     text = Path(f"/proc/{pid}/stat").read_text()
-    name = text[text.index("(") + 1:text.rindex(")")]
+    name = text[text.index("(") + 1 : text.rindex(")")]
     state, ppid = text.rsplit(")", 1)[1].split()[:2]
     return name, int(ppid), state
 
@@ -105,7 +112,7 @@ class ZombieWatch(threading.Thread):
     def __init__(self, agent: int) -> None:
         super().__init__(daemon=True)
         self.agent, self.watched = agent, jail_processes(agent)
-        self.seen: dict[int, tuple[int, float, float]] = {}   # pid -> (parent, first, last)
+        self.seen: dict[int, tuple[int, float, float]] = {}  # pid -> (parent, first, last)
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -124,9 +131,12 @@ class ZombieWatch(threading.Thread):
     def lingering(self, longer_than: float) -> dict[int, str]:
         """Zombies left outside the platform (to init), or left by the agent longer than
         `longer_than` seconds. (A zombie whose parent is a live jail process is the app's.)"""
-        return {pid: f"parent {ppid}, {last - first:.2f} s" for pid, (ppid, first, last)
-                in self.seen.items() if (ppid != self.agent and ppid not in self.watched)
-                or (ppid == self.agent and last - first > longer_than)}
+        return {
+            pid: f"parent {ppid}, {last - first:.2f} s"
+            for pid, (ppid, first, last) in self.seen.items()
+            if (ppid != self.agent and ppid not in self.watched)
+            or (ppid == self.agent and last - first > longer_than)
+        }
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="cgroups need root")
@@ -135,26 +145,46 @@ def test_killed_instances_leave_no_zombie_and_a_clean_stop_no_cgroup(tmp_path: P
     p.start()
     try:
         p.cli("push", str(EXAMPLES / "hello-python"), "--name", "reaped", "-i", "3")
-        eventually(lambda: sum(i["state"] == "RUNNING" for i in json.loads(
-            p.cli("app", "reaped", "--json").stdout)["instances"]) == 3, 60, "3 instances")
+        eventually(
+            lambda: (
+                sum(
+                    i["state"] == "RUNNING"
+                    for i in json.loads(p.cli("app", "reaped", "--json").stdout)["instances"]
+                )
+                == 3
+            ),
+            60,
+            "3 instances",
+        )
         agent = node_agent_pid(p.home)
         assert all(d.is_dir() for d in scope_dirs(p.home))
         watch = ZombieWatch(agent)
         watch.start()
-        p.cli("scale", "reaped", "-i", "1")       # two instances stopped
-        p.cli("restart", "reaped")                # one replaced
-        eventually(lambda: [i["state"] for i in json.loads(
-            p.cli("app", "reaped", "--json").stdout)["instances"]] == ["RUNNING"], 60,
-            "one new instance")
-        time.sleep(2)
+        p.cli("scale", "reaped", "-i", "1")  # two instances stopped
+        p.cli("restart", "reaped")  # one replaced
+        eventually(
+            lambda: (
+                [
+                    i["state"]
+                    for i in json.loads(p.cli("app", "reaped", "--json").stdout)["instances"]
+                ]
+                == ["RUNNING"]
+            ),
+            60,
+            "one new instance",
+        )
+        time.sleep(2)  # the watch window: a zombie left this long would be seen
         watch.done.set()
         watch.join()
         longest = max((last - first for _, first, last in watch.seen.values()), default=0)
-        print(f"\nmeasured: {len(watch.watched)} jail processes watched, {len(watch.seen)} "
-              f"were zombies; longest {longest:.3f} s")
+        print(
+            f"\nmeasured: {len(watch.watched)} jail processes watched, {len(watch.seen)} "
+            f"were zombies; longest {longest:.3f} s"
+        )
         lingering, still = watch.lingering(0.5), zombies_of(agent)
     finally:
         p.stop()
     left_dirs = [str(d) for d in scope_dirs(p.home) if d.exists()]
-    assert not lingering and not still, (lingering, still)
+    assert not lingering, (lingering, still)
+    assert not still, (lingering, still)
     assert not left_dirs, f"cgroup scope left after a clean stop: {left_dirs}"

@@ -25,8 +25,9 @@ def test_node_app_with_only_a_package_json(platform: Platform) -> None:
     assert platform.get("hello-node", "/env").text == "NODE_ENV=production\n"
 
 
-def test_node_engines_the_node_cannot_satisfy_fail_the_build(platform: Platform,
-                                                              tmp_path: Path) -> None:
+def test_node_engines_the_node_cannot_satisfy_fail_the_build(
+    platform: Platform, tmp_path: Path
+) -> None:
     app = tmp_path / "old-node"
     shutil.copytree(EXAMPLES / "hello-node", app)
     package = json.loads((app / "package.json").read_text())
@@ -37,8 +38,9 @@ def test_node_engines_the_node_cannot_satisfy_fail_the_build(platform: Platform,
     assert "this node has v" in result.stderr
 
 
-def test_python_app_without_procfile_is_told_which_line_to_add(platform: Platform,
-                                                                tmp_path: Path) -> None:
+def test_python_app_without_procfile_is_told_which_line_to_add(
+    platform: Platform, tmp_path: Path
+) -> None:
     app = tmp_path / "no-procfile"
     shutil.copytree(EXAMPLES / "hello-python", app)
     (app / "Procfile").unlink()
@@ -47,8 +49,9 @@ def test_python_app_without_procfile_is_told_which_line_to_add(platform: Platfor
     assert "web: gunicorn app:app --bind 0.0.0.0:$PORT" in result.stderr
 
 
-def test_python_version_the_node_lacks_lists_what_exists(platform: Platform,
-                                                         tmp_path: Path) -> None:
+def test_python_version_the_node_lacks_lists_what_exists(
+    platform: Platform, tmp_path: Path
+) -> None:
     app = tmp_path / "py-old"
     shutil.copytree(EXAMPLES / "hello-python", app)
     (app / ".python-version").write_text("3.4\n")
@@ -60,17 +63,18 @@ def test_python_version_the_node_lacks_lists_what_exists(platform: Platform,
 THIRD_PARTY = {
     "bin/detect": "#!/bin/sh\necho counter\n",
     # Counts its runs in the cache dir, so a test can see the cache kept or bypassed.
-    "bin/compile": "#!/bin/sh\nset -e\nruns=$(cat \"$2/runs\" 2>/dev/null || echo 0)\n"
-                   "runs=$((runs + 1))\necho $runs > \"$2/runs\"\n"
-                   "echo \"-----> counter pack run $runs\"\n"
-                   "echo \"built by a third-party pack, cache run $runs\" > \"$1/index.txt\"\n",
+    "bin/compile": '#!/bin/sh\nset -e\nruns=$(cat "$2/runs" 2>/dev/null || echo 0)\n'
+    'runs=$((runs + 1))\necho $runs > "$2/runs"\n'
+    'echo "-----> counter pack run $runs"\n'
+    'echo "built by a third-party pack, cache run $runs" > "$1/index.txt"\n',
     "bin/release": "#!/bin/sh\necho '---'\necho 'default_process_types:'\n"
-                   "echo '  web: python3 -m http.server $PORT --bind 0.0.0.0'\n",
+    "echo '  web: python3 -m http.server $PORT --bind 0.0.0.0'\n",
 }
 
 
-def test_third_party_buildpack_from_a_local_directory_and_no_cache(platform: Platform,
-                                                                   tmp_path: Path) -> None:
+def test_third_party_buildpack_from_a_local_directory_and_no_cache(
+    platform: Platform, tmp_path: Path
+) -> None:
     pack = tmp_path / "counter-pack"
     for name, text in THIRD_PARTY.items():
         (pack / name).parent.mkdir(parents=True, exist_ok=True)
@@ -81,24 +85,29 @@ def test_third_party_buildpack_from_a_local_directory_and_no_cache(platform: Pla
     (source / "README").write_text("no pack of ours would detect this\n")
     first = platform.cli("push", str(source), "--name", "third-party", "--buildpack", str(pack))
     assert "Using buildpack blob:" in first.stdout
-    assert platform.get("third-party", "/index.txt").text == \
-        "built by a third-party pack, cache run 1\n"
+    assert (
+        platform.get("third-party", "/index.txt").text
+        == "built by a third-party pack, cache run 1\n"
+    )
     # The same source and options again: the build runs with the kept cache, and since
     # nothing the app runs from changed, release v1 stays (an unchanged re-push is a no-op).
     again = platform.cli("push", str(source), "--name", "third-party", "--buildpack", str(pack))
     assert "counter pack run 2" in again.stdout
     assert "no change: release v1 is current" in again.stdout
-    fresh = platform.cli("push", str(source), "--name", "third-party", "--buildpack", str(pack),
-                         "--no-cache")
+    fresh = platform.cli(
+        "push", str(source), "--name", "third-party", "--buildpack", str(pack), "--no-cache"
+    )
     assert "--no-cache: starting from an empty build cache" in fresh.stdout
-    assert "counter pack run 1" in fresh.stdout and "no change" not in fresh.stdout
+    assert "counter pack run 1" in fresh.stdout
+    assert "no change" not in fresh.stdout
     view = json.loads(platform.cli("app", "third-party", "--json").stdout)
     assert view["release"] == 2
     assert platform.get("third-party", "/index.txt").text.endswith("cache run 1\n")
 
 
-def test_buildpack_by_name_skips_detection_and_bad_names_are_refused(platform: Platform,
-                                                                     tmp_path: Path) -> None:
+def test_buildpack_by_name_skips_detection_and_bad_names_are_refused(
+    platform: Platform, tmp_path: Path
+) -> None:
     source = tmp_path / "forced"
     shutil.copytree(EXAMPLES / "static-site", source)
     (source / "Procfile").write_text("web: python3 -m http.server $PORT --bind 0.0.0.0\n")

@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow
 APP = ROOT / "tests" / "apps" / "tiny-web"
 
 
-def request_loop(url: str, host: str, stop: threading.Event, seen: Counter[str],
-                 max_seconds: float = 120) -> None:
+def request_loop(
+    url: str, host: str, stop: threading.Event, seen: Counter[str], max_seconds: float = 120
+) -> None:
     """GET `url` on a new connection each time until `stop` (bounded); count the outcomes."""
     deadline = time.monotonic() + max_seconds
     while not stop.is_set() and time.monotonic() < deadline:
@@ -42,10 +43,23 @@ def request_loop(url: str, host: str, stop: threading.Event, seen: Counter[str],
 def up_attempt(second: Platform) -> subprocess.CompletedProcess[str]:
     """Run the second `foundry up`; one that starts after all is stopped (Ctrl-C) after
     a while, as the user would, so the first platform's requests are still counted."""
-    with subprocess.Popen([sys.executable, "-m", "foundry", "up", "--http-port",
-                           str(second.http_port), "--api-port", str(second.api_port)],
-                          env=second.env, cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as proc:
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "foundry",
+            "up",
+            "--http-port",
+            str(second.http_port),
+            "--api-port",
+            str(second.api_port),
+        ],
+        env=second.env,
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
         try:
             out, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
@@ -62,24 +76,26 @@ def test_second_up_on_the_same_ports_refuses(platform: Platform, tmp_path: Path)
     seen: Counter[str] = Counter()
     stop = threading.Event()
     url, host = f"http://127.0.0.1:{platform.http_port}/", f"first.localhost:{platform.http_port}"
-    loops = [threading.Thread(target=request_loop, args=(url, host, stop, seen))
-             for _ in range(3)]
+    loops = [threading.Thread(target=request_loop, args=(url, host, stop, seen)) for _ in range(3)]
     for loop in loops:
         loop.start()
     try:
-        time.sleep(0.5)
+        eventually(lambda: seen["ok"] > 0, 30, "requests to flow to the first platform")
         refused = up_attempt(second)
-        time.sleep(1.0)   # a second edge that joined would be taking connections by now
+        time.sleep(1.0)  # a second edge that joined would be taking connections by now
     finally:
         stop.set()
         for loop in loops:
             loop.join(15)
     print(f"requests to the first platform during the attempt: {dict(seen)}")
-    assert seen["ok"] > 20 and set(seen) == {"ok"}, seen
+    assert seen["ok"] > 20, seen
+    assert set(seen) == {"ok"}, seen
     assert refused.returncode != 0, refused.stdout
     errors = refused.stderr.splitlines()
-    assert errors == [f"foundry: port {platform.api_port} is in use by another process "
-                      "(pick another with --api-port)"], refused.stderr
+    assert errors == [
+        f"foundry: port {platform.api_port} is in use by another process "
+        "(pick another with --api-port)"
+    ], refused.stderr
     assert "Foundry is up" not in refused.stdout
     # nothing of the second platform is left running: no pid file, no role process
     assert not (second.home / "up.pid").exists()
@@ -95,7 +111,8 @@ def test_second_up_refuses_the_edge_port_alone(platform: Platform, tmp_path: Pat
     assert refused.returncode != 0, refused.stdout
     assert refused.stderr.splitlines() == [
         f"foundry: port {platform.http_port} is in use by another process "
-        "(pick another with --http-port)"], refused.stderr
+        "(pick another with --http-port)"
+    ], refused.stderr
     assert not (second.home / "up.pid").exists()
     assert not any(str(second.home).encode() in _environ(pid) for pid in _pids())
 

@@ -6,6 +6,7 @@ sees every URL the push used."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import socket
@@ -21,7 +22,7 @@ from tests.e2e.conftest import ROOT, Platform, eventually
 
 pytestmark = pytest.mark.slow
 
-SERVER = '''
+SERVER = """
 import http.server, os
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -33,7 +34,7 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 http.server.HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
-'''
+"""
 
 
 class Relay:
@@ -82,12 +83,10 @@ class Relay:
         return re.findall(r"(?m)^(?:GET|POST|PATCH|PUT|DELETE) \S+ HTTP/1\.1", text)
 
     def close(self) -> None:
-        self.server.shutdown(socket.SHUT_RDWR)      # wakes the accepting thread
+        self.server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         for s in self.sockets:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for thread in self.threads:
             thread.join(5)
         for s in [self.server, *self.sockets]:
@@ -105,42 +104,61 @@ def write_app(root: Path, secret: str, symlink: bool) -> None:
     root.mkdir()
     (root / "Procfile").write_text("web: python3 -u server.py\n")
     (root / "server.py").write_text(SERVER)
-    if symlink:                              # no resource matching: the tarball path
+    if symlink:  # no resource matching: the tarball path
         (root / "link.py").symlink_to("server.py")
     (root / "manifest.yml").write_text(
         f"applications:\n- name: {root.name}\n  memory: 128M\n"
-        f"  env:\n    SECRET_TOKEN: {secret}\n    PLAIN: visible\n")
+        f"  env:\n    SECRET_TOKEN: {secret}\n    PLAIN: visible\n"
+    )
 
 
 @pytest.mark.parametrize("symlink", [False, True], ids=["resource-matched", "tarball"])
 def test_a_manifest_secret_reaches_the_app_but_no_url_or_log(
-        platform: Platform, relay: Relay, tmp_path: Path, symlink: bool) -> None:
+    platform: Platform, relay: Relay, tmp_path: Path, symlink: bool
+) -> None:
     secret = "s3cr3t-" + secrets.token_hex(16)
     app = "cfg-" + ("tar" if symlink else "res")
     write_app(tmp_path / app, secret, symlink)
     token = (platform.home / "admin-token").read_text().strip()
-    env = {**platform.env, "FOUNDRY_API": f"http://api.localhost:{platform.http_port}",
-           "FOUNDRY_TOKEN": token, "HTTP_PROXY": f"http://127.0.0.1:{relay.port}"}
+    env = {
+        **platform.env,
+        "FOUNDRY_API": f"http://api.localhost:{platform.http_port}",
+        "FOUNDRY_TOKEN": token,
+        "HTTP_PROXY": f"http://127.0.0.1:{relay.port}",
+    }
     for key in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
         env.pop(key, None)
-    result = subprocess.run([sys.executable, "-m", "foundry", "push", str(tmp_path / app)],
-                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-m", "foundry", "push", str(tmp_path / app)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{platform.logs()}"
     assert f"{app} v1 is running" in result.stdout
 
     assert platform.api("GET", f"/v1/apps/{app}/env").json()["env"] == {
-        "SECRET_TOKEN": secret, "PLAIN": "visible"}
+        "SECRET_TOKEN": secret,
+        "PLAIN": "visible",
+    }
     eventually(lambda: platform.get(app).text == "set", 20, "the app to see its secret")
 
     lines = relay.request_lines()
     builds = [line for line in lines if f"/v1/apps/{app}/builds" in line]
-    assert builds, lines                     # the push went through the relay and the edge
+    assert builds, lines  # the push went through the relay and the edge
     assert not [line for line in lines if secret in line or "env=" in line], lines
 
     # Router lines reach `foundry logs` in batches: wait for the app's GETs to arrive.
-    logs = eventually(lambda: (lambda out: out if "GET" in out else "")(
-        platform.cli("logs", app, "--lines", "2000").stdout), 20, "router lines in the logs")
+    logs = eventually(
+        lambda: (lambda out: out if "GET" in out else "")(
+            platform.cli("logs", app, "--lines", "2000").stdout
+        ),
+        20,
+        "router lines in the logs",
+    )
     assert secret not in logs
     files = [*sorted((platform.home / "logs").glob("*.log")), platform.home.parent / "up.out"]
-    for f in files:                          # control, node, edge and `foundry up` itself
+    for f in files:  # control, node, edge and `foundry up` itself
         assert secret not in f.read_text(errors="replace"), f.name

@@ -28,8 +28,9 @@ def release_of(platform: Platform, app: str) -> int:
     return int(json.loads(platform.cli("app", app, "--json").stdout)["release"])
 
 
-def test_a_packless_push_says_its_error_once_and_claims_no_app(platform: Platform,
-                                                               tmp_path: Path) -> None:
+def test_a_packless_push_says_its_error_once_and_claims_no_app(
+    platform: Platform, tmp_path: Path
+) -> None:
     (tmp_path / "README").write_text("nothing runnable here")
     result = platform.cli("push", str(tmp_path), "--name", "junk", check=False)
     said = result.stdout + result.stderr
@@ -49,8 +50,9 @@ def test_a_packless_git_push_says_its_error_once(platform: Platform, tmp_path: P
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "first"]):
         subprocess.run([*git, *args], check=True, env=env, capture_output=True)
     platform.cli("git-remote", "gitjunk", "--dir", str(repo))
-    pushed = subprocess.run([*git, "push", "foundry", "main"], env=env, capture_output=True,
-                            text=True, timeout=240)
+    pushed = subprocess.run(
+        [*git, "push", "foundry", "main"], env=env, capture_output=True, text=True, timeout=240
+    )
     said = pushed.stdout + pushed.stderr
     assert pushed.returncode != 0
     assert said.count(NO_PACK) == 1, said
@@ -58,17 +60,18 @@ def test_a_packless_git_push_says_its_error_once(platform: Platform, tmp_path: P
     assert platform.cli("app", "gitjunk", check=False).returncode == 1
 
 
-def test_scale_means_the_only_process_type_and_refuses_unknown_ones(platform: Platform
-                                                                    ) -> None:
+def test_scale_means_the_only_process_type_and_refuses_unknown_ones(platform: Platform) -> None:
     platform.cli("push", str(EXAMPLES / "worker"), "--name", "lone-worker")
     scaled = platform.cli("scale", "lone-worker", "-i", "2")
     assert scaled.stdout.strip() == "lone-worker: worker scaled to 2"
     view = json.loads(platform.cli("app", "lone-worker", "--json").stdout)
-    assert view["scale"]["worker"] == 2 and view["scale"].get("web", 1) == 1
+    assert view["scale"]["worker"] == 2
+    assert view["scale"].get("web", 1) == 1
     refused = platform.cli("scale", "lone-worker", "-i", "2", "-p", "nosuchtype", check=False)
     assert refused.returncode == 1
-    assert refused.stderr == ("foundry: lone-worker has no process type 'nosuchtype' "
-                              "(it has worker)\n")
+    assert refused.stderr == (
+        "foundry: lone-worker has no process type 'nosuchtype' (it has worker)\n"
+    )
     after = json.loads(platform.cli("app", "lone-worker", "--json").stdout)
     assert "nosuchtype" not in after["scale"]
 
@@ -85,8 +88,9 @@ def test_config_changes_that_change_nothing_are_no_ops(platform: Platform) -> No
     assert instance_ids(platform, "steady") == ids
 
 
-def test_an_unchanged_repush_keeps_the_release_and_its_instances(platform: Platform,
-                                                                 tmp_path: Path) -> None:
+def test_an_unchanged_repush_keeps_the_release_and_its_instances(
+    platform: Platform, tmp_path: Path
+) -> None:
     app = tmp_path / "again"
     shutil.copytree(TINY, app)
     platform.cli("push", str(app))
@@ -97,8 +101,7 @@ def test_an_unchanged_repush_keeps_the_release_and_its_instances(platform: Platf
     assert instance_ids(platform, "again") == ids
 
 
-def test_an_unchanged_python_repush_keeps_the_release(platform: Platform,
-                                                     tmp_path: Path) -> None:
+def test_an_unchanged_python_repush_keeps_the_release(platform: Platform, tmp_path: Path) -> None:
     """The python pack's virtualenv holds build times, so its droplet differs every build:
     the same source built with the same options is what says nothing changed."""
     app = tmp_path / "snake"
@@ -117,25 +120,37 @@ def test_strict_shows_every_change_and_asks_first(platform: Platform, tmp_path: 
     app = tmp_path / "web"
     shutil.copytree(TINY, app)
     manifest = tmp_path / "manifest.yml"
-    manifest.write_text("applications:\n- name: strictly\n  path: web\n  instances: 2\n"
-                        "  env: {TOKEN: first-secret-value, GONE: soon}\n")
+    manifest.write_text(
+        "applications:\n- name: strictly\n  path: web\n  instances: 2\n"
+        "  env: {TOKEN: first-secret-value, GONE: soon}\n"
+    )
     platform.cli("push", "-f", str(manifest), str(tmp_path))
     release = release_of(platform, "strictly")
-    manifest.write_text("applications:\n- name: strictly\n  path: web\n  instances: 1\n"
-                        "  memory: 128M\n  env: {TOKEN: second-secret-value}\n")
+    manifest.write_text(
+        "applications:\n- name: strictly\n  path: web\n  instances: 1\n"
+        "  memory: 128M\n  env: {TOKEN: second-secret-value}\n"
+    )
     refused = platform.cli("push", "-f", str(manifest), str(tmp_path), "--strict", check=False)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (
         "foundry: --strict would change strictly as shown; pass --yes to apply that "
-        "without a terminal")
-    for line in ("instances (web): 2 -> 1", "memory: 256M -> 128M", "env TOKEN: changed",
-                 "env GONE: removed"):
+        "without a terminal"
+    )
+    for line in (
+        "instances (web): 2 -> 1",
+        "memory: 256M -> 128M",
+        "env TOKEN: changed",
+        "env GONE: removed",
+    ):
         assert line in refused.stdout, refused.stdout
     assert "secret-value" not in refused.stdout + refused.stderr
     view = json.loads(platform.cli("app", "strictly", "--json").stdout)
-    assert view["scale"]["web"] == 2 and view["release"] == release   # nothing changed
+    assert view["scale"]["web"] == 2
+    assert view["release"] == release  # nothing changed
     platform.cli("push", "-f", str(manifest), str(tmp_path), "--strict", "--yes")
     view = json.loads(platform.cli("app", "strictly", "--json").stdout)
-    assert view["scale"]["web"] == 1 and view["memory_mb"] == 128
+    assert view["scale"]["web"] == 1
+    assert view["memory_mb"] == 128
     assert platform.api("GET", "/v1/apps/strictly/env").json()["env"] == {
-        "TOKEN": "second-secret-value"}
+        "TOKEN": "second-secret-value"
+    }

@@ -23,8 +23,10 @@ import pytest
 
 from tests.e2e.conftest import ROOT, Platform, started
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl"),
+]
 
 
 def tour_lines(readme: str) -> list[str]:
@@ -47,13 +49,15 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         yield p
 
 
-def run_on_a_terminal(argv: list[str], env: dict[str, str], answer: bytes
-                      ) -> subprocess.CompletedProcess[str]:
+def run_on_a_terminal(
+    argv: list[str], env: dict[str, str], answer: bytes
+) -> subprocess.CompletedProcess[str]:
     master, slave = pty.openpty()
     try:
         os.write(master, answer)
-        return subprocess.run(argv, cwd=ROOT, env=env, stdin=slave, capture_output=True,
-                              text=True, timeout=240)
+        return subprocess.run(
+            argv, cwd=ROOT, env=env, stdin=slave, capture_output=True, text=True, timeout=240
+        )
     finally:
         os.close(slave)
         os.close(master)
@@ -61,12 +65,13 @@ def run_on_a_terminal(argv: list[str], env: dict[str, str], answer: bytes
 
 def follow_briefly(argv: list[str], env: dict[str, str]) -> tuple[bool, str]:
     """Run a following command for a few seconds: (still following?, what it printed)."""
-    with subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as proc:
-        time.sleep(4)
+    with subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        time.sleep(4)  # the check itself: a follower is still running after a while
         following = proc.poll() is None
         proc.terminate()
-        out, _ = proc.communicate(10)
+        out, _ = proc.communicate(timeout=10)
     return following, out
 
 
@@ -76,9 +81,13 @@ def test_the_readme_tour_works_as_written(fresh: Platform) -> None:
         words = shlex.split(line, comments=True)
         comment = line.split("#", 1)[1].strip() if "#" in line else ""
         if words[0] == "curl":
-            argv = ["curl", "-sS", "--max-time", "10",
-                    *(w.replace("localhost:8080", f"localhost:{fresh.http_port}")
-                      for w in words[1:])]
+            argv = [
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                *(w.replace("localhost:8080", f"localhost:{fresh.http_port}") for w in words[1:]),
+            ]
             done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
             assert done.returncode == 0, f"{line}\n{done.stderr}"
             assert done.stdout.strip() == comment, f"{line}: got {done.stdout!r}"
@@ -86,13 +95,15 @@ def test_the_readme_tour_works_as_written(fresh: Platform) -> None:
         argv = [sys.executable, "-m", "foundry", *words[1:]]
         if words[1] == "logs" and {"-f", "--follow", "--tail"} & set(words):
             following, out = follow_briefly(argv, fresh.env)
-            assert following and out.strip(), f"{line}: {out}"
+            assert following, f"{line}: {out}"
+            assert out.strip(), f"{line}: {out}"
             continue
         if words[1] == "delete":
             done = run_on_a_terminal(argv, fresh.env, b"y\n")
         else:
-            done = subprocess.run(argv, cwd=ROOT, env=fresh.env, capture_output=True,
-                                  text=True, timeout=240)
+            done = subprocess.run(
+                argv, cwd=ROOT, env=fresh.env, capture_output=True, text=True, timeout=240
+            )
         assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}\n{fresh.logs()}"
-    assert fresh.cli("app", "hello-python", check=False).returncode == 1   # deleted
+    assert fresh.cli("app", "hello-python", check=False).returncode == 1  # deleted
     assert time.monotonic() - began < 600

@@ -31,13 +31,18 @@ def mode(path: Path) -> int:
 
 
 def raw_bytes(db: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal"))
-                    if p.exists())
+    return b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal")) if p.exists())
 
 
 def foundry(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "foundry", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "foundry", *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 class Control:
@@ -50,11 +55,33 @@ class Control:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "foundry", "control", "--home", str(self.home),
-             "--listen", self.url.removeprefix("http://")], cwd=ROOT, env=ENV,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        eventually(lambda: self.proc is not None and (self.proc.poll() is not None or httpx.get(
-            self.url + "/v1/health").status_code == 200), 30, "the control plane to serve")
+            [
+                sys.executable,
+                "-m",
+                "foundry",
+                "control",
+                "--home",
+                str(self.home),
+                "--listen",
+                self.url.removeprefix("http://"),
+            ],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        eventually(
+            lambda: (
+                self.proc is not None
+                and (
+                    self.proc.poll() is not None
+                    or httpx.get(self.url + "/v1/health").status_code == 200
+                )
+            ),
+            30,
+            "the control plane to serve",
+        )
         assert self.proc.poll() is None
 
     def stop(self) -> str:
@@ -98,14 +125,24 @@ def test_a_loose_home_is_tightened_with_one_log_line(control: Control) -> None:
     admin_token(home)
     (home / "blobs").mkdir()
     (home / "blobs" / ("0" * 64)).write_bytes(b"source")
-    for path, loose in ((home, 0o755), (home / "foundry.db", 0o644),
-                        (home / "keyring.json", 0o644), (home / "blobs", 0o755),
-                        (home / "blobs" / ("0" * 64), 0o644)):
+    for path, loose in (
+        (home, 0o755),
+        (home / "foundry.db", 0o644),
+        (home / "keyring.json", 0o644),
+        (home / "blobs", 0o755),
+        (home / "blobs" / ("0" * 64), 0o644),
+    ):
         path.chmod(loose)
     control.start()
-    assert mode(home) == 0o700 and mode(home / "blobs") == 0o700
-    for name in ("foundry.db", "foundry.db-wal", "foundry.db-shm", "keyring.json",
-                 "blobs/" + "0" * 64):
+    assert mode(home) == 0o700
+    assert mode(home / "blobs") == 0o700
+    for name in (
+        "foundry.db",
+        "foundry.db-wal",
+        "foundry.db-shm",
+        "keyring.json",
+        "blobs/" + "0" * 64,
+    ):
         assert mode(home / name) == 0o600, name
     err = control.stop()
     assert len([line for line in err.splitlines() if "tightened" in line]) == 1, err
@@ -131,14 +168,12 @@ def test_rotate_key_under_a_serving_control_plane(control: Control) -> None:
     control.stop()
     assert f"fdy1:{key_a}:".encode() not in raw_bytes(home / "foundry.db")
 
-    control.start()                # a new process, with key A gone, reads both values
-    assert httpx.get(env_url, headers=auth).json()["env"] == {"API_KEY": SECRET,
-                                                               "MORE": "after"}
+    control.start()  # a new process, with key A gone, reads both values
+    assert httpx.get(env_url, headers=auth).json()["env"] == {"API_KEY": SECRET, "MORE": "after"}
 
 
 @pytest.mark.parametrize("damage", ["wrong", "missing"])
-def test_a_missing_or_wrong_key_is_one_line_and_serves_nothing(tmp_path: Path,
-                                                               damage: str) -> None:
+def test_a_missing_or_wrong_key_is_one_line_and_serves_nothing(tmp_path: Path, damage: str) -> None:
     home = tmp_path / "control"
     home.mkdir(mode=0o700)
     store = Store(home / "foundry.db")
@@ -154,21 +189,26 @@ def test_a_missing_or_wrong_key_is_one_line_and_serves_nothing(tmp_path: Path,
         result = foundry(*args, "--home", str(home))
         assert result.returncode == 1, result
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("foundry: "), result.stderr
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("foundry: "), result.stderr
         assert ("does not open" if damage == "wrong" else "is missing") in lines[0]
         assert SECRET not in result.stderr + result.stdout
-    assert ring.exists() == (damage == "wrong")      # no new key made over the old values
+    assert ring.exists() == (damage == "wrong")  # no new key made over the old values
 
 
 def test_a_config_var_reaches_the_app_but_not_the_database_file(platform: Platform) -> None:
     platform.cli("push", str(EXAMPLES / "hello-python"), "--name", "sealed")
     platform.cli("set-env", "sealed", f"API_KEY={SECRET}")
-    eventually(lambda: platform.get("sealed", "/env?API_KEY").text == SECRET, 60,
-               "the config var inside the app")
+    eventually(
+        lambda: platform.get("sealed", "/env?API_KEY").text == SECRET,
+        60,
+        "the config var inside the app",
+    )
     assert f"API_KEY={SECRET}" in platform.cli("env", "sealed").stdout
     home = platform.home / "control"
     assert SECRET.encode() not in raw_bytes(home / "foundry.db")
-    assert mode(home) == 0o700 and mode(home / "foundry.db") == 0o600
+    assert mode(home) == 0o700
+    assert mode(home / "foundry.db") == 0o600
 
 
 def test_an_operator_keyring_outside_the_home_rotates_by_hand(tmp_path: Path) -> None:
@@ -178,13 +218,18 @@ def test_an_operator_keyring_outside_the_home_rotates_by_hand(tmp_path: Path) ->
     store.create_app("vaulted", env={"API_KEY": SECRET})
     old = store.keyring.keys
     store.close()
-    assert not (home / "keyring.json").exists() and mode(ring) == 0o600
+    assert not (home / "keyring.json").exists()
+    assert mode(ring) == 0o600
     # the operator adds a key of their own and makes it current, then reseals with it
     ring.write_text(render_keyring(Keys("ops-2", {**old.keys, "ops-2": os.urandom(32)})))
     result = subprocess.run(
         [sys.executable, "-m", "foundry", "rotate-key", "--no-new-key", "--home", str(home)],
-        cwd=ROOT, env={**ENV, "FOUNDRY_KEYRING": str(ring)}, capture_output=True, text=True,
-        timeout=60)
+        cwd=ROOT,
+        env={**ENV, "FOUNDRY_KEYRING": str(ring)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert f"with key ops-2; dropped key(s): {old.current}" in result.stdout
     store = Store(home / "foundry.db", keyring=ring)

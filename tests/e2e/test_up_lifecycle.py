@@ -7,6 +7,7 @@ running, and then looks at every process on the machine."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,10 +41,15 @@ def processes_of(home: Path, instance_ids: set[str]) -> dict[int, str]:
             continue
         if state == "Z":
             continue
-        marker = next((v.split(b"=", 1)[1].decode() for v in env
-                       if v.startswith(b"FOUNDRY_INSTANCE_ID=")), None)
-        if (f"FOUNDRY_HOME={home}".encode() in env or str(home).encode() in cmd
-                or any(marker and marker.startswith(i) for i in instance_ids)):
+        marker = next(
+            (v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"FOUNDRY_INSTANCE_ID=")),
+            None,
+        )
+        if (
+            f"FOUNDRY_HOME={home}".encode() in env
+            or str(home).encode() in cmd
+            or any(marker and marker.startswith(i) for i in instance_ids)
+        ):
             found[int(entry)] = cmd.decode(errors="replace")[:120]
     return found
 
@@ -53,13 +59,27 @@ def running_platform(tmp_path: Path) -> tuple[Platform, set[str], subprocess.Pop
     p = Platform(tmp_path / "home")
     p.start()
     p.cli("push", str(EXAMPLES / "hello-python"), "--name", "doomed", "-i", "2")
-    eventually(lambda: sum(i["state"] == "RUNNING" for i in json.loads(
-        p.cli("app", "doomed", "--json").stdout)["instances"]) == 2, 60, "2 instances")
-    task = subprocess.Popen([sys.executable, "-m", "foundry", "run", "doomed", "--", "sleep",
-                             "300"], env=p.env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, text=True)
+    eventually(
+        lambda: (
+            sum(
+                i["state"] == "RUNNING"
+                for i in json.loads(p.cli("app", "doomed", "--json").stdout)["instances"]
+            )
+            == 2
+        ),
+        60,
+        "2 instances",
+    )
+    task = subprocess.Popen(
+        [sys.executable, "-m", "foundry", "run", "doomed", "--", "sleep", "300"],
+        env=p.env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     ids = {i["id"] for i in json.loads(p.cli("app", "doomed", "--json").stdout)["instances"]}
-    ids.add("task-")        # a one-off task's jail is marked task-<id>
+    ids.add("task-")  # a one-off task's jail is marked task-<id>
     eventually(lambda: len(processes_of(p.home, ids)) >= 5, 30, "roles, instances and task")
     return p, ids, task
 
@@ -72,15 +92,17 @@ def test_nothing_outlives_foundry_up(tmp_path: Path, how: str) -> None:
         before = processes_of(p.home, ids)
         if how == "term-then-kill":
             p.proc.terminate()
-            time.sleep(2)
-        began = time.monotonic()      # from the last signal: a SIGHUP stop is counted whole
+            time.sleep(2)  # the case itself: SIGKILL lands mid-way through a stop
+        began = time.monotonic()  # from the last signal: a SIGHUP stop is counted whole
         p.proc.send_signal(signal.SIGHUP if how == "hup" else signal.SIGKILL)
         p.proc.wait(20)
         while processes_of(p.home, ids) and time.monotonic() - began < GONE_WITHIN:
             time.sleep(0.1)
         left = processes_of(p.home, ids)
-        print(f"\nmeasured: {len(before)} processes before {how}; {len(left)} left after "
-              f"{time.monotonic() - began:.2f} s")
+        print(
+            f"\nmeasured: {len(before)} processes before {how}; {len(left)} left after "
+            f"{time.monotonic() - began:.2f} s"
+        )
         assert not left, f"left after {how}: {left}"
     finally:
         task.kill()
@@ -90,10 +112,8 @@ def test_nothing_outlives_foundry_up(tmp_path: Path, how: str) -> None:
 
 
 def with_suppressed_kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def test_a_new_up_cleans_what_a_crash_left(tmp_path: Path) -> None:
@@ -101,8 +121,9 @@ def test_a_new_up_cleans_what_a_crash_left(tmp_path: Path) -> None:
     (home / "node").mkdir(parents=True)
     # An orphaned role of an earlier run (as older versions left them), a jail cgroup the
     # killed node agent could not remove, and a pid file naming a process that is gone.
-    orphan = subprocess.Popen(["sleep", "300"], env={"FOUNDRY_UP_HOME": str(home)},
-                              start_new_session=True)
+    orphan = subprocess.Popen(
+        ["sleep", "300"], env={"FOUNDRY_UP_HOME": str(home)}, start_new_session=True
+    )
     driver = cgroups.detect() if os.geteuid() == 0 else None
     stale = None
     if driver is not None:
@@ -123,13 +144,28 @@ def test_a_new_up_cleans_what_a_crash_left(tmp_path: Path) -> None:
             assert not any(Path(f).exists() for f in stale.procs_files())
         # The new platform works, and a second `foundry up` on its home is refused.
         second = Platform(home)
-        out = subprocess.run([sys.executable, "-m", "foundry", "up", "--http-port",
-                              str(second.http_port), "--api-port", str(second.api_port)],
-                             env=second.env, cwd=ROOT, capture_output=True, text=True,
-                             timeout=30)
+        assert p.proc is not None
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "foundry",
+                "up",
+                "--http-port",
+                str(second.http_port),
+                "--api-port",
+                str(second.api_port),
+            ],
+            env=second.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode != 0
         assert out.stderr.strip().splitlines() == [
-            f"foundry: foundry up is already running for {home} (pid {p.proc.pid})"], out.stderr
+            f"foundry: foundry up is already running for {home} (pid {p.proc.pid})"
+        ], out.stderr
         assert p.api("GET", "/v1/health").status_code == 200
     finally:
         orphan.kill()

@@ -22,8 +22,9 @@ def make_tar(path: Path, add: Callable[[tarfile.TarFile], None]) -> Path:
     return path
 
 
-def file_member(name: str, data: bytes = b"x", mode: int = 0o644) -> tuple[tarfile.TarInfo,
-                                                                            io.BytesIO]:
+def file_member(
+    name: str, data: bytes = b"x", mode: int = 0o644
+) -> tuple[tarfile.TarInfo, io.BytesIO]:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mode = mode
@@ -73,6 +74,7 @@ def test_tar_bomb_is_refused_before_unpacking(tmp_path: Path) -> None:
     def bomb(t: tarfile.TarFile) -> None:
         for i in range(50):
             t.addfile(*file_member(f"f{i}", b"\0" * 100_000))
+
     archive = make_tar(tmp_path / "bomb.tgz", bomb)
     assert archive.stat().st_size < 100_000
     with pytest.raises(Unprocessable, match="expands past"):
@@ -98,6 +100,7 @@ def test_safe_archive_with_inner_links_round_trips(tmp_path: Path) -> None:
         t.addfile(*file_member("dir/a.txt", b"hello"))
         t.addfile(link("dir/b.txt", "a.txt", tarfile.SYMTYPE))
         t.addfile(link("c.txt", "dir/a.txt", tarfile.LNKTYPE))
+
     archive = make_tar(tmp_path / "ok.tgz", good)
     assert check_archive(archive) == 3
     assert extract(archive, tmp_path / "app") == 3
@@ -106,18 +109,21 @@ def test_safe_archive_with_inner_links_round_trips(tmp_path: Path) -> None:
 
 
 def test_droplets_keep_absolute_symlinks_but_nothing_is_written_through_them(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     def venv(t: tarfile.TarFile) -> None:
         t.addfile(link(".venv/bin/python", "/usr/bin/python3", tarfile.SYMTYPE))
+
     archive = make_tar(tmp_path / "droplet.tgz", venv)
     with pytest.raises(ArchiveError):
-        extract(archive, tmp_path / "source")              # not in a source package
+        extract(archive, tmp_path / "source")  # not in a source package
     extract(archive, tmp_path / "droplet", absolute_symlinks=True)
     assert os.readlink(tmp_path / "droplet" / ".venv/bin/python") == "/usr/bin/python3"
 
     def through(t: tarfile.TarFile) -> None:
         t.addfile(link("etc", "/etc", tarfile.SYMTYPE))
         t.addfile(*file_member("etc/evil"))
+
     archive = make_tar(tmp_path / "through.tgz", through)
     with pytest.raises((ArchiveError, tarfile.TarError)):
         extract(archive, tmp_path / "x", absolute_symlinks=True)
@@ -129,6 +135,7 @@ def test_droplet_links_may_chain_to_an_absolute_target(tmp_path: Path) -> None:
     def venv(t: tarfile.TarFile) -> None:
         t.addfile(link("bin/python", "/usr/bin/python3.11", tarfile.SYMTYPE))
         t.addfile(link("bin/python3", "python", tarfile.SYMTYPE))
+
     archive = make_tar(tmp_path / "droplet.tgz", venv)
     extract(archive, tmp_path / "droplet", absolute_symlinks=True)
     assert os.readlink(tmp_path / "droplet" / "bin/python3") == "python"
@@ -165,7 +172,7 @@ def test_a_droplet_refuses_what_no_node_would_unpack(tmp_path: Path, leave: str)
         os.chmod(build / "shared", 0o2775)
     else:
         os.symlink("../../../etc/shadow", build / ".venv" / "escape")
-    with pytest.raises(ArchiveError, match="the build left .*which a droplet may not hold"):
+    with pytest.raises(ArchiveError, match=r"the build left .*which a droplet may not hold"):
         create(build, tmp_path / "droplet.tgz")
 
 
@@ -175,10 +182,10 @@ def test_the_same_build_output_makes_the_same_droplet(tmp_path: Path) -> None:
     (app / "lib" / "mod.py").write_text("x = 1\n")
     (app / "Procfile").write_text("web: python3 -m http.server\n")
     create(app, tmp_path / "one.tgz")
-    os.utime(app / "lib", (12345, 12345))        # another build made the folder at another time
+    os.utime(app / "lib", (12345, 12345))  # another build made the folder at another time
     if os.geteuid() == 0:
-        os.chown(app / "lib" / "mod.py", 3666004, 3666004)     # as another throwaway uid
+        os.chown(app / "lib" / "mod.py", 3666004, 3666004)  # as another throwaway uid
     create(app, tmp_path / "two.tgz")
     one = (tmp_path / "one.tgz").read_bytes()
-    assert one[4:8] == b"\0\0\0\0"               # no gzip timestamp
+    assert one[4:8] == b"\0\0\0\0"  # no gzip timestamp
     assert one == (tmp_path / "two.tgz").read_bytes()

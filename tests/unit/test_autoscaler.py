@@ -17,16 +17,19 @@ def steady(value: float, seconds: int = 60, start: int = 0) -> list[Sample]:
     return [Sample(NOW - start - i, value) for i in range(seconds)]
 
 
-@pytest.mark.parametrize(("samples", "current", "expected"), [
-    (steady(25), 1, 3),                      # steady 25 in flight, target 10 -> 3
-    (steady(10), 1, 1),
-    (steady(10), 4, 2),                      # decay: at most halve per decision
-    (steady(10), 2, 1),
-    ([*steady(0, 54, start=6), *steady(80, 6)], 2, 8),   # a burst: panic, jump at once
-    ([*steady(0, 54, start=6), *steady(30, 6)], 2, 1),   # not twice the current: no panic
-    ([*steady(10, 60)], 0, 1),               # traffic at zero instances wakes one
-    (steady(500), 3, 10),                    # max bound
-])
+@pytest.mark.parametrize(
+    ("samples", "current", "expected"),
+    [
+        (steady(25), 1, 3),  # steady 25 in flight, target 10 -> 3
+        (steady(10), 1, 1),
+        (steady(10), 4, 2),  # decay: at most halve per decision
+        (steady(10), 2, 1),
+        ([*steady(0, 54, start=6), *steady(80, 6)], 2, 8),  # a burst: panic, jump at once
+        ([*steady(0, 54, start=6), *steady(30, 6)], 2, 1),  # not twice the current: no panic
+        ([*steady(10, 60)], 0, 1),  # traffic at zero instances wakes one
+        (steady(500), 3, 10),  # max bound
+    ],
+)
 def test_table(samples: list[Sample], current: int, expected: int) -> None:
     assert desired_instances(samples, current, S, NOW, first_seen=0) == expected
 
@@ -53,15 +56,20 @@ def test_an_app_just_watched_is_not_scaled_to_zero_yet() -> None:
 
 
 def test_after_a_burst_the_count_comes_down_slowly() -> None:
-    after = [*steady(0, 30), *steady(60, 30, start=30)]     # busy until 30 s ago
-    assert desired_instances(after, 6, S, NOW, first_seen=0) == 3      # halves, not 1
+    after = [*steady(0, 30), *steady(60, 30, start=30)]  # busy until 30 s ago
+    assert desired_instances(after, 6, S, NOW, first_seen=0) == 3  # halves, not 1
     assert desired_instances(after, 3, S, NOW, first_seen=0) == 3
 
 
-@given(st.lists(st.tuples(st.floats(0, 120), st.floats(0, 500), st.integers(0, 3)),
-                max_size=40), st.integers(0, 10), st.integers(0, 3), st.integers(3, 10))
-def test_always_within_bounds(raw: list[tuple[float, float, int]], current: int, lo: int,
-                              hi: int) -> None:
+@given(
+    st.lists(st.tuples(st.floats(0, 120), st.floats(0, 500), st.integers(0, 3)), max_size=40),
+    st.integers(0, 10),
+    st.integers(0, 3),
+    st.integers(3, 10),
+)
+def test_always_within_bounds(
+    raw: list[tuple[float, float, int]], current: int, lo: int, hi: int
+) -> None:
     samples = [Sample(NOW - age, v, t) for age, v, t in raw]
     settings = Settings(min=lo, max=hi, concurrency=10, idle=60)
     assert lo <= desired_instances(samples, current, settings, NOW, first_seen=0) <= hi

@@ -39,11 +39,13 @@ def test_a_regular_file_is_read_and_a_missing_one_is_none(build: Path) -> None:
 
 
 @pytest.mark.parametrize("target", ["host", "relative-out", "inside"])
-def test_a_link_is_refused_without_reading_its_target(build: Path, secret: Path,
-                                                      target: str) -> None:
+def test_a_link_is_refused_without_reading_its_target(
+    build: Path, secret: Path, target: str
+) -> None:
     (build / "Procfile.real").write_text("web: x\n")
-    link = {"host": str(secret), "relative-out": f"../{secret.name}",
-            "inside": "Procfile.real"}[target]
+    link = {"host": str(secret), "relative-out": f"../{secret.name}", "inside": "Procfile.real"}[
+        target
+    ]
     os.symlink(link, build / "Procfile")
     with pytest.raises(ConfinedError, match="Procfile is a symbolic link") as refused:
         read_confined(build, "Procfile", 1024)
@@ -57,7 +59,7 @@ def test_a_link_on_the_way_is_refused(build: Path, secret: Path) -> None:
 
 
 def test_a_fifo_is_refused_without_blocking(build: Path) -> None:
-    os.mkfifo(build / "Procfile")   # opening it for reading would wait for a writer
+    os.mkfifo(build / "Procfile")  # opening it for reading would wait for a writer
     with pytest.raises(ConfinedError, match="Procfile is not a regular file"):
         read_confined(build, "Procfile", 1024)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -44,7 +46,7 @@ def drain(parser: Parser) -> list[object]:
             out.append(error)
             return out
         out.append(event)
-        if isinstance(event, Signal) or isinstance(event, ConnectionClosed):
+        if isinstance(event, Signal | ConnectionClosed):
             return out
 
 
@@ -75,7 +77,9 @@ def test_simple_get() -> None:
     assert isinstance(head, RequestHead)
     assert (head.method, head.target, head.version) == (b"GET", b"/x?y=1", b"1.1")
     assert head.headers == [(b"Host", b"a.localhost"), (b"Accept", b"*/*")]
-    assert head.keep_alive and head.framing is Framing.NONE and not head.upgrade
+    assert head.keep_alive
+    assert head.framing is Framing.NONE
+    assert not head.upgrade
     assert end == EndOfMessage()
 
 
@@ -86,7 +90,12 @@ def test_pipelined_requests_come_out_in_order() -> None:
         b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n"
     )
     kinds = [type(e).__name__ for e in events]
-    assert kinds == ["RequestHead", "EndOfMessage", "RequestHead", "Body", "EndOfMessage"] + [
+    assert kinds == [
+        "RequestHead",
+        "EndOfMessage",
+        "RequestHead",
+        "Body",
+        "EndOfMessage",
         "RequestHead",
         "EndOfMessage",
     ]
@@ -99,7 +108,8 @@ def test_head_split_across_many_feeds() -> None:
     events = request(*[raw[i : i + 7] for i in range(0, len(raw), 7)])
     head = events[0]
     assert isinstance(head, RequestHead)
-    assert head.target == b"/split" and head.headers[1] == (b"X-Long", b"v" * 50)
+    assert head.target == b"/split"
+    assert head.headers[1] == (b"X-Long", b"v" * 50)
 
 
 def test_chunked_request_body_is_dechunked() -> None:
@@ -109,7 +119,8 @@ def test_chunked_request_body_is_dechunked() -> None:
         b"6\r\n world\r\n0\r\n\r\n",
     )
     head = events[0]
-    assert isinstance(head, RequestHead) and head.framing is Framing.CHUNKED
+    assert isinstance(head, RequestHead)
+    assert head.framing is Framing.CHUNKED
     assert body_of(events) == b"hello world"
     assert events[-1] == EndOfMessage()
 
@@ -136,7 +147,7 @@ def normalized(events: list[object]) -> list[object]:
 @given(cuts=st.lists(st.integers(min_value=1, max_value=len(PIPELINE) - 1), max_size=12))
 def test_how_bytes_are_split_does_not_change_the_events(cuts: list[int]) -> None:
     bounds = [0, *sorted(set(cuts)), len(PIPELINE)]
-    chunks = [PIPELINE[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    chunks = [PIPELINE[a:b] for a, b in itertools.pairwise(bounds)]
     assert normalized(request(*chunks)) == normalized(request(PIPELINE))
 
 
@@ -174,7 +185,8 @@ def test_malformed_requests_are_400(raw: bytes) -> None:
 
 def test_a_good_request_is_delivered_before_the_bad_one_behind_it() -> None:
     events = request(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\nNOT HTTP\r\n\r\n")
-    assert isinstance(events[0], RequestHead) and events[1] == EndOfMessage()
+    assert isinstance(events[0], RequestHead)
+    assert events[1] == EndOfMessage()
     assert status_of(events) == 400
 
 
@@ -229,24 +241,29 @@ def test_chunked_body_over_the_limit_is_413_once_it_exceeds() -> None:
         b"5\r\nworld\r\n",
         limits=limits,
     )
-    assert body_of(limited) == b"hello" and status_of(limited) == 413
+    assert body_of(limited) == b"hello"
+    assert status_of(limited) == 413
 
 
 def test_content_length_zero_has_no_body() -> None:
     events = request(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
     head = events[0]
-    assert isinstance(head, RequestHead) and head.framing is Framing.NONE
+    assert isinstance(head, RequestHead)
+    assert head.framing is Framing.NONE
     assert events[1] == EndOfMessage()
 
 
 def test_http10_defaults_to_close() -> None:
     (head, _) = request(b"GET / HTTP/1.0\r\n\r\n")
-    assert isinstance(head, RequestHead) and head.version == b"1.0" and not head.keep_alive
+    assert isinstance(head, RequestHead)
+    assert head.version == b"1.0"
+    assert not head.keep_alive
 
 
 def test_connection_close_clears_keep_alive() -> None:
     (head, _) = request(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-    assert isinstance(head, RequestHead) and not head.keep_alive
+    assert isinstance(head, RequestHead)
+    assert not head.keep_alive
 
 
 def test_close_between_requests_is_a_clean_close() -> None:
@@ -264,7 +281,8 @@ def test_websocket_upgrade_pauses_and_detaches_the_bytes_after_it() -> None:
         b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x00",
     )
     head = events[0]
-    assert isinstance(head, RequestHead) and head.upgrade
+    assert isinstance(head, RequestHead)
+    assert head.upgrade
     assert events[1:] == [EndOfMessage(), PAUSED]
     parser.feed(b"more")
     assert parser.detach() == b"\x81\x00"
@@ -279,7 +297,9 @@ def test_declined_upgrade_resumes_http_with_the_bytes_after_it() -> None:
     )
     parser.resume()
     head, end = drain(parser)[:2]
-    assert isinstance(head, RequestHead) and head.target == b"/next" and end == EndOfMessage()
+    assert isinstance(head, RequestHead)
+    assert head.target == b"/next"
+    assert end == EndOfMessage()
 
 
 def response(*chunks: bytes, method: bytes = b"GET") -> list[object]:
@@ -291,7 +311,8 @@ def test_response_with_content_length() -> None:
     head = events[0]
     assert isinstance(head, ResponseHead)
     assert (head.status, head.reason, head.framing) == (200, b"OK", Framing.LENGTH)
-    assert body_of(events) == b"hello" and events[-1] == EndOfMessage()
+    assert body_of(events) == b"hello"
+    assert events[-1] == EndOfMessage()
 
 
 def test_chunked_response_is_dechunked() -> None:
@@ -300,14 +321,17 @@ def test_chunked_response_is_dechunked() -> None:
         b"2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n",
     )
     head = events[0]
-    assert isinstance(head, ResponseHead) and head.framing is Framing.CHUNKED
-    assert body_of(events) == b"abcde" and events[-1] == EndOfMessage()
+    assert isinstance(head, ResponseHead)
+    assert head.framing is Framing.CHUNKED
+    assert body_of(events) == b"abcde"
+    assert events[-1] == EndOfMessage()
 
 
 def test_response_without_length_reads_until_close() -> None:
     events = response(b"HTTP/1.1 200 OK\r\n\r\nsome", b" more", b"")
     head = events[0]
-    assert isinstance(head, ResponseHead) and head.framing is Framing.CLOSE
+    assert isinstance(head, ResponseHead)
+    assert head.framing is Framing.CLOSE
     assert body_of(events) == b"some more"
     assert events[-2:] == [EndOfMessage(), ConnectionClosed()]
 
@@ -321,7 +345,8 @@ def test_truncated_response_is_502() -> None:
 def test_head_response_has_no_body_despite_content_length() -> None:
     events = response(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", method=b"HEAD")
     head = events[0]
-    assert isinstance(head, ResponseHead) and head.framing is Framing.NONE
+    assert isinstance(head, ResponseHead)
+    assert head.framing is Framing.NONE
     assert events[1] == EndOfMessage()
 
 
@@ -329,7 +354,8 @@ def test_head_response_has_no_body_despite_content_length() -> None:
 def test_bodiless_statuses(status: int) -> None:
     events = response(b"HTTP/1.1 %d X\r\nContent-Length: 4\r\n\r\n" % status)
     head = events[0]
-    assert isinstance(head, ResponseHead) and head.framing is Framing.NONE
+    assert isinstance(head, ResponseHead)
+    assert head.framing is Framing.NONE
     assert events[1] == EndOfMessage()
 
 
@@ -345,7 +371,8 @@ def test_switching_protocols_pauses_with_the_tunnel_bytes() -> None:
         parser,
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nhi",
     )
-    assert isinstance(events[0], ResponseHead) and events[0].status == 101
+    assert isinstance(events[0], ResponseHead)
+    assert events[0].status == 101
     assert events[-1] is PAUSED
     assert parser.detach() == b"hi"
 
@@ -404,6 +431,8 @@ def test_error_response_is_complete_text() -> None:
     wire = error_response(404, "no app is routed at x", close=True)
     events = response(wire)
     head = events[0]
-    assert isinstance(head, ResponseHead) and head.status == 404 and head.reason == b"Not Found"
+    assert isinstance(head, ResponseHead)
+    assert head.status == 404
+    assert head.reason == b"Not Found"
     assert (b"Connection", b"close") in head.headers
     assert body_of(events) == b"no app is routed at x\n"

@@ -20,7 +20,7 @@ def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:
     new_request_id()
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:   # the "worker"
+    if pid == 0:  # the "worker"
         try:
             os.write(write, b",".join(new_request_id() for _ in range(5)))
         finally:
@@ -30,5 +30,6 @@ def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     parent = {new_request_id() for _ in range(5)}
-    assert len(child) == 5 and not child & parent
+    assert len(child) == 5
+    assert not child & parent
     assert {i[:12] for i in child}.isdisjoint({i[:12] for i in parent})

@@ -35,7 +35,7 @@ CASES: dict[str, list[tuple[float, str, str, Samples | None]]] = {
             "snap",
             "",
             {"a": {"in_flight": 2.0, "tunnels": 0}, "b": {"in_flight": 1.0, "tunnels": 0}},
-        ),  # noqa: E501
+        ),
     ],
     "an open tunnel keeps an app reported": [
         (0.0, "open", "a", None),

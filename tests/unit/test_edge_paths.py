@@ -72,8 +72,25 @@ def test_refused_targets(target: bytes) -> None:
         routable_target(target)
 
 
-SEGMENTS = ["api", "API", "admin", "", ".", "..", "%2e", "%2E", "%2e%2e", ".%2E", "%2f",
-            "%41", "a%7e", "%c3%a9", "x..", ";", "..;"]
+SEGMENTS = [
+    "api",
+    "API",
+    "admin",
+    "",
+    ".",
+    "..",
+    "%2e",
+    "%2E",
+    "%2e%2e",
+    ".%2E",
+    "%2f",
+    "%41",
+    "a%7e",
+    "%c3%a9",
+    "x..",
+    ";",
+    "..;",
+]
 paths = st.lists(st.sampled_from(SEGMENTS), max_size=7).map(lambda s: b"/" + "/".join(s).encode())
 _LOWER_ESCAPE = re.compile(rb"%[0-9A-F]?[a-f]")
 _UNRESERVED_ESCAPE = re.compile(rb"%(?:[46][1-9A-F]|[57][0-9A]|3[0-9]|2D|2E|5F|7E)")
@@ -86,13 +103,16 @@ def test_the_normal_form_is_a_fixed_point_of_the_usual_server_clean_ups(path: by
     assert normal.startswith(b"/")
     assert b"//" not in normal
     assert not {b".", b".."} & set(normal.split(b"/"))
-    assert not _LOWER_ESCAPE.search(normal) and not _UNRESERVED_ESCAPE.search(normal)
+    assert not _LOWER_ESCAPE.search(normal)
+    assert not _UNRESERVED_ESCAPE.search(normal)
 
 
-ROUTES = RouteTable(routes=(
-    Route("h", "/", "root", (Backend("127.0.0.1:1", "r"),)),
-    Route("h", "/api", "api", (Backend("127.0.0.1:2", "a"),)),
-))
+ROUTES = RouteTable(
+    routes=(
+        Route("h", "/", "root", (Backend("127.0.0.1:1", "r"),)),
+        Route("h", "/api", "api", (Backend("127.0.0.1:2", "a"),)),
+    )
+)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +136,8 @@ ROUTES = RouteTable(routes=(
 def test_routes_match_the_normal_path(target: bytes, app: str) -> None:
     path, _ = routable_target(target)
     route = ROUTES.lookup("h", path.decode("latin-1"))
-    assert route is not None and route.app == app
+    assert route is not None
+    assert route.app == app
 
 
 @given(paths)
@@ -148,10 +169,15 @@ def test_route_prefixes_are_stored_in_the_same_form(given_path: str, stored: str
 
 
 def test_a_route_with_dot_segments_matches_nothing() -> None:
-    table = RouteTable.from_json({"routes": [
-        {"host": "h", "path": "/x/%2e%2e", "app": "sneaky"},
-        {"host": "h", "path": "/", "app": "root"},
-    ]})
+    table = RouteTable.from_json(
+        {
+            "routes": [
+                {"host": "h", "path": "/x/%2e%2e", "app": "sneaky"},
+                {"host": "h", "path": "/", "app": "root"},
+            ]
+        }
+    )
     for target in (b"/", b"/x/%2e%2e", b"/x/..", b"/x/%2e%2e/y", b"/x"):
         route = table.lookup("h", routable_target(target)[0].decode("latin-1"))
-        assert route is not None and route.app == "root", target
+        assert route is not None, target
+        assert route.app == "root", target

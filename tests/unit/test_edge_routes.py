@@ -108,7 +108,8 @@ def test_longest_path_prefix_wins_on_segment_boundaries(path: str, app: str) -> 
         }
     )
     found = routes.lookup("h", path)
-    assert found is not None and found.app == app
+    assert found is not None
+    assert found.app == app
 
 
 def test_host_without_a_root_route_misses_other_paths() -> None:
@@ -120,7 +121,8 @@ def test_host_without_a_root_route_misses_other_paths() -> None:
 def test_route_without_backends_is_still_found() -> None:
     routes = table(Route("h", "/", "idle", ()))
     found = routes.lookup("h", "/")
-    assert found is not None and found.backends == ()
+    assert found is not None
+    assert found.backends == ()
 
 
 def test_ipv6_host_header_keeps_brackets() -> None:
@@ -129,8 +131,9 @@ def test_ipv6_host_header_keeps_brackets() -> None:
 
 def test_split_address_handles_ipv6_and_refuses_missing_port() -> None:
     assert split_address("[::1]:80") == ("::1", 80)
-    assert B1.host == "127.0.0.1" and B1.port == 1001
-    with pytest.raises(ValueError):
+    assert B1.host == "127.0.0.1"
+    assert B1.port == 1001
+    with pytest.raises(ValueError, match="is not host:port"):
         split_address("localhost")
 
 

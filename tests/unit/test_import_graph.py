@@ -108,3 +108,12 @@ def test_roles_never_import_one_another() -> None:
                 if m.split(".")[0] in ROLES and d.split(".")[0] in ROLES
                 and m.split(".")[0] != d.split(".")[0]]
     assert crossing == []
+
+
+def test_the_control_plane_never_imports_its_command_line() -> None:
+    # control/cli/ is a client of the API like any other: the server must run without it
+    server = [(m, d) for m, deps in graph().items() for d in deps
+              if m.startswith("control.") and not m.startswith("control.cli")
+              and d.startswith("control.cli")]
+    assert server == []
+    assert "control.cli.client" in graph()["control.cli.apps"]  # the check sees the package

@@ -9,8 +9,10 @@ from node.procfile import ProcfileError, parse_procfile, parse_release, process_
 
 def test_procfile_types_comments_and_blank_lines() -> None:
     text = "# processes\nweb: gunicorn app:app --bind 0.0.0.0:$PORT\n\nworker:python w.py\n"
-    assert parse_procfile(text) == {"web": "gunicorn app:app --bind 0.0.0.0:$PORT",
-                                    "worker": "python w.py"}
+    assert parse_procfile(text) == {
+        "web": "gunicorn app:app --bind 0.0.0.0:$PORT",
+        "worker": "python w.py",
+    }
 
 
 def test_procfile_later_line_wins_and_colons_in_commands_survive() -> None:

@@ -30,7 +30,8 @@ NONCE = b"\x00" * 12
 
 def test_a_sealed_value_names_its_key_hides_the_text_and_opens_again() -> None:
     sealed = seal(A, '{"SECRET": "hunter2"}', "apps.env", NONCE)
-    assert sealed.startswith("fdy1:a:") and "hunter2" not in sealed
+    assert sealed.startswith("fdy1:a:")
+    assert "hunter2" not in sealed
     assert sealed_label(sealed) == "a"
     assert unseal(A, sealed, "apps.env") == '{"SECRET": "hunter2"}'
 
@@ -41,16 +42,20 @@ def test_values_under_an_old_key_still_open_after_a_new_key_becomes_current() ->
     assert sealed_label(seal(AB, "x", "apps.env", NONCE)) == "b"
 
 
-@pytest.mark.parametrize("keys, value, context, why", [
-    (Keys("a", {"a": b"\x09" * 32}), None, "apps.env", "wrong"),          # same label, other key
-    (Keys("c", {"c": b"\x01" * 32}), None, "apps.env", "does not hold"),  # label unknown
-    (A, None, "work.payload", "wrong"),                                   # moved to another column
-    (A, "tamper", "apps.env", "altered"),
-    (A, "fdy1:a:!!!", "apps.env", "does not open"),
-    (A, '{"SECRET": "x"}', "apps.env", "not sealed"),
-])
-def test_a_value_that_does_not_open_is_an_error_never_text(keys: Keys, value: str | None,
-                                                           context: str, why: str) -> None:
+@pytest.mark.parametrize(
+    ("keys", "value", "context", "why"),
+    [
+        (Keys("a", {"a": b"\x09" * 32}), None, "apps.env", "wrong"),  # same label, other key
+        (Keys("c", {"c": b"\x01" * 32}), None, "apps.env", "does not hold"),  # label unknown
+        (A, None, "work.payload", "wrong"),  # moved to another column
+        (A, "tamper", "apps.env", "altered"),
+        (A, "fdy1:a:!!!", "apps.env", "does not open"),
+        (A, '{"SECRET": "x"}', "apps.env", "not sealed"),
+    ],
+)
+def test_a_value_that_does_not_open_is_an_error_never_text(
+    keys: Keys, value: str | None, context: str, why: str
+) -> None:
     sealed = seal(A, '{"SECRET": "x"}', "apps.env", NONCE)
     if value == "tamper":
         raw = bytearray(base64.b64decode(sealed.split(":")[2]))
@@ -64,23 +69,30 @@ def test_keyring_text_round_trips() -> None:
     assert parse_keyring(render_keyring(AB), "k") == AB
 
 
-@pytest.mark.parametrize("text, why", [
-    ("not json", "not JSON"),
-    ("[]", "must be"),
-    ('{"current": "a", "keys": {"a": "AAAA"}}', "32 bytes"),
-    ('{"current": "a", "keys": {"a": "%%%"}}', "not base64"),
-    ('{"current": "b", "keys": {"a": "' + base64.b64encode(b"1" * 32).decode() + '"}}',
-     "not among its keys"),
-    ('{"current": "a:b", "keys": {"a:b": "' + base64.b64encode(b"1" * 32).decode() + '"}}',
-     "must match"),
-])
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("not json", "not JSON"),
+        ("[]", "must be"),
+        ('{"current": "a", "keys": {"a": "AAAA"}}', "32 bytes"),
+        ('{"current": "a", "keys": {"a": "%%%"}}', "not base64"),
+        (
+            '{"current": "b", "keys": {"a": "' + base64.b64encode(b"1" * 32).decode() + '"}}',
+            "not among its keys",
+        ),
+        (
+            '{"current": "a:b", "keys": {"a:b": "' + base64.b64encode(b"1" * 32).decode() + '"}}',
+            "must match",
+        ),
+    ],
+)
 def test_a_bad_keyring_is_one_clear_error(text: str, why: str) -> None:
     with pytest.raises(VaultError, match=why):
         parse_keyring(text, "/x/keyring.json")
 
 
 def test_a_missing_keyring_is_made_only_when_nothing_needs_an_old_key(tmp_path: Path) -> None:
-    with pytest.raises(VaultError, match="keyring .* is missing"):
+    with pytest.raises(VaultError, match=r"keyring .* is missing"):
         Keyring.open(tmp_path / "keyring.json", ["a"])
     assert not (tmp_path / "keyring.json").exists()
     ring = Keyring.open(tmp_path / "keyring.json", [])
@@ -94,10 +106,10 @@ def test_another_process_rotating_the_keyring_is_seen(tmp_path: Path) -> None:
     old = mine.seal("v", "apps.env")
     label = theirs.add_current()
     new = theirs.seal("w", "apps.env")
-    assert mine.unseal(new, "apps.env") == "w"         # unknown label: reread the file
+    assert mine.unseal(new, "apps.env") == "w"  # unknown label: reread the file
     assert sealed_label(mine.seal("x", "apps.env")) == label
     theirs.drop([sealed_label(old) or ""])
-    mine.seal("y", "apps.env")                        # every seal checks the file first
+    mine.seal("y", "apps.env")  # every seal checks the file first
     with pytest.raises(VaultError, match="does not hold"):
         mine.unseal(old, "apps.env")
 
@@ -119,7 +131,8 @@ def test_secure_home_tightens_everything_but_follows_no_link(tmp_path: Path) -> 
     for p, mode in ((home, 0o755), (home / "blobs", 0o755), (home / "blobs" / "b", 0o644)):
         p.chmod(mode)
     assert secure_home(home) == 3
-    assert [stat.S_IMODE(p.stat().st_mode) for p in (home, home / "blobs", home / "blobs" / "b")
-            ] == [0o700, 0o700, 0o600]
+    assert [
+        stat.S_IMODE(p.stat().st_mode) for p in (home, home / "blobs", home / "blobs" / "b")
+    ] == [0o700, 0o700, 0o600]
     assert stat.S_IMODE(outside.stat().st_mode) == 0o644
     assert secure_home(home) == 0

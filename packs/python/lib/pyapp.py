@@ -36,12 +36,17 @@ def requested(build: Path) -> tuple[str, tuple[int, ...]] | None:
         path = build / name
         if not path.is_file():
             continue
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
-                 if ln.strip() and not ln.strip().startswith("#")]
+        lines = [
+            ln.strip()
+            for ln in path.read_text(errors="replace").splitlines()
+            if ln.strip() and not ln.strip().startswith("#")
+        ]
         match = VERSION.match(lines[0]) if lines else None
         if not match:
-            fail(f"{name} must name a Python version like 3.11 or python-3.11.7, "
-                 f"not {lines[0] if lines else 'nothing'!r}")
+            fail(
+                f"{name} must name a Python version like 3.11 or python-3.11.7, "
+                f"not {lines[0] if lines else 'nothing'!r}"
+            )
             return None
         return name, tuple(int(g) for g in match.groups() if g is not None)
     return None
@@ -52,13 +57,18 @@ def interpreters() -> dict[tuple[int, int, int], str]:
     paths = [os.environ["FOUNDRY_PYTHON"]] if os.environ.get("FOUNDRY_PYTHON") else []
     for directory in os.environ.get("PATH", "/usr/bin:/bin").split(":"):
         if os.path.isdir(directory):
-            paths += sorted(os.path.join(directory, f) for f in os.listdir(directory)
-                            if CANDIDATE.match(f))
+            paths += sorted(
+                os.path.join(directory, f) for f in os.listdir(directory) if CANDIDATE.match(f)
+            )
     found: dict[tuple[int, int, int], str] = {}
     for path in paths:
         try:
-            out = subprocess.run([path, "-c", "import sys; print(*sys.version_info[:3])"],
-                                 capture_output=True, text=True, timeout=10).stdout.split()
+            out = subprocess.run(
+                [path, "-c", "import sys; print(*sys.version_info[:3])"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.split()
         except (OSError, subprocess.SubprocessError):
             continue
         if len(out) == 3:
@@ -73,22 +83,29 @@ def interpreter(build: Path) -> None:
         return
     found = interpreters()
     name, prefix = asked
-    matches = sorted(v for v in found if v[:len(prefix)] == prefix)
+    matches = sorted(v for v in found if v[: len(prefix)] == prefix)
     wanted = ".".join(map(str, prefix))
     if not matches:
         there = ", ".join(f"{'.'.join(map(str, v))} ({p})" for v, p in sorted(found.items()))
-        fail(f"{name} asks for Python {wanted}, but this node has only Python "
-             f"{there or 'none'}: change {name} to one of those")
-    print(f"-----> {name} asks for Python {wanted}: using {'.'.join(map(str, matches[-1]))}",
-          file=sys.stderr)
+        fail(
+            f"{name} asks for Python {wanted}, but this node has only Python "
+            f"{there or 'none'}: change {name} to one of those"
+        )
+    print(
+        f"-----> {name} asks for Python {wanted}: using {'.'.join(map(str, matches[-1]))}",
+        file=sys.stderr,
+    )
     print(found[matches[-1]])
 
 
 HINT_MODULES = ("app.py", "main.py", "wsgi.py", "asgi.py", "*/wsgi.py", "*/asgi.py")
-OBJECT = re.compile(r"^(?:(?:async\s+)?def\s+(app|application)\s*\(|(app|application)\s*[:=])",
-                    re.M)
-ASGI = re.compile(r"FastAPI|Starlette|Quart|get_asgi_application|async\s+def\s+(app|application)"
-                  r"\s*\(|Litestar|Sanic")
+OBJECT = re.compile(
+    r"^(?:(?:async\s+)?def\s+(app|application)\s*\(|(app|application)\s*[:=])", re.M
+)
+ASGI = re.compile(
+    r"FastAPI|Starlette|Quart|get_asgi_application|async\s+def\s+(app|application)"
+    r"\s*\(|Litestar|Sanic"
+)
 
 
 def procfile_hint(build: Path) -> None:
@@ -104,14 +121,22 @@ def procfile_hint(build: Path) -> None:
             obj = found.group(1) or found.group(2)
             asgi = bool(ASGI.search(text)) or path.name == "asgi.py"
             server = "uvicorn" if asgi else "gunicorn"
-            line = (f"web: uvicorn {module}:{obj} --host 0.0.0.0 --port $PORT" if asgi
-                    else f"web: gunicorn {module}:{obj} --bind 0.0.0.0:$PORT")
-            deps = " ".join(f.read_text(errors="replace") for f in
-                            (build / "requirements.txt", build / "pyproject.toml") if f.is_file())
+            line = (
+                f"web: uvicorn {module}:{obj} --host 0.0.0.0 --port $PORT"
+                if asgi
+                else f"web: gunicorn {module}:{obj} --bind 0.0.0.0:$PORT"
+            )
+            deps = " ".join(
+                f.read_text(errors="replace")
+                for f in (build / "requirements.txt", build / "pyproject.toml")
+                if f.is_file()
+            )
             extra = "" if server in deps.lower() else f", and add {server} to your dependencies"
-            fail(f"No Procfile: {path.relative_to(build)} looks like an "
-                 f"{'ASGI' if asgi else 'WSGI'} app ({obj!r}), but Foundry does not guess how "
-                 f"to serve it. Add a Procfile with the line `{line}`{extra}")
+            fail(
+                f"No Procfile: {path.relative_to(build)} looks like an "
+                f"{'ASGI' if asgi else 'WSGI'} app ({obj!r}), but Foundry does not guess how "
+                f"to serve it. Add a Procfile with the line `{line}`{extra}"
+            )
 
 
 def dependencies(build: Path) -> None:
@@ -129,8 +154,11 @@ def dependencies(build: Path) -> None:
 
 
 if __name__ == "__main__":
-    commands = {"interpreter": interpreter, "procfile-hint": procfile_hint,
-                "dependencies": dependencies}
+    commands = {
+        "interpreter": interpreter,
+        "procfile-hint": procfile_hint,
+        "dependencies": dependencies,
+    }
     if len(sys.argv) != 3 or sys.argv[1] not in commands:
         fail(f"usage: pyapp.py {'|'.join(commands)} BUILD_DIR")
     commands[sys.argv[1]](Path(sys.argv[2]))

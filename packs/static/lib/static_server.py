@@ -3,25 +3,28 @@
 No directory listings; `/dir/` serves `dir/index.html`; paths never leave $HOME.
 """
 
+from __future__ import annotations
+
+import functools
 import http.server
 import os
 import sys
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    def list_directory(self, path):
+    def list_directory(self, path: str | os.PathLike[str]) -> None:
         self.send_error(404, "Not Found")
         return None
 
-    def log_message(self, fmt, *args):
+    def log_message(self, fmt: str, *args: object) -> None:
         sys.stdout.write(f"{self.address_string()} {fmt % args}\n")
         sys.stdout.flush()
 
 
-def main():
+def main() -> None:
     root = os.environ.get("HOME", ".")
     port = int(os.environ["PORT"])
-    handler = lambda *a, **kw: Handler(*a, directory=root, **kw)  # noqa: E731
+    handler = functools.partial(Handler, directory=root)
     server = http.server.ThreadingHTTPServer(("0.0.0.0", port), handler)
     server.daemon_threads = True
     print(f"serving {root} on port {port}", flush=True)

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 counts = {"started": 0, "refused": 0}
 
 
-def bomb():
+def bomb() -> None:
     while True:
         try:
             subprocess.Popen(["sleep", "3600"])
@@ -21,14 +21,14 @@ def bomb():
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
+    def do_GET(self) -> None:
         body = json.dumps(counts).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args):
+    def log_message(self, *args: object) -> None:
         pass
 
 

@@ -5,6 +5,8 @@ GET /?read=PATH&write=PATH... -> JSON: uid, gid, cwd, the processes visible in /
 with &userns=1 also what `unshare -Ur id` printed.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import subprocess
@@ -12,7 +14,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
-def can_read(path):
+def can_read(path: str) -> bool:
     try:
         if os.path.isdir(path):
             os.listdir(path)
@@ -24,7 +26,7 @@ def can_read(path):
         return False
 
 
-def can_write(path):
+def can_write(path: str) -> bool:
     target = os.path.join(path, ".inspector-probe") if os.path.isdir(path) else path
     try:
         with open(target, "w") as f:
@@ -35,8 +37,8 @@ def can_write(path):
         return False
 
 
-def processes():
-    seen = []
+def processes() -> list[list[int | str]]:
+    seen: list[list[int | str]] = []
     for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -47,21 +49,26 @@ def processes():
     return seen
 
 
-def userns():
+def userns() -> dict[str, int | str]:
     done = subprocess.run(["unshare", "-Ur", "id", "-u"], capture_output=True, text=True)
     return {"exit": done.returncode, "output": (done.stdout + done.stderr).strip()}
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
+    def do_GET(self) -> None:
         query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
-        body = json.dumps({
-            "uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd(),
-            "home": os.environ.get("HOME"), "processes": processes(),
-            "read": {p: can_read(p) for p in query.get("read", [])},
-            "write": {p: can_write(p) for p in query.get("write", [])},
-            "userns": userns() if query.get("userns") else None,
-        }).encode()
+        body = json.dumps(
+            {
+                "uid": os.getuid(),
+                "gid": os.getgid(),
+                "cwd": os.getcwd(),
+                "home": os.environ.get("HOME"),
+                "processes": processes(),
+                "read": {p: can_read(p) for p in query.get("read", [])},
+                "write": {p: can_write(p) for p in query.get("write", [])},
+                "userns": userns() if query.get("userns") else None,
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
