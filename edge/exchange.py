@@ -448,7 +448,8 @@ class Exchange:
         from_backend = upstream.parser.detach()
         record, backend = self.record, self.record.backend
         app = record.counted
-        assert backend is not None and app is not None
+        assert backend is not None
+        assert app is not None
         scopes = self.edge.tunnels.setdefault(backend, set())
         concurrency = self.edge.concurrency
         concurrency.finished(app, trio.current_time())

@@ -129,8 +129,18 @@ def _cut(lines: bytes, cuts: list[tuple[int, int]]) -> bytes:
 class PlainRequest:
     """A request head `read_request` took, and the head to send upstream for it."""
 
-    __slots__ = ("method", "target", "path", "http11", "keep_alive", "host", "upstream",
-                 "request_id", "pinned", "size")
+    __slots__ = (
+        "host",
+        "http11",
+        "keep_alive",
+        "method",
+        "path",
+        "pinned",
+        "request_id",
+        "size",
+        "target",
+        "upstream",
+    )
 
     def __init__(self, method: bytes, target: bytes, http11: bool, keep_alive: bool,
                  host: bytes, upstream: bytes, request_id: bytes, pinned: bytes | None,

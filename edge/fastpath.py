@@ -368,12 +368,15 @@ class Lane:
     async def _relay(self, parsed: Parsed, buffer: bytes, stream: Conn, timeout: float) -> bool:
         status, head_bytes, length, backend_keep_alive, end, session = parsed
         request, record = self.request, self.record
-        assert request is not None and record is not None
+        assert request is not None
+        assert record is not None
         route, backend, pinned = record.route, record.backend, record.pinned
-        assert route is not None and backend is not None
-        if (session or pinned is not None) and route.options.sticky and backend.instance:
-            if session or pinned != backend.instance:
-                head_bytes += b"%b: %b\r\n" % hdr.sticky_cookie(backend.instance)
+        assert route is not None
+        assert backend is not None
+        # (the first test fails at once for the commonest request: no cookie either way)
+        if ((session or pinned is not None) and (session or pinned != backend.instance)
+                and route.options.sticky and backend.instance):
+            head_bytes += b"%b: %b\r\n" % hdr.sticky_cookie(backend.instance)
         keep_alive = request.keep_alive and not self.edge.draining
         if not keep_alive:
             head_bytes += b"Connection: close\r\n"
@@ -440,7 +443,9 @@ class Lane:
     async def _general(self, received: bytes, *, closed: bool) -> bool:
         """Relay an answer this lane does not read itself, from the bytes read so far."""
         request, stream, record = self.request, self.stream, self.record
-        assert request is not None and stream is not None and record is not None
+        assert request is not None
+        assert stream is not None
+        assert record is not None
         exchange = self._exchange(record)
         upstream = Peer(stream, ResponseParser(self.config.limits, request_method=request.method))
         upstream.received = len(received)

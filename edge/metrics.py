@@ -41,7 +41,7 @@ def reporter() -> str:
 
 
 class _Load:
-    __slots__ = ("in_flight", "area", "tunnels", "active", "reported")
+    __slots__ = ("active", "area", "in_flight", "reported", "tunnels")
 
     def __init__(self) -> None:
         self.in_flight = 0

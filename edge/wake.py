@@ -51,7 +51,7 @@ class _Queue:
 class Turn:
     """A released request's place in line; `release` lets the next one go."""
 
-    __slots__ = ("_wakes", "_app", "_queue")
+    __slots__ = ("_app", "_queue", "_wakes")
 
     def __init__(self, wakes: Wakes, app: str, queue: _Queue) -> None:
         self._wakes, self._app = wakes, app
