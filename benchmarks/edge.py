@@ -69,9 +69,19 @@ def wrk(port: int, connections: int, duration: float) -> dict[str, float]:
     """One wrk run: req/s, p50 and p99 in ms, and how many requests were answered."""
     threads = min(connections, 2)
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-         "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-H",
+            f"Host: {HOST}",
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -81,8 +91,12 @@ def wrk(port: int, connections: int, duration: float) -> dict[str, float]:
     if broken:  # refused, reset or timed out connections make every figure meaningless
         raise RuntimeError(f"wrk on port {port}: {broken.group(0)}")
     requests = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "p50": _percentile(out, "50%"), "p99": _percentile(out, "99%"),
-            "requests": requests}
+    return {
+        "rps": rps,
+        "p50": _percentile(out, "50%"),
+        "p99": _percentile(out, "99%"),
+        "requests": requests,
+    }
 
 
 def _percentile(out: str, name: str) -> float:
@@ -99,7 +113,10 @@ def ws_rate(port: int, seconds: float) -> float:
     """Websocket echo messages/s through `port`, from the Python client."""
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.edge_support.wsclient", str(port), HOST, str(seconds)],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
     ).stdout
     return float(out.strip())
 
@@ -110,12 +127,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument("--access-log", action="store_true", help="edge logs every request")
-    parser.add_argument("--compare-ref", metavar="REF",
-                        help="also run the edge of git REF and compare it with this tree's")
+    parser.add_argument(
+        "--compare-ref",
+        metavar="REF",
+        help="also run the edge of git REF and compare it with this tree's",
+    )
     args = parser.parse_args()
     ensure_tools(not args.no_install)
-    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp, \
-            checkout(args.compare_ref, Path(tmp) / "ref") as ref_root:
+    with (
+        tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp,
+        checkout(args.compare_ref, Path(tmp) / "ref") as ref_root,
+    ):
         run_all(Path(tmp), args, ref_root)
 
 
@@ -126,17 +148,33 @@ def checkout(ref: str | None, path: Path) -> Iterator[Path | None]:
     if ref is None:
         yield None
         return
-    known = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet",
-                            f"{ref}^{{commit}}"], capture_output=True, text=True)
+    known = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
     if known.returncode != 0:
         sys.exit(f"--compare-ref: {ref!r} is not a commit of the repository at {ROOT}")
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path),
-                    known.stdout.strip()], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(ROOT),
+            "worktree",
+            "add",
+            "--detach",
+            "--quiet",
+            str(path),
+            known.stdout.strip(),
+        ],
+        check=True,
+    )
     try:
         yield path
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
-                       check=False)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False
+        )
 
 
 def run_all(tmp: Path, args: argparse.Namespace, ref_root: Path | None) -> None:
@@ -146,14 +184,25 @@ def run_all(tmp: Path, args: argparse.Namespace, ref_root: Path | None) -> None:
     procs.append(start_nginx(tmp / "proxy", proxy=proxy, upstream=backend, ws_upstream=ws_backend))
     procs.append(start_ws_echo(ws_backend))
     routes = start_route_server(HOST, backend, ws_backend)
-    edge = start_edge(edge_port, f"http://127.0.0.1:{routes.port}", CORES, tmp / "edge.log",
-                      access_log=args.access_log)
+    edge = start_edge(
+        edge_port,
+        f"http://127.0.0.1:{routes.port}",
+        CORES,
+        tmp / "edge.log",
+        access_log=args.access_log,
+    )
     procs += [edge, start_bare_trio(bare, backend, CORES)]
     edges = {"edge": (edge_port, edge.pid)}  # name -> (port, pid)
     if ref_root is not None:
         ref_port = free_port()
-        ref = start_edge(ref_port, f"http://127.0.0.1:{routes.port}", CORES,
-                         tmp / "edge-ref.log", access_log=args.access_log, root=ref_root)
+        ref = start_edge(
+            ref_port,
+            f"http://127.0.0.1:{routes.port}",
+            CORES,
+            tmp / "edge-ref.log",
+            access_log=args.access_log,
+            root=ref_root,
+        )
         procs.append(ref)
         edges[f"edge@{args.compare_ref}"] = (ref_port, ref.pid)
     try:
@@ -184,33 +233,49 @@ def report(backend: int, proxy: int, edge: int, bare: int, args: argparse.Namesp
             results[(connections, name)] = r
             print(f"{connections:>5} {name:>7} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}")
         edge_r, nginx_r = results[(connections, "edge")], results[(connections, "nginx")]
-        print(f"{connections:>5} {'ratio':>7} {edge_r['rps'] / nginx_r['rps']:>9.2f} "
-              f"{edge_r['p50'] / nginx_r['p50']:>8.2f} {edge_r['p99'] / nginx_r['p99']:>8.2f}"
-              "  (edge/nginx)")
+        print(
+            f"{connections:>5} {'ratio':>7} {edge_r['rps'] / nginx_r['rps']:>9.2f} "
+            f"{edge_r['p50'] / nginx_r['p50']:>8.2f} {edge_r['p99'] / nginx_r['p99']:>8.2f}"
+            "  (edge/nginx)"
+        )
         bare_r = results[(connections, "bare")]
-        print(f"{connections:>5} {'ratio':>7} {bare_r['rps'] / nginx_r['rps']:>9.2f} "
-              f"{'':>8} {'':>8}  (bare/nginx: the trio ceiling)")
-        print(f"{connections:>5} {'ratio':>7} {edge_r['rps'] / bare_r['rps']:>9.2f} "
-              f"{'':>8} {'':>8}  (edge/bare)")
-    one = {name: median_run(targets[name], 1, args.duration, args.runs)
-           for name in ("direct", "nginx", "edge")}
+        print(
+            f"{connections:>5} {'ratio':>7} {bare_r['rps'] / nginx_r['rps']:>9.2f} "
+            f"{'':>8} {'':>8}  (bare/nginx: the trio ceiling)"
+        )
+        print(
+            f"{connections:>5} {'ratio':>7} {edge_r['rps'] / bare_r['rps']:>9.2f} "
+            f"{'':>8} {'':>8}  (edge/bare)"
+        )
+    one = {
+        name: median_run(targets[name], 1, args.duration, args.runs)
+        for name in ("direct", "nginx", "edge")
+    }
     for name in ("nginx", "edge"):
         added = (one[name]["p50"] - one["direct"]["p50"]) * 1000
-        print(f"added latency at 1 connection, {name}: {added:.0f} us "
-              f"(p50 {one[name]['p50']:.3f} ms vs direct {one['direct']['p50']:.3f} ms)")
+        print(
+            f"added latency at 1 connection, {name}: {added:.0f} us "
+            f"(p50 {one[name]['p50']:.3f} ms vs direct {one['direct']['p50']:.3f} ms)"
+        )
     ws = {name: ws_rate(targets[name], args.duration) for name in ("nginx", "edge")}
-    print(f"websocket echo msgs/s: nginx {ws['nginx']:.0f}, edge {ws['edge']:.0f}, "
-          f"ratio {ws['edge'] / ws['nginx']:.2f}")
+    print(
+        f"websocket echo msgs/s: nginx {ws['nginx']:.0f}, edge {ws['edge']:.0f}, "
+        f"ratio {ws['edge'] / ws['nginx']:.2f}"
+    )
 
 
 def compare(edges: dict[str, tuple[int, int]], args: argparse.Namespace) -> None:
     """This tree's edge against REF's: runs alternate in order; medians of `--runs`."""
     pids = {name: process_tree(pid) for name, (_, pid) in edges.items()}  # edge + workers
     (this, ref) = edges
-    print(f"\n{this} vs {ref}: alternating runs, median of {args.runs} (CPU = user+sys of "
-          "each edge's processes per request; its ratio is the median of the runs' ratios)")
-    print(f"{'conns':>5} {'req/s':>9} {'req/s ref':>9} {'ratio':>6} "
-          f"{'CPU us':>8} {'CPU ref':>8} {'ratio':>6}")
+    print(
+        f"\n{this} vs {ref}: alternating runs, median of {args.runs} (CPU = user+sys of "
+        "each edge's processes per request; its ratio is the median of the runs' ratios)"
+    )
+    print(
+        f"{'conns':>5} {'req/s':>9} {'req/s ref':>9} {'ratio':>6} "
+        f"{'CPU us':>8} {'CPU ref':>8} {'ratio':>6}"
+    )
     for connections in (1, 32, 256):
         got: dict[str, list[tuple[float, float]]] = {name: [] for name in edges}
         for run in range(args.runs):
@@ -222,8 +287,10 @@ def compare(edges: dict[str, tuple[int, int]], args: argparse.Namespace) -> None
         cpu = {name: statistics.median(g[1] for g in runs) * 1e6 for name, runs in got.items()}
         # Each run measured both back to back, so its ratio shares that moment's noise.
         paired = statistics.median(a[1] / b[1] for a, b in zip(got[this], got[ref], strict=True))
-        print(f"{connections:>5} {rps[this]:>9.0f} {rps[ref]:>9.0f} {rps[this] / rps[ref]:>6.3f} "
-              f"{cpu[this]:>8.1f} {cpu[ref]:>8.1f} {paired:>6.3f}")
+        print(
+            f"{connections:>5} {rps[this]:>9.0f} {rps[ref]:>9.0f} {rps[this] / rps[ref]:>6.3f} "
+            f"{cpu[this]:>8.1f} {cpu[ref]:>8.1f} {paired:>6.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -76,12 +76,18 @@ def log_request(shipper: LogShipper | None, record: RequestRecord, now: float) -
         return
     backend = record.backend
     line = AccessRecord(
-        request_id=record.request_id.decode("latin-1"), method=record.method.decode("latin-1"),
-        host=record.host, path=record.path, app=record.app,
+        request_id=record.request_id.decode("latin-1"),
+        method=record.method.decode("latin-1"),
+        host=record.host,
+        path=record.path,
+        app=record.app,
         instance=backend.instance if backend else "-",
         backend=backend.address if backend else "-",
-        status=record.status, bytes_sent=record.bytes_sent, ms=(now - record.started) * 1000,
-        via=record.via)
+        status=record.status,
+        bytes_sent=record.bytes_sent,
+        ms=(now - record.started) * 1000,
+        via=record.via,
+    )
     log.info("%s", access_line(line))
     if shipper is not None:
         shipper.record(line)

@@ -15,6 +15,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -48,10 +49,10 @@ async def serve_admin(
 
     async def handle(stream: Conn) -> None:
         async with stream:
-            try:
+            with contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError
+            ):
                 await answer(stream, health)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-                pass
 
     try:
         async with trio.open_nursery() as nursery:

@@ -34,7 +34,7 @@ def framing_headers(headers: Headers, sent: Framing, *, codings: bytes | None) -
     Transfer-Encoding the body arrived with, kept apart from its chunking."""
     if sent is Framing.CHUNKED:
         coding = hdr.chunked_coding(codings)
-        return hdr.remove(headers, b"content-length") + [(b"Transfer-Encoding", coding)]
+        return [*hdr.remove(headers, b"content-length"), (b"Transfer-Encoding", coding)]
     if sent is Framing.CLOSE:
         return hdr.remove(headers, b"content-length")
     return headers

@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 
 COLD_START_HEADER = b"X-Foundry-Cold-Start"
 
+
 class RequestIds:
     """X-Request-Id values: 48 random bits drawn when the generator is made, then a
     counter, so each id costs no syscall. Two generators (two workers, or an edge before
@@ -226,8 +227,12 @@ class Exchange:
 
     def _may_replay(self, *, reused: bool, response_bytes: int) -> bool:
         """Whether this request may be sent again on a fresh connection (`may_replay`)."""
-        return may_replay(reused=reused, response_bytes=response_bytes,
-                          method=self.head.method, has_body=not self.bodiless)
+        return may_replay(
+            reused=reused,
+            response_bytes=response_bytes,
+            method=self.head.method,
+            has_body=not self.bodiless,
+        )
 
     async def _hold(self, route: Route) -> Route | None:
         """Wait for the app to wake (and for the requests held before this one); the

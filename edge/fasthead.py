@@ -43,8 +43,9 @@ _LINES = rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[\t\x20-\x7e\x80-\xff]*+\r\n)*+)\r
 FAST_METHODS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS")  # the methods `read_request` takes
 _METHOD = b"(" + b"|".join(FAST_METHODS) + b")"
 _REQUEST_HEAD = re.compile(_METHOD + rb" (/[!-~]*+) HTTP/1\.([01])\r\n" + _LINES)
-_RESPONSE_HEAD = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]++)\r\n"
-                            + _LINES)
+_RESPONSE_HEAD = re.compile(
+    rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]++)\r\n" + _LINES
+)
 
 # The commonest heads in one regex each: an HTTP/1.1 request whose only header of
 # note is Host, and an HTTP/1.1 response whose only ones are one Content-Length and
@@ -59,8 +60,10 @@ _NOT_REQUEST_NAME = (
 # A target in normal form (`edge.routes`) but perhaps for its escapes: segments that
 # are not empty, do not start with a dot and hold no `\` or `#`; a query without `#`.
 _SEGMENT = rb"[^\x00-\x20\x7f-\xff#./?\\][^\x00-\x20\x7f-\xff#/?\\]*+"
-_NORMAL_TARGET = (rb"(/(?:" + _SEGMENT + rb"(?:/" + _SEGMENT + rb")*+/?)?"
-                  rb"(?:\?[^\x00-\x20\x7f-\xff#]*+)?)")
+_NORMAL_TARGET = (
+    rb"(/(?:" + _SEGMENT + rb"(?:/" + _SEGMENT + rb")*+/?)?"
+    rb"(?:\?[^\x00-\x20\x7f-\xff#]*+)?)"
+)
 _SIMPLE_REQUEST = re.compile(
     _METHOD + b" " + _NORMAL_TARGET + rb" HTTP/1\.1\r\n"
     rb"(?:" + _NOT_REQUEST_NAME + _PLAIN_LINE + rb")*+"
@@ -69,13 +72,16 @@ _SIMPLE_REQUEST = re.compile(
 )
 _OTHER_RESPONSE_LINES = (
     rb"(?:(?!(?i:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
-    rb"content-length|set-cookie):)" + _PLAIN_LINE
+    rb"content-length|set-cookie):)"
+    + _PLAIN_LINE
     + rb"|(?i:connection:[\t ]*+keep-alive[\t ]*+|keep-alive:[\t\x20-\x7e]*+)\r\n)*+"
 )
 _SIMPLE_RESPONSE = re.compile(
     rb"HTTP/1\.1 ([2-5][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]++)\r\n("
-    + _OTHER_RESPONSE_LINES + rb"(?i:content-length):[\t ]*+([0-9]++)[\t ]*+\r\n"
-    + _OTHER_RESPONSE_LINES + rb")\r\n"
+    + _OTHER_RESPONSE_LINES
+    + rb"(?i:content-length):[\t ]*+([0-9]++)[\t ]*+\r\n"
+    + _OTHER_RESPONSE_LINES
+    + rb")\r\n"
 )
 _KEEP_ALIVE_LINES = re.compile(rb"\r\n(?i:connection|keep-alive):[^\r]*")
 
@@ -92,8 +98,9 @@ _RESPONSE_NAMES = re.compile(
 # Left to the general path: framing, a protocol switch, and Proxy-Connection, which
 # llhttp reads as Connection.
 _REFUSED = frozenset({b"upgrade", b"content-length", b"transfer-encoding", b"proxy-connection"})
-_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-                        b"forwarded", b"x-real-ip"})
+_FORWARDED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
+)
 _CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b""})
 
 # A line found: (lower-cased name, value, start, end); lines[start:end] is the whole
@@ -142,9 +149,18 @@ class PlainRequest:
         "upstream",
     )
 
-    def __init__(self, method: bytes, target: bytes, http11: bool, keep_alive: bool,
-                 host: bytes, upstream: bytes, request_id: bytes, pinned: bytes | None,
-                 size: int) -> None:
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        http11: bool,
+        keep_alive: bool,
+        host: bytes,
+        upstream: bytes,
+        request_id: bytes,
+        pinned: bytes | None,
+        size: int,
+    ) -> None:
         self.method = method
         self.target = target
         query = target.find(b"?")
@@ -158,8 +174,9 @@ class PlainRequest:
         self.size = size  # bytes of the received head, final CRLF included
 
 
-def read_request(data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes,
-                 trusted: bool, fresh_id: bytes) -> PlainRequest | None:
+def read_request(
+    data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes, trusted: bool, fresh_id: bytes
+) -> PlainRequest | None:
     """Read the request head at the start of `data` (which holds all of it), or None if it
     is not plain. `fresh_id` is the X-Request-Id to use if the client's will not do."""
     head = _SIMPLE_REQUEST.match(data)
@@ -174,15 +191,23 @@ def read_request(data: bytes, limits: Limits, *, client_ip: bytes, scheme: bytes
             # (`_forwarding_lines` for an untrusted peer, inline: the commonest head)
             upstream = data[: size - 2] + (
                 b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
-                b"X-Real-IP: %b\r\nForwarded: %b\r\nX-Request-Id: %b\r\n\r\n" % (
-                    client_ip, scheme, host, client_ip,
-                    hdr.forwarded_element(client_ip, scheme, host), fresh_id))
+                b"X-Real-IP: %b\r\nForwarded: %b\r\nX-Request-Id: %b\r\n\r\n"
+                % (
+                    client_ip,
+                    scheme,
+                    host,
+                    client_ip,
+                    hdr.forwarded_element(client_ip, scheme, host),
+                    fresh_id,
+                )
+            )
             return PlainRequest(method, target, True, True, host, upstream, fresh_id, None, size)
     return _read_other(data, limits, client_ip, scheme, trusted, fresh_id)
 
 
-def _read_other(data: bytes, limits: Limits, client_ip: bytes, scheme: bytes, trusted: bool,
-                fresh_id: bytes) -> PlainRequest | None:
+def _read_other(
+    data: bytes, limits: Limits, client_ip: bytes, scheme: bytes, trusted: bool, fresh_id: bytes
+) -> PlainRequest | None:
     """`read_request` for a head the one-regex reading did not take."""
     head = _REQUEST_HEAD.match(data)
     if head is None:
@@ -208,8 +233,17 @@ def _read_other(data: bytes, limits: Limits, client_ip: bytes, scheme: bytes, tr
     pinned = None
     if STICKY_COOKIE in lines:
         pinned = hdr.cookie(_header_list(lines), STICKY_COOKIE) or None
-    return PlainRequest(method, target, http11, not close and (http11 or keep), host,
-                        upstream, request_id, pinned, size)
+    return PlainRequest(
+        method,
+        target,
+        http11,
+        not close and (http11 or keep),
+        host,
+        upstream,
+        request_id,
+        pinned,
+        size,
+    )
 
 
 def _request_lines(lines: bytes) -> tuple[dict[bytes, _Line], bool, bool] | None:
@@ -243,25 +277,32 @@ def _request_edits(
     given = found.get(b"x-request-id")
     if given is not None and _REQUEST_ID.fullmatch(given[1]):
         request_id = given[1]
-    cuts = [(start, end) for name, _, start, end in found.values()
-            if name != b"host" and (name != b"x-request-id" or request_id is None)]
+    cuts = [
+        (start, end)
+        for name, _, start, end in found.values()
+        if name != b"host" and (name != b"x-request-id" or request_id is None)
+    ]
     forwarded = {name: found[name][1] for name in _FORWARDED if name in found} if trusted else {}
     return request_id, cuts, forwarded
 
 
-def _forwarding_lines(client_ip: bytes, scheme: bytes, host: bytes,
-                      given: dict[bytes, bytes]) -> bytes:
+def _forwarding_lines(
+    client_ip: bytes, scheme: bytes, host: bytes, given: dict[bytes, bytes]
+) -> bytes:
     """The X-Forwarded-*, X-Real-IP and Forwarded lines for this hop, extending those a
     trusted proxy sent (`given`, by lower-cased name; empty for anyone else)."""
     chain, prior = given.get(b"x-forwarded-for"), given.get(b"forwarded")
     hops = hdr.forwarded_element(client_ip, scheme, host)
-    return (b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
-            b"X-Real-IP: %b\r\nForwarded: %b\r\n") % (
+    return (
+        b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
+        b"X-Real-IP: %b\r\nForwarded: %b\r\n"
+    ) % (
         chain + b", " + client_ip if chain else client_ip,
         given.get(b"x-forwarded-proto") or scheme,
         given.get(b"x-forwarded-host") or host,
         given.get(b"x-real-ip") or client_ip,
-        prior + b", " + hops if prior else hops)
+        prior + b", " + hops if prior else hops,
+    )
 
 
 def _normal(target: bytes) -> bool:
@@ -314,10 +355,16 @@ def parse_head(data: bytes, head_request: bool, limits: Limits) -> Parsed | None
         status_bytes, reason, lines, digits = head.group(1, 2, 3, 4)
         status = int(status_bytes)
         size = head.end()
-        if (status not in (204, 304) and size - 4 <= limits.max_header_bytes
-                and lines.count(b"\n") <= limits.max_headers):
-            out = b"HTTP/1.1 %b %b%b" % (status_bytes, reason,
-                                           _KEEP_ALIVE_LINES.sub(b"", b"\r\n" + lines))
+        if (
+            status not in (204, 304)
+            and size - 4 <= limits.max_header_bytes
+            and lines.count(b"\n") <= limits.max_headers
+        ):
+            out = b"HTTP/1.1 %b %b%b" % (
+                status_bytes,
+                reason,
+                _KEEP_ALIVE_LINES.sub(b"", b"\r\n" + lines),
+            )
             return status, out, 0 if head_request else int(digits), True, size, False
     return _parse_other(data, head_request, limits)
 

@@ -210,12 +210,19 @@ class Lane:
                 if not await self._read_more():
                     return
                 continue
-            request = read_request(buffer, limits, client_ip=self.client_ip,
-                                   scheme=self.scheme, trusted=session.trusted,
-                                   fresh_id=new_request_id())
+            request = read_request(
+                buffer,
+                limits,
+                client_ip=self.client_ip,
+                scheme=self.scheme,
+                trusted=session.trusted,
+                fresh_id=new_request_id(),
+            )
             route = None if request is None else edge.fast_route(request.host, request.path)
-            if route is None or not route.backends or (
-                route.wakeable and edge.wakes.queued(route.app)
+            if (
+                route is None
+                or not route.backends
+                or (route.wakeable and edge.wakes.queued(route.app))
             ):
                 self._to_general()
                 continue
@@ -309,8 +316,9 @@ class Lane:
         if timeout > self.config.response_timeout:
             timeout = self.config.response_timeout
         buffer, eof = await self._ask(stream, request.upstream, now + timeout)
-        if eof and may_replay(reused=reused, response_bytes=len(buffer or b""),
-                              method=request.method, has_body=False):
+        if eof and may_replay(
+            reused=reused, response_bytes=len(buffer or b""), method=request.method, has_body=False
+        ):
             try:  # a pooled connection that had closed: once more on a new one
                 stream = self.stream = await connector.fresh(backend, stream)
             except (OSError, trio.TooSlowError):
@@ -330,7 +338,11 @@ class Lane:
         self.mode = TO_FAST_EXCHANGE[self.mode]
         pinned = request.pinned
         record = self.record = RequestRecord(
-            FAST, request.method, self.edge.now(), route, request.request_id,
+            FAST,
+            request.method,
+            self.edge.now(),
+            route,
+            request.request_id,
             pinned.decode("latin-1") if pinned is not None and route.options.sticky else None,
         )
         self.request, self.stream = request, None
@@ -374,8 +386,12 @@ class Lane:
         assert route is not None
         assert backend is not None
         # (the first test fails at once for the commonest request: no cookie either way)
-        if ((session or pinned is not None) and (session or pinned != backend.instance)
-                and route.options.sticky and backend.instance):
+        if (
+            (session or pinned is not None)
+            and (session or pinned != backend.instance)
+            and route.options.sticky
+            and backend.instance
+        ):
             head_bytes += b"%b: %b\r\n" % hdr.sticky_cookie(backend.instance)
         keep_alive = request.keep_alive and not self.edge.draining
         if not keep_alive:

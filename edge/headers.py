@@ -96,8 +96,13 @@ def strip_hop_by_hop(headers: Headers, *, keep_websocket: bool = False) -> Heade
     return kept
 
 
-_FORWARDING = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
-               b"x-real-ip")
+_FORWARDING = (
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"forwarded",
+    b"x-real-ip",
+)
 
 
 def _forwarding(

@@ -23,6 +23,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -130,10 +131,8 @@ async def _watch(proc: BaseProcess, stop: trio.CancelScope) -> None:
 def _signal_all(procs: list[BaseProcess], signum: int) -> None:
     for proc in procs:
         if proc.pid is not None and proc.exitcode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signum)
-            except ProcessLookupError:
-                pass
 
 
 def _worker(config: EdgeConfig, ready: Connection, parent: int) -> None:
@@ -150,7 +149,7 @@ def _die_with(parent: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:   # it ended before the signal was armed
+    if os.getppid() != parent:  # it ended before the signal was armed
         os._exit(1)
 
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 Samples = dict[str, dict[str, float | int]]
 
+
 # Who is reporting: the control plane adds up the latest figures of every worker of
 # every edge, so each names itself.
 def reporter() -> str:
@@ -138,8 +139,10 @@ async def report(
             continue
         try:
             response = await client.post(
-                url, json={"apps": samples, "reporter": reporter()}, headers=headers,
-                timeout=max(2.0, interval * 4)
+                url,
+                json={"apps": samples, "reporter": reporter()},
+                headers=headers,
+                timeout=max(2.0, interval * 4),
             )
             response.raise_for_status()
         except httpx.HTTPError as error:

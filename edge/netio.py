@@ -33,7 +33,7 @@ _BROKEN = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 class Conn:
     """One connected TCP socket; the subset of trio.abc.Stream the edge uses."""
 
-    __slots__ = ("sock", "_eager", "closed")
+    __slots__ = ("_eager", "closed", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)

@@ -46,6 +46,7 @@ __all__ = ["Edge", "EdgeConfig", "serve"]
 
 log = logging.getLogger(__name__)
 
+
 async def serve(
     config: EdgeConfig,
     source: RouteSource,

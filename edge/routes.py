@@ -207,8 +207,7 @@ UNUSUAL_TARGET = re.compile(rb"[%\\#]|/[./]")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})?")
 # An escape `_canonical_escape` would change: malformed, lower-case, or unreserved.
-_ESCAPE_TO_CHANGE = re.compile(
-    rb"%(?![0-9A-F]{2})|%(?:[46][1-9A-F]|[57][0-9A]|3[0-9]|2[DE]|5F|7E)")
+_ESCAPE_TO_CHANGE = re.compile(rb"%(?![0-9A-F]{2})|%(?:[46][1-9A-F]|[57][0-9A]|3[0-9]|2[DE]|5F|7E)")
 _SLASHES = re.compile(rb"//++")
 
 

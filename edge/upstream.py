@@ -120,8 +120,12 @@ class Connector:
                 except (OSError, trio.TooSlowError) as error:
                     if not is_retriable(error, bytes_sent=0):
                         raise
-                    log.warning("edge-connect-failed backend=%s instance=%s error=%r",
-                                backend.address, backend.instance, error)
+                    log.warning(
+                        "edge-connect-failed backend=%s instance=%s error=%r",
+                        backend.address,
+                        backend.instance,
+                        error,
+                    )
                     failures.append((backend, error))
                     continue
                 if route.options.balance != BALANCE:

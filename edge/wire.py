@@ -15,23 +15,23 @@ from typing import NotRequired, TypedDict
 
 
 class Backend(TypedDict):
-    address: str          # host:port of a RUNNING instance (or the control plane for api.)
+    address: str  # host:port of a RUNNING instance (or the control plane for api.)
     instance: str
 
 
 class RouteOptions(TypedDict, total=False):
-    balance: str          # round-robin | least-in-flight
-    timeout: int          # seconds
+    balance: str  # round-robin | least-in-flight
+    timeout: int  # seconds
     sticky: bool
 
 
 class Route(TypedDict):
     host: str
-    path: str             # a prefix; "/" for the whole host
+    path: str  # a prefix; "/" for the whole host
     app: str
     backends: list[Backend]
     options: NotRequired[RouteOptions]
-    wakeable: NotRequired[bool]   # no backend: hold the request and wake the app
+    wakeable: NotRequired[bool]  # no backend: hold the request and wake the app
 
 
 class RouteTable(TypedDict):

@@ -114,8 +114,16 @@ def start_edge(
     port: int, control_url: str, workers: int, log: Path, *, access_log: bool, root: Path = ROOT
 ) -> subprocess.Popen[bytes]:
     """Foundry's edge from the tree at `root` with `workers` processes, its log in `log`."""
-    command = [sys.executable, "-c", EDGE_SCRIPT, str(port), control_url, str(log),
-               "1" if access_log else "0", str(workers)]
+    command = [
+        sys.executable,
+        "-c",
+        EDGE_SCRIPT,
+        str(port),
+        control_url,
+        str(log),
+        "1" if access_log else "0",
+        str(workers),
+    ]
     return subprocess.Popen(command, cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin"})
 
 
@@ -190,10 +198,18 @@ def start_route_server(host: str, backend: int, ws_backend: int) -> RouteServer:
     """A stand-in control plane serving one route table on GET /v1/routes."""
     server = RouteServer(("127.0.0.1", 0), _RouteHandler)
     routes = [
-        {"host": host, "path": "/", "app": "bench",
-         "backends": [{"address": f"127.0.0.1:{backend}", "instance": "bench-web-0"}]},
-        {"host": host, "path": "/ws", "app": "bench",
-         "backends": [{"address": f"127.0.0.1:{ws_backend}", "instance": "bench-ws-0"}]},
+        {
+            "host": host,
+            "path": "/",
+            "app": "bench",
+            "backends": [{"address": f"127.0.0.1:{backend}", "instance": "bench-web-0"}],
+        },
+        {
+            "host": host,
+            "path": "/ws",
+            "app": "bench",
+            "backends": [{"address": f"127.0.0.1:{ws_backend}", "instance": "bench-ws-0"}],
+        },
     ]
     server.table = json.dumps({"etag": server.etag, "routes": routes}).encode()
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -202,8 +218,14 @@ def start_route_server(host: str, backend: int, ws_backend: int) -> RouteServer:
 
 def start_bare_trio(port: int, backend: int, workers: int) -> subprocess.Popen[bytes]:
     """The bare trio proxy (`edge_support.bare_trio`) in front of `backend`."""
-    command = [sys.executable, "-m", "benchmarks.edge_support.bare_trio", str(port), str(backend),
-               str(workers)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.edge_support.bare_trio",
+        str(port),
+        str(backend),
+        str(workers),
+    ]
     return subprocess.Popen(command, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
 
 

@@ -409,8 +409,11 @@ async def test_plain_and_general_requests_mix_on_one_connection(nursery: trio.Nu
         )
         raw.sent()
         assert json.loads((await raw.response())[1])["target"] == "/1"
-        raw.conn.send(h11.Request(method="POST", target="/echo",
-                                  headers=[("Host", "x"), ("Content-Length", "5")]))
+        raw.conn.send(
+            h11.Request(
+                method="POST", target="/echo", headers=[("Host", "x"), ("Content-Length", "5")]
+            )
+        )
         raw.conn.send(h11.Data(data=b"hello"))
         raw.conn.send(h11.EndOfMessage())
         assert (await raw.response())[1] == b"hello"
@@ -422,8 +425,9 @@ async def test_plain_and_general_requests_mix_on_one_connection(nursery: trio.Nu
             assert json.loads(body)["target"] == "/" + target.rsplit("/", 1)[1]
     async with await trio.open_tcp_stream("127.0.0.1", edge) as stream:  # HTTP/1.0 keep-alive
         for path in (b"/7", b"/8"):
-            await stream.send_all(b"GET %b HTTP/1.0\r\nHost: hello.localhost\r\n"
-                                  b"Connection: keep-alive\r\n\r\n" % path)
+            await stream.send_all(
+                b"GET %b HTTP/1.0\r\nHost: hello.localhost\r\nConnection: keep-alive\r\n\r\n" % path
+            )
             wire = b""
             while not wire.endswith(b'{"target": "%b"}' % path):
                 wire += await stream.receive_some(65536)
@@ -562,10 +566,13 @@ async def test_the_access_line_names_the_path_that_served_each_request(
     caplog.set_level(logging.INFO, logger="edge")
     plain = await start_server(nursery, backend(chunked=False))
     unusual = await start_server(nursery, backend(chunked=True))
-    routes = RouteTable(routes=(
-        Route("hello.localhost", "/", "hello", (Backend(f"127.0.0.1:{plain}", "i-0"),)),
-        Route("chunky.localhost", "/", "chunky", (Backend(f"127.0.0.1:{unusual}", "i-1"),)),
-    ), etag="t")
+    routes = RouteTable(
+        routes=(
+            Route("hello.localhost", "/", "hello", (Backend(f"127.0.0.1:{plain}", "i-0"),)),
+            Route("chunky.localhost", "/", "chunky", (Backend(f"127.0.0.1:{unusual}", "i-1"),)),
+        ),
+        etag="t",
+    )
     edge = await start_edge(nursery, routes)
     async with client(edge) as http:
         assert (await http.get("/plain")).status_code == 200

@@ -82,12 +82,23 @@ SPOOFED = [
 
 
 def forward(
-    headers: hdr.Headers, *, client_ip: str = "192.0.2.7", proto: str = "http",
-    host: bytes = b"a.localhost", trusted: bool = False,
+    headers: hdr.Headers,
+    *,
+    client_ip: str = "192.0.2.7",
+    proto: str = "http",
+    host: bytes = b"a.localhost",
+    trusted: bool = False,
 ) -> tuple[hdr.Headers, bytes]:
     """`forward_request` for a plain (not websocket) request, with a fresh id "fresh"."""
-    return hdr.forward_request(headers, host=host, client_ip=client_ip, proto=proto,
-                               trusted=trusted, fresh_id=b"fresh", websocket=False)
+    return hdr.forward_request(
+        headers,
+        host=host,
+        client_ip=client_ip,
+        proto=proto,
+        trusted=trusted,
+        fresh_id=b"fresh",
+        websocket=False,
+    )
 
 
 def test_forwarding_replaces_what_an_untrusted_peer_claims() -> None:
@@ -137,18 +148,30 @@ def test_several_forwarded_lines_from_a_trusted_proxy_become_one_list() -> None:
     [
         (b"192.0.2.7", b"http", b"a.localhost", b"for=192.0.2.7;proto=http;host=a.localhost"),
         # a port makes the host a quoted-string (":" is not a token character)
-        (b"192.0.2.7", b"https", b"a.localhost:8443",
-         b'for=192.0.2.7;proto=https;host="a.localhost:8443"'),
+        (
+            b"192.0.2.7",
+            b"https",
+            b"a.localhost:8443",
+            b'for=192.0.2.7;proto=https;host="a.localhost:8443"',
+        ),
         # IPv6 is bracketed and quoted (RFC 7239 section 6)
         (b"::1", b"http", b"a", b'for="[::1]";proto=http;host=a'),
-        (b"2001:db8::7", b"http", b"[2001:db8::1]:80",
-         b'for="[2001:db8::7]";proto=http;host="[2001:db8::1]:80"'),
+        (
+            b"2001:db8::7",
+            b"http",
+            b"[2001:db8::1]:80",
+            b'for="[2001:db8::7]";proto=http;host="[2001:db8::1]:80"',
+        ),
         # quotes and backslashes inside a quoted-string are escaped
         (b"10.0.0.1", b"http", b'a"b\\c', b'for=10.0.0.1;proto=http;host="a\\"b\\\\c"'),
         (b"", b"http", b"a", b"for=unknown;proto=http;host=a"),
         # a Host too long to keep in the cache is quoted the same way
-        (b"10.0.0.1", b"http", b"a" * 400 + b":1", b'for=10.0.0.1;proto=http;host="%b:1"' % (
-            b"a" * 400)),
+        (
+            b"10.0.0.1",
+            b"http",
+            b"a" * 400 + b":1",
+            b'for=10.0.0.1;proto=http;host="%b:1"' % (b"a" * 400),
+        ),
     ],
 )
 def test_forwarded_element_quotes_what_is_not_a_token(

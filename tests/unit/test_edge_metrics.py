@@ -74,8 +74,10 @@ def test_a_clock_far_from_zero_loses_nothing() -> None:
         concurrency.finished("a", start + i * 0.001 + 0.0005)
     concurrency.started("b", start + 0.25)
     assert concurrency.snapshot(start + 1.0) == {
-        "a": {"in_flight": 0.5, "tunnels": 0}, "b": {"in_flight": 0.75, "tunnels": 0}
+        "a": {"in_flight": 0.5, "tunnels": 0},
+        "b": {"in_flight": 0.75, "tunnels": 0},
     }
     assert concurrency.snapshot(start + 2.0) == {
-        "a": {"in_flight": 0.0, "tunnels": 0}, "b": {"in_flight": 1.0, "tunnels": 0}
+        "a": {"in_flight": 0.0, "tunnels": 0},
+        "b": {"in_flight": 1.0, "tunnels": 0},
     }

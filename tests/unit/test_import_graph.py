@@ -37,8 +37,9 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, *([base] if base else [])])
             # `from pkg import mod` imports the module pkg.mod when there is one.
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
-                       for a in node.names]
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -91,7 +92,8 @@ def test_the_graph_is_read() -> None:
     assert "control.store" in edges["control.converge"]
     assert "edge.routes" in edges["edge.routesync"]
     assert {"control.api", "node.agent", "edge.main"} <= edges["foundry"] | {
-        m for deps in edges.values() for m in deps}
+        m for deps in edges.values() for m in deps
+    }
 
 
 def test_the_checks_catch_what_they_name() -> None:
@@ -104,16 +106,26 @@ def test_no_import_cycle() -> None:
 
 
 def test_roles_never_import_one_another() -> None:
-    crossing = [(m, d) for m, deps in graph().items() for d in deps
-                if m.split(".")[0] in ROLES and d.split(".")[0] in ROLES
-                and m.split(".")[0] != d.split(".")[0]]
+    crossing = [
+        (m, d)
+        for m, deps in graph().items()
+        for d in deps
+        if m.split(".")[0] in ROLES
+        and d.split(".")[0] in ROLES
+        and m.split(".")[0] != d.split(".")[0]
+    ]
     assert crossing == []
 
 
 def test_the_control_plane_never_imports_its_command_line() -> None:
     # control/cli/ is a client of the API like any other: the server must run without it
-    server = [(m, d) for m, deps in graph().items() for d in deps
-              if m.startswith("control.") and not m.startswith("control.cli")
-              and d.startswith("control.cli")]
+    server = [
+        (m, d)
+        for m, deps in graph().items()
+        for d in deps
+        if m.startswith("control.")
+        and not m.startswith("control.cli")
+        and d.startswith("control.cli")
+    ]
     assert server == []
     assert "control.cli.client" in graph()["control.cli.apps"]  # the check sees the package
