@@ -24,6 +24,7 @@ from control import (
     api_nodes,
     api_platform,
     api_push,
+    bodies,
     converge,
 )
 from control.config import ControlConfig
@@ -34,6 +35,7 @@ from control.context import (
 from control.errors import (
     FoundryError,
 )
+from control.schema import Body
 from control.store import Store
 
 log = logging.getLogger("foundry.control")
@@ -53,6 +55,7 @@ async def openapi(request: Request) -> Response:
             paths.setdefault(route.path, {})[method.lower()] = {
                 "summary": doc.splitlines()[0] if doc else route.name,
                 "responses": {"200": {"description": "JSON"}},
+                **_request_body(method, route.path),
             }
     return JSONResponse(
         {
@@ -111,6 +114,68 @@ ROUTES = [
     Route("/git/{repo}/info/refs", api_push.git_info_refs),
     Route("/git/{repo}/{service}", api_push.git_rpc, methods=["POST"]),
 ]
+
+
+# What each route's request body is: a JSON object of a shape in control/bodies.py, or an
+# upload (a gzip'd tar, a droplet, git's protocol) checked as it streams. Every route
+# with POST, PUT, PATCH or DELETE is in one of the three tables; the OpenAPI document and
+# tests/component/test_api_hostile_bodies.py read them.
+JSON_BODIES: dict[tuple[str, str], Body[Any]] = {
+    ("POST", "/v1/apps/{app}/builds"): bodies.PUSH,  # with content-type application/json
+    ("POST", "/v1/apps/{app}/scale"): bodies.SCALE,
+    ("POST", "/v1/metrics"): bodies.METRICS,
+    ("POST", "/v1/apps/{app}/actions/{action}"): bodies.RESTART,  # restart only, optional
+    ("PATCH", "/v1/apps/{app}/env"): bodies.ENV_CHANGE,
+    ("POST", "/v1/apps/{app}/rollback"): bodies.ROLLBACK,
+    ("POST", "/v1/apps/{app}/routes"): bodies.MAP_ROUTE,
+    ("DELETE", "/v1/apps/{app}/routes"): bodies.UNMAP_ROUTE,
+    ("POST", "/v1/apps/{app}/tasks"): bodies.TASK,
+    ("POST", "/v1/tasks/{task}/result"): bodies.TASK_RESULT,
+    ("POST", "/v1/resources/match"): bodies.MATCH,
+    ("POST", "/v1/resources/listing"): bodies.LISTING,
+    ("POST", "/v1/builds/{build}/result"): bodies.BUILD_RESULT,
+    ("POST", "/v1/tokens"): bodies.TOKEN,
+    ("POST", "/v1/nodes/join"): bodies.JOIN,
+    ("POST", "/v1/nodes/{node}/heartbeat"): bodies.HEARTBEAT,
+    ("POST", "/v1/nodes/{node}/state"): bodies.NODE_STATE,
+    ("POST", "/v1/logs"): bodies.LOGS,
+}
+UPLOADS = frozenset(
+    {
+        ("POST", "/v1/apps/{app}/builds"),  # a gzip'd tar, after an optional JSON config prefix
+        ("POST", "/v1/apps/{app}/buildpack"),
+        ("POST", "/v1/resources"),
+        ("PUT", "/v1/blobs/{digest}"),
+        ("POST", "/git/{repo}/{service}"),
+    }
+)
+NO_BODY = frozenset(
+    {
+        ("DELETE", "/v1/apps/{app}"),
+        ("POST", "/v1/apps/{app}/wake"),
+        ("POST", "/v1/apps/{app}/deployments/cancel"),
+        ("DELETE", "/v1/tokens/{token}"),
+        ("DELETE", "/v1/nodes/{node}"),
+    }
+)
+
+
+def _request_body(method: str, path: str) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route (empty when it takes none)."""
+    content: dict[str, Any] = {}
+    shape = JSON_BODIES.get((method, path))
+    if shape is not None:
+        fields = shape.spec.fields
+        content["application/json"] = {
+            "schema": {
+                "type": "object",
+                "properties": {k: {} for k in fields},
+                "required": [k for k, f in fields.items() if f.required],
+            }
+        }
+    if (method, path) in UPLOADS:
+        content["application/octet-stream"] = {}
+    return {"requestBody": {"content": content}} if content else {}
 
 
 async def _foundry_error(request: Request, exc: Exception) -> Response:

@@ -12,15 +12,25 @@ from control import releases, tasks
 from control.api_push import forget_app_files
 from control.auth import APP_KINDS, READ_KINDS, hide_unless_visible, require
 from control.autoscaler import Settings
+from control.bodies import (
+    ENV_CHANGE,
+    EVENTS_LIMIT,
+    LOGS_LIMIT,
+    RESTART,
+    ROLLBACK,
+    SCALE,
+    SEQ,
+    TASK,
+    RestartBody,
+    ScaleBody,
+)
 from control.context import (
     Control,
     app_call,
     check_config,
     control_of,
-    env_pairs,
-    int_between,
     json_body,
-    parse_duration,
+    query_value,
 )
 from control.converge import stop_instance
 from control.errors import (
@@ -30,11 +40,6 @@ from control.errors import (
     Unprocessable,
 )
 from control.model import BUILD_ENDED, LIVE_STATES, DeploymentState, InstanceState, TaskState
-from control.names import (
-    env_name_problem,
-    parse_memory,
-    process_name_problem,
-)
 from control.rows import AppChanges, AppRow, Autoscale, DeploymentRow, LogRow
 from control.scaling import settings_of
 
@@ -118,17 +123,10 @@ async def scale(request: Request) -> Response:
     """Set a process type's instance count, or autoscaling of web: {min, max, concurrency,
     idle} (min 0 scales to zero when idle)."""
     ctl, name, token = app_call(request, APP_KINDS)
-    body = await json_body(request)
-    requested = body.get("process")
-    if requested is not None:
-        problem = process_name_problem(str(requested))
-        if problem:
-            raise BadRequest(problem)
+    body = await json_body(request, SCALE)
     app = ctl.store.get_app(name)
-    autoscaling = any(body.get(k) is not None for k in AUTOSCALE_KEYS)
-    process = process_to_scale(
-        name, None if requested is None else str(requested), list(_processes(ctl, app)), autoscaling
-    )
+    autoscaling = any(k in body for k in AUTOSCALE_KEYS)
+    process = process_to_scale(name, body.get("process"), list(_processes(ctl, app)), autoscaling)
     changes: AppChanges = {}
     if autoscaling:
         auto = _autoscale_settings(body, settings_of(app["autoscale"]))
@@ -139,16 +137,15 @@ async def scale(request: Request) -> Response:
             f"in flight per instance, idle {auto['idle']:.0f} s"
         )
     else:
-        count = int_between(body.get("instances"), "instances", 0, 100)
+        if "instances" not in body:
+            raise Unprocessable("instances: is required (or autoscaling: min, max, ...)")
+        count = body["instances"]
         if process == "web":
             changes["autoscale"] = None
         what = f"{process} scaled to {count}"
     changes["scale"] = {**app["scale"], process: count}
     if "memory" in body:
-        try:
-            changes["memory_mb"] = parse_memory(str(body["memory"]))
-        except ValueError as e:
-            raise BadRequest(str(e)) from None
+        changes["memory_mb"] = body["memory"]
     ctl.store.update_app(name, **changes)
     ctl.store.add_event(name, "scale", what, token.id)
     return JSONResponse({**app_view(ctl, ctl.store.get_app(name)), "scaled": process})
@@ -179,22 +176,19 @@ def process_to_scale(app: str, requested: str | None, types: list[str], autoscal
     return requested
 
 
-def _autoscale_settings(body: dict[str, Any], before: Settings | None) -> Autoscale:
+def _autoscale_settings(body: ScaleBody, before: Settings | None) -> Autoscale:
+    """The autoscale settings a scale request leaves (its ranges are checked by SCALE)."""
     base = before or Settings(min=1, max=10, concurrency=20, idle=60)
-    lo = int_between(body.get("min", base.min), "min", 0, 100)
-    hi = int_between(body.get("max", base.max), "max", 1, 100)
+    lo, hi = body.get("min", base.min), body.get("max", base.max)
     if lo > hi:
         raise BadRequest(f"min ({lo}) must not exceed max ({hi})")
-    concurrency = int_between(body.get("concurrency", base.concurrency), "concurrency", 1, 10_000)
-    idle = body.get("idle", base.idle)
-    seconds = parse_duration(idle) if isinstance(idle, str) else float(idle)
-    if not 1 <= seconds <= 86_400:
-        raise BadRequest("idle must be between 1 s and 1 day")
-    window = body.get("window", base.stable_window)
-    window_s = parse_duration(window) if isinstance(window, str) else float(window)
-    if not 6 <= window_s <= 3600:
-        raise BadRequest("window must be between 6 s and 1 h")
-    return {"min": lo, "max": hi, "concurrency": concurrency, "idle": seconds, "window": window_s}
+    return {
+        "min": lo,
+        "max": hi,
+        "concurrency": body.get("concurrency", int(base.concurrency)),
+        "idle": body.get("idle", float(base.idle)),
+        "window": body.get("window", float(base.stable_window)),
+    }
 
 
 async def app_action(request: Request) -> Response:
@@ -206,7 +200,7 @@ async def app_action(request: Request) -> Response:
     sent = (
         request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
     )
-    body = await json_body(request) if action == "restart" and sent else {}
+    body: RestartBody = await json_body(request, RESTART) if action == "restart" and sent else {}
     if action == "stop":
         ctl.store.update_app(name, started=0)
     elif action == "start":
@@ -223,10 +217,10 @@ async def app_action(request: Request) -> Response:
     return JSONResponse(app_view(ctl, ctl.store.get_app(name)))
 
 
-def _restart_instance(ctl: Control, name: str, body: dict[str, Any]) -> str:
+def _restart_instance(ctl: Control, name: str, body: RestartBody) -> str:
     """Stop the live instance of slot (process, index); returns its name, e.g. web.1."""
-    process = str(body.get("process", "web"))
-    index = int_between(body.get("index"), "index", 0, 100)
+    process = body.get("process", "web")
+    index = body["index"]
     live = [
         r
         for r in ctl.store.instance_rows(app=name)
@@ -253,19 +247,13 @@ async def get_env(request: Request) -> Response:
 async def patch_env(request: Request) -> Response:
     """Set and unset config vars: makes a new release (when there is a droplet)."""
     ctl, name, token = app_call(request, APP_KINDS)
-    body = await json_body(request)
-    sets = body.get("set") or {}
-    unsets = body.get("unset") or []
-    if not isinstance(sets, dict) or not isinstance(unsets, list):
-        raise BadRequest('body must be {"set": {KEY: VALUE}, "unset": [KEY]}')
-    env_changes = env_pairs([f"{k}={v}" for k, v in sets.items()])
-    for key in unsets:
-        if env_name_problem(str(key)):
-            raise BadRequest(env_name_problem(str(key)) or "")
+    body = await json_body(request, ENV_CHANGE)
+    env_changes = body.get("set", {})
+    unsets = body.get("unset", [])
     app = ctl.store.get_app(name)
     env = {k: v for k, v in {**app["env"], **env_changes}.items() if k not in unsets}
     check_config(ctl, app["env"], env)
-    idle = unchanged_keys(app["env"], env_changes, [str(k) for k in unsets])
+    idle = unchanged_keys(app["env"], env_changes, unsets)
     if env == app["env"]:  # nothing to change: no release, no restarts
         return JSONResponse({"env": env, "release": None, "unchanged": idle})
     ctl.store.update_app(name, env=env)
@@ -311,9 +299,8 @@ async def list_releases(request: Request) -> Response:
 async def rollback(request: Request) -> Response:
     """Make a new release from an earlier one's droplet and config: {"version": N}."""
     ctl, name, token = app_call(request, APP_KINDS)
-    body = await json_body(request)
-    version = int_between(str(body.get("version", "")).lstrip("v"), "version", 1, 1 << 30)
-    new = releases.rollback(ctl.store, ctl.blobs, name, version, token.id)
+    body = await json_body(request, ROLLBACK)
+    new = releases.rollback(ctl.store, ctl.blobs, name, body["version"], token.id)
     return JSONResponse({"release": new})
 
 
@@ -362,16 +349,15 @@ async def cancel_deploy(request: Request) -> Response:
 async def list_events(request: Request) -> Response:
     """List an app's newest events (?limit=N, default 100), oldest first."""
     ctl, name, _ = app_call(request, READ_KINDS, exists=True)
-    limit = int_between(request.query_params.get("limit", "100"), "limit", 1, 10000)
+    limit = query_value(request, "limit", EVENTS_LIMIT, 100)
     return JSONResponse({"events": ctl.store.list_events(name, limit)})
 
 
 async def read_logs(request: Request) -> Response:
     """Log lines after ?after=SEQ (or the last ?limit=N); long-polls with ?wait=N."""
     ctl, name, _ = app_call(request, READ_KINDS, exists=True)
-    after_raw = request.query_params.get("after")
-    after = int_between(after_raw, "after", 0, 1 << 62) if after_raw not in (None, "") else None
-    limit = int_between(request.query_params.get("limit", "500"), "limit", 1, 5000)
+    after: int | None = query_value(request, "after", SEQ, None)
+    limit = query_value(request, "limit", LOGS_LIMIT, 500)
     build = request.query_params.get("build")
     if build is not None:
         _owned_build_or_task(ctl, name, build)
@@ -407,10 +393,7 @@ def _owned_build_or_task(ctl: Control, app: str, bid: str) -> None:
 async def run_task(request: Request) -> Response:
     """Run a one-off command with the app's current droplet and config: {"command": ...}."""
     ctl, name, token = app_call(request, APP_KINDS)
-    body = await json_body(request)
-    command = body.get("command")
-    if not isinstance(command, str) or not command.strip():
-        raise BadRequest("command must be a non-empty string")
+    command = (await json_body(request, TASK))["command"]
     app = ctl.store.get_app(name)
     if not app["release"]:
         raise Conflict(f"{name} has no release to run a command with yet")

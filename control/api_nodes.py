@@ -10,24 +10,30 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from control import releases, tasks
 from control.auth import READ_KINDS, check_node, require, require_node, scope_of
+from control.bodies import (
+    BUILD_RESULT,
+    FLAG,
+    HEARTBEAT,
+    JOIN,
+    LOGS,
+    NODE_STATE,
+    SEQ,
+    TASK_RESULT,
+)
 from control.context import (
     check_length,
     control_of,
-    int_between,
     json_body,
+    query_value,
 )
 from control.converge import fail_lost_builds
 from control.errors import (
-    BadRequest,
     Conflict,
     Forbidden,
     NotFound,
 )
 from control.heartbeats import apply_heartbeat, node_text
 from control.model import BuildState, InstanceState, NodeState
-from control.names import (
-    process_name_problem,
-)
 from control.policy import sees_infrastructure
 
 log = logging.getLogger("foundry.control")
@@ -39,10 +45,10 @@ async def join(request: Request) -> Response:
     a limited token's uses, as for every kind)."""
     ctl = control_of(request)
     require(request, ctl.store, ("join", "admin"))
-    body = await json_body(request)
-    name = str(body.get("name") or "node")
-    memory = int_between(body.get("memory_mb"), "memory_mb", 64, 1 << 24)
-    address = str(body.get("address") or "127.0.0.1")
+    body = await json_body(request, JOIN)
+    name = body.get("name") or "node"
+    memory = body["memory_mb"]
+    address = body.get("address") or "127.0.0.1"
     nid = ctl.store.add_node(
         name, address, memory, body.get("tier"), node_text(body.get("seccomp"))
     )
@@ -78,11 +84,7 @@ async def node_state(request: Request) -> Response:
     ctl = control_of(request)
     caller = require(request, ctl.store, ("admin",))
     node = ctl.store.get_node(request.path_params["node"])
-    body = await json_body(request)
-    asked = body.get("state")
-    if asked not in (NodeState.DRAINING, NodeState.READY):
-        raise BadRequest("state must be draining or ready")
-    state = NodeState(asked)
+    state = NodeState((await json_body(request, NODE_STATE))["state"])
     if node["state"] == NodeState.LOST:
         raise Conflict(
             f"node {node['name']} is lost; it becomes ready when it is heard from "
@@ -116,7 +118,7 @@ async def remove_node(request: Request) -> Response:
     ctl = control_of(request)
     caller = require(request, ctl.store, ("admin",))
     node = ctl.store.get_node(request.path_params["node"])
-    force = request.query_params.get("force", "") in ("1", "true")
+    force = query_value(request, "force", FLAG, "") in ("1", "true")
     mine = ctl.store.instance_rows(node=node["id"])
     problem = removal_problem(node["name"], node["state"], len(mine), force)
     if problem:
@@ -140,18 +142,8 @@ async def heartbeat(request: Request) -> Response:
     ctl = control_of(request)
     nid = request.path_params["node"]
     require_node(request, ctl.store, nid)
-    body = await json_body(request, ctl.config.requests.node_report)
-    reported = body.get("instances", [])
-    if not isinstance(reported, list) or "address" not in body:
-        raise BadRequest("heartbeat needs address, memory_mb and an instances list")
-    if not all(
-        isinstance(i, dict) and isinstance(i.get("id"), str) and i.get("state") in KNOWN_STATES
-        for i in reported
-    ):
-        raise BadRequest(
-            "each reported instance needs an id and a state, one of " + ", ".join(InstanceState)
-        )
-    apply_heartbeat(ctl.store, nid, body, ctl.asked_to_stop.setdefault(nid, set()))
+    body = await json_body(request, HEARTBEAT, ctl.config.requests.node_report)
+    apply_heartbeat(ctl.store, nid, dict(body), ctl.asked_to_stop.setdefault(nid, set()))
     return JSONResponse({"ok": True})
 
 
@@ -161,7 +153,7 @@ async def work(request: Request) -> Response:
     nid = request.path_params["node"]
     require_node(request, ctl.store, nid)
     ctl.store.get_node(nid)
-    after = int_between(request.query_params.get("after", "0"), "after", 0, 1 << 62)
+    after = query_value(request, "after", SEQ, 0)
     ctl.store.ack_work(nid, after)
     items = await ctl.wait(request, lambda: ctl.store.work_after(nid, after))
     return JSONResponse({"work": items})
@@ -173,21 +165,17 @@ async def build_result(request: Request) -> Response:
     token = require(request, ctl.store, ("admin", "node"))  # before the lookup
     build = ctl.store.get_build(request.path_params["build"])
     check_node(token, build["node"] or "")
-    body = await json_body(request)
+    body = await json_body(request, BUILD_RESULT)
     if build["state"] != BuildState.STAGING:
         raise Conflict(f"build {build['id']} is {build['state']}, not STAGING")
     if not body.get("ok"):
-        error = str(body.get("error") or "build failed")
+        error = body.get("error") or "build failed"
         ctl.store.set_build(build["id"], BuildState.FAILED, error=error)
         ctl.store.add_event(build["app"], "build-failed", f"build {build['id']}: {error}")
         return JSONResponse({"state": BuildState.FAILED})
-    droplet = str(body.get("droplet", ""))
+    droplet = body.get("droplet", "")
     ctl.blobs.existing(droplet)
-    processes = body.get("processes") or {}
-    if not isinstance(processes, dict) or not all(
-        isinstance(v, str) and not process_name_problem(k) for k, v in processes.items()
-    ):
-        raise BadRequest("processes must map process type names to commands")
+    processes = body.get("processes", {})
     if not ctl.store.app_exists(build["app"]):
         raise NotFound(f"app {build['app']!r} was deleted while it was being built")
     env = ctl.store.get_app(build["app"])["env"]
@@ -258,13 +246,9 @@ async def task_result(request: Request) -> Response:
     token = require(request, ctl.store, ("admin", "node"))  # before the lookup
     task = ctl.store.get_task(request.path_params["task"])
     check_node(token, task["node"] or "")
-    body = await json_body(request)
-    code = body.get("exit_code")
-    if code is not None and not isinstance(code, int):
-        raise BadRequest("exit_code must be an integer or null")
-    reason = body.get("reason")
+    body = await json_body(request, TASK_RESULT)
     done = tasks.finish_task(
-        ctl.store, ctl.blobs, task["id"], code, str(reason) if reason else None
+        ctl.store, ctl.blobs, task["id"], body.get("exit_code"), body.get("reason") or None
     )
     return JSONResponse({"state": done["state"]})
 
@@ -273,12 +257,7 @@ async def post_logs(request: Request) -> Response:
     """A node appends log lines: {"lines": [{app, source, line, ts, build?}]}."""
     ctl = control_of(request)
     token = require(request, ctl.store, ("node", "admin", "edge"))
-    body = await json_body(request, ctl.config.requests.node_report)
-    lines = body.get("lines")
-    if not isinstance(lines, list) or not all(
-        isinstance(r, dict) and {"app", "source", "line"} <= r.keys() for r in lines
-    ):
-        raise BadRequest("lines must be a list of {app, source, line}")
+    lines = (await json_body(request, LOGS, ctl.config.requests.node_report))["lines"]
     if token.kind == "edge" and any(r["source"] != "router" for r in lines):
         raise Forbidden("an edge token may only post router lines")
     ctl.store.append_logs(lines)

@@ -13,23 +13,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from control.auth import APP_KINDS, READ_KINDS, require, scope_of
+from control.bodies import MAP_ROUTE, METRICS, TOKEN, UNMAP_ROUTE, MapRouteBody
 from control.context import (
     Control,
     app_call,
     app_name,
     control_of,
-    int_between,
     json_body,
-    parse_duration,
 )
 from control.errors import (
     BadRequest,
     Conflict,
     Forbidden,
-)
-from control.names import (
-    app_name_problem,
-    parse_route,
 )
 from control.policy import MappedRoute, route_claim_problem, scoped_table
 from control.routing import routing_table
@@ -37,24 +32,19 @@ from control.scaling import settings_of
 from control.wire_edge import RouteOptions
 
 
-def _route_options(body: dict[str, Any]) -> RouteOptions:
+def _route_options(body: MapRouteBody) -> RouteOptions:
     options: RouteOptions = {}
-    if body.get("balance") is not None:
-        if body["balance"] not in ("round-robin", "least-in-flight"):
-            raise BadRequest("balance must be round-robin or least-in-flight")
+    if "balance" in body:
         options["balance"] = body["balance"]
-    if body.get("timeout") is not None:
-        options["timeout"] = int_between(body["timeout"], "timeout", 1, 3600)
-    if body.get("sticky") is not None:
-        options["sticky"] = bool(body["sticky"])
+    if "timeout" in body:
+        options["timeout"] = body["timeout"]
+    if "sticky" in body:
+        options["sticky"] = body["sticky"]
     return options
 
 
-def _route_target(ctl: Control, body: dict[str, Any]) -> tuple[str, str]:
-    try:
-        host, path = parse_route(str(body.get("route", "")))
-    except ValueError as e:
-        raise BadRequest(str(e)) from None
+def _route_target(ctl: Control, route: tuple[str, str]) -> tuple[str, str]:
+    host, path = route
     if host == f"api.{ctl.config.domain}":
         raise Conflict(f"{host} is the control API's own route")
     return host, path
@@ -63,8 +53,8 @@ def _route_target(ctl: Control, body: dict[str, Any]) -> tuple[str, str]:
 async def map_route(request: Request) -> Response:
     """Route HOST[/PATH] to an app: {"route": ..., "balance"?, "timeout"?, "sticky"?}."""
     ctl, name, token = app_call(request, APP_KINDS)
-    body = await json_body(request)
-    host, path = _route_target(ctl, body)
+    body = await json_body(request, MAP_ROUTE)
+    host, path = _route_target(ctl, body["route"])
     ctl.store.get_app(name)
     if (host, path) == (f"{name}.{ctl.config.domain}", "/"):
         raise Conflict(f"{host} is already {name}'s own route")
@@ -92,34 +82,23 @@ async def list_app_routes(request: Request) -> Response:
 async def unmap_route(request: Request) -> Response:
     """Remove a route added with map-route: {"route": "HOST[/PATH]"}."""
     ctl, name, token = app_call(request, APP_KINDS)
-    host, path = _route_target(ctl, await json_body(request))
+    host, path = _route_target(ctl, (await json_body(request, UNMAP_ROUTE))["route"])
     ctl.store.unmap_route(name, host, path)
     ctl.store.add_event(name, "route-unmapped", f"{host}{path}", token.id)
     return JSONResponse({"routes": ctl.store.mapped_routes(name)})
-
-
-TOKEN_KINDS = ("admin", "deploy", "read", "join", "edge")
 
 
 async def create_token(request: Request) -> Response:
     """Mint a token: {kind, apps?, ttl?, uses?, label?}; the secret is shown only here."""
     ctl = control_of(request)
     caller = require(request, ctl.store, ("admin",))
-    body = await json_body(request)
-    kind = body.get("kind")
-    if kind not in TOKEN_KINDS:
-        raise BadRequest(f"token kind must be one of {', '.join(TOKEN_KINDS)}")
+    body = await json_body(request, TOKEN)
+    kind = body["kind"]
     apps = body.get("apps")
-    if apps is not None:
-        if kind not in ("deploy", "read") or not isinstance(apps, list) or not apps:
-            raise BadRequest("apps limits deploy and read tokens, as a non-empty list")
-        for name in apps:
-            if app_name_problem(str(name)):
-                raise BadRequest(app_name_problem(str(name)) or "")
-    ttl = parse_duration(str(body["ttl"])) if body.get("ttl") else None
-    uses = int_between(body["uses"], "uses", 1, 1 << 30) if body.get("uses") is not None else None
+    if apps is not None and kind not in ("deploy", "read"):
+        raise BadRequest("apps limits deploy and read tokens, as a non-empty list")
     tid, secret = ctl.store.create_token(
-        kind, apps=apps, ttl=ttl, uses=uses, label=str(body.get("label") or "")[:80] or None
+        kind, apps=apps, ttl=body.get("ttl"), uses=body.get("uses"), label=body.get("label") or None
     )
     ctl.store.add_event(None, "token-created", f"{kind} token {tid}", caller.id)
     if kind == "join" and ctl.config.tls_fingerprint:
@@ -193,17 +172,8 @@ async def metrics(request: Request) -> Response:
     """An edge reports concurrency: {"apps": {app: {"in_flight": n, "tunnels": m}}}."""
     ctl = control_of(request)
     require(request, ctl.store, ("edge", "admin"))
-    body = await json_body(request)
-    apps = body.get("apps")
-    if not isinstance(apps, dict):
-        raise BadRequest("apps must map app names to {in_flight, tunnels}")
-    reporter = str(body.get("reporter") or "")
-    for name, sample in apps.items():
-        if isinstance(sample, dict):
-            ctl.scaling.record(
-                str(name),
-                float(sample.get("in_flight") or 0),
-                int(sample.get("tunnels") or 0),
-                reporter,
-            )
+    body = await json_body(request, METRICS)
+    reporter = body.get("reporter", "")
+    for name, sample in body["apps"].items():
+        ctl.scaling.record(name, sample.get("in_flight", 0.0), sample.get("tunnels", 0), reporter)
     return JSONResponse({"ok": True})

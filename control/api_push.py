@@ -15,7 +15,7 @@ import re
 import tempfile
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from starlette.requests import Request
@@ -31,14 +31,21 @@ from control.auth import (
     scope_of,
 )
 from control.blobs import BlobStore
+from control.bodies import (
+    LISTING,
+    MATCH,
+    PUSH,
+    PUSH_CONFIG,
+    PUSH_QUERY,
+    PushBody,
+    PushConfig,
+)
 from control.context import (
     Control,
     app_call,
     check_config,
     check_length,
     control_of,
-    env_pairs,
-    int_between,
     json_body,
     json_object,
 )
@@ -54,10 +61,10 @@ from control.errors import (
 from control.model import BUILD_ENDED
 from control.names import (
     app_name_problem,
-    parse_memory,
     process_name_problem,
 )
 from control.rows import AppChanges, BuildOptions
+from control.schema import query
 from control.store import Token
 from control.uploads import check_archive
 from packs import ordered_names
@@ -75,23 +82,15 @@ async def push(request: Request) -> Response:
             "config vars travel in the request body, not in the URL (where "
             "logs would keep them); upgrade the foundry CLI"
         )
-    settings: AppChanges = {}
-    if "instances" in q:
-        settings["scale"] = {"web": int_between(q["instances"], "instances", 0, 100)}
-    if "memory" in q:
-        try:
-            settings["memory_mb"] = parse_memory(q["memory"])
-        except ValueError as e:
-            raise BadRequest(str(e)) from None
-    if "max_in_flight" in q:
-        settings["max_in_flight"] = int_between(q["max_in_flight"], "max_in_flight", 1, 100)
-    if "health_check" in q:
-        settings["health_check"] = _health_check(q["health_check"])
+    settings = _push_settings(q)
     options = _build_options(ctl, q, scope_of(token))
     referenced: set[str] = set()
     if request.headers.get("content-type", "").startswith("application/json"):
         body = await json_body(
-            request, ctl.config.requests.resource_list, ctl.config.requests.resource_list_expanded
+            request,
+            PUSH,
+            ctl.config.requests.resource_list,
+            ctl.config.requests.resource_list_expanded,
         )
         env, replace = _push_config(body)
         _check_push_config(ctl, name, env, replace)
@@ -111,13 +110,26 @@ async def push(request: Request) -> Response:
     )
 
 
-def _push_config(body: dict[str, Any]) -> tuple[dict[str, str], bool]:
+def _push_settings(q: Any) -> AppChanges:
+    """The app settings a push's query asks for (instances, memory, max_in_flight,
+    health_check), each read as PUSH_QUERY says."""
+    settings: AppChanges = {}
+    found = {key: query(spec, q, key) for key, spec in PUSH_QUERY.items() if key in q}
+    if "instances" in found:
+        settings["scale"] = {"web": cast(int, found["instances"])}
+    if "memory" in found:
+        settings["memory_mb"] = cast(int, found["memory"])
+    if "max_in_flight" in found:
+        settings["max_in_flight"] = cast(int, found["max_in_flight"])
+    if "health_check" in found:
+        settings["health_check"] = cast(str, found["health_check"])
+    return settings
+
+
+def _push_config(body: PushConfig) -> tuple[dict[str, str], bool]:
     """A push's config vars ("env": {KEY: VALUE}) and whether they replace the app's
     ("replace_env": push --strict)."""
-    raw = body.get("env") or {}
-    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
-        raise BadRequest("env must map config var names to string values")
-    return env_pairs([f"{k}={v}" for k, v in raw.items()]), body.get("replace_env") is True
+    return body.get("env", {}), body.get("replace_env", False)
 
 
 def _check_push_config(ctl: Control, name: str, env: dict[str, str], replace: bool) -> None:
@@ -144,7 +156,9 @@ async def _config_prefix(
         while len(head) < length:
             head += await anext(stream)
         config = (
-            ({}, False) if not length else _push_config(json_object(head[:length], "push config"))
+            ({}, False)
+            if not length
+            else _push_config(json_object(head[:length], "push config", PUSH_CONFIG))
         )
         _check_push_config(ctl, name, *config)
     except StopAsyncIteration:
@@ -189,14 +203,12 @@ def _files(ctl: Control) -> BlobStore:
     return BlobStore(ctl.config.home / "files")
 
 
-async def _assemble_source(
-    ctl: Control, body: dict[str, Any], token: Token, referenced: set[str]
-) -> str:
+async def _assemble_source(ctl: Control, body: PushBody, token: Token, referenced: set[str]) -> str:
     """The source package built from a resource list (or a stored listing, by digest) of
     files the store has and the caller may use; adds the files it used to `referenced`."""
     if "listing" in body:
-        found = _stored_listing(ctl, str(body["listing"]), token)
-        referenced.add(str(body["listing"]))
+        found = _stored_listing(ctl, body["listing"], token)
+        referenced.add(body["listing"])
     else:
         found = resources.parse_resources(body, ctl.config.limits)
     digests = {r.sha256 for r in found}
@@ -217,7 +229,7 @@ def _build_options(ctl: Control, q: Any, scope: frozenset[str] | None) -> BuildO
     options: BuildOptions = {}
     if q.get("buildpack"):
         options["buildpack"] = _buildpack(ctl, q["buildpack"], scope)
-    if q.get("no_cache") in ("1", "true"):
+    if "no_cache" in q and query(PUSH_QUERY["no_cache"], q, "no_cache") in ("1", "true"):
         options["no_cache"] = True
     commands = {}
     for pair in q.getlist("command"):
@@ -255,13 +267,6 @@ def _buildpack(ctl: Control, text: str, scope: frozenset[str] | None) -> str:
         f"no buildpack {text!r}: use one of {', '.join(names)}, "
         "blob:<sha256> of an uploaded pack, or an http(s):// or git:// URL"
     )
-
-
-def _health_check(text: str) -> str:
-    """`port`, `process`, or `http:/path` (2xx within 1 s)."""
-    if text in ("port", "process") or (text.startswith("http:/") and " " not in text):
-        return text
-    raise BadRequest(f"health check {text!r} must be port, process or http:/PATH")
 
 
 def _save_push_settings(
@@ -309,7 +314,10 @@ async def match_resources(request: Request) -> Response:
     upload (all but large files its apps uploaded)."""
     ctl, _, token = _files_call(request)
     body = await json_body(
-        request, ctl.config.requests.resource_list, ctl.config.requests.resource_list_expanded
+        request,
+        MATCH,
+        ctl.config.requests.resource_list,
+        ctl.config.requests.resource_list_expanded,
     )
     digests = resources.parse_digests(body, ctl.config.limits)
     return JSONResponse({"missing": resources.missing(digests, _present(ctl, token, digests))})
@@ -360,13 +368,14 @@ async def update_listing(request: Request) -> Response:
     {"listing": digest, "missing": [digests of changed files the store lacks]}."""
     ctl, app, token = _files_call(request)
     body = await json_body(
-        request, ctl.config.requests.resource_list, ctl.config.requests.resource_list_expanded
+        request,
+        LISTING,
+        ctl.config.requests.resource_list,
+        ctl.config.requests.resource_list_expanded,
     )
     changed = resources.parse_resources(body, ctl.config.limits, key="changed")
-    removed = body.get("removed") or []
-    if not isinstance(removed, list) or not all(isinstance(p, str) for p in removed):
-        raise BadRequest("removed must be a list of paths")
-    base = _stored_listing(ctl, str(body["base"]), token) if body.get("base") else []
+    removed = body.get("removed", [])
+    base = _stored_listing(ctl, body["base"], token) if "base" in body else []
     listing = resources.apply_delta(base, changed, removed)
     if len(listing) > ctl.config.limits.max_files:
         raise Unprocessable(f"more than {ctl.config.limits.max_files} files")

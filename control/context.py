@@ -7,15 +7,15 @@ touches the store beyond what Control wires up (change notifications, scaling).
 from __future__ import annotations
 
 import contextlib
-import json
 import zlib
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import anyio
 from starlette.requests import Request
 
 from control.auth import require
 from control.blobs import BlobStore
+from control.bodies import WAIT
 from control.config import ControlConfig
 from control.errors import (
     BadRequest,
@@ -23,13 +23,13 @@ from control.errors import (
     Unprocessable,
 )
 from control.limits import config_problem
-from control.names import (
-    app_name_problem,
-    env_name_problem,
-)
+from control.names import app_name_problem
 from control.notify import Notifier
 from control.scaling import Scaling
+from control.schema import Body, Spec, parse_json, query, validate
 from control.store import Store, Token
+
+T = TypeVar("T")
 
 
 class Control:
@@ -53,7 +53,7 @@ class Control:
 
     async def wait(self, request: Request, check: Any, logs: bool = False) -> Any:
         """Call `check()` until it returns something truthy or the requested wait ends."""
-        wait = query_float(request, "wait", 0.0, 0.0, self.config.long_poll_max)
+        wait = min(query_value(request, "wait", WAIT, 0.0), self.config.long_poll_max)
         deadline = anyio.current_time() + wait
         notifier = self.log_notifier if logs else self.notifier
         while True:
@@ -70,24 +70,13 @@ def control_of(request: Request) -> Control:
     return ctl
 
 
-def query_float(request: Request, key: str, default: float, lo: float, hi: float) -> float:
-    raw = request.query_params.get(key)
-    if raw is None or raw == "":
+def query_value(request: Request, key: str, spec: Spec, default: T) -> T:
+    """Query parameter `key` read by `spec` (see `schema.query`), or `default` when it is
+    absent or empty."""
+    params = request.query_params
+    if not params.get(key):
         return default
-    try:
-        return min(max(float(raw), lo), hi)
-    except ValueError:
-        raise BadRequest(f"query parameter {key!r} must be a number") from None
-
-
-def int_between(value: Any, what: str, lo: int, hi: int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{what} must be a whole number") from None
-    if not lo <= number <= hi:
-        raise BadRequest(f"{what} must be between {lo} and {hi}")
-    return number
+    return cast(T, query(spec, params, key))
 
 
 def check_length(request: Request, limit: int, what: str = "request body") -> None:
@@ -125,27 +114,25 @@ def gunzip(raw: bytes, limit: int, what: str = "request body") -> bytes:
 
 
 async def json_body(
-    request: Request, limit: int | None = None, expanded: int | None = None
-) -> dict[str, Any]:
-    """The request's JSON object (gzip'd bodies are welcome), at most `limit` bytes as
-    sent and `expanded` bytes inflated (both default to the ordinary JSON cap);
-    BadRequest or TooLarge otherwise."""
+    request: Request, body: Body[T], limit: int | None = None, expanded: int | None = None
+) -> T:
+    """The request's JSON object (gzip'd bodies are welcome) checked against `body`, at
+    most `limit` bytes as sent and `expanded` bytes inflated (both default to the
+    ordinary JSON cap); BadRequest, TooLarge or Unprocessable otherwise."""
     cap = limit if limit is not None else control_of(request).config.requests.json
     raw = await read_body(request, cap)
     if request.headers.get("content-encoding", "") == "gzip":
         raw = gunzip(raw, expanded if expanded is not None else cap)
-    return json_object(raw, "request body")
+    return json_object(raw, "request body", body)
 
 
-def json_object(raw: bytes, what: str) -> dict[str, Any]:
-    """`raw` parsed as a JSON object; BadRequest naming `what` otherwise."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise BadRequest(f"{what} is not valid JSON") from None
-    if not isinstance(body, dict):
+def json_object(raw: bytes, what: str, body: Body[T]) -> T:
+    """`raw` parsed as a JSON object and checked against `body`; BadRequest naming `what`
+    when it is not JSON, Unprocessable naming the field that is wrong."""
+    value = parse_json(raw, what)
+    if not isinstance(value, dict):
         raise BadRequest(f"{what} must be a JSON object")
-    return body
+    return validate(body, value)
 
 
 def app_name(request: Request) -> str:
@@ -156,33 +143,11 @@ def app_name(request: Request) -> str:
     return name
 
 
-def env_pairs(pairs: list[str]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise BadRequest(f"config var {pair!r} must look like KEY=VALUE")
-        problem = env_name_problem(key)
-        if problem:
-            raise BadRequest(problem)
-        env[key] = value
-    return env
-
-
 def check_config(ctl: Control, before: dict[str, str], after: dict[str, str]) -> None:
     """Unprocessable (nothing is stored) when `after` passes the app's config var cap."""
     problem = config_problem(before, after, ctl.config.requests.config_vars)
     if problem:
         raise Unprocessable(problem)
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '30m', '1h', '7d' -> seconds; BadRequest otherwise."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = text[:-1], text[-1:]
-    if unit not in units or not number.isdigit() or int(number) == 0:
-        raise BadRequest(f"duration {text!r} must look like 90s, 30m, 1h or 7d")
-    return int(number) * units[unit]
 
 
 def app_call(

@@ -37,6 +37,7 @@ from typing import Any, Unpack, cast
 import sqlite_utils
 
 from control import vault
+from control.bodies import LogLineBody
 from control.errors import Conflict, NotFound
 from control.migrations import migrate
 from control.model import (
@@ -755,7 +756,7 @@ class Store:
         self.db.execute("DELETE FROM work WHERE node = ? AND seq <= ?", [node, upto])
 
     # --- logs and events --------------------------------------------------------
-    def append_logs(self, records: Iterable[LogLine]) -> None:
+    def append_logs(self, records: Iterable[LogLine | LogLineBody]) -> None:
         """Append log lines [{app, source, line, ts?, build?}] and keep each app's tail bounded."""
         known = {r["name"] for r in self._rows("SELECT name FROM apps")}
         rows: list[dict[str, object]] = [

@@ -45,9 +45,9 @@ async def test_a_route_belongs_to_one_app(control: Control) -> None:
 async def test_bad_routes_are_refused(control: Control) -> None:
     control.store.create_app("one")
     for body, status in (
-        ({"route": "bad_host"}, 400),
+        ({"route": "bad_host"}, 422),
         ({"route": "api.localhost"}, 409),
-        ({"route": "x.test", "balance": "random"}, 400),
+        ({"route": "x.test", "balance": "random"}, 422),
         ({"route": "one.localhost"}, 409),
     ):
         r = await control.http.post("/v1/apps/one/routes", json=body)

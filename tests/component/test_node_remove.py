@@ -106,10 +106,10 @@ async def test_a_heartbeat_naming_an_unknown_instance_state_changes_nothing(
     report = [{"id": row["id"], "app": "web", "state": "EXPLODED", "port": 1}]
     async with control.client(token) as node:
         r = await node.post(f"/v1/nodes/{nid}/heartbeat", json={**BEAT, "instances": report})
-    assert r.status_code == 400
+    assert r.status_code == 422
     assert r.json()["error"] == (
-        "each reported instance needs an id and a state, one of "
-        "STARTING, RUNNING, STOPPING, STOPPED, CRASHED"
+        "instances[0].state: must be one of "
+        "STARTING, RUNNING, STOPPING, STOPPED, CRASHED, got 'EXPLODED'"
     )
     [after] = control.store.instance_rows(app="web")
     assert after == row
