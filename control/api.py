@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,6 +33,7 @@ from control.context import (
     Control,
     control_of,
 )
+from control.diskspace import full_message, is_disk_full
 from control.errors import (
     FoundryError,
 )
@@ -195,6 +197,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    if is_disk_full(exc):
+        # A full disk is the operator's to fix, not a bug: one plain line, and no traceback.
+        log.warning("disk-full path=%s error=%s", request.url.path, exc)
+        home = control_of(request).config.home
+        return JSONResponse({"error": full_message(exc, home)}, status_code=507)
     log.error("request-failed path=%s", request.url.path, exc_info=exc)
     return JSONResponse({"error": "internal error; see the control plane's log"}, status_code=500)
 
@@ -224,6 +231,10 @@ def create_app(store: Store, config: ControlConfig, *, converge_loop: bool = Tru
         exception_handlers={
             FoundryError: _foundry_error,
             HTTPException: _http_error,
+            # here (not only under Exception) so a full disk is answered without the
+            # server logging a traceback for it
+            OSError: _unexpected,
+            sqlite3.Error: _unexpected,
             Exception: _unexpected,
         },
     )

@@ -4,6 +4,7 @@ lines and blobs."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -27,6 +28,7 @@ from control.context import (
     query_value,
 )
 from control.converge import fail_lost_builds
+from control.diskspace import is_disk_full
 from control.errors import (
     Conflict,
     Forbidden,
@@ -75,7 +77,16 @@ async def list_nodes(request: Request) -> Response:
     nodes = []
     for row in ctl.store.node_rows():
         mine = [i for i in instances if i["node"] == row["id"]]
-        nodes.append({**row, "instances": len(mine), "used_mb": sum(i["memory_mb"] for i in mine)})
+        free, full = ctl.node_disks.get(row["id"], (None, None))
+        nodes.append(
+            {
+                **row,
+                "instances": len(mine),
+                "used_mb": sum(i["memory_mb"] for i in mine),
+                "disk_free": free,
+                "disk_full": full,
+            }
+        )
     return JSONResponse({"nodes": nodes})
 
 
@@ -143,6 +154,8 @@ async def heartbeat(request: Request) -> Response:
     nid = request.path_params["node"]
     require_node(request, ctl.store, nid)
     body = await json_body(request, HEARTBEAT, ctl.config.requests.node_report)
+    if "disk_free" in body:
+        ctl.node_disks[nid] = (body["disk_free"], body.get("disk_full", False))
     apply_heartbeat(ctl.store, nid, dict(body), ctl.asked_to_stop.setdefault(nid, set()))
     return JSONResponse({"ok": True})
 
@@ -154,7 +167,13 @@ async def work(request: Request) -> Response:
     require_node(request, ctl.store, nid)
     ctl.store.get_node(nid)
     after = query_value(request, "after", SEQ, 0)
-    ctl.store.ack_work(nid, after)
+    try:
+        ctl.store.ack_work(nid, after)
+    except sqlite3.Error as e:
+        if not is_disk_full(e):
+            raise
+        # Only bookkeeping: the acknowledged items stay queued until a later poll deletes
+        # them (none is sent again: the answer holds items after the cursor only).
     items = await ctl.wait(request, lambda: ctl.store.work_after(nid, after))
     return JSONResponse({"work": items})
 

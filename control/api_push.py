@@ -200,7 +200,7 @@ RESOURCE, BUILDPACK = "resource", "buildpack"  # kinds of file the store records
 
 def _files(ctl: Control) -> BlobStore:
     """Single files of apps' sources, by sha256 (resource matching)."""
-    return BlobStore(ctl.config.home / "files")
+    return BlobStore(ctl.config.home / "files", ctl.config.disk_reserve)
 
 
 async def _assemble_source(ctl: Control, body: PushBody, token: Token, referenced: set[str]) -> str:
@@ -213,6 +213,7 @@ async def _assemble_source(ctl: Control, body: PushBody, token: Token, reference
         found = resources.parse_resources(body, ctl.config.limits)
     digests = {r.sha256 for r in found}
     usable = ctl.store.owned_files(RESOURCE, digests, token.apps)
+    ctl.blobs.guard.check_room()
     fd, name = tempfile.mkstemp(dir=ctl.blobs.root, prefix=".assembling-")
     os.close(fd)
     temp = Path(name)
@@ -380,6 +381,7 @@ async def update_listing(request: Request) -> Response:
     if len(listing) > ctl.config.limits.max_files:
         raise Unprocessable(f"more than {ctl.config.limits.max_files} files")
     data = resources.listing_bytes(listing)
+    ctl.blobs.guard.check_room()
     fd, name = tempfile.mkstemp(dir=_files(ctl).root, prefix=".listing-")
     with os.fdopen(fd, "wb") as out:
         out.write(data)

@@ -3,6 +3,8 @@
 A blob lives at `<dir>/<sha256>`; it is written to a temp file in the same
 directory, hashed while it streams in, size-capped, and renamed into place only
 once complete, so a reader never sees half a blob and a failed upload leaves nothing.
+An upload is refused (507) before it writes, and stopped as it streams, while the
+disk's free space is under the reserve kept for the store (control/diskspace.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
+from control.diskspace import RECHECK_EVERY, DiskGuard
 from control.errors import BadRequest, NotFound, TooLarge
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -23,9 +26,10 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 class BlobStore:
     """Blobs by sha256 digest under one directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, reserve: int | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self.guard = DiskGuard(root, reserve)
 
     def path(self, digest: str) -> Path:
         if not _DIGEST.match(digest):
@@ -40,9 +44,11 @@ class BlobStore:
 
     async def receive(self, chunks: AsyncGenerator[bytes, None], max_bytes: int) -> Path:
         """Stream chunks into a temp file beside the blobs; TooLarge past `max_bytes`
-        (the chunks are closed then, not read to their end)."""
+        (the chunks are closed then, not read to their end); 507 while the disk is under
+        its reserve."""
+        self.guard.check_room()
         fd, name = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
-        size = 0
+        size = checked = 0
         try:
             async with contextlib.aclosing(chunks) as stream:
                 with os.fdopen(fd, "wb") as out:
@@ -50,6 +56,9 @@ class BlobStore:
                         size += len(chunk)
                         if size > max_bytes:
                             raise TooLarge(f"upload is larger than the {max_bytes} byte limit")
+                        if size - checked >= RECHECK_EVERY:
+                            self.guard.check_room()
+                            checked = size
                         out.write(chunk)
         except BaseException:
             os.unlink(name)

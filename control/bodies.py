@@ -350,6 +350,8 @@ class HeartbeatBody(TypedDict):
     tier: NotRequired[str]
     seccomp: NotRequired[str]
     work_seq: NotRequired[int]
+    disk_free: NotRequired[int]
+    disk_full: NotRequired[bool]
 
 
 HEARTBEAT = Body(
@@ -363,6 +365,8 @@ HEARTBEAT = Body(
             "tier": opt(NODE_TEXT),
             "seccomp": opt(NODE_TEXT),
             "work_seq": opt(Int(0, 1 << 62)),
+            "disk_free": opt(Int(0, 1 << 62)),
+            "disk_full": opt(Bool()),
         },
         extra="ignore",
     ),

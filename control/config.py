@@ -30,6 +30,9 @@ class ControlConfig:
     tls_key: Path | None = None
     tls_fingerprint: str | None = None  # carried by join tokens while TLS is on
     keyring: Path | None = None  # key file for config vars (default: in home)
+    # bytes of the home's disk kept free for the store (uploads are refused below it);
+    # None: 32 MiB or 5 % of the filesystem, whichever is smaller
+    disk_reserve: int | None = None
 
     @property
     def self_url(self) -> str:

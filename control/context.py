@@ -38,10 +38,14 @@ class Control:
     def __init__(self, store: Store, config: ControlConfig) -> None:
         self.store = store
         self.config = config
-        self.blobs = BlobStore(config.home / "blobs")
+        self.blobs = BlobStore(config.home / "blobs", config.disk_reserve)
         self.notifier = Notifier()
         self.log_notifier = Notifier()
         self.asked_to_stop: dict[str, set[str]] = {}
+        # node id -> its disk as its last heartbeat said (free bytes, full?); in memory, as
+        # it is only news while heartbeats arrive, and it must reach `foundry nodes` even
+        # when the store cannot write
+        self.node_disks: dict[str, tuple[int, bool]] = {}
         self.scaling = Scaling(store)
         store.on_change = self._state_changed
         store.on_logs = self.log_notifier.changed

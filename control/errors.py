@@ -8,7 +8,8 @@
     ├── Conflict            409, state does not allow this now
     ├── TooLarge            413, upload over the limit
     ├── Unprocessable       422, well-formed but refused (bad archive, bad name)
-    └── Unavailable         503, nothing can serve this right now
+    ├── Unavailable         503, nothing can serve this right now
+    └── InsufficientStorage 507, the control plane's disk is full
 
 Each carries a user-facing message; nothing else leaves the API.
 """
@@ -62,3 +63,7 @@ class Unprocessable(FoundryError):
 
 class Unavailable(FoundryError):
     status = 503
+
+
+class InsufficientStorage(FoundryError):
+    status = 507

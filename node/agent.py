@@ -23,6 +23,7 @@ import trio
 
 from node import spawn
 from node.client import ControlClient, ControlError
+from node.diskstate import DiskState
 from node.droplets import DropletCache
 from node.instances import Supervisor
 from node.jail import make_jailer
@@ -69,6 +70,7 @@ class Agent:
         home = config.home
         self.jail = make_jailer(config.tier, str(config.home.resolve()))
         droplets = DropletCache(home / "droplets", self.client)
+        self.disk = DiskState(home, config.name)
         self.supervisor = Supervisor(
             home=home,
             droplets=droplets,
@@ -88,6 +90,7 @@ class Agent:
             self.logs,
             {**config.base_env, **config.build_env},
             self.jail,
+            self.disk,
         )
         self.tasks = TaskRunner(home, droplets, self.logs, self.client, self.jail, config.base_env)
 
@@ -174,6 +177,7 @@ class Agent:
 
     async def heartbeat_once(self) -> None:
         instances = self.supervisor.report()
+        disk_free, disk_full = self.disk.report()
         body: Heartbeat = {
             "boot": self.boot,
             "address": self.config.address,
@@ -182,6 +186,8 @@ class Agent:
             "memory_mb": self.config.memory_mb,
             "work_seq": self.work_seq,
             "instances": instances,
+            "disk_free": disk_free,
+            "disk_full": disk_full,
         }
         await self.client.heartbeat(self.node_id, body)
         self.supervisor.prune(instances)

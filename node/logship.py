@@ -1,7 +1,8 @@
 """Ships log lines (build output, app stdout/stderr) to the control plane in batches.
 
-`emit` never blocks the caller: lines queue in memory (bounded; the oldest are
-dropped past the bound, and the drop is reported as a line of its own). The
+`emit` never blocks the caller: lines queue in memory (bounded; past the bound the
+oldest lines are dropped whole, never cut, and counted; once a batch is taken again, one
+marker line per stream says how many were dropped). The
 shipper posts whatever has queued, at most every `interval` seconds. `flush()`
 returns once every line emitted before it was called has been delivered, so a
 build's log is complete before its result is reported.
@@ -32,6 +33,8 @@ class LogShipper:
         self.emitted = 0
         self.delivered = 0
         self.dropped = 0
+        # (app, source, build) -> lines dropped there and not yet told in a marker line
+        self.untold: dict[tuple[str, str, str | None], int] = {}
         self._wake = trio.Event()
         self._progress = trio.Event()
 
@@ -40,7 +43,9 @@ class LogShipper:
         if build:
             record["build"] = build
         if len(self.queue) >= self.limit:
-            self.queue.popleft()
+            old = self.queue.popleft()
+            key = (old["app"], old["source"], old.get("build"))
+            self.untold[key] = self.untold.get(key, 0) + 1
             self.dropped += 1
             self.delivered += 1
         self.queue.append(record)
@@ -62,8 +67,9 @@ class LogShipper:
             batch = [self.queue.popleft() for _ in range(min(500, len(self.queue)))]
             if not batch:
                 continue
+            told = dict(self.untold)
             try:
-                await self.client.post_logs(batch)
+                await self.client.post_logs(markers(told) + batch)
             except ControlError as e:
                 log.warning("log-ship-failed lines=%d error=%s", len(batch), e)
                 self.queue.extendleft(reversed(batch))
@@ -71,8 +77,29 @@ class LogShipper:
                 self._wake.set()
                 continue
             self.delivered += len(batch)
+            for key, count in told.items():
+                left = self.untold.pop(key) - count
+                if left:
+                    self.untold[key] = left
             self._progress.set()
             self._progress = trio.Event()
             if self.queue:
                 self._wake.set()
             await trio.sleep(self.interval)
+
+
+def markers(dropped: dict[tuple[str, str, str | None], int]) -> list[LogLine]:
+    """One line per stream saying how many of its lines were dropped."""
+    lines: list[LogLine] = []
+    for (app, source, build), count in dropped.items():
+        record: LogLine = {
+            "app": app,
+            "source": source,
+            "line": f"[foundry] {count} log line(s) dropped: the control plane could not "
+            "take them in time (full disk or unreachable)",
+            "ts": time.time(),
+        }
+        if build:
+            record["build"] = build
+        lines.append(record)
+    return lines

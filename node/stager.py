@@ -32,6 +32,7 @@ import trio
 from node.archive import ArchiveError, create, extract
 from node.client import ControlClient, ControlError
 from node.confined import ConfinedError, read_confined
+from node.diskstate import DiskState, full_error
 from node.jail import PLAIN, Bind, Jailed, Jailer, JailError, JailSpec, TierChoice
 from node.logship import LogShipper
 from node.packs import Pack, PackError, detect, fetch_pack, installed_packs, redact_urls
@@ -59,6 +60,7 @@ class Stager:
     logs: LogShipper
     base_env: dict[str, str]
     jail: Jailer = field(default_factory=lambda: Jailer(TierChoice(PLAIN, "not configured")))
+    disk: DiskState | None = None  # told of writes that fail for want of space
 
     async def stage(self, item: StageWork) -> None:
         """Run one `stage` work item to completion and report its result."""
@@ -81,8 +83,10 @@ class Stager:
             ConfinedError,
             OSError,
         ) as e:
-            say(f"-----> Build failed: {e}")
-            result = {"ok": False, "error": str(e)}
+            full = full_error(e)
+            error = str(e) if full is None or self.disk is None else self.disk.failed(full)
+            say(f"-----> Build failed: {error}")
+            result = {"ok": False, "error": error}
         finally:
             await trio.to_thread.run_sync(shutil.rmtree, work, True)
         await self.logs.flush()

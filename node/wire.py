@@ -146,6 +146,8 @@ class Heartbeat(TypedDict):
     memory_mb: int
     work_seq: int  # every work item up to here has been taken in hand
     instances: list[InstanceReport]
+    disk_free: int  # bytes free on the node's home, read for this report
+    disk_full: bool  # free space is very low, or a write failed for want of it lately
 
 
 class BuildResult(TypedDict):

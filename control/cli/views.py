@@ -91,6 +91,14 @@ ROUTES: Columns = {
 }
 
 
+def disk(node: Row) -> str | None:
+    """`disk full` for a node that says so, else its free space as it last reported."""
+    if node.get("disk_full"):
+        return "disk full"
+    free = node.get("disk_free")
+    return None if free is None else f"{free >> 20}M free"
+
+
 def nodes(now: float) -> Columns:
     return {
         **fields("NAME=name ID=id STATE=state TIER=tier"),
@@ -98,6 +106,7 @@ def nodes(now: float) -> Columns:
         "ADDRESS": itemgetter("address"),
         "MEMORY": lambda n: f"{n['used_mb']}/{n['memory_mb']}M",
         "INSTANCES": itemgetter("instances"),
+        "DISK": disk,
         "HEARTBEAT": lambda n: f"{now - n['last_heartbeat']:.0f}s ago",
     }
 
