@@ -3,7 +3,7 @@
 It runs whenever the store changes and at least once a second (time alone can make
 a node lost or a backoff expire). Applying a plan only writes rows and enqueues
 work items; nodes pick those up by long-polling. Queued builds are handed to a
-stager here as well.
+stager here as well, and builds no node reports on in time are failed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from control.model import (
     Plan,
 )
 from control.notify import Notifier
-from control.reconciler import Policy, reconcile
+from control.reconciler import Policy, build_overdue, reconcile
 from control.releases import progress
 from control.rows import BuildOptions, BuildRow, InstanceRow
 from control.scaling import Scaling
@@ -75,6 +75,20 @@ def fail_lost_builds(store: Store, lost: Collection[str]) -> None:
     for build in store.builds_in(BuildState.STAGING):
         if build["node"] in lost:
             store.set_build(build["id"], BuildState.FAILED, error="the staging node was lost")
+
+
+def fail_overdue_builds(store: Store, policy: Policy) -> None:
+    """Fail the builds no node took, or reported on, within the build timeout."""
+    now = store.clock()
+    for state in (BuildState.QUEUED, BuildState.STAGING):
+        for build in store.builds_in(state):
+            why = build_overdue(state, build["created_at"], build["heard_at"], now, policy)
+            if why is not None:
+                store.set_build(build["id"], BuildState.FAILED, error=why)
+                store.add_event(build["app"], "build-failed", f"build {build['id']}: {why}")
+                log.warning(
+                    "build-overdue build=%s app=%s reason=%s", build["id"], build["app"], why
+                )
 
 
 def start_payload(store: Store, iid: str, p: Placement) -> StartPayload:
@@ -188,6 +202,7 @@ def converge_once(
     store: Store, policy: Policy, unplaced: set[tuple[str, str, int]] | None = None
 ) -> Plan:
     assign_builds(store, policy)
+    fail_overdue_builds(store, policy)
     plan = reconcile(store.app_specs(), store.instances(), store.nodes(), store.clock(), policy)
     if not plan.is_empty():
         apply(store, plan)

@@ -115,6 +115,7 @@ class BuildRow(TypedDict):
     release: int | None  # the release it made (or kept), once STAGED
     created_at: float
     finished_at: float | None
+    heard_at: float | None  # handed to a node, or last reported on by one
 
 
 class BuildChanges(TypedDict, total=False):

@@ -5,12 +5,18 @@ dropped past the bound, and the drop is reported as a line of its own). The
 shipper posts whatever has queued, at most every `interval` seconds. `flush()`
 returns once every line emitted before it was called has been delivered, so a
 build's log is complete before its result is reported.
+
+A batch is retried until stored (`client.deliver`), under one Idempotency-Key per
+batch, so a batch whose answer was lost is stored once, not twice. A batch the
+control plane refuses outright (a 4xx) is logged once and dropped: retrying it
+would block every later line behind it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import deque
 
 import trio
@@ -34,6 +40,8 @@ class LogShipper:
         self.dropped = 0
         self._wake = trio.Event()
         self._progress = trio.Event()
+        self._keys = f"{uuid.uuid4().hex[:16]}-"  # + batch number: unique across restarts
+        self._batches = 0
 
     def emit(self, app: str, source: str, line: str, build: str | None = None) -> None:
         record: LogLine = {"app": app, "source": source, "line": line[:8192], "ts": time.time()}
@@ -62,14 +70,11 @@ class LogShipper:
             batch = [self.queue.popleft() for _ in range(min(500, len(self.queue)))]
             if not batch:
                 continue
+            self._batches += 1
             try:
-                await self.client.post_logs(batch)
-            except ControlError as e:
-                log.warning("log-ship-failed lines=%d error=%s", len(batch), e)
-                self.queue.extendleft(reversed(batch))
-                await trio.sleep(1)
-                self._wake.set()
-                continue
+                await self.client.post_logs(batch, f"{self._keys}{self._batches}")
+            except ControlError as e:  # refused for good: dropped, said once
+                log.warning("log-batch-dropped lines=%d error=%s", len(batch), e)
             self.delivered += len(batch)
             self._progress.set()
             self._progress = trio.Event()
