@@ -238,7 +238,6 @@ async def build_result(request: Request) -> Response:
                 "pack": body.get("pack"),
             },
         )
-        ctl.store.build_heard(build["id"])
         return JSONResponse({"state": BuildState.STAGING, "release_phase": tid})
     version = releases.make_release(
         ctl.store,

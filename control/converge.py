@@ -30,7 +30,7 @@ from control.rows import BuildOptions, BuildRow, InstanceRow
 from control.scaling import Scaling
 from control.scheduler import pick_stager
 from control.store import Store
-from control.tasks import fail_lost_tasks
+from control.tasks import fail_lost_tasks, fail_overdue_tasks
 from control.wire_node import StagePayload, StartPayload, StopPayload
 
 log = logging.getLogger("foundry.control")
@@ -82,7 +82,10 @@ def fail_overdue_builds(store: Store, policy: Policy) -> None:
     now = store.clock()
     for state in (BuildState.QUEUED, BuildState.STAGING):
         for build in store.builds_in(state):
-            why = build_overdue(state, build["created_at"], build["heard_at"], now, policy)
+            phase = state == BuildState.STAGING and store.release_phase_of(build["id"]) is not None
+            why = build_overdue(
+                state, build["created_at"], build["heard_at"], now, policy, release_phase=phase
+            )
             if why is not None:
                 store.set_build(build["id"], BuildState.FAILED, error=why)
                 store.add_event(build["app"], "build-failed", f"build {build['id']}: {why}")
@@ -223,6 +226,7 @@ async def run(
             scaling.autoscale_once()
             plan = converge_once(store, policy, unplaced)
             fail_lost_tasks(store, blobs, plan.lost_nodes)
+            fail_overdue_tasks(store, blobs)
         except Exception:
             log.exception("converge-failed")
         await Notifier.wait(event, 1.0)

@@ -90,8 +90,8 @@ MIGRATIONS: tuple[Step, ...] = (
         """CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT,
   ts REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL, actor TEXT)""",
     ),
-    # 2: builds that no node reports on time are failed (builds.heard_at: when the build
-    # was handed to a node, or a node last reported on it); log batches are stored once
+    # 2: builds that no node reports on in time are failed (builds.heard_at: when the
+    # build was handed to a node); log batches are stored once
     # however often a node sends them (report_keys: the batches' idempotency keys)
     (
         "ALTER TABLE builds ADD COLUMN heard_at REAL",

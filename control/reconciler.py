@@ -51,8 +51,8 @@ class Policy:
     reset_after: float = 300.0
     node_ttl: float = 15.0
     # A node kills a compile after 15 min (node/stager.py); 5 min more for the download,
-    # the droplet's packing and upload, and the report. A release phase starts the
-    # count again (its own limit on the node is 15 min too).
+    # the droplet's packing and upload, and the report. A release phase is timed as a
+    # task (control/tasks.py), not by this.
     build_timeout: float = 1200.0
 
 
@@ -75,16 +75,22 @@ def restart_delay(restarts: int, policy: Policy) -> float:
 
 
 def build_overdue(
-    state: BuildState, created_at: float, heard_at: float | None, now: float, policy: Policy
+    state: BuildState,
+    created_at: float,
+    heard_at: float | None,
+    now: float,
+    policy: Policy,
+    release_phase: bool = False,
 ) -> str | None:
     """Why a build must fail for want of a node, or None while it may still end well:
     QUEUED for `build_timeout` since it was made (no live node took it), or STAGING for
-    `build_timeout` since a node took it or last reported on it."""
+    `build_timeout` since a node took it. Once its result has started a release phase
+    the task decides (it has a time limit of its own)."""
     limit = policy.build_timeout
     if state == BuildState.QUEUED and now - created_at > limit:
         return f"no node was available to stage the build within {limit:.0f} s"
     since = created_at if heard_at is None else heard_at
-    if state == BuildState.STAGING and now - since > limit:
+    if state == BuildState.STAGING and not release_phase and now - since > limit:
         return f"no node reported the build within {limit:.0f} s"
     return None
 

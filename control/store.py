@@ -562,12 +562,6 @@ class Store:
         self._update("builds", bid, fields)
         self.changed()
 
-    def build_heard(self, bid: str) -> None:
-        """A node reported on a build that goes on (its release phase started): the
-        build's time to report starts again."""
-        self._update("builds", bid, {"heard_at": self.clock()})
-        self.changed()
-
     # --- nodes ------------------------------------------------------------------
     def add_node(
         self, name: str, address: str, memory_mb: int, tier: str | None, seccomp: str | None = None
@@ -980,7 +974,9 @@ class Store:
     def running_tasks(self) -> list[RunningTask]:
         return cast(
             list[RunningTask],
-            self._rows("SELECT id, node FROM tasks WHERE state = ?", [TaskState.RUNNING]),
+            self._rows(
+                "SELECT id, node, kind, created_at FROM tasks WHERE state = ?", [TaskState.RUNNING]
+            ),
         )
 
     def finish_task(self, tid: str, exit_code: int | None, reason: str | None) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from control import converge
+from control import converge, tasks
+from control.blobs import BlobStore
 from control.reconciler import Policy
 from node.client import ControlClient, ControlError
 from tests.component.conftest import Control, tarball
@@ -89,7 +90,7 @@ async def test_a_release_phase_starts_once_however_often_its_result_comes(
     assert first == again
     assert first["state"] == "STAGING"
     tid = first["release_phase"]
-    assert control.store.running_tasks() == [{"id": tid, "node": control.store.nodes()[0].id}]
+    assert [t["id"] for t in control.store.running_tasks()] == [tid]
     for _ in range(2):  # the task's result twice: one release
         done = await s.node.post(f"/v1/tasks/{tid}/result", json={"exit_code": 0, "reason": None})
         assert (done.status_code, done.json()) == (200, {"state": "SUCCEEDED"})
@@ -127,6 +128,34 @@ async def test_a_build_no_node_reports_on_fails_and_a_late_result_is_refused(
         "this result is dropped"
     )
     assert control.store.list_releases("shop") == []
+
+
+async def test_a_release_phase_no_node_reports_on_fails_its_build(control: Control) -> None:
+    s = await staging(control)
+    await s.node.put(f"/v1/blobs/{DIGEST}", content=DROPLET)
+    result = {"ok": True, "droplet": DIGEST, "processes": {"web": "serve", "release": "migrate"}}
+    tid = (await s.node.post(f"/v1/builds/{s.build}/result", json=result)).json()["release_phase"]
+    short = Policy(build_timeout=600.0)
+    control.clock.now += 601  # past the build's timeout: that leaves it to the task
+    await beat(s)
+    converge.converge_once(control.store, short)
+    tasks.fail_overdue_tasks(control.store, control_blobs(control))
+    assert control.store.get_build(s.build)["state"] == "STAGING"
+    control.clock.now += tasks.RELEASE_TIMEOUT + tasks.REPORT_MARGIN - 600
+    await beat(s)
+    converge.converge_once(control.store, short)
+    tasks.fail_overdue_tasks(control.store, control_blobs(control))
+    task = control.store.get_task(tid)
+    assert (task["state"], task["reason"]) == ("FAILED", "no node reported the task within 1200 s")
+    assert control.store.get_build(s.build)["error"] == (
+        "release phase failed: no node reported the task within 1200 s"
+    )
+    assert control.store.list_releases("shop") == []
+
+
+def control_blobs(control: Control) -> BlobStore:
+    """The control app's own blob store (the one its handlers write)."""
+    return BlobStore(control.store.path.parent / "blobs")
 
 
 async def test_a_queued_build_no_node_takes_fails_after_the_timeout(control: Control) -> None:

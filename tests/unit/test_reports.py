@@ -13,6 +13,7 @@ from control.model import BuildState, TaskState
 from control.reconciler import Policy, build_overdue
 from control.reports import repeated_build_result, repeated_task_result
 from control.rows import BuildRow, TaskRow
+from control.tasks import task_overdue
 from node.client import REPORTS, Backoff, is_retriable, retry_delay
 
 DROPLET = "d" * 64
@@ -150,7 +151,6 @@ POLICY = Policy(build_timeout=100.0)
     [
         (BuildState.STAGING, 0.0, 10.0, 110.0, None),  # exactly at the limit: not yet
         (BuildState.STAGING, 0.0, 10.0, 110.5, "no node reported the build within 100 s"),
-        (BuildState.STAGING, 0.0, 90.0, 150.0, None),  # a report (release phase) restarts it
         (BuildState.STAGING, 0.0, None, 101.0, "no node reported the build within 100 s"),
         (BuildState.QUEUED, 0.0, None, 99.0, None),
         (
@@ -168,6 +168,23 @@ def test_build_overdue(
     state: BuildState, created: float, heard: float | None, now: float, why: str | None
 ) -> None:
     assert build_overdue(state, created, heard, now, POLICY) == why
+
+
+def test_a_build_in_its_release_phase_is_timed_by_the_task_not_the_build() -> None:
+    assert build_overdue(BuildState.STAGING, 0.0, 0.0, 1e6, POLICY, release_phase=True) is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "age", "why"),
+    [
+        ("run", 3900.0, None),  # its 3600 s limit + 300 s for the node to kill and report
+        ("run", 3901.0, "no node reported the task within 3900 s"),
+        ("release", 1200.0, None),
+        ("release", 1201.0, "no node reported the task within 1200 s"),
+    ],
+)
+def test_task_overdue(kind: str, age: float, why: str | None) -> None:
+    assert task_overdue(kind, 100.0, 100.0 + age) == why
 
 
 def test_the_default_build_timeout_outlasts_the_nodes_compile_limit() -> None:
