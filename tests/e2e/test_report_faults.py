@@ -1,9 +1,9 @@
 """Reports from a node survive a network that loses them: a control plane and a node agent
 as real processes, with a fault-injecting TCP proxy (in this test, on loopback) between
 the node and the control plane. Each report kind — heartbeat, droplet upload, build
-result, task result, log batch — has its connection reset before it is forwarded, or
-its answer cut off after the control plane acted on it, once; the push and a `foundry
-run` still complete, exactly once. Then build results are held back for good: the
+result, task result, log batch — has its connection reset before it is forwarded once,
+and its answer cut off after the control plane acted on it once; the push and a
+`foundry run` still complete, exactly once. Then build results are held back for good: the
 control plane fails the build after its timeout, `foundry push` says so in one line and
 exits 1, and the node drops the late result once it is answered."""
 
@@ -33,6 +33,14 @@ from tests.e2e.conftest import ROOT, eventually, free_port
 pytestmark = pytest.mark.slow
 APP = str(ROOT / "tests" / "apps" / "tiny-web")
 BUILD_TIMEOUT = 30  # seconds: far more than tiny-web's build takes, short enough to wait
+KINDS = (  # the node's reports, as `METHOD path` patterns
+    r"POST /v1/nodes/[^/]+/heartbeat",
+    r"PUT /v1/blobs/[0-9a-f]+",
+    r"POST /v1/builds/[^/]+/result",
+    r"POST /v1/tasks/[^/]+/result",
+    r"POST /v1/logs",
+)
+FAULTS = ("reset", "lose")
 
 
 @dataclass
@@ -92,31 +100,30 @@ class FaultProxy:
         me = asyncio.current_task()
         assert me is not None
         self.active.add(me)
-        upstream: asyncio.StreamWriter | None = None
+        ends = [writer]  # every connection this request opened, closed however it ends
         try:
-            upstream = await self.relay(reader, writer)
+            await self.relay(reader, ends)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
             self.active.discard(me)
-            for end in (writer, upstream):
-                if end is not None:
-                    end.transport.abort()
+            for end in ends:
+                end.transport.abort()
 
-    async def relay(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> asyncio.StreamWriter | None:
-        """Relay one request and its answer, or fault it; returns the upstream writer."""
+    async def relay(self, reader: asyncio.StreamReader, ends: list[asyncio.StreamWriter]) -> None:
+        """Relay one request and its answer, or fault it (ends[0] writes to the client)."""
+        writer = ends[0]
         head = await reader.readuntil(b"\r\n\r\n")
         first, *headers = head.decode("latin-1").split("\r\n")
         method, target, _ = first.split(" ", 2)
         fault = self.fault_for(f"{method} {target.split('?')[0]}")
         if fault == "reset":
             reset(writer)
-            return None
+            return
         kept = [h for h in headers if h and not h.lower().startswith("connection:")]
         rewritten = "\r\n".join([first, *kept, "Connection: close", "", ""]).encode("latin-1")
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        ends.append(up_writer)
         up_writer.write(rewritten)
         forward = asyncio.ensure_future(pipe(reader, up_writer))
         try:
@@ -129,7 +136,6 @@ class FaultProxy:
         finally:
             forward.cancel()
             await asyncio.gather(forward, return_exceptions=True)
-        return up_writer
 
 
 def reset(writer: asyncio.StreamWriter) -> None:
@@ -244,14 +250,10 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         assert control.poll() is None, (home / "control.log").read_text()
         token = token_file.read_text().strip()
         with proxy_running(api_port) as proxy:
-            # The first heartbeat is reset: an agent that gave up on it would never run.
-            proxy.rules[:] = [
-                Rule(r"POST /v1/nodes/[^/]+/heartbeat", "reset"),
-                Rule(r"PUT /v1/blobs/[0-9a-f]+", "reset"),
-                Rule(r"POST /v1/builds/[^/]+/result", "lose"),
-                Rule(r"POST /v1/tasks/[^/]+/result", "lose"),
-                Rule(r"POST /v1/logs", "lose"),
-            ]
+            # Each kind's first request is reset (it must be sent again), its second is
+            # acted on with the answer lost (sending it again must change nothing). The
+            # first heartbeat is among them: an agent that gave up on it would never run.
+            proxy.rules[:] = [Rule(kind, fault) for kind in KINDS for fault in FAULTS]
             procs.append(
                 start(
                     home,
@@ -303,15 +305,10 @@ def test_every_report_kind_lost_once_and_the_push_and_run_complete_once(pair: Pa
     assert ran.stdout.count("ran-once") == 1, ran.stdout
 
     proxy = pair.proxy
-    for pattern, fault in [
-        (r"POST /v1/nodes/[^/]+/heartbeat", "reset"),
-        (r"PUT /v1/blobs/[0-9a-f]+", "reset"),
-        (r"POST /v1/builds/[^/]+/result", "lose"),
-        (r"POST /v1/tasks/[^/]+/result", "lose"),
-        (r"POST /v1/logs", "lose"),
-    ]:
-        assert proxy.count(pattern, fault) == 1, (pattern, proxy.seen)
-        assert proxy.count(pattern, "pass") >= 1, (pattern, proxy.seen)  # sent again, taken
+    for kind in KINDS:
+        for fault in FAULTS:
+            assert proxy.count(kind, fault) == 1, (kind, fault, proxy.seen)
+        assert proxy.count(kind, "pass") >= 1, (kind, proxy.seen)  # sent a third time, taken
     # Each result reached the control plane twice (the first answer lost) and was taken once:
     # one release, no result refused, the task ended as it did.
     assert [r["version"] for r in pair.api("/v1/apps/faults/releases")["releases"]] == [1]
