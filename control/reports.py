@@ -38,6 +38,11 @@ def repeated_build_result(
         return Repeat(answer={"state": BuildState.STAGED, "release": build["release"]})
     if build["state"] == BuildState.FAILED and not ok and build["error"] == error:
         return Repeat(answer={"state": BuildState.FAILED})
+    if phase is not None and build["state"] == BuildState.STAGING:
+        return Repeat(
+            refusal=f"build {build['id']} already reported success: its release phase "
+            f"{phase['id']} is {phase['state']}; this result is dropped"
+        )
     why = f" ({build['error']})" if build["error"] else ""
     return Repeat(
         refusal=f"build {build['id']} already ended {build['state']}{why}; this result is dropped"

@@ -117,6 +117,16 @@ def test_a_success_again_while_its_release_phase_runs_starts_no_second_one() -> 
     assert repeat.answer == {"state": "STAGING", "release_phase": "t-1"}
 
 
+def test_a_failure_after_the_release_phase_started_is_refused() -> None:
+    repeat = repeated_build_result(
+        build(BuildState.STAGING), False, "", "boom", task(TaskState.RUNNING, None, None)
+    )
+    assert repeat.refusal == (
+        "build b-1 already reported success: its release phase t-1 is RUNNING; "
+        "this result is dropped"
+    )
+
+
 def test_a_result_for_a_build_failed_meanwhile_is_refused_saying_so() -> None:
     timed_out = build(BuildState.FAILED, error="no node reported the build within 1200 s")
     repeat = repeated_build_result(timed_out, True, DROPLET, "", None)
