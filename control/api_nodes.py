@@ -30,16 +30,19 @@ from control.context import (
 from control.converge import fail_lost_builds
 from control.diskspace import is_disk_full
 from control.errors import (
+    BadRequest,
     Conflict,
     Forbidden,
     NotFound,
 )
 from control.heartbeats import apply_heartbeat, node_text
-from control.model import BuildState, InstanceState, NodeState
+from control.model import BuildState, InstanceState, NodeState, TaskState
 from control.policy import sees_infrastructure
+from control.reports import repeated_build_result, repeated_task_result
 
 log = logging.getLogger("foundry.control")
 KNOWN_STATES = frozenset(InstanceState)
+MAX_KEY = 128  # characters of a log batch's Idempotency-Key
 
 
 async def join(request: Request) -> Response:
@@ -179,16 +182,21 @@ async def work(request: Request) -> Response:
 
 
 async def build_result(request: Request) -> Response:
-    """A stager reports how a build ended; success makes a new release."""
+    """A stager reports how a build ended; success makes a new release. The same result
+    again (its answer was lost) gets the same answer and changes nothing."""
     ctl = control_of(request)
     token = require(request, ctl.store, ("admin", "node"))  # before the lookup
     build = ctl.store.get_build(request.path_params["build"])
     check_node(token, build["node"] or "")
     body = await json_body(request, BUILD_RESULT)
-    if build["state"] != BuildState.STAGING:
-        raise Conflict(f"build {build['id']} is {build['state']}, not STAGING")
-    if not body.get("ok"):
-        error = body.get("error") or "build failed"
+    error = body.get("error") or "build failed"
+    phase = ctl.store.release_phase_of(build["id"])
+    if build["state"] != BuildState.STAGING or phase is not None:
+        repeat = repeated_build_result(build, body["ok"], body.get("droplet", ""), error, phase)
+        if repeat.refusal is not None:
+            raise Conflict(repeat.refusal)
+        return JSONResponse(repeat.answer)
+    if not body["ok"]:
         ctl.store.set_build(build["id"], BuildState.FAILED, error=error)
         ctl.store.add_event(build["app"], "build-failed", f"build {build['id']}: {error}")
         return JSONResponse({"state": BuildState.FAILED})
@@ -266,20 +274,29 @@ async def task_result(request: Request) -> Response:
     task = ctl.store.get_task(request.path_params["task"])
     check_node(token, task["node"] or "")
     body = await json_body(request, TASK_RESULT)
-    done = tasks.finish_task(
-        ctl.store, ctl.blobs, task["id"], body.get("exit_code"), body.get("reason") or None
-    )
+    code = body.get("exit_code")
+    reason = body.get("reason") or None
+    if task["state"] != TaskState.RUNNING:  # a repeat (its answer was lost), or too late
+        repeat = repeated_task_result(task, code, reason)
+        if repeat.refusal is not None:
+            raise Conflict(repeat.refusal)
+        return JSONResponse(repeat.answer)
+    done = tasks.finish_task(ctl.store, ctl.blobs, task["id"], code, reason)
     return JSONResponse({"state": done["state"]})
 
 
 async def post_logs(request: Request) -> Response:
-    """A node appends log lines: {"lines": [{app, source, line, ts, build?}]}."""
+    """A node appends log lines: {"lines": [{app, source, line, ts, build?}]}. A batch
+    with an Idempotency-Key header is stored once, however often it is sent."""
     ctl = control_of(request)
     token = require(request, ctl.store, ("node", "admin", "edge"))
     lines = (await json_body(request, LOGS, ctl.config.requests.node_report))["lines"]
     if token.kind == "edge" and any(r["source"] != "router" for r in lines):
         raise Forbidden("an edge token may only post router lines")
-    ctl.store.append_logs(lines)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= MAX_KEY:
+        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY} characters")
+    ctl.store.append_logs(lines, None if key is None else f"logs:{token.id}:{key}")
     return JSONResponse({"ok": True})
 
 

@@ -3,7 +3,7 @@
 It runs whenever the store changes and at least once a second (time alone can make
 a node lost or a backoff expire). Applying a plan only writes rows and enqueues
 work items; nodes pick those up by long-polling. Queued builds are handed to a
-stager here as well.
+stager here as well, and builds no node reports on in time are failed.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from control.model import (
     Plan,
 )
 from control.notify import Notifier
-from control.reconciler import Policy, reconcile
+from control.reconciler import Policy, build_overdue, reconcile
 from control.releases import progress
 from control.rows import BuildOptions, BuildRow, InstanceRow
 from control.scaling import Scaling
 from control.scheduler import pick_stager
 from control.store import Store
-from control.tasks import fail_lost_tasks
+from control.tasks import fail_lost_tasks, fail_overdue_tasks
 from control.wire_node import StagePayload, StartPayload, StopPayload
 
 log = logging.getLogger("foundry.control")
@@ -75,6 +75,23 @@ def fail_lost_builds(store: Store, lost: Collection[str]) -> None:
     for build in store.builds_in(BuildState.STAGING):
         if build["node"] in lost:
             store.set_build(build["id"], BuildState.FAILED, error="the staging node was lost")
+
+
+def fail_overdue_builds(store: Store, policy: Policy) -> None:
+    """Fail the builds no node took, or reported on, within the build timeout."""
+    now = store.clock()
+    for state in (BuildState.QUEUED, BuildState.STAGING):
+        for build in store.builds_in(state):
+            phase = state == BuildState.STAGING and store.release_phase_of(build["id"]) is not None
+            why = build_overdue(
+                state, build["created_at"], build["heard_at"], now, policy, release_phase=phase
+            )
+            if why is not None:
+                store.set_build(build["id"], BuildState.FAILED, error=why)
+                store.add_event(build["app"], "build-failed", f"build {build['id']}: {why}")
+                log.warning(
+                    "build-overdue build=%s app=%s reason=%s", build["id"], build["app"], why
+                )
 
 
 def start_payload(store: Store, iid: str, p: Placement) -> StartPayload:
@@ -188,6 +205,7 @@ def converge_once(
     store: Store, policy: Policy, unplaced: set[tuple[str, str, int]] | None = None
 ) -> Plan:
     assign_builds(store, policy)
+    fail_overdue_builds(store, policy)
     plan = reconcile(store.app_specs(), store.instances(), store.nodes(), store.clock(), policy)
     if not plan.is_empty():
         apply(store, plan)
@@ -208,6 +226,7 @@ async def run(
             scaling.autoscale_once()
             plan = converge_once(store, policy, unplaced)
             fail_lost_tasks(store, blobs, plan.lost_nodes)
+            fail_overdue_tasks(store, blobs)
         except Exception:
             log.exception("converge-failed")
         await Notifier.wait(event, 1.0)

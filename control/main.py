@@ -117,6 +117,7 @@ def options_config(
     give_up_after: int,
     healthy_reset: float,
     keyring: Path | None,
+    build_timeout: float,
 ) -> ControlConfig:
     """`foundry control`'s options as the control plane's config; BadOption for bad ones."""
     host, port = split_listen(listen)
@@ -141,6 +142,7 @@ def options_config(
             give_up_after=give_up_after,
             reset_after=healthy_reset,
             node_ttl=node_ttl,
+            build_timeout=build_timeout,
         ),
     )
 

@@ -90,6 +90,14 @@ MIGRATIONS: tuple[Step, ...] = (
         """CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT,
   ts REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL, actor TEXT)""",
     ),
+    # 2: builds that no node reports on in time are failed (builds.heard_at: when the
+    # build was handed to a node); log batches are stored once
+    # however often a node sends them (report_keys: the batches' idempotency keys)
+    (
+        "ALTER TABLE builds ADD COLUMN heard_at REAL",
+        "CREATE TABLE IF NOT EXISTS report_keys (key TEXT PRIMARY KEY, at REAL NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS report_keys_at ON report_keys (at)",
+    ),
 )
 LATEST = len(MIGRATIONS)
 

@@ -14,7 +14,9 @@ Cloud Foundry's health manager, without the bus. Rules kept here:
   their slots filled elsewhere in the same pass;
 - nothing is ever placed on a lost or draining node (the scheduler enforces it); an
   instance on a draining node is replaced like an old release: its successor runs
-  elsewhere before it is stopped (Diego's evacuation).
+  elsewhere before it is stopped (Diego's evacuation);
+- a build no node takes, or no node reports on, within `build_timeout` fails
+  (`build_overdue`), so a push never waits for ever on a result that was lost.
 The clock is an argument; nothing here sleeps or reads the time. A pass collects its
 decisions in a private `_Draft` and hands back one immutable `Plan`.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from control.model import (
     LIVE_STATES,
     AppSpec,
+    BuildState,
     Instance,
     InstanceState,
     Node,
@@ -47,6 +50,10 @@ class Policy:
     give_up_after: int = 200
     reset_after: float = 300.0
     node_ttl: float = 15.0
+    # A node kills a compile after 15 min (node/stager.py); 5 min more for the download,
+    # the droplet's packing and upload, and the report. A release phase is timed as a
+    # task (control/tasks.py), not by this.
+    build_timeout: float = 1200.0
 
 
 @dataclass
@@ -65,6 +72,27 @@ def restart_delay(restarts: int, policy: Policy) -> float:
         return 0.0
     steps = restarts - policy.immediate_restarts
     return float(min(policy.backoff_base * 2.0 ** min(steps, 32), policy.backoff_max))
+
+
+def build_overdue(
+    state: BuildState,
+    created_at: float,
+    heard_at: float | None,
+    now: float,
+    policy: Policy,
+    release_phase: bool = False,
+) -> str | None:
+    """Why a build must fail for want of a node, or None while it may still end well:
+    QUEUED for `build_timeout` since it was made (no live node took it), or STAGING for
+    `build_timeout` since a node took it. Once its result has started a release phase
+    the task decides (it has a time limit of its own)."""
+    limit = policy.build_timeout
+    if state == BuildState.QUEUED and now - created_at > limit:
+        return f"no node was available to stage the build within {limit:.0f} s"
+    since = created_at if heard_at is None else heard_at
+    if state == BuildState.STAGING and not release_phase and now - since > limit:
+        return f"no node reported the build within {limit:.0f} s"
+    return None
 
 
 def lost_node_ids(nodes: list[Node], now: float, policy: Policy) -> set[str]:

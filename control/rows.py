@@ -115,6 +115,7 @@ class BuildRow(TypedDict):
     release: int | None  # the release it made (or kept), once STAGED
     created_at: float
     finished_at: float | None
+    heard_at: float | None  # when it was handed to a node (STAGING)
 
 
 class BuildChanges(TypedDict, total=False):
@@ -247,6 +248,8 @@ class TaskRow(TaskView):
 class RunningTask(TypedDict):
     id: str
     node: str | None
+    kind: str
+    created_at: float
 
 
 class DeploymentRow(TypedDict):

@@ -87,6 +87,7 @@ from control.wire_node import (
 log = logging.getLogger("control.store")
 
 LOG_LINES_KEPT = 2000
+REPORT_KEYS_KEPT = 3600.0  # seconds a report's idempotency key is remembered
 # table -> the column of it that can hold config var values, stored sealed
 SEALED = {"apps": "env", "releases": "env", "work": "payload", "tasks": "payload"}
 RESEAL_BATCH = 64
@@ -553,6 +554,8 @@ class Store:
         if state not in BUILD_TRANSITIONS[current]:
             raise Conflict(f"build {bid} is {current}, cannot become {state}")
         fields: dict[str, object] = {"state": state, **changes}
+        if state == BuildState.STAGING:  # handed to a node: its time to report starts now
+            fields["heard_at"] = self.clock()
         if "processes" in changes:
             fields["processes"] = json.dumps(changes["processes"])
         if state in BUILD_ENDED:
@@ -756,8 +759,10 @@ class Store:
         self.db.execute("DELETE FROM work WHERE node = ? AND seq <= ?", [node, upto])
 
     # --- logs and events --------------------------------------------------------
-    def append_logs(self, records: Iterable[LogLine | LogLineBody]) -> None:
-        """Append log lines [{app, source, line, ts?, build?}] and keep each app's tail bounded."""
+    def append_logs(self, records: Iterable[LogLine | LogLineBody], key: str | None = None) -> bool:
+        """Append log lines [{app, source, line, ts?, build?}] and keep each app's tail
+        bounded. A batch sent with a `key` is stored once: the same key again (a retry
+        whose first answer was lost) stores nothing and returns False."""
         known = {r["name"] for r in self._rows("SELECT name FROM apps")}
         rows: list[dict[str, object]] = [
             {
@@ -770,16 +775,31 @@ class Store:
             for r in records
             if r["app"] in known
         ]
-        if not rows:
-            return
-        self._insert_all("logs", rows)
-        for app in {r["app"] for r in rows}:
-            self.db.execute(
-                "DELETE FROM logs WHERE app = ? AND seq <= (SELECT MAX(seq) FROM logs "
-                "WHERE app = ?) - ?",
-                [app, app, LOG_LINES_KEPT * 4],
-            )
-        self.on_logs()
+        with self._tx():
+            if key is not None and not self._claim_report_key(key):
+                return False
+            for row in rows:
+                self._insert("logs", row)
+            for app in {r["app"] for r in rows}:
+                self.db.execute(
+                    "DELETE FROM logs WHERE app = ? AND seq <= (SELECT MAX(seq) FROM logs "
+                    "WHERE app = ?) - ?",
+                    [app, app, LOG_LINES_KEPT * 4],
+                )
+        if rows:
+            self.on_logs()
+        return True
+
+    def _claim_report_key(self, key: str) -> bool:
+        """Record a report's idempotency key (inside a transaction); False when it was
+        seen already. Keys older than REPORT_KEYS_KEPT seconds are forgotten: a retry
+        comes within minutes."""
+        now = self.clock()
+        self.db.execute("DELETE FROM report_keys WHERE at < ?", [now - REPORT_KEYS_KEPT])
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO report_keys (key, at) VALUES (?, ?)", [key, now]
+        )
+        return bool(cur.rowcount)
 
     def read_logs(
         self, app: str, *, after: int | None, limit: int, build: str | None = None
@@ -943,10 +963,21 @@ class Store:
             },
         )
 
+    def release_phase_of(self, build: str) -> TaskRow | None:
+        """The release-phase task a build's result started, if it started one."""
+        row = self._one(
+            "SELECT id FROM tasks WHERE build = ? AND kind = 'release' "
+            "ORDER BY created_at DESC LIMIT 1",
+            [build],
+        )
+        return None if row is None else self.get_task(row["id"])
+
     def running_tasks(self) -> list[RunningTask]:
         return cast(
             list[RunningTask],
-            self._rows("SELECT id, node FROM tasks WHERE state = ?", [TaskState.RUNNING]),
+            self._rows(
+                "SELECT id, node, kind, created_at FROM tasks WHERE state = ?", [TaskState.RUNNING]
+            ),
         )
 
     def finish_task(self, tid: str, exit_code: int | None, reason: str | None) -> None:

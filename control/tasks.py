@@ -5,7 +5,9 @@ code (or is lost). The release phase is a task too: a build whose process types
 include `release` is not released when it is staged; its `release` command runs
 first with the new droplet and config, its output joins the build's log, and only
 an exit code of 0 makes the release current and starts the rollout. A failed release
-phase fails the build, so the old release keeps serving.
+phase fails the build, so the old release keeps serving. A task no node reports on
+within its own time limit plus REPORT_MARGIN (its node restarted mid-run, or its result
+was refused) fails, so `foundry run` and a release phase always end.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from control.wire_node import TaskPayload
 
 RUN_TIMEOUT = 3600.0
 RELEASE_TIMEOUT = 900.0
+REPORT_MARGIN = 300.0  # after a task's own limit, for its node to kill it and report
 
 
 def start_task(
@@ -53,7 +56,7 @@ def start_task(
         "env": env,
         "memory_mb": row["memory_mb"],
         "release": release,
-        "timeout": RELEASE_TIMEOUT if kind == "release" else RUN_TIMEOUT,
+        "timeout": task_limit(kind),
         "tag": build or tid,
         "source": "release" if kind == "release" else f"task/{tid}",
     }
@@ -98,6 +101,28 @@ def _finish_release_phase(store: Store, blobs: BlobStore, build: str, task: Task
         processes=data["processes"],
         release=version,
     )
+
+
+def task_limit(kind: str) -> float:
+    """The seconds a node lets a task of `kind` run (sent with the work item)."""
+    return RELEASE_TIMEOUT if kind == "release" else RUN_TIMEOUT
+
+
+def task_overdue(kind: str, created_at: float, now: float) -> str | None:
+    """Why a running task must fail for want of a report, or None."""
+    limit = task_limit(kind) + REPORT_MARGIN
+    if now - created_at > limit:
+        return f"no node reported the task within {limit:.0f} s"
+    return None
+
+
+def fail_overdue_tasks(store: Store, blobs: BlobStore) -> None:
+    """Fail the running tasks no node reported on in time (a release phase fails its build)."""
+    now = store.clock()
+    for task in store.running_tasks():
+        why = task_overdue(task["kind"], task["created_at"], now)
+        if why is not None:
+            finish_task(store, blobs, task["id"], None, why)
 
 
 def fail_lost_tasks(store: Store, blobs: BlobStore, lost: Collection[str]) -> None:

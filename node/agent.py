@@ -4,7 +4,9 @@ Identity (node id + node token) is kept in `<home>/identity.json` so a restarted
 agent is the same node. The work cursor (`<home>/work_seq`) is advanced only after
 an item has been taken in hand, and each poll acknowledges everything up to it, so
 an item is never lost and never applied twice. Heartbeats go out every
-`heartbeat_interval` seconds and at once when an instance changes state.
+`heartbeat_interval` seconds and at once when an instance changes state; one that
+fails is followed by a fresh one after the reports' jittered backoff (never a stale
+one resent), and a refusal (4xx) is logged once, not at every beat.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import uuid
@@ -22,7 +25,7 @@ import httpx
 import trio
 
 from node import spawn
-from node.client import ControlClient, ControlError
+from node.client import REPORTS, ControlClient, ControlError, deliver, is_retriable, retry_delay
 from node.diskstate import DiskState
 from node.droplets import DropletCache
 from node.instances import Supervisor
@@ -155,7 +158,7 @@ class Agent:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.logs.run)
-                await self.heartbeat_once()
+                await deliver("heartbeat", self.heartbeat_once)
                 nursery.start_soon(self.heartbeat_loop)
                 nursery.start_soon(self.work_loop, nursery)
                 task_status.started()
@@ -193,6 +196,7 @@ class Agent:
         self.supervisor.prune(instances)
 
     async def heartbeat_loop(self) -> None:
+        failures, refused = 0, ""
         while True:
             with trio.move_on_after(self.config.heartbeat_interval):
                 await self.changed.wait()
@@ -200,9 +204,16 @@ class Agent:
             self.supervisor.on_change = self.changed.set
             try:
                 await self.heartbeat_once()
+                failures, refused = 0, ""
             except ControlError as e:
-                log.warning("heartbeat-failed error=%s", e)
-                await trio.sleep(1)
+                failures += 1
+                if is_retriable(e.status, bytes_sent=True, idempotent=True):
+                    log.warning("heartbeat-failed attempt=%d error=%s", failures, e)
+                elif str(e) != refused:  # the same refusal at every beat is said once
+                    refused = str(e)
+                    log.warning("heartbeat-refused error=%s", e)
+                await trio.sleep(retry_delay(failures, REPORTS, random.random()))
+                self.changed.set()  # whatever changed meanwhile goes in the next one at once
             await trio.sleep(0.02)  # coalesce bursts of state changes into one report
 
     async def work_loop(self, nursery: trio.Nursery) -> None:

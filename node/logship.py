@@ -6,12 +6,18 @@ marker line per stream says how many were dropped). The
 shipper posts whatever has queued, at most every `interval` seconds. `flush()`
 returns once every line emitted before it was called has been delivered, so a
 build's log is complete before its result is reported.
+
+A batch is retried until stored (`client.deliver`), under one Idempotency-Key per
+batch, so a batch whose answer was lost is stored once, not twice. A batch the
+control plane refuses outright (a 4xx) is logged once and dropped: retrying it
+would block every later line behind it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import deque
 
 import trio
@@ -37,6 +43,8 @@ class LogShipper:
         self.untold: dict[tuple[str, str, str | None], int] = {}
         self._wake = trio.Event()
         self._progress = trio.Event()
+        self._keys = f"{uuid.uuid4().hex[:16]}-"  # + batch number: unique across restarts
+        self._batches = 0
 
     def emit(self, app: str, source: str, line: str, build: str | None = None) -> None:
         record: LogLine = {"app": app, "source": source, "line": line[:8192], "ts": time.time()}
@@ -68,14 +76,13 @@ class LogShipper:
             if not batch:
                 continue
             told = dict(self.untold)
+            self._batches += 1
             try:
-                await self.client.post_logs(markers(told) + batch)
-            except ControlError as e:
-                log.warning("log-ship-failed lines=%d error=%s", len(batch), e)
-                self.queue.extendleft(reversed(batch))
-                await trio.sleep(1)
-                self._wake.set()
-                continue
+                await self.client.post_logs(markers(told) + batch, f"{self._keys}{self._batches}")
+            except ControlError as e:  # refused for good: dropped, said once
+                log.warning("log-batch-dropped lines=%d error=%s", len(batch), e)
+                self.dropped += len(batch)
+                told = {}  # the markers went nowhere either: they are still to be told
             self.delivered += len(batch)
             for key, count in told.items():
                 left = self.untold.pop(key) - count

@@ -22,6 +22,7 @@ capped), caps what `bin/release` prints, and its errors never quote either one.
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from node.packs import Pack, PackError, detect, fetch_pack, installed_packs, red
 from node.procfile import ProcfileError, process_types
 from node.wire import BuildResult, StageWork
 
+log = logging.getLogger("foundry.node")
 COMPILE_TIMEOUT = 15 * 60
 STAGING_MEMORY_MB = 1024  # at least this much for a build, whatever the app's size
 TOOL_VARS = ("FOUNDRY_UV",)  # build env vars naming a tool binary the jail must show
@@ -92,8 +94,8 @@ class Stager:
         await self.logs.flush()
         try:
             await self.client.build_result(build, result)
-        except ControlError as e:
-            say(f"-----> Could not report the build result: {e}")
+        except ControlError as e:  # refused for good (say, the build timed out meanwhile)
+            log.warning("build-result-dropped build=%s error=%s", build, e)
 
     async def _stage(self, item: StageWork, work: Path, say: Say) -> BuildResult:
         shutil.rmtree(work, ignore_errors=True)

@@ -56,8 +56,8 @@ class TaskRunner:
         await self.logs.flush()
         try:
             await self.client.task_result(task, result)
-        except ControlError as e:
-            log.warning("task-result-failed id=%s error=%s", task, e)
+        except ControlError as e:  # refused for good (say, failed meanwhile as lost)
+            log.warning("task-result-dropped id=%s error=%s", task, e)
 
     async def _run(self, item: TaskWork, workdir: Path, source: str, tag: str) -> TaskResult:
         app_dir = await self.droplets.checkout(item["droplet"], workdir / "app")

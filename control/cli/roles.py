@@ -65,6 +65,15 @@ def control(
     healthy_reset: Annotated[
         float, typer.Option(min=1, help="seconds of healthy running that reset the crash count")
     ] = 300.0,
+    build_timeout: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            envvar="FOUNDRY_BUILD_TIMEOUT",
+            help="seconds a build may go without a node taking it or reporting on it "
+            "before it fails (the node's own compile limit is 900)",
+        ),
+    ] = 1200.0,
     keyring: Keyring = None,
 ) -> None:
     """Run the control plane; its first start writes an admin token into its home."""

@@ -105,7 +105,11 @@ def test_a_database_from_before_versioning_keeps_its_data_and_reaches_the_latest
 
 def test_the_first_step_is_the_schema_databases_were_made_with(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.db"
-    Store(fresh).close()
+    conn = sqlite3.connect(fresh, isolation_level=None)
+    try:
+        migrate(conn, 0.0, str(fresh), MIGRATIONS[:1])  # the later steps change it on purpose
+    finally:
+        conn.close()
     old = main_database(tmp_path / "old", data=False)
     assert columns(fresh) == columns(old)
 

@@ -76,9 +76,10 @@ def test_push_watch_puts_an_edit_live(platform: Platform, tmp_path: Path) -> Non
         eventually(lambda: any("Watching" in line for line in out), 120, "the watch to start")
         assert platform.get("watched").status_code == 200
         server = work / "server.py"
-        server.write_text(
-            server.read_text().replace("f\"{os.environ.get('FOUNDRY_APP_NAME')} \"", '"edited "')
-        )
+        source = server.read_text()
+        name_part = "{os.environ.get('FOUNDRY_APP_NAME')} "
+        assert name_part in source, "the test app no longer starts its answer with its name"
+        server.write_text(source.replace(name_part, "edited ", 1))
         eventually(
             lambda: platform.get("watched").text.startswith("edited "), 120, "the edit to go live"
         )
