@@ -55,7 +55,7 @@ def access_line(record: AccessRecord) -> str:
         f"edge-request id={record.request_id} method={record.method} host={record.host} "
         f"path={record.path[:200]} app={record.app} instance={record.instance} "
         f"backend={record.backend} status={record.status} bytes={record.bytes_sent} "
-        f"ms={record.ms:.1f} via={record.via} error={record.error} replays={record.replays}"
+        f"ms={record.ms:.1f} error={record.error} replays={record.replays} via={record.via}"
     )
 
 
