@@ -3,7 +3,9 @@
 Rules kept here:
   * Every finished request logs one `edge-request` line on the `edge.access` logger
     with its request id, app, instance, status, bytes sent, duration and the request
-    path that served it (`via`, see `edge.record`), all read from its `RequestRecord`.
+    path that served it (`via`, see `edge.record`), the code of an error the edge
+    answered itself and how often the request was replayed, all read from its
+    `RequestRecord`.
   * Shipping never blocks or slows a request: `record` only appends to a bounded
     queue; when the queue is full the line is dropped and counted
     (`dropped`), and the drop count is logged with the next batch that goes out.
@@ -43,6 +45,8 @@ class AccessRecord:
     bytes_sent: int
     ms: float
     via: str = "-"
+    error: str = "-"  # the edge's own error code, when it answered with one
+    replays: int = 0  # sends again on a fresh connection after one died unanswered
 
 
 def access_line(record: AccessRecord) -> str:
@@ -51,7 +55,7 @@ def access_line(record: AccessRecord) -> str:
         f"edge-request id={record.request_id} method={record.method} host={record.host} "
         f"path={record.path[:200]} app={record.app} instance={record.instance} "
         f"backend={record.backend} status={record.status} bytes={record.bytes_sent} "
-        f"ms={record.ms:.1f} via={record.via}"
+        f"ms={record.ms:.1f} error={record.error} replays={record.replays} via={record.via}"
     )
 
 
@@ -87,6 +91,8 @@ def log_request(shipper: LogShipper | None, record: RequestRecord, now: float) -
         bytes_sent=record.bytes_sent,
         ms=(now - record.started) * 1000,
         via=record.via,
+        error=record.error,
+        replays=record.replays,
     )
     log.info("%s", access_line(line))
     if shipper is not None:

@@ -14,7 +14,11 @@ Rules kept here:
     would connect or it broke the protocol, 504 no response within the route's
     timeout, 408 a stalled request body, plus the parser's 413 and 431. Once a
     response has started, a failure can only be reported by closing the connection.
-  * Only connect failures are retried on another instance (`edge.upstream`).
+  * Only connect failures are retried on another instance (`edge.upstream`). A
+    bodiless idempotent request whose backend connection closed or reset before any
+    answer byte is sent again on a fresh one (`edge.upstream.may_replay`: at most
+    `MAX_REPLAYS` times, all within one response deadline); when it may not be, the
+    client gets 502 `backend-failed`, and the access line names that reason.
   * A websocket handshake is forwarded as is; a 101 turns both connections into a
     tunnel (counted in flight, closable by the edge), any other answer is relayed
     as plain HTTP and the session goes on.
@@ -149,11 +153,16 @@ class Exchange:
         self.request_error: ProtocolError | None = None
         self.timer = trio.CancelScope()
         self.turn: Turn | None = None  # held for a wake: the next held one waits for this
+        self.answer_due: float | None = None  # the response head is due by then (every try)
+        self.upstream_head: bytes | None = None  # as sent to the backend
         self.cold_ms: int | None = None  # how long it was held for a wake
 
-    def _arm(self, seconds: float) -> None:
-        """Let the next wait on the backend take at most `seconds`."""
-        self.timer.deadline = trio.current_time() + seconds
+    def _arm(self) -> None:
+        """Let the wait for the response head last until `answer_due` (set on the first
+        try, so a replay gets only what is left of the route's timeout)."""
+        if self.answer_due is None:
+            self.answer_due = trio.current_time() + self.timeout
+        self.timer.deadline = self.answer_due
 
     def _disarm(self) -> None:
         self.timer.deadline = math.inf
@@ -185,7 +194,7 @@ class Exchange:
         """Relay the response `upstream` is sending (a 504 if it stalls before its head);
         whether the backend connection may be pooled again."""
         with trio.CancelScope() as self.timer:
-            await self._relay_response(upstream, False)
+            await self._relay_response(upstream, None)
         if self.timer.cancelled_caught:
             await self.fail(504, "backend timed out", "backend-timeout")
         return self._reusable(upstream)
@@ -217,18 +226,19 @@ class Exchange:
             route, self.config.max_attempts, now=now, pinned=record.pinned
         )
         try:
-            stream, backend, reused = await edge.connector.acquire(
-                route, candidates, now, replayable=self._may_replay(reused=True, response_bytes=0)
+            stream, backend, _ = await edge.connector.acquire(
+                route, candidates, now, replayable=self._may_replay(0, response_bytes=0)
             )
         except ConnectFailed:
             return await self.fail(502, "backend failed", "backend-unavailable")
         record.backend = backend
-        await self._proxy_via(route, backend, stream, reused, target)
+        await self._proxy_via(route, backend, stream, target)
 
-    def _may_replay(self, *, reused: bool, response_bytes: int) -> bool:
-        """Whether this request may be sent again on a fresh connection (`may_replay`)."""
-        return may_replay(
-            reused=reused,
+    def _may_replay(self, replays: int | None, *, response_bytes: int) -> bool:
+        """Whether this request, sent again `replays` times so far (None: it may not be
+        at all), may be sent again on a fresh connection (`may_replay`)."""
+        return replays is not None and may_replay(
+            replays=replays,
             response_bytes=response_bytes,
             method=self.head.method,
             has_body=not self.bodiless,
@@ -277,21 +287,21 @@ class Exchange:
             raise ProtocolError(400, str(error)) from None
         return host.decode("latin-1"), path.decode("latin-1"), target
 
-    async def _proxy_via(
-        self, route: Route, backend: Backend, stream: Conn, reused: bool, target: bytes
-    ) -> None:
+    async def _proxy_via(self, route: Route, backend: Backend, stream: Conn, target: bytes) -> None:
         upstream = Peer(stream, ResponseParser(self.config.limits, request_method=self.head.method))
         try:
-            await self._proxy(upstream, target, reused=reused)
-        except _StaleConnection:
-            try:
-                stream = await self.edge.connector.fresh(backend, stream)
-            except (OSError, trio.TooSlowError):
-                return await self.fail(502, "backend failed", "backend-unavailable")
-            upstream = Peer(
-                stream, ResponseParser(self.config.limits, request_method=self.head.method)
-            )
-            await self._proxy(upstream, target, reused=False)
+            while True:
+                try:
+                    return await self._proxy(upstream, target, replays=self.record.replays)
+                except _StaleConnection:
+                    self.record.replays += 1
+                try:
+                    stream = await self.edge.connector.fresh(backend, upstream.stream)
+                except (OSError, trio.TooSlowError):
+                    return await self.fail(502, "backend failed", "backend-unavailable")
+                upstream = Peer(
+                    stream, ResponseParser(self.config.limits, request_method=self.head.method)
+                )
         finally:
             self.edge.connector.release(route, backend, upstream.stream, self._reusable(upstream))
 
@@ -304,21 +314,24 @@ class Exchange:
             and upstream.parser.at_rest()
         )
 
-    async def _proxy(self, upstream: Peer, target: bytes, *, reused: bool) -> None:
-        """Send the request and relay the answer; `_StaleConnection` if the connection
-        proved closed before any answer byte and `may_replay` allows another try."""
+    async def _proxy(self, upstream: Peer, target: bytes, *, replays: int) -> None:
+        """Send the request (already sent `replays` times) and relay the answer;
+        `_StaleConnection` if the connection proved closed before any answer byte and
+        `may_replay` allows another try."""
         try:
-            await upstream.send(self._upstream_head(target))
+            if self.upstream_head is None:  # (a replay sends the same head, with the same id)
+                self.upstream_head = self._upstream_head(target)
+            await upstream.send(self.upstream_head)
             self._pass_turn()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            if self._may_replay(reused=reused, response_bytes=0):
+            if self._may_replay(replays, response_bytes=0):
                 raise _StaleConnection() from None
             return await self._reply(502, f"{self.app}: backend failed", "backend-failed")
         if self.bodiless:
-            return await self._relay_response(upstream, reused)
+            return await self._relay_response(upstream, replays)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump_body, upstream, nursery.cancel_scope)
-            await self._relay_response(upstream, False)
+            await self._relay_response(upstream, None)
             nursery.cancel_scope.cancel()  # an unfinished pump leaves the body unread
         if self.request_error is not None:
             error = self.request_error
@@ -362,13 +375,15 @@ class Exchange:
             self.request_error = error  # answered once the relay has stopped
             exchange.cancel()
 
-    async def _relay_response(self, upstream: Peer, reused: bool) -> None:
+    async def _relay_response(self, upstream: Peer, replays: int | None) -> None:
+        """Relay the answer; `_StaleConnection` if there was none and the request, sent
+        again `replays` times so far (None: it may not be), may be sent once more."""
         try:
             head = await self._response_head(upstream)
         except trio.TooSlowError:
             return await self._reply(504, f"{self.app}: backend timed out", "backend-timeout")
         except ProtocolError as error:
-            if self._may_replay(reused=reused, response_bytes=upstream.received):
+            if self._may_replay(replays, response_bytes=upstream.received):
                 raise _StaleConnection() from None
             log.warning("edge-bad-response app=%s reason=%r", self.app, error.reason)
             return await self._reply(502, f"{self.app}: backend failed", "backend-failed")
@@ -388,7 +403,7 @@ class Exchange:
 
     async def _response_head(self, upstream: Peer) -> ResponseHead:
         """The backend's final response head; interim 1xx answers go to the client."""
-        self._arm(self.timeout)
+        self._arm()
         while True:
             head = await upstream.next_event()
             if not isinstance(head, ResponseHead):
@@ -493,6 +508,7 @@ class Exchange:
             return
         self.keep_alive = self.keep_alive and self.request_done and not self.edge.draining
         self.record.status, self.response_started = status, True
+        self.record.error = code
         log.info("edge-error status=%d code=%s app=%s reason=%r", status, code, self.app, message)
         await self._send(error_response(status, message, close=not self.keep_alive, code=code))
 

@@ -81,7 +81,7 @@ FAST_HEAD_LIMIT = 16 * 1024  # a head not complete by then goes to the general p
 # Whether a request the fast reader took may take a just-used pooled connection
 # unchecked: `may_replay`'s answer for each method it takes, asked once.
 _TAKES_RECENT = {
-    method: may_replay(reused=True, response_bytes=0, method=method, has_body=False)
+    method: may_replay(replays=0, response_bytes=0, method=method, has_body=False)
     for method in FAST_METHODS
 }
 
@@ -305,10 +305,10 @@ class Lane:
         if _TAKES_RECENT[request.method]:  # the common case: no coroutine, no syscall
             stream = connector.take_pooled(route, candidates, now)
         if stream is not None:
-            backend, reused = candidates[0], True
+            backend = candidates[0]
         else:
             try:
-                stream, backend, reused = await connector.connect_first(route, candidates, now)
+                stream, backend, _ = await connector.connect_first(route, candidates, now)
             except ConnectFailed:
                 return await self._fail(502, "backend failed", "backend-unavailable")
         record.backend, self.stream = backend, stream
@@ -316,10 +316,16 @@ class Lane:
         if timeout > self.config.response_timeout:
             timeout = self.config.response_timeout
         buffer, eof = await self._ask(stream, request.upstream, now + timeout)
-        if eof and may_replay(
-            reused=reused, response_bytes=len(buffer or b""), method=request.method, has_body=False
+        while eof and may_replay(
+            replays=record.replays,
+            response_bytes=len(buffer or b""),
+            method=request.method,
+            has_body=False,
         ):
-            try:  # a pooled connection that had closed: once more on a new one
+            # Closed unanswered (stale, or shed under a burst): again on a new connection,
+            # by the same deadline.
+            record.replays += 1
+            try:
                 stream = self.stream = await connector.fresh(backend, stream)
             except (OSError, trio.TooSlowError):
                 return await self._fail(502, "backend failed", "backend-unavailable")

@@ -134,11 +134,15 @@ class Conn:
         self.close()
 
 
-async def connect(host: str, port: int) -> Conn:
-    """Open a TCP connection to a numeric `host`."""
+async def connect(host: str, port: int, *, unacked_timeout: float | None = None) -> Conn:
+    """Open a TCP connection to a numeric `host`. With `unacked_timeout`, the connection
+    breaks (reads as a reset) once data it sent stays unacknowledged that long."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
+    if unacked_timeout is not None:
+        milliseconds = max(1, round(unacked_timeout * 1000))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
     try:
         try:
             sock.connect((host, port))

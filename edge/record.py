@@ -11,6 +11,9 @@ Rules kept here:
     app, or is None); a wake may re-route it meanwhile.
   * `via` names the path: FAST (the lane's own reader and relay), HANDED (read by the
     lane, its answer relayed or its error made by the general path) or GENERAL.
+  * `error` names why the edge answered with its own error page (the code in its
+    X-Foundry-Router-Error header) and `replays` how often the request was sent again
+    on a fresh backend connection (`edge.upstream.may_replay`); both go to the log.
   * `host` and `path` are decoded only for a request that is logged (the fast path
     reads them as bytes and decodes them when it ends).
 """
@@ -32,10 +35,12 @@ class RequestRecord:
         "backend",
         "bytes_sent",
         "counted",
+        "error",
         "host",
         "method",
         "path",
         "pinned",
+        "replays",
         "request_id",
         "route",
         "started",
@@ -62,6 +67,8 @@ class RequestRecord:
         self.pinned = pinned  # the instance its sticky cookie named
         self.status = self.bytes_sent = 0
         self.counted: str | None = None  # the app it counts as in flight for now
+        self.error = "-"  # the code of the error the edge answered with, if it did
+        self.replays = 0  # how often it was sent again after its connection died unanswered
 
     @property
     def app(self) -> str:

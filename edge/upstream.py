@@ -12,10 +12,19 @@ Rules kept here:
   * Only a failure that happened before any request byte was sent is retried on
     another backend (`is_retriable`). Once bytes are out, the backend may have
     acted on the request, and replaying a POST is not ours to decide. The one
-    exception is `may_replay`: a reused idle connection the backend had already
-    closed, for a bodiless idempotent request, is retried once on a fresh one.
+    exception is `may_replay`: a bodiless idempotent request whose connection closed
+    or was reset before any response byte (a stale pooled one, or a backend shedding
+    a burst it has no room for) is sent again on a fresh connection, at most
+    `MAX_REPLAYS` times, within what is left of the route's timeout; HTTP lets a
+    client repeat an idempotent request whose answer it never saw.
   * Each attempt is bounded by the connect timeout; a backend that neither accepts
-    nor refuses counts as a connect failure.
+    nor refuses counts as a connect failure. A backend's kernel that completes the
+    handshake but then drops what is sent (its accept queue overflowed under a burst)
+    would otherwise leave the request waiting for the route's whole timeout: a
+    backend connection breaks once its sent bytes stay unacknowledged for the
+    connect timeout (TCP_USER_TIMEOUT), which unacknowledged bytes prove unread, so the
+    request is replayed or answered 502. (Acknowledgement is the kernel's, so a slow
+    application is not affected.)
   * Only a request `may_replay` allows takes a just-used pooled connection without
     the liveness peek (`Connector.take_pooled`): if it turns out stale, the request
     is sent again on a fresh one.
@@ -57,9 +66,13 @@ def is_retriable(error: BaseException, bytes_sent: int) -> bool:
     return bytes_sent == 0 and isinstance(error, OSError | trio.TooSlowError)
 
 
-def may_replay(*, reused: bool, response_bytes: int, method: bytes, has_body: bool) -> bool:
-    """Whether a request whose connection died unanswered may be sent again, fresh."""
-    return reused and response_bytes == 0 and not has_body and method in IDEMPOTENT
+MAX_REPLAYS = 2  # sends after the first, each on a fresh connection
+
+
+def may_replay(*, replays: int, response_bytes: int, method: bytes, has_body: bool) -> bool:
+    """Whether a request whose connection died unanswered, already sent again `replays`
+    times, may be sent once more on a fresh connection."""
+    return replays < MAX_REPLAYS and response_bytes == 0 and not has_body and method in IDEMPOTENT
 
 
 class Connector:
@@ -141,7 +154,7 @@ class Connector:
         OSError/TooSlowError if it cannot be opened."""
         stale.close()
         with trio.fail_after(self._connect_timeout):
-            return await _connect(backend)
+            return await _connect(backend, self._connect_timeout)
 
     def release(
         self,
@@ -186,7 +199,7 @@ class Connector:
         if stream is not None:
             return stream, True
         with trio.fail_after(self._connect_timeout):
-            return await _connect(backend), False
+            return await _connect(backend, self._connect_timeout), False
 
     def _take_idle(self, backend: Backend, now: float) -> Conn | None:
         idle = self._idle.get(backend.address)
@@ -198,7 +211,7 @@ class Connector:
         return None
 
 
-async def _connect(backend: Backend) -> Conn:
+async def _connect(backend: Backend, unacked_timeout: float) -> Conn:
     """Connect, resolving the host first if it is a name rather than an address."""
     host, port = backend.host, backend.port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -207,4 +220,4 @@ async def _connect(backend: Backend) -> Conn:
     except OSError:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         host = str(infos[0][4][0])
-    return await connect(host, port)
+    return await connect(host, port, unacked_timeout=unacked_timeout)
