@@ -23,8 +23,9 @@ ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 INTERVAL = 0.05
 SLOW_INTERVAL = 0.2  # when counting passes: a pass takes far less, even on a loaded machine
 JAILS = 12
-STAT = re.compile(r"^/proc/\d+/stat$")
-ENVIRON = re.compile(r"^/proc/\d+/environ$")
+# /proc/<pid>/stat, or <pid>/stat opened relative to a descriptor of /proc
+STAT = re.compile(r"^(/proc/)?\d+/stat$")
+ENVIRON = re.compile(r"^(/proc/)?\d+/environ$")
 
 
 @dataclass
@@ -41,8 +42,8 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
     if not _COUNTING:
         return
     reads = _COUNTING[-1]
-    if event == "os.listdir" and str(args[0]) == "/proc":
-        reads.passes += 1
+    if event == "os.listdir" and (str(args[0]) == "/proc" or isinstance(args[0], int)):
+        reads.passes += 1  # (nothing else here lists a directory by descriptor)
     elif event == "open" and isinstance(args[0], str | Path):
         path = str(args[0])
         reads.stats += bool(STAT.match(path))
