@@ -95,7 +95,7 @@ def false_crashes(f: Foundry, names: list[str]) -> tuple[int, int, int]:
     return restarts, crashes, answering
 
 
-def run(label: str, root: Path, tier: str, apps: int, idle: float) -> Result:
+def run(label: str, root: Path, tier: str, apps: int, idle: float, memory: str) -> Result:
     print(f"[{label}] {apps} apps, tier {tier}, code from {root}", flush=True)
     with (
         tempfile.TemporaryDirectory(prefix="density-app-") as tmp,
@@ -109,10 +109,11 @@ def run(label: str, root: Path, tier: str, apps: int, idle: float) -> Result:
             name = f"idle-{n:03d}"
             start = time.monotonic()
             try:
-                f.cli("push", str(app), "--name", name)
+                f.cli("push", str(app), "--name", name, "--memory", memory)
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 failed += 1
-                print(f"  push {n + 1} failed: {str(e)[-300:]}", flush=True)
+                why = str(e).strip().splitlines()[-1:] or ["?"]
+                print(f"  push {n + 1} failed: {why[0][:200]}", flush=True)
                 continue
             names.append(name)
             pushes.append(time.monotonic() - start)
@@ -178,16 +179,19 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle measured")
     parser.add_argument("--compare-ref", help="also run this git ref's code (e.g. main)")
     parser.add_argument("--compare-apps", type=int, default=30, help="apps for --compare-ref")
+    parser.add_argument(
+        "--memory", default="64M", help="each app's memory (100 x the 256M default > a laptop)"
+    )
     args = parser.parse_args()
     tiers = [t for t in args.tiers.split(",") if t]
     results = []
     for tier in tiers:
-        results.append(run(f"{tier} (this)", ROOT, tier, args.apps, args.idle))
+        results.append(run(f"{tier} (this)", ROOT, tier, args.apps, args.idle, args.memory))
     if args.compare_ref:
         with checkout(args.compare_ref) as tree:
             for tier in tiers:
                 label = f"{tier} ({args.compare_ref})"
-                results.append(run(label, tree, tier, args.compare_apps, args.idle))
+                results.append(run(label, tree, tier, args.compare_apps, args.idle, args.memory))
     report(results)
 
 
