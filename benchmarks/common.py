@@ -25,11 +25,18 @@ def free_port() -> int:
 class Foundry:
     """`foundry up` for a benchmark; use as a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path = ROOT, env: dict[str, str] | None = None) -> None:
+        """`root`: the source tree to run (another checkout, to compare); `env`: added."""
+        self.root = root
         self.tmp = tempfile.TemporaryDirectory(prefix="foundry-bench-")
         self.home = Path(self.tmp.name) / "home"
         self.http_port, self.api_port = free_port(), free_port()
-        self.env = {**os.environ, "FOUNDRY_HOME": str(self.home), "PYTHONPATH": str(ROOT)}
+        self.env = {
+            **os.environ,
+            "FOUNDRY_HOME": str(self.home),
+            "PYTHONPATH": str(root),
+            **(env or {}),
+        }
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Foundry:
@@ -46,7 +53,7 @@ class Foundry:
                 str(self.api_port),
             ],
             env=self.env,
-            cwd=ROOT,
+            cwd=self.root,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -67,7 +74,7 @@ class Foundry:
         result = subprocess.run(
             [sys.executable, "-m", "foundry", *args],
             env=self.env,
-            cwd=ROOT,
+            cwd=self.root,
             capture_output=True,
             text=True,
             timeout=300,

@@ -7,8 +7,12 @@ Rules kept here:
     pid file: the readiness checks would take another program's answers for ours.
   * Children run in their own sessions, so a Ctrl-C reaches only the supervisor, which
     then stops them in order: edge and node first (the node stops its apps), then the
-    control plane, all within 10 s. A child that dies on its own is restarted (five
-    times a minute at most). SIGHUP (a closed terminal) stops the platform as Ctrl-C
+    control plane, all within 10 s. A child that dies on its own is restarted, for as
+    long as `foundry up` runs: at once the first time, then after a delay that doubles
+    with each exit in a row up to 30 s (`restart_delay`); a role that stayed up a minute
+    starts the count again. Each exit is said in one line (role, exit status, delay),
+    and the other roles keep running meanwhile: the edge keeps serving the apps while
+    the control plane is away. SIGHUP (a closed terminal) stops the platform as Ctrl-C
     does; if the supervisor dies without stopping (kill -9), the kernel kills each role
     with it (`upprocs.die_with_up`).
   * What the node and edge know (the jail marker, jail cgroups, isolation tier, port
@@ -39,6 +43,32 @@ from control.store import Store
 from control.vault import secure_home
 
 ROOT = Path(__file__).resolve().parents[1]  # where `python -m foundry` finds foundry.py
+FIRST_DELAY = 0.5  # seconds before the second restart in a row; doubles from there
+MAX_DELAY = 30.0
+STABLE_AFTER = 60.0  # a role up this long has stopped crash-looping: its count restarts
+
+
+def restart_delay(exits_in_a_row: int) -> float:
+    """Seconds to wait before restarting a role that exited `exits_in_a_row` times, each
+    within STABLE_AFTER of its start: at once the first time, then doubling, capped."""
+    if exits_in_a_row <= 1:
+        return 0.0
+    return min(MAX_DELAY, FIRST_DELAY * 2.0 ** min(exits_in_a_row - 2, 32))
+
+
+def exits_in_a_row(before: int, ran: float) -> int:
+    """The count after one more exit of a role that ran `ran` seconds this time."""
+    return 1 if ran >= STABLE_AFTER else before + 1
+
+
+def exit_status(code: int) -> str:
+    """How a role's exit reads in the restart line."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 class Say(Protocol):
@@ -276,21 +306,32 @@ class Up:
         sys.stdout.flush()
 
     def supervise(self) -> None:
-        restarts: dict[str, list[float]] = {}
+        """Restart each role that exits, with backoff, until told to stop."""
+        started = dict.fromkeys(self.procs, time.monotonic())
+        in_a_row: dict[str, int] = {}
+        due: dict[str, float] = {}  # role -> when its restart is due
         while not self.stopping:
             time.sleep(0.2)
             for role, proc in list(self.procs.items()):
-                if proc.poll() is None or self.stopping:
+                now = time.monotonic()
+                if self.stopping or (role not in due and proc.poll() is None):
                     continue
-                recent = [t for t in restarts.get(role, []) if time.monotonic() - t < 60]
-                if len(recent) >= 5:
-                    raise CLIError(
-                        f"{role} keeps exiting (code {proc.returncode}); see "
-                        f"{self.home / 'logs' / (role + '.log')}"
-                    )
-                self.say(f"{role} exited with code {proc.returncode}; restarting", err=True)
-                restarts[role] = [*recent, time.monotonic()]
-                self.spawn(role)
+                if role in due:
+                    if now >= due[role]:
+                        del due[role]
+                        self.spawn(role)
+                        started[role] = now
+                    continue
+                ran = now - started[role]
+                in_a_row[role] = exits_in_a_row(in_a_row.get(role, 0), ran)
+                delay = restart_delay(in_a_row[role])
+                due[role] = now + delay
+                self.say(
+                    f"{role} exited ({exit_status(proc.returncode)}) after {ran:.1f} s; "
+                    f"restarting it {f'in {delay:g} s' if delay else 'now'} "
+                    f"(exit {in_a_row[role]} in a row; see {self.home / 'logs' / role}.log)",
+                    err=True,
+                )
 
     def shutdown(self) -> None:
         """Stop edge and node, then the control plane; kill whatever outlives 10 s."""

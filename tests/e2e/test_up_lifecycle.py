@@ -13,17 +13,21 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
+from control.cli.supervisor import restart_delay
 from node import cgroups
 from node.jail import scope_of
 from tests.e2e.conftest import EXAMPLES, ROOT, Platform, eventually
 
 pytestmark = pytest.mark.slow
 GONE_WITHIN = 5.0
+KILLS = 6  # one more than the old supervisor's five exits a minute
 
 
 def processes_of(home: Path, instance_ids: set[str]) -> dict[int, str]:
@@ -171,3 +175,81 @@ def test_a_new_up_cleans_what_a_crash_left(tmp_path: Path) -> None:
         orphan.kill()
         if p.proc is not None and p.proc.poll() is None:
             p.stop()
+
+
+def control_pids(home: Path) -> set[int]:
+    """Live (not zombie) control plane processes of the platform at `home`."""
+    found = set()
+    needle = f"foundry control --home {home / 'control'} ".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if needle in cmd and state != "Z":
+            found.add(int(entry))
+    return found
+
+
+def test_a_control_plane_that_keeps_exiting_is_restarted_while_apps_keep_answering(
+    tmp_path: Path,
+) -> None:
+    """`foundry up` used to stop the whole platform after five control-plane exits in a
+    minute. Now it restarts it for as long as it runs, with a growing delay, saying so;
+    meanwhile the edge and the node keep serving the app."""
+    p = Platform(tmp_path / "home")
+    p.start()
+    answers: list[int | str] = []
+    done = threading.Event()
+
+    def keep_asking() -> None:
+        while not done.is_set():
+            try:
+                answers.append(p.get("steady").status_code)
+            except httpx.HTTPError as e:
+                answers.append(repr(e))
+            time.sleep(0.2)
+
+    asker = threading.Thread(target=keep_asking)
+    try:
+        p.cli("push", str(ROOT / "tests" / "apps" / "tiny-web"), "--name", "steady")
+        assert p.get("steady").status_code == 200
+        asker.start()
+        killed: set[int] = set()
+        for _ in range(KILLS):  # each as soon as `foundry up` has started it again
+            pid = eventually(
+                lambda: next(iter(control_pids(p.home) - killed), None),
+                60,
+                "the control plane to be started again",
+            )
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        assert p.proc is not None
+        eventually(
+            lambda: p.api("GET", "/v1/health").status_code == 200,
+            60,
+            "the control plane to answer again",
+        )
+        assert p.proc.poll() is None, p.logs()
+        said = [
+            line
+            for line in (p.home.parent / "up.out").read_text().splitlines()
+            if line.startswith("control exited (killed by SIGKILL)")
+        ]
+        assert len(said) == KILLS, said
+        assert "restarting it now (exit 1 in a row;" in said[0]
+        assert f"restarting it in {restart_delay(KILLS):g} s (exit {KILLS} in a row;" in said[-1]
+        assert p.api("GET", "/v1/apps/steady").status_code == 200
+        time.sleep(3)  # the control plane back in charge: the app is left alone
+    finally:
+        done.set()
+        if asker.is_alive():
+            asker.join()
+        if p.proc is not None and p.proc.poll() is None:
+            p.stop()
+    print(f"\nmeasured: {len(answers)} requests through the edge during {KILLS} kills")
+    assert len(answers) > 20
+    assert set(answers) == {200}, [a for a in answers if a != 200][:5]
